@@ -1,0 +1,99 @@
+//! Stop strings over streamed text: text that might be the start of a stop string is held
+//! back until it is known not to be one.
+
+/// Streams text through, ending at the first occurrence of any stop string.
+#[derive(Clone, Debug, Default)]
+pub struct StopMatcher {
+    stops: Vec<String>,
+    pending: String,
+    stopped: bool,
+}
+
+impl StopMatcher {
+    pub fn new(stops: &[String]) -> StopMatcher {
+        StopMatcher {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Whether a stop string was seen.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Feeds new text; returns what can be emitted now (never any part of a stop string).
+    pub fn push(&mut self, text: &str) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        self.pending.push_str(text);
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
+            self.stopped = true;
+            let out = self.pending[..at].to_string();
+            self.pending.clear();
+            return out;
+        }
+        // Hold back the longest suffix that is a proper prefix of some stop string.
+        let mut keep = 0;
+        for s in &self.stops {
+            for (i, _) in s.char_indices().skip(1) {
+                if i > keep && self.pending.ends_with(&s[..i]) {
+                    keep = i;
+                }
+            }
+        }
+        let cut = self.pending.len() - keep;
+        let out = self.pending[..cut].to_string();
+        self.pending.drain(..cut);
+        out
+    }
+
+    /// End of generation: releases whatever was held back.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(stops: &[&str], parts: &[&str]) -> (String, bool) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut m = StopMatcher::new(&stops);
+        let mut out: String = parts.iter().map(|p| m.push(p)).collect();
+        let stopped = m.stopped();
+        out.push_str(&m.finish());
+        (out, stopped)
+    }
+
+    #[test]
+    fn stops_across_chunks_and_hides_the_stop() {
+        assert_eq!(
+            run(&["END"], &["abc E", "N", "D tail"]),
+            ("abc ".into(), true)
+        );
+    }
+
+    #[test]
+    fn held_back_prefix_is_released_when_not_a_stop() {
+        assert_eq!(run(&["END"], &["abc EN", "X"]), ("abc ENX".into(), false));
+        assert_eq!(run(&["END"], &["abc EN"]), ("abc EN".into(), false));
+    }
+
+    #[test]
+    fn earliest_of_several_stops_wins() {
+        assert_eq!(run(&["zz", "b"], &["a b zz"]), ("a ".into(), true));
+    }
+
+    #[test]
+    fn multibyte_stop_strings() {
+        assert_eq!(run(&["。"], &["你好", "。再见"]), ("你好".into(), true));
+    }
+}

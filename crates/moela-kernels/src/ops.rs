@@ -1,0 +1,177 @@
+//! Reference f32 operations.
+
+use crate::parallel::parallel_chunks;
+
+/// A dense row-major matrix `[rows, cols]`; a linear layer's weight is `[out, in]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mat {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl Mat {
+    /// Wraps `data`; returns `None` when its length is not `rows * cols`.
+    pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Option<Mat> {
+        (data.len() == rows * cols).then_some(Mat { rows, cols, data })
+    }
+
+    /// Row `i` as a slice.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+
+    /// `y = x · selfᵀ` for `x` of shape `[n, cols]`; returns `[n, rows]`.
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        let n = x.len() / self.cols;
+        let mut y = vec![0.0; n * self.rows];
+        matmul(x, n, self, &mut y);
+        y
+    }
+}
+
+/// Dot product with eight independent accumulators (vectorizes well, stable order).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; 8];
+    let chunks = n / 8;
+    for c in 0..chunks {
+        let (x, y) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let mut tail = 0.0;
+    for i in chunks * 8..n {
+        tail += a[i] * b[i];
+    }
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
+}
+
+/// `y[n, w.rows] = x[n, w.cols] · wᵀ`, parallel over blocks of output features.
+pub fn matmul(x: &[f32], n: usize, w: &Mat, y: &mut [f32]) {
+    assert_eq!(x.len(), n * w.cols, "matmul: x is not [n, in]");
+    assert_eq!(y.len(), n * w.rows, "matmul: y is not [n, out]");
+    if n == 0 || w.rows == 0 {
+        return;
+    }
+    // Compute into a transposed buffer [rows, n] so each thread owns whole weight rows,
+    // then scatter. Weight rows are read once per block of tokens.
+    let mut yt = vec![0.0f32; w.rows * n];
+    let block_rows = 16;
+    parallel_chunks(&mut yt, block_rows * n, n * w.rows * w.cols, |bi, out| {
+        let r0 = bi * block_rows;
+        for (j, o) in out.chunks_mut(n).enumerate() {
+            let wr = w.row(r0 + j);
+            for t in 0..n {
+                o[t] = dot(&x[t * w.cols..(t + 1) * w.cols], wr);
+            }
+        }
+    });
+    for r in 0..w.rows {
+        for t in 0..n {
+            y[t * w.rows + r] = yt[r * n + t];
+        }
+    }
+}
+
+/// RMSNorm of each `dim`-row of `x` into `out`: `x · rsqrt(mean(x²) + eps) · w`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let dim = w.len();
+    for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let ms = xr.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / dim as f64;
+        let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
+        for i in 0..dim {
+            or[i] = xr[i] * inv * w[i];
+        }
+    }
+}
+
+/// In-place RMSNorm of each `w.len()`-row of `x`.
+pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    let dim = w.len();
+    for xr in x.chunks_exact_mut(dim) {
+        let ms = xr.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / dim as f64;
+        let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
+        for i in 0..dim {
+            xr[i] = xr[i] * inv * w[i];
+        }
+    }
+}
+
+/// `x / (1 + e^-x)`.
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Numerically stable softmax over the whole slice.
+pub fn softmax_in_place(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `a += b` elementwise.
+pub fn add_in_place(a: &mut [f32], b: &[f32]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += *y;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_matches_naive_at_many_shapes() {
+        for &(n, rows, cols) in &[(1, 1, 1), (3, 17, 9), (7, 33, 64), (16, 40, 130)] {
+            let x: Vec<f32> = (0..n * cols)
+                .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.1)
+                .collect();
+            let wd: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.2)
+                .collect();
+            let w = Mat::new(rows, cols, wd).unwrap();
+            let y = w.forward(&x);
+            for t in 0..n {
+                for r in 0..rows {
+                    let want: f64 = (0..cols)
+                        .map(|k| x[t * cols + k] as f64 * w.data[r * cols + k] as f64)
+                        .sum();
+                    assert!(
+                        (y[t * rows + r] as f64 - want).abs() < 1e-4,
+                        "{n}x{rows}x{cols}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rms_norm_unit_weight_gives_unit_rms() {
+        let x = [3.0f32, 4.0, 0.0, 0.0];
+        let mut out = [0.0; 4];
+        rms_norm(&x, &[1.0; 4], 0.0, &mut out);
+        let ms: f32 = out.iter().map(|v| v * v).sum::<f32>() / 4.0;
+        assert!((ms - 1.0).abs() < 1e-6);
+        assert!((out[0] / out[1] - 0.75).abs() < 1e-6);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_orders() {
+        let mut x = [1.0f32, 2.0, 3.0, 1000.0];
+        softmax_in_place(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[3] > 0.999 && x[0] < x[1] && x[1] < x[2]);
+    }
+}

@@ -1,0 +1,12 @@
+//! Checkpoint loading: HF directories with single-file or sharded safetensors (memory-mapped),
+//! tensor dtypes F32/F16/BF16 and DeepSeek's FP8-E4M3 with block scales.
+//!
+//! This crate converts formats and nothing else; the model asks for tensors by their HF
+//! checkpoint names through [`moela_model::WeightSource`].
+
+pub mod dtype;
+pub mod error;
+pub mod safetensors_dir;
+
+pub use error::LoadError;
+pub use safetensors_dir::{Checkpoint, TensorInfo};

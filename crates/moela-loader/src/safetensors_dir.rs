@@ -1,0 +1,266 @@
+//! An HF checkpoint directory: `config.json` plus `model.safetensors` or shards listed in
+//! `model.safetensors.index.json`, each memory-mapped.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use moela_kernels::mmap::{map_readonly, Mmap};
+use moela_model::{Config, Model, ModelError, WeightSource};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::dtype::{bf16_from_le, f16_from_le, f32_from_le, fp8_block_dequant};
+use crate::error::LoadError;
+
+/// One tensor as stored.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    /// Index into the checkpoint's shard list.
+    shard: usize,
+    /// Byte range within the shard's mapping.
+    start: usize,
+    end: usize,
+}
+
+struct Shard {
+    path: PathBuf,
+    map: Mmap,
+}
+
+/// An opened checkpoint directory (config parsed, shards mapped, headers validated).
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub config: Config,
+    /// The raw config.json, for fields the model does not use.
+    pub config_json: serde_json::Value,
+    shards: Vec<Shard>,
+    tensors: HashMap<String, TensorInfo>,
+}
+
+fn dtype_name(d: Dtype) -> String {
+    format!("{d:?}")
+}
+
+impl Checkpoint {
+    /// Opens `dir`, parses `config.json` and maps the safetensors files.
+    pub fn open(dir: &Path) -> Result<Checkpoint, LoadError> {
+        if !dir.is_dir() {
+            return Err(LoadError::file(
+                dir,
+                "not a directory (expected an HF checkpoint directory)",
+            ));
+        }
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| LoadError::io(&cfg_path, e))?;
+        let config_json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| LoadError::file(&cfg_path, format!("not valid JSON: {e}")))?;
+        let config = Config::from_hf_value(&config_json).map_err(|source| LoadError::Model {
+            path: cfg_path.clone(),
+            source,
+        })?;
+
+        let index_path = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if index_path.exists() {
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| LoadError::io(&index_path, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| LoadError::file(&index_path, format!("not valid JSON: {e}")))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| LoadError::file(&index_path, "no `weight_map` object"))?;
+            let mut names: Vec<&str> = Vec::new();
+            for (tensor, file) in map {
+                let f = file.as_str().ok_or_else(|| {
+                    LoadError::file(
+                        &index_path,
+                        format!("weight_map entry `{tensor}` is not a file name"),
+                    )
+                })?;
+                if f.contains('/') || f.contains('\\') || f.starts_with("..") {
+                    return Err(LoadError::file(
+                        &index_path,
+                        format!("weight_map file `{f}` is not a plain file name"),
+                    ));
+                }
+                if !names.contains(&f) {
+                    names.push(f);
+                }
+            }
+            names.sort_unstable();
+            names.iter().map(|f| dir.join(f)).collect()
+        } else if dir.join("model.safetensors").exists() {
+            vec![dir.join("model.safetensors")]
+        } else {
+            return Err(LoadError::file(
+                dir,
+                "no model.safetensors or model.safetensors.index.json",
+            ));
+        };
+
+        let mut shards = Vec::with_capacity(files.len());
+        let mut tensors = HashMap::new();
+        for (si, path) in files.into_iter().enumerate() {
+            let file = File::open(&path).map_err(|e| LoadError::io(&path, e))?;
+            let map = map_readonly(&file).map_err(|e| LoadError::io(&path, e))?;
+            let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
+                LoadError::file(
+                    &path,
+                    format!("not a valid safetensors file ({e:?}); truncated or corrupt?"),
+                )
+            })?;
+            let base = 8 + header_len;
+            for (name, info) in meta.tensors() {
+                let (s, e) = info.data_offsets;
+                tensors.insert(
+                    name.clone(),
+                    TensorInfo {
+                        name,
+                        dtype: dtype_name(info.dtype),
+                        shape: info.shape.clone(),
+                        shard: si,
+                        start: base + s,
+                        end: base + e,
+                    },
+                );
+            }
+            shards.push(Shard { path, map });
+        }
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            config,
+            config_json,
+            shards,
+            tensors,
+        })
+    }
+
+    /// Every stored tensor, sorted by name.
+    pub fn tensor_infos(&self) -> Vec<&TensorInfo> {
+        let mut v: Vec<&TensorInfo> = self.tensors.values().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Bytes of all shards.
+    pub fn file_bytes(&self) -> u64 {
+        self.shards.iter().map(|s| s.map.len() as u64).sum()
+    }
+
+    /// Builds the model. With `progress`, a progress bar appears on a terminal once loading
+    /// has taken more than a second.
+    pub fn load_model(&self, progress: bool) -> Result<Model, LoadError> {
+        let mut src = Source { ckpt: self };
+        let started = Instant::now();
+        let bar = indicatif::ProgressBar::hidden();
+        let mut shown = false;
+        let mut report = |done: usize, total: usize| {
+            if !progress {
+                return;
+            }
+            if !shown && started.elapsed() > Duration::from_secs(1) {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "loading {bar:40} {pos}/{len} layers {elapsed}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                shown = true;
+            }
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        };
+        let model = Model::load(self.config.clone(), &mut src, &mut report)
+            .map_err(|source| self.model_error(source))?;
+        bar.finish_and_clear();
+        Ok(model)
+    }
+
+    /// Attaches the file that holds the offending tensor (or the directory) to a model error.
+    fn model_error(&self, source: ModelError) -> LoadError {
+        let path = match &source {
+            ModelError::Shape { name, .. } | ModelError::Tensor { name, .. } => self
+                .tensors
+                .get(name)
+                .map_or(self.dir.clone(), |t| self.shards[t.shard].path.clone()),
+            _ => self.dir.clone(),
+        };
+        LoadError::Model { path, source }
+    }
+
+    fn bytes(&self, t: &TensorInfo) -> &[u8] {
+        &self.shards[t.shard].map[t.start..t.end]
+    }
+
+    /// Tensor `name` as f32, shape-checked, FP8 block-dequantized when stored so.
+    pub fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        if t.shape != shape {
+            return Err(ModelError::Shape {
+                name: name.into(),
+                expected: shape.to_vec(),
+                found: t.shape.clone(),
+            });
+        }
+        let b = self.bytes(t);
+        let mut out = Vec::with_capacity(b.len());
+        match t.dtype.as_str() {
+            "F32" => f32_from_le(b, &mut out),
+            "F16" => f16_from_le(b, &mut out),
+            "BF16" => bf16_from_le(b, &mut out),
+            "F8_E4M3" => return self.fp8_tensor(name, t),
+            other => {
+                return Err(ModelError::Tensor {
+                    name: name.into(),
+                    msg: format!("unsupported dtype {other} (expected F32, F16, BF16 or F8_E4M3)"),
+                })
+            }
+        }
+        Ok(out)
+    }
+
+    fn fp8_tensor(&self, name: &str, t: &TensorInfo) -> Result<Vec<f32>, ModelError> {
+        let [rows, cols] = t.shape[..] else {
+            return Err(ModelError::Tensor {
+                name: name.into(),
+                msg: "FP8 tensor is not a matrix".into(),
+            });
+        };
+        let block = self.config.fp8_block.unwrap_or([128, 128]);
+        let sname = format!("{}_scale_inv", name);
+        let s = self.tensors.get(&sname).ok_or_else(|| ModelError::Tensor {
+            name: name.into(),
+            msg: format!("FP8 weight without its block scales `{sname}`"),
+        })?;
+        let sshape = vec![rows.div_ceil(block[0]), cols.div_ceil(block[1])];
+        if s.dtype != "F32" && s.dtype != "BF16" {
+            return Err(ModelError::Tensor {
+                name: sname,
+                msg: format!("scale dtype {} (expected F32)", s.dtype),
+            });
+        }
+        let scales = self.tensor_f32(&sname, &sshape)?;
+        Ok(fp8_block_dequant(self.bytes(t), rows, cols, &scales, block))
+    }
+}
+
+struct Source<'a> {
+    ckpt: &'a Checkpoint,
+}
+
+impl WeightSource for Source<'_> {
+    fn load(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        self.ckpt.tensor_f32(name, shape)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.ckpt.tensors.contains_key(name)
+    }
+}

@@ -1,0 +1,149 @@
+//! Multi-head latent attention over a sequence's latent cache, in two exactly equal forms:
+//! the standard (decompressed) form — the executable spec — and the absorbed form.
+
+use moela_kernels::ops::dot;
+use moela_kernels::{softmax_in_place, Mat};
+
+/// Dimensions of one MLA computation.
+#[derive(Clone, Copy, Debug)]
+pub struct MlaDims {
+    pub heads: usize,
+    pub nope: usize, // qk_nope_head_dim
+    pub rope: usize, // qk_rope_head_dim
+    pub v: usize,    // v_head_dim
+    pub rank: usize, // kv_lora_rank
+    pub scale: f32,  // softmax scale
+}
+
+impl MlaDims {
+    fn qk(&self) -> usize {
+        self.nope + self.rope
+    }
+    fn latent(&self) -> usize {
+        self.rank + self.rope
+    }
+}
+
+/// Which MLA form to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttentionMode {
+    /// Choose by cost: absorbed for few new tokens, standard for long prefill.
+    #[default]
+    Auto,
+    Standard,
+    Absorbed,
+}
+
+impl AttentionMode {
+    /// Resolves `Auto` for `n_new` query tokens: absorbed costs ~`2r + dr` per (query, key) pair,
+    /// standard ~`r·(dn + dv)` per key to decompress plus `dn + dr + dv` per pair.
+    pub fn resolve(self, d: &MlaDims, n_new: usize) -> AttentionMode {
+        match self {
+            AttentionMode::Auto => {
+                let absorbed = n_new * (2 * d.rank + d.rope);
+                let standard = d.rank * (d.nope + d.v) + n_new * (d.nope + d.rope + d.v);
+                if absorbed <= standard {
+                    AttentionMode::Absorbed
+                } else {
+                    AttentionMode::Standard
+                }
+            }
+            m => m,
+        }
+    }
+}
+
+/// Attention of `n` new query tokens, which are the last `n` of the `cache` rows.
+///
+/// `q`: `[n, heads, nope + rope]` with RoPE applied; `cache`: `[len, rank + rope]`;
+/// `kv_b`: `[heads·(nope + v), rank]`. Returns `[n, heads, v]`.
+pub fn mla(q: &[f32], cache: &[f32], kv_b: &Mat, d: &MlaDims, mode: AttentionMode) -> Vec<f32> {
+    let n = q.len() / (d.heads * d.qk());
+    match mode.resolve(d, n) {
+        AttentionMode::Absorbed => mla_absorbed(q, cache, kv_b, d),
+        _ => mla_standard(q, cache, kv_b, d),
+    }
+}
+
+/// Standard form: decompress every cached latent into per-head keys and values.
+pub fn mla_standard(q: &[f32], cache: &[f32], kv_b: &Mat, d: &MlaDims) -> Vec<f32> {
+    let (h, qk, lat) = (d.heads, d.qk(), d.latent());
+    let n = q.len() / (h * qk);
+    let len = cache.len() / lat;
+    let start = len - n;
+    // c_n of every cached token: [len, rank]
+    let mut c = Vec::with_capacity(len * d.rank);
+    for u in 0..len {
+        c.extend_from_slice(&cache[u * lat..u * lat + d.rank]);
+    }
+    let kv = kv_b.forward(&c); // [len, heads·(nope + v)]
+    let row = h * (d.nope + d.v);
+    let mut out = vec![0.0f32; n * h * d.v];
+    let mut scores = vec![0.0f32; len];
+    for t in 0..n {
+        let visible = start + t + 1; // causal: keys 0..=position
+        for hh in 0..h {
+            let qh = &q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
+            for u in 0..visible {
+                let k_nope = &kv[u * row + hh * (d.nope + d.v)..][..d.nope];
+                let k_pe = &cache[u * lat + d.rank..(u + 1) * lat];
+                scores[u] = (dot(&qh[..d.nope], k_nope) + dot(&qh[d.nope..], k_pe)) * d.scale;
+            }
+            softmax_in_place(&mut scores[..visible]);
+            let o = &mut out[(t * h + hh) * d.v..][..d.v];
+            for u in 0..visible {
+                let v = &kv[u * row + hh * (d.nope + d.v) + d.nope..][..d.v];
+                let p = scores[u];
+                for j in 0..d.v {
+                    o[j] += p * v[j];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Absorbed form: fold W_UK into the query and W_UV after the weighted sum, so attention is
+/// MQA over the cached latents with one `rank + rope`-wide key (DeepSeek-V2 paper §2.1.2).
+pub fn mla_absorbed(q: &[f32], cache: &[f32], kv_b: &Mat, d: &MlaDims) -> Vec<f32> {
+    let (h, qk, lat) = (d.heads, d.qk(), d.latent());
+    let n = q.len() / (h * qk);
+    let len = cache.len() / lat;
+    let start = len - n;
+    let mut out = vec![0.0f32; n * h * d.v];
+    let mut q_lat = vec![0.0f32; d.rank];
+    let mut o_lat = vec![0.0f32; d.rank];
+    let mut scores = vec![0.0f32; len];
+    for t in 0..n {
+        let visible = start + t + 1;
+        for hh in 0..h {
+            let qh = &q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
+            let base = hh * (d.nope + d.v);
+            // q_lat = Σ_d q_nope[d] · W_UK[h, d, :]
+            q_lat.fill(0.0);
+            for (dd, &qv) in qh[..d.nope].iter().enumerate() {
+                for (a, &w) in q_lat.iter_mut().zip(kv_b.row(base + dd)) {
+                    *a += qv * w;
+                }
+            }
+            for u in 0..visible {
+                let row = &cache[u * lat..(u + 1) * lat];
+                scores[u] =
+                    (dot(&q_lat, &row[..d.rank]) + dot(&qh[d.nope..], &row[d.rank..])) * d.scale;
+            }
+            softmax_in_place(&mut scores[..visible]);
+            o_lat.fill(0.0);
+            for u in 0..visible {
+                let p = scores[u];
+                for (a, &c) in o_lat.iter_mut().zip(&cache[u * lat..u * lat + d.rank]) {
+                    *a += p * c;
+                }
+            }
+            let o = &mut out[(t * h + hh) * d.v..][..d.v];
+            for j in 0..d.v {
+                o[j] = dot(kv_b.row(base + d.nope + j), &o_lat);
+            }
+        }
+    }
+    out
+}

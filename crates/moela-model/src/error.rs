@@ -1,0 +1,20 @@
+//! Errors of the model crate.
+
+/// What can go wrong building or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("config field `{field}`: {msg}")]
+    Config { field: String, msg: String },
+    #[error("missing tensor `{0}`")]
+    MissingTensor(String),
+    #[error("tensor `{name}`: expected shape {expected:?}, found {found:?}")]
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("tensor `{name}`: {msg}")]
+    Tensor { name: String, msg: String },
+    #[error("{0}")]
+    Input(String),
+}

@@ -1,0 +1,216 @@
+//! The forward pass over a batch of sequences (many new tokens × many sequences).
+
+use moela_kernels::{add_in_place, rms_norm, rms_norm_in_place, Mat};
+
+use crate::attention::{mla, AttentionMode, MlaDims};
+use crate::cache::SeqCache;
+use crate::config::Config;
+use crate::error::ModelError;
+use crate::moe::{mlp_forward, moe_forward};
+use crate::rope::Rope;
+use crate::weights::{Ffn, Layer, QProj, WeightSource, Weights};
+
+/// Which logits a sequence wants back from a forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// None (e.g. a prefill chunk that is not the last).
+    None,
+    /// Only the last new token's.
+    Last,
+    /// Every new token's (perplexity).
+    All,
+}
+
+/// One sequence's part of a batch: its new tokens, appended after what its cache holds.
+pub struct SeqInput<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut SeqCache,
+    pub logits: Logits,
+}
+
+/// Options of one forward pass.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ForwardOptions {
+    pub attention: AttentionMode,
+}
+
+/// Named intermediate activations, recorded when a trace is passed to [`Model::forward_traced`].
+pub type Trace = Vec<(String, Vec<f32>)>;
+
+/// A loaded DeepSeek MLA + MoE model.
+pub struct Model {
+    pub config: Config,
+    pub weights: Weights,
+    rope: Rope,
+}
+
+impl Model {
+    /// Builds the model from weights requested from `src`.
+    pub fn load(
+        config: Config,
+        src: &mut dyn WeightSource,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Model, ModelError> {
+        config.validate()?;
+        let weights = Weights::load(&config, src, progress)?;
+        let rope = Rope::new(&config);
+        Ok(Model {
+            config,
+            weights,
+            rope,
+        })
+    }
+
+    /// An empty latent cache shaped for this model.
+    pub fn new_cache(&self) -> SeqCache {
+        SeqCache::new(self.config.num_hidden_layers, self.config.latent_dim())
+    }
+
+    fn mla_dims(&self) -> MlaDims {
+        let c = &self.config;
+        MlaDims {
+            heads: c.num_attention_heads,
+            nope: c.qk_nope_head_dim,
+            rope: c.qk_rope_head_dim,
+            v: c.v_head_dim,
+            rank: c.kv_lora_rank,
+            scale: c.softmax_scale(),
+        }
+    }
+
+    /// Runs the new tokens of every sequence through the model, appends them to the caches and
+    /// returns each sequence's requested logits (`[rows, vocab]` flattened).
+    pub fn forward(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        opts: &ForwardOptions,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.forward_traced(batch, opts, None)
+    }
+
+    /// [`Model::forward`] that also records named activations (`embed`, `layer.{l}`: the
+    /// residual stream `[T, hidden]` after each layer, rows of all sequences concatenated).
+    pub fn forward_traced(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        opts: &ForwardOptions,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let c = &self.config;
+        let d = c.hidden_size;
+        // Validate everything before touching any cache, so a bad request leaves no trace.
+        for s in batch.iter() {
+            if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                return Err(ModelError::Input(format!(
+                    "token id {bad} is outside the vocabulary (size {})",
+                    c.vocab_size
+                )));
+            }
+            if s.cache.latent_dim() != c.latent_dim() {
+                return Err(ModelError::Input("cache was made for another model".into()));
+            }
+        }
+        // Token rows of all sequences, concatenated; positions continue each cache.
+        let mut positions = Vec::new();
+        let mut h = Vec::new(); // [T, hidden]
+        for s in batch.iter() {
+            let start = s.cache.len();
+            for (i, &t) in s.tokens.iter().enumerate() {
+                positions.push(start + i);
+                h.extend_from_slice(self.weights.embed.row(t as usize));
+            }
+        }
+        let n_tok = positions.len();
+        let mut record = |name: String, v: &[f32]| {
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.push((name, v.to_vec()));
+            }
+        };
+        record("embed".into(), &h);
+        let mut x = vec![0.0f32; n_tok * d];
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            rms_norm(&h, &layer.attn_norm, c.rms_norm_eps, &mut x);
+            let o = self.attention(l, layer, &x, &positions, batch, opts);
+            add_in_place(&mut h, &o);
+            rms_norm(&h, &layer.ffn_norm, c.rms_norm_eps, &mut x);
+            let f = match &layer.ffn {
+                Ffn::Dense(m) => mlp_forward(m, &x),
+                Ffn::Moe(m) => moe_forward(c, m, &x),
+            };
+            add_in_place(&mut h, &f);
+            record(format!("layer.{l}"), &h);
+        }
+        for s in batch.iter_mut() {
+            s.cache.commit(s.tokens.len());
+        }
+        // Logits for the rows each sequence asked for.
+        let lm_head: &Mat = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
+        let mut out = Vec::with_capacity(batch.len());
+        let mut row0 = 0;
+        for s in batch.iter() {
+            let n = s.tokens.len();
+            let rows = match s.logits {
+                Logits::None => 0..0,
+                Logits::Last => n.saturating_sub(1)..n,
+                Logits::All => 0..n,
+            };
+            let mut hn = h[(row0 + rows.start) * d..(row0 + rows.end) * d].to_vec();
+            rms_norm_in_place(&mut hn, &self.weights.norm, c.rms_norm_eps);
+            out.push(lm_head.forward(&hn));
+            row0 += n;
+        }
+        Ok(out)
+    }
+
+    /// MLA for all token rows `x` (`[T, hidden]`, already normalized); appends to the caches.
+    fn attention(
+        &self,
+        l: usize,
+        layer: &Layer,
+        x: &[f32],
+        positions: &[usize],
+        batch: &mut [SeqInput<'_>],
+        opts: &ForwardOptions,
+    ) -> Vec<f32> {
+        let c = &self.config;
+        let a = &layer.attn;
+        let dims = self.mla_dims();
+        let (h, qk, r, dr) = (
+            c.num_attention_heads,
+            c.qk_head_dim(),
+            c.kv_lora_rank,
+            c.qk_rope_head_dim,
+        );
+        // q: [T, heads, nope + rope]
+        let mut q = match &a.q {
+            QProj::Direct(w) => w.forward(x),
+            QProj::LowRank { a, norm, b } => {
+                let mut ql = a.forward(x);
+                rms_norm_in_place(&mut ql, norm, c.rms_norm_eps);
+                b.forward(&ql)
+            }
+        };
+        // kv: [T, rank + rope] → normalized latent and rotated rope key, the cached row.
+        let mut kv = a.kv_a.forward(x);
+        let lat = r + dr;
+        for (t, &pos) in positions.iter().enumerate() {
+            let row = &mut kv[t * lat..(t + 1) * lat];
+            rms_norm_in_place(&mut row[..r], &a.kv_a_norm, c.rms_norm_eps);
+            self.rope.apply(&mut row[r..], pos);
+            for hh in 0..h {
+                let qh = &mut q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
+                self.rope.apply(&mut qh[c.qk_nope_head_dim..], pos);
+            }
+        }
+        let mut o = Vec::with_capacity(positions.len() * h * c.v_head_dim);
+        let mut t0 = 0;
+        for s in batch.iter_mut() {
+            let n = s.tokens.len();
+            s.cache.push_rows(l, &kv[t0 * lat..(t0 + n) * lat]);
+            let qs = &q[t0 * h * qk..(t0 + n) * h * qk];
+            o.extend(mla(qs, s.cache.layer(l), &a.kv_b, &dims, opts.attention));
+            t0 += n;
+        }
+        a.o.forward(&o)
+    }
+}

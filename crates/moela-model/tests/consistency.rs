@@ -1,0 +1,212 @@
+//! Internal consistency of the forward pass on random weights: absorbed MLA equals the
+//! standard (decompressed) form, incremental decoding equals one prefill, and a sequence gives
+//! the same logits alone or inside a batch. (Agreement with the reference is tested against
+//! transformers goldens in the workspace's `tests/reference.rs`.)
+
+use moela_model::{
+    AttentionMode, Config, ForwardOptions, Logits, Model, ModelError, SeqInput, WeightSource,
+};
+
+/// Deterministic pseudo-random weights of the requested shapes.
+struct RandomSource(u64);
+
+impl WeightSource for RandomSource {
+    fn load(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let n: usize = shape.iter().product();
+        let norm = name.contains("norm");
+        Ok((0..n)
+            .map(|_| {
+                self.0 = self
+                    .0
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = ((self.0 >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
+                if norm {
+                    1.0 + u * 0.5
+                } else if name.contains("correction_bias") {
+                    u * 0.2
+                } else {
+                    u * 0.4
+                }
+            })
+            .collect())
+    }
+    fn contains(&self, _: &str) -> bool {
+        true
+    }
+}
+
+fn config(json: &str) -> Config {
+    Config::from_hf_json(json).unwrap()
+}
+
+fn v3_config() -> Config {
+    config(
+        r#"{"model_type":"deepseek_v3","vocab_size":97,"hidden_size":48,"intermediate_size":64,
+        "moe_intermediate_size":24,"num_hidden_layers":3,"num_attention_heads":3,"q_lora_rank":32,
+        "kv_lora_rank":24,"qk_nope_head_dim":16,"qk_rope_head_dim":8,"v_head_dim":12,
+        "n_routed_experts":8,"n_shared_experts":1,"num_experts_per_tok":3,"n_group":4,"topk_group":2,
+        "routed_scaling_factor":2.5,"first_k_dense_replace":1,"max_position_embeddings":256,
+        "rope_theta":10000,"rope_scaling":{"type":"yarn","factor":8,"original_max_position_embeddings":16,
+        "beta_fast":32,"beta_slow":1,"mscale":1.0,"mscale_all_dim":0.8}}"#,
+    )
+}
+
+fn v2_lite_config() -> Config {
+    config(
+        r#"{"model_type":"deepseek_v2","vocab_size":61,"hidden_size":32,"intermediate_size":40,
+        "moe_intermediate_size":16,"num_hidden_layers":2,"num_attention_heads":2,"q_lora_rank":null,
+        "kv_lora_rank":16,"qk_nope_head_dim":8,"qk_rope_head_dim":4,"v_head_dim":8,
+        "n_routed_experts":6,"n_shared_experts":2,"num_experts_per_tok":2,"first_k_dense_replace":1,
+        "max_position_embeddings":128,"topk_method":"greedy","scoring_func":"softmax"}"#,
+    )
+}
+
+fn model(cfg: Config) -> Model {
+    Model::load(cfg, &mut RandomSource(42), &mut |_, _| {}).unwrap()
+}
+
+fn tokens(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i * 7919 + 13) % vocab) as u32).collect()
+}
+
+fn run(m: &Model, toks: &[u32], mode: AttentionMode) -> Vec<f32> {
+    let mut cache = m.new_cache();
+    let mut seqs = [SeqInput {
+        tokens: toks,
+        cache: &mut cache,
+        logits: Logits::All,
+    }];
+    m.forward(&mut seqs, &ForwardOptions { attention: mode })
+        .unwrap()
+        .remove(0)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn absorbed_mla_equals_standard() {
+    for cfg in [v3_config(), v2_lite_config()] {
+        let m = model(cfg);
+        let toks = tokens(40, m.config.vocab_size);
+        let std = run(&m, &toks, AttentionMode::Standard);
+        let abs = run(&m, &toks, AttentionMode::Absorbed);
+        assert!(max_diff(&std, &abs) < 1e-4, "{}", max_diff(&std, &abs));
+    }
+}
+
+#[test]
+fn incremental_decode_equals_prefill() {
+    let m = model(v3_config());
+    let toks = tokens(30, m.config.vocab_size);
+    let full = run(&m, &toks, AttentionMode::Standard);
+    let v = m.config.vocab_size;
+    // Prefill 10 tokens, then one at a time (Auto picks absorbed for single tokens).
+    let mut cache = m.new_cache();
+    let mut got = {
+        let mut s = [SeqInput {
+            tokens: &toks[..10],
+            cache: &mut cache,
+            logits: Logits::All,
+        }];
+        m.forward(&mut s, &ForwardOptions::default())
+            .unwrap()
+            .remove(0)
+    };
+    for t in 10..30 {
+        let mut s = [SeqInput {
+            tokens: &toks[t..t + 1],
+            cache: &mut cache,
+            logits: Logits::Last,
+        }];
+        got.extend(
+            m.forward(&mut s, &ForwardOptions::default())
+                .unwrap()
+                .remove(0),
+        );
+    }
+    assert_eq!(cache.len(), 30);
+    assert_eq!(got.len(), 30 * v);
+    assert!(max_diff(&full, &got) < 1e-4, "{}", max_diff(&full, &got));
+}
+
+#[test]
+fn batched_sequences_equal_solo_runs() {
+    let m = model(v3_config());
+    let v = m.config.vocab_size;
+    let a = tokens(17, v);
+    let b: Vec<u32> = tokens(9, v).iter().map(|t| (t + 5) % v as u32).collect();
+    let solo_a = run(&m, &a, AttentionMode::Auto);
+    let solo_b = run(&m, &b, AttentionMode::Auto);
+    let (mut ca, mut cb) = (m.new_cache(), m.new_cache());
+    let mut batch = [
+        SeqInput {
+            tokens: &a,
+            cache: &mut ca,
+            logits: Logits::All,
+        },
+        SeqInput {
+            tokens: &b,
+            cache: &mut cb,
+            logits: Logits::Last,
+        },
+    ];
+    let out = m.forward(&mut batch, &ForwardOptions::default()).unwrap();
+    assert!(max_diff(&out[0], &solo_a) < 1e-5);
+    assert!(max_diff(&out[1], &solo_b[(b.len() - 1) * v..]) < 1e-5);
+}
+
+#[test]
+fn bad_token_id_is_an_error_and_leaves_cache_untouched() {
+    let m = model(v2_lite_config());
+    let mut cache = m.new_cache();
+    let bad = [1u32, 999];
+    let mut s = [SeqInput {
+        tokens: &bad,
+        cache: &mut cache,
+        logits: Logits::Last,
+    }];
+    let err = m.forward(&mut s, &ForwardOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("999"), "{err}");
+    assert_eq!(cache.len(), 0);
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let e = Config::from_hf_json(r#"{"model_type":"llama"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("model_type") && e.contains("llama"), "{e}");
+    let e = Config::from_hf_json(r#"{"model_type":"deepseek_v3","vocab_size":10}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("hidden_size") && e.contains("missing"), "{e}");
+    let e = Config::from_hf_json(r#"{"model_type":"deepseek_v2","vocab_size":"many"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("vocab_size"), "{e}");
+    let e = Config::from_hf_json("{not json").unwrap_err().to_string();
+    assert!(e.contains("JSON"), "{e}");
+}
+
+#[test]
+fn published_softmax_scales() {
+    // deepseek-architecture.md §1: V3 0.13523378, V2/V2-Lite 0.11472139.
+    let base = |ms: f64| {
+        format!(
+            r#"{{"model_type":"deepseek_v3","vocab_size":8,"hidden_size":8,"intermediate_size":8,
+            "num_hidden_layers":1,"num_attention_heads":1,"kv_lora_rank":4,"qk_nope_head_dim":128,
+            "qk_rope_head_dim":64,"v_head_dim":4,"max_position_embeddings":8,
+            "rope_scaling":{{"type":"yarn","factor":40,"original_max_position_embeddings":4096,
+            "mscale":{ms},"mscale_all_dim":{ms}}}}}"#
+        )
+    };
+    assert!((config(&base(1.0)).softmax_scale() - 0.135_233_78).abs() < 1e-7);
+    assert!((config(&base(0.707)).softmax_scale() - 0.114_721_39).abs() < 1e-7);
+}
