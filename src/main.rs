@@ -1,1 +1,458 @@
-fn main() {}
+//! `moela`: the command-line interface. Logic lives in the library crates; this file parses
+//! arguments, wires loader + text + engine together and prints.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use moela_engine::{generate, perplexity, EngineError, GenerateRequest, SamplingParams};
+use moela_loader::Checkpoint;
+use moela_model::Model;
+use moela_text::{split_reasoning, ChatMessage, RenderOptions, Role, Tokenizer};
+
+#[derive(Parser)]
+#[command(
+    name = "moela",
+    version,
+    about = "Inference for DeepSeek MLA + MoE models"
+)]
+struct Cli {
+    /// Worker threads for compute (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a continuation of one prompt (chat template applied unless --raw).
+    Generate(GenerateArgs),
+    /// Multi-turn chat; reads one user turn per line when stdin is not a terminal.
+    Chat(ChatArgs),
+    /// Per-token negative log-likelihood and perplexity of a text file.
+    Perplexity(PerplexityArgs),
+    /// Summary of a checkpoint: config, parameters, dtypes, memory, KV-cache bytes per token.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// HF checkpoint directory (config.json, safetensors, tokenizer files).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Context length in tokens (prompt + generated); default: the model's maximum.
+    #[arg(long)]
+    ctx: Option<usize>,
+}
+
+#[derive(Args)]
+struct SamplingArgs {
+    /// Maximum tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// Random seed: the same seed gives the same output.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop when this text is generated (repeatable); the stop text is not printed.
+    #[arg(long)]
+    stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    prompt: String,
+    /// System prompt (chat template only).
+    #[arg(long)]
+    system: Option<String>,
+    /// Use the prompt as is: no chat template (the tokenizer's own BOS rule applies).
+    #[arg(long)]
+    raw: bool,
+    /// After the streamed text, print one JSON object: text, token_ids, reasoning, finish_reason, usage.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+struct PerplexityArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Text file to score.
+    #[arg(long)]
+    file: PathBuf,
+    /// Print {"n_tokens", "ppl", "nll": [...]}.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            eprintln!("error: --threads must be at least 1");
+            return ExitCode::FAILURE;
+        }
+        moela_kernels::set_num_threads(n);
+    }
+    let result = match cli.command {
+        Command::Generate(a) => cmd_generate(a),
+        Command::Chat(a) => cmd_chat(a),
+        Command::Perplexity(a) => cmd_perplexity(a),
+        Command::Inspect(a) => cmd_inspect(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The model directory: `--model`, else `$MOELA_MODEL`, else the built-in model.
+fn model_dir(arg: &Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = arg {
+        return Ok(p.clone());
+    }
+    if let Some(p) = std::env::var_os("MOELA_MODEL") {
+        return Ok(PathBuf::from(p));
+    }
+    let builtin = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/moela-demo");
+    if builtin.join("config.json").exists() {
+        return Ok(builtin);
+    }
+    bail!("no model given: pass --model DIR (an HF checkpoint directory) or set MOELA_MODEL")
+}
+
+struct Loaded {
+    model: Model,
+    tokenizer: Tokenizer,
+    ctx: usize,
+}
+
+fn load(args: &ModelArgs) -> Result<Loaded> {
+    let dir = model_dir(&args.model)?;
+    let ckpt = Checkpoint::open(&dir)?;
+    let tokenizer = Tokenizer::from_dir(&dir)?;
+    let max = ckpt.config.max_position_embeddings;
+    let ctx = match args.ctx {
+        Some(0) => bail!("--ctx must be at least 1"),
+        Some(c) if c > max => bail!("--ctx {c} exceeds the model's max_position_embeddings {max}"),
+        Some(c) => c,
+        None => max,
+    };
+    let model = ckpt.load_model(std::io::stderr().is_terminal())?;
+    Ok(Loaded {
+        model,
+        tokenizer,
+        ctx,
+    })
+}
+
+impl Loaded {
+    fn stop_ids(&self) -> Vec<u32> {
+        let mut ids = self.tokenizer.eos_ids().to_vec();
+        for &e in &self.model.config.eos_token_ids {
+            if !ids.contains(&e) {
+                ids.push(e);
+            }
+        }
+        ids
+    }
+
+    fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<(Vec<u32>, bool)> {
+        if self.tokenizer.chat_template().is_none() {
+            bail!("the tokenizer has no chat template (use --raw to send the prompt as is)");
+        }
+        let opts = RenderOptions {
+            add_generation_prompt: true,
+            ..Default::default()
+        };
+        let p = self.tokenizer.apply_chat_template(messages, &opts)?;
+        Ok((p.ids, p.opens_reasoning))
+    }
+
+    fn request(&self, prompt: Vec<u32>, s: &SamplingArgs) -> GenerateRequest {
+        GenerateRequest {
+            prompt,
+            max_tokens: s.max_tokens,
+            sampling: s.params(),
+            stop: s.stop.clone(),
+            stop_token_ids: self.stop_ids(),
+            ctx: self.ctx,
+        }
+    }
+}
+
+fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    let m = load(&a.model)?;
+    let (prompt, in_reasoning) = if a.raw {
+        (m.tokenizer.encode(&a.prompt, true)?, false)
+    } else {
+        let mut msgs = Vec::new();
+        if let Some(s) = &a.system {
+            msgs.push(ChatMessage::new(Role::System, s.as_str()));
+        }
+        msgs.push(ChatMessage::new(Role::User, a.prompt.as_str()));
+        m.chat_prompt(&msgs)?
+    };
+    let req = m.request(prompt, &a.sampling);
+    let mut out = std::io::stdout().lock();
+    let res = generate(&m.model, &m.tokenizer, &req, &mut |piece| {
+        let _ = out.write_all(piece.as_bytes());
+        let _ = out.flush();
+    })
+    .map_err(engine_error)?;
+    writeln!(out)?;
+    if a.json {
+        let (reasoning, content) = split_reasoning(&res.text, in_reasoning);
+        let mut obj = serde_json::json!({
+            "text": content,
+            "token_ids": res.token_ids,
+            "finish_reason": res.finish_reason.as_str(),
+            "usage": {
+                "prompt_tokens": res.prompt_tokens,
+                "completion_tokens": res.completion_tokens,
+                "total_tokens": res.prompt_tokens + res.completion_tokens,
+            },
+        });
+        if let Some(r) = reasoning {
+            obj["reasoning"] = serde_json::Value::String(r);
+        }
+        writeln!(out, "{obj}")?;
+    }
+    Ok(())
+}
+
+fn engine_error(e: EngineError) -> anyhow::Error {
+    anyhow::Error::new(e)
+}
+
+fn cmd_chat(a: ChatArgs) -> Result<()> {
+    let m = load(&a.model)?;
+    let interactive = std::io::stdin().is_terminal();
+    let mut history: Vec<ChatMessage> = Vec::new();
+    if let Some(s) = &a.system {
+        history.push(ChatMessage::new(Role::System, s.as_str()));
+    }
+    if interactive {
+        eprintln!("moela chat — type a message, /reset to start over, /exit or Ctrl-D to quit");
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+            std::io::stderr().flush()?;
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line.context("reading stdin")?;
+        let line = line.trim_end_matches('\r');
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" if interactive => break,
+            "/reset" if interactive => {
+                history.retain(|m| m.role == Role::System);
+                continue;
+            }
+            _ => {}
+        }
+        history.push(ChatMessage::new(Role::User, line));
+        let (prompt, in_reasoning) = m.chat_prompt(&history)?;
+        let req = m.request(prompt, &a.sampling);
+        let mut out = std::io::stdout().lock();
+        let res = match generate(&m.model, &m.tokenizer, &req, &mut |piece| {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        }) {
+            Ok(r) => r,
+            Err(EngineError::PromptTooLong { prompt, ctx }) if interactive => {
+                eprintln!("\nthe conversation ({prompt} tokens) no longer fits the context ({ctx}); use /reset");
+                history.pop();
+                continue;
+            }
+            Err(e) => return Err(engine_error(e)),
+        };
+        writeln!(out)?;
+        let (_, content) = split_reasoning(&res.text, in_reasoning);
+        history.push(ChatMessage::new(Role::Assistant, content));
+    }
+    Ok(())
+}
+
+fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
+    let m = load(&a.model)?;
+    let text = std::fs::read_to_string(&a.file).with_context(|| format!("{}", a.file.display()))?;
+    let tokens = m.tokenizer.encode(&text, true)?;
+    let nll = perplexity(&m.model, &tokens, m.ctx).map_err(engine_error)?;
+    let mean = nll.iter().sum::<f64>() / nll.len() as f64;
+    let ppl = mean.exp();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({ "n_tokens": tokens.len(), "ppl": ppl, "nll": nll })
+        );
+    } else {
+        println!(
+            "tokens: {}  scored: {}  mean NLL: {mean:.6}  perplexity: {ppl:.4}",
+            tokens.len(),
+            nll.len()
+        );
+    }
+    Ok(())
+}
+
+fn cmd_inspect(a: InspectArgs) -> Result<()> {
+    let dir = model_dir(&a.model)?;
+    let ck = Checkpoint::open(&dir)?;
+    let c = &ck.config;
+    let (total, active) = c.parameter_counts();
+    println!("model:        {}", dir.display());
+    println!("model_type:   {}", c.model_type.as_str());
+    println!(
+        "shape:        {} layers, hidden {}, {} heads, vocab {}, max positions {}",
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.num_attention_heads,
+        c.vocab_size,
+        c.max_position_embeddings
+    );
+    println!(
+        "attention:    MLA, q_lora_rank {}, kv_lora_rank {}, qk_nope {}, qk_rope {}, v_head {}, softmax scale {:.8}",
+        c.q_lora_rank.map_or("none".to_string(), |r| r.to_string()),
+        c.kv_lora_rank,
+        c.qk_nope_head_dim,
+        c.qk_rope_head_dim,
+        c.v_head_dim,
+        c.softmax_scale()
+    );
+    match &c.rope_scaling {
+        Some(y) => println!(
+            "rope:         theta {}, YaRN factor {} (orig {}), beta {}/{}, mscale {}/{}",
+            c.rope_theta,
+            y.factor,
+            y.original_max_position_embeddings,
+            y.beta_fast,
+            y.beta_slow,
+            y.mscale,
+            y.mscale_all_dim
+        ),
+        None => println!("rope:         theta {}, no scaling", c.rope_theta),
+    }
+    match c.n_routed_experts {
+        Some(e) => println!(
+            "experts:      {e} routed (width {}), {} shared, top-{} by {:?}/{:?}, groups {}/{}, norm_topk_prob {}, scaling {}; dense layers: {}",
+            c.moe_intermediate_size,
+            c.n_shared_experts,
+            c.num_experts_per_tok,
+            c.topk_method,
+            c.scoring_func,
+            c.topk_group,
+            c.n_group,
+            c.norm_topk_prob,
+            c.routed_scaling_factor,
+            (0..c.num_hidden_layers).filter(|&l| !c.is_moe_layer(l)).map(|l| l.to_string()).collect::<Vec<_>>().join(",")
+        ),
+        None => println!("experts:      none (dense, width {})", c.intermediate_size),
+    }
+    println!(
+        "parameters:   {} total, {} active per token",
+        human(total),
+        human(active)
+    );
+    let mut dtypes: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
+    for t in ck.tensor_infos() {
+        let e = dtypes.entry(t.dtype.clone()).or_default();
+        e.0 += 1;
+        e.1 += t.shape.iter().product::<usize>() as u64;
+    }
+    let list: Vec<String> = dtypes
+        .iter()
+        .map(|(d, (n, el))| format!("{d} ×{n} ({})", human(*el)))
+        .collect();
+    println!("tensors:      {}", list.join(", "));
+    println!("file size:    {}", bytes(ck.file_bytes()));
+    println!("memory:       {} as loaded (f32 weights)", bytes(total * 4));
+    let kv = c.num_hidden_layers * c.latent_dim();
+    println!(
+        "KV cache:     {} values/token ({} layers × {}): {} B/token as f32",
+        kv,
+        c.num_hidden_layers,
+        c.latent_dim(),
+        kv * 4
+    );
+    Ok(())
+}
+
+fn human(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2} B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2} M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1} K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.2} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}

@@ -1,8 +1,13 @@
 //! The engine: sampling, stop conditions and the generate loop over a model and its latent
 //! caches. Only the engine owns mutable KV state.
 
+pub mod generate;
 pub mod sampler;
 pub mod stop;
 
+pub use generate::{
+    generate, perplexity, prefill, token_nll, EngineError, FinishReason, GenerateOutput,
+    GenerateRequest,
+};
 pub use sampler::{argmax, Rng, Sampler, SamplingParams};
 pub use stop::StopMatcher;

@@ -183,18 +183,19 @@ impl Config {
             .as_object()
             .ok_or_else(|| cfg_err("config.json", "not a JSON object"))?;
         let f = Fields { map };
-        let model_type =
-            match f.str_opt("model_type")? {
-                Some("deepseek_v2") => ModelType::DeepseekV2,
-                Some("deepseek_v3") => ModelType::DeepseekV3,
-                Some(other) => return Err(cfg_err(
+        let model_type = match f.str_opt("model_type")? {
+            Some("deepseek_v2") => ModelType::DeepseekV2,
+            Some("deepseek_v3") => ModelType::DeepseekV3,
+            Some(other) => {
+                return Err(cfg_err(
                     "model_type",
                     format!(
                         "unsupported model_type {other:?} (expected deepseek_v2 or deepseek_v3)"
                     ),
-                )),
-                None => return Err(cfg_err("model_type", "missing")),
-            };
+                ))
+            }
+            None => return Err(cfg_err("model_type", "missing")),
+        };
         let v3 = model_type == ModelType::DeepseekV3;
         if f.bool_or("attention_bias", false)? {
             return Err(cfg_err(
@@ -361,7 +362,7 @@ impl Config {
                 return Err(cfg_err(name, "must be greater than 0"));
             }
         }
-        if self.qk_rope_head_dim == 0 || self.qk_rope_head_dim % 2 != 0 {
+        if self.qk_rope_head_dim == 0 || !self.qk_rope_head_dim.is_multiple_of(2) {
             return Err(cfg_err(
                 "qk_rope_head_dim",
                 "must be a positive even number",
@@ -437,7 +438,7 @@ impl Config {
     pub fn is_moe_layer(&self, l: usize) -> bool {
         self.n_routed_experts.is_some()
             && l >= self.first_k_dense_replace
-            && l % self.moe_layer_freq == 0
+            && l.is_multiple_of(self.moe_layer_freq)
     }
 
     /// `qk_head_dim^-0.5`, times `get_mscale(factor, mscale_all_dim)²` under YaRN.

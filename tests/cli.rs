@@ -1,0 +1,372 @@
+//! The `moela` binary end to end on the tiny reference checkpoints: every command's output
+//! shape, determinism, and one clear error line (never a panic) for each kind of bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+fn fixture(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(case)
+}
+
+fn moela(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_moela"))
+        .args(args)
+        .env_remove("MOELA_MODEL")
+        .output()
+        .unwrap()
+}
+
+fn moela_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moela"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+/// The last line of stdout as JSON.
+fn last_json(o: &Output) -> Value {
+    let out = stdout(o);
+    let line = out.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// A failed run: non-zero exit, one `error:` line that mentions every `needle`, no panic.
+fn assert_clean_error(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "expected failure, stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    for n in needles {
+        assert!(lines[0].contains(n), "error line lacks {n:?}: {err}");
+    }
+}
+
+/// A copy of a fixture in a temporary directory, to break.
+fn copy_fixture(case: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(fixture(case)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    dir
+}
+
+fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+    let p = dir.join("config.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    f(v.as_object_mut().unwrap());
+    std::fs::write(p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+/// Rewrites `model.safetensors` with tensor `name` replaced by (`dtype`, `shape`, `data`),
+/// or dropped when `replace` is None.
+fn rewrite_tensor(dir: &Path, name: &str, replace: Option<(Dtype, Vec<usize>, Vec<u8>)>) {
+    let p = dir.join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut views: Vec<(String, TensorView)> = Vec::new();
+    for (n, v) in st.tensors() {
+        if n == name {
+            if let Some((dt, shape, data)) = &replace {
+                views.push((n, TensorView::new(*dt, shape.clone(), data).unwrap()));
+            }
+        } else {
+            views.push((n, v));
+        }
+    }
+    let out = safetensors::serialize(views, None).unwrap();
+    std::fs::write(p, out).unwrap();
+}
+
+fn gen_args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["generate", "--model", dir, "--prompt", "Hello there"];
+    a.extend_from_slice(extra);
+    if !extra.contains(&"--max-tokens") {
+        a.extend_from_slice(&["--max-tokens", "4"]);
+    }
+    a
+}
+
+#[test]
+fn generate_json_reports_tokens_text_and_usage() {
+    let dir = fixture("v3");
+    let o = moela(&gen_args(
+        dir.to_str().unwrap(),
+        &["--max-tokens", "6", "--json"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j = last_json(&o);
+    let ids = j["token_ids"].as_array().unwrap();
+    assert!(!ids.is_empty() && ids.len() <= 6);
+    assert_eq!(
+        j["usage"]["completion_tokens"].as_u64().unwrap() as usize,
+        ids.len()
+    );
+    assert!(j["usage"]["prompt_tokens"].as_u64().unwrap() > 3);
+    let fr = j["finish_reason"].as_str().unwrap();
+    assert!(fr == "length" || fr == "stop");
+    // The streamed text precedes the JSON line and equals its text (no reasoning here).
+    let out = stdout(&o);
+    assert!(out.starts_with(j["text"].as_str().unwrap()));
+}
+
+#[test]
+fn same_seed_same_output_different_seed_differs() {
+    let dir = fixture("v2");
+    let d = dir.to_str().unwrap();
+    let run = |seed: &str| {
+        let o = moela(&gen_args(
+            d,
+            &[
+                "--max-tokens",
+                "12",
+                "--temperature",
+                "1.5",
+                "--seed",
+                seed,
+                "--json",
+            ],
+        ));
+        assert!(o.status.success(), "{}", stderr(&o));
+        last_json(&o)["token_ids"].clone()
+    };
+    assert_eq!(run("7"), run("7"));
+    assert_ne!(run("7"), run("8"));
+}
+
+#[test]
+fn perplexity_json_has_one_nll_per_predicted_token() {
+    let dir = fixture("v2_lite");
+    let text = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        text.path(),
+        "The quick brown fox jumps over the lazy dog. 12345",
+    )
+    .unwrap();
+    let o = moela(&[
+        "perplexity",
+        "--model",
+        dir.to_str().unwrap(),
+        "--file",
+        text.path().to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j = last_json(&o);
+    let n = j["n_tokens"].as_u64().unwrap() as usize;
+    let nll: Vec<f64> = j["nll"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(nll.len(), n - 1);
+    let ppl = (nll.iter().sum::<f64>() / nll.len() as f64).exp();
+    assert!((ppl - j["ppl"].as_f64().unwrap()).abs() < 1e-9 * ppl);
+    // A short context scores the same tokens, in windows.
+    let o2 = moela(&[
+        "perplexity",
+        "--model",
+        dir.to_str().unwrap(),
+        "--file",
+        text.path().to_str().unwrap(),
+        "--json",
+        "--ctx",
+        "5",
+    ]);
+    let j2 = last_json(&o2);
+    assert_eq!(j2["nll"].as_array().unwrap().len(), n - 1);
+    assert_eq!(j2["nll"][0], j["nll"][0]);
+}
+
+#[test]
+fn chat_answers_each_stdin_line_and_exits_at_eof() {
+    let dir = fixture("v3");
+    let o = moela_stdin(
+        &[
+            "chat",
+            "--model",
+            dir.to_str().unwrap(),
+            "--max-tokens",
+            "3",
+        ],
+        "hi\n\nhow are you\n",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 2, "{:?}", stdout(&o));
+}
+
+#[test]
+fn inspect_summarizes_the_checkpoint() {
+    let dir = fixture("v3_fp8");
+    let o = moela(&["inspect", "--model", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for want in [
+        "deepseek_v3",
+        "F8_E4M3",
+        "active per token",
+        "KV cache",
+        "NoauxTc",
+    ] {
+        assert!(out.contains(want), "missing {want}: {out}");
+    }
+}
+
+/// Edits the v2 fixture's config.json and expects a clean error naming `needles`.
+fn check_config_error(edit: impl FnOnce(&mut serde_json::Map<String, Value>), needles: &[&str]) {
+    let dir = copy_fixture("v2");
+    edit_config(dir.path(), edit);
+    assert_clean_error(
+        &moela(&gen_args(dir.path().to_str().unwrap(), &[])),
+        needles,
+    );
+}
+
+#[test]
+fn missing_config_field_is_named() {
+    check_config_error(
+        |c| {
+            c.remove("kv_lora_rank");
+        },
+        &["config.json", "kv_lora_rank", "missing"],
+    );
+}
+
+#[test]
+fn wrongly_typed_config_field_is_named() {
+    check_config_error(
+        |c| {
+            c.insert("num_attention_heads".into(), Value::String("eight".into()));
+        },
+        &["config.json", "num_attention_heads", "integer"],
+    );
+}
+
+#[test]
+fn unknown_config_values_are_named() {
+    check_config_error(
+        |c| {
+            c.insert("topk_method".into(), Value::String("best_effort".into()));
+        },
+        &["topk_method", "best_effort"],
+    );
+    check_config_error(
+        |c| {
+            c.insert("model_type".into(), Value::String("mixtral".into()));
+        },
+        &["model_type", "mixtral"],
+    );
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = copy_fixture("v2_lite");
+    rewrite_tensor(
+        dir.path(),
+        "model.layers.1.self_attn.kv_b_proj.weight",
+        None,
+    );
+    assert_clean_error(
+        &moela(&gen_args(dir.path().to_str().unwrap(), &[])),
+        &[
+            "missing tensor",
+            "model.layers.1.self_attn.kv_b_proj.weight",
+        ],
+    );
+}
+
+#[test]
+fn shape_mismatch_is_named() {
+    let dir = copy_fixture("v2_lite");
+    let name = "model.layers.0.self_attn.o_proj.weight";
+    rewrite_tensor(
+        dir.path(),
+        name,
+        Some((Dtype::F32, vec![3, 5], vec![0u8; 60])),
+    );
+    assert_clean_error(
+        &moela(&gen_args(dir.path().to_str().unwrap(), &[])),
+        &[name, "[3, 5]", "model.safetensors"],
+    );
+}
+
+#[test]
+fn unsupported_dtype_is_named() {
+    let dir = copy_fixture("v2_lite");
+    let name = "model.norm.weight";
+    let hidden = 64; // fixture hidden_size
+    rewrite_tensor(
+        dir.path(),
+        name,
+        Some((Dtype::I32, vec![hidden], vec![0u8; hidden * 4])),
+    );
+    assert_clean_error(
+        &moela(&gen_args(dir.path().to_str().unwrap(), &[])),
+        &[name, "I32"],
+    );
+}
+
+#[test]
+fn truncated_safetensors_is_named() {
+    let dir = copy_fixture("v2_lite");
+    let p = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    assert_clean_error(
+        &moela(&gen_args(dir.path().to_str().unwrap(), &[])),
+        &["model.safetensors", "truncated"],
+    );
+}
+
+#[test]
+fn corrupt_tokenizer_is_named() {
+    let dir = copy_fixture("v2_lite");
+    std::fs::write(dir.path().join("tokenizer.json"), "{\"model\": 42").unwrap();
+    assert_clean_error(
+        &moela(&gen_args(dir.path().to_str().unwrap(), &[])),
+        &["tokenizer.json"],
+    );
+}
+
+#[test]
+fn missing_model_dir_is_named() {
+    assert_clean_error(
+        &moela(&gen_args("/nonexistent/moela-model", &[])),
+        &["/nonexistent/moela-model"],
+    );
+}
+
+#[test]
+fn prompt_longer_than_context_is_refused() {
+    let dir = fixture("v2_lite");
+    let o = moela(&gen_args(dir.to_str().unwrap(), &["--ctx", "4"]));
+    assert_clean_error(&o, &["prompt is", "context holds 4"]);
+}
