@@ -20,9 +20,6 @@ What it writes under tests/fixtures/text/:
   That text equals the V3 template with the generation prompt `<｜Assistant｜>` replaced by
   `<｜Assistant｜><think>\\n` (checked byte for byte when this script was written); the script
   derives it that way and checks the SHA-256 of the result against the quoted text's.
-* templates/deepseek-v3.1-llamacpp.jinja (checked in, not written here): DeepSeek-V3.1's template
-  as reformatted in llama.cpp models/templates/deepseek-ai-DeepSeek-V3.1.jinja (not byte-identical
-  to the HF original; used to exercise the V3.1 tool-call format and extra variables).
 * templates/compat-*.jinja (checked in): small templates written for Moela that exercise Python
   string methods, Python value printing, `tojson` options, whitespace control and
   `raise_exception`.
@@ -424,14 +421,6 @@ def gen_templates(tok_json, config):
         # content null without tool_calls: the template itself fails
         render(template_file, "null_content_error", [{"role": "user", "content": "Hi"},
                                                      {"role": "assistant", "content": None}], False)
-
-    for name in ("system_user", "multi_turn", "reasoning_history", "tool_calls", "tool_call_with_content"):
-        for gen in (False, True):
-            for thinking in (False, True):
-                render("deepseek-v3.1-llamacpp.jinja", f"{name}/thinking={thinking}", convs[name], gen,
-                       extra={"thinking": thinking})
-    render("deepseek-v3.1-llamacpp.jinja", "multi_turn/enable_thinking", convs["multi_turn"], True,
-           extra={"enable_thinking": True})
 
     py_msgs = [{"role": "user", "content": "  a,b, c z "}]
     render("compat-pycompat.jinja", "pycompat", py_msgs, False)

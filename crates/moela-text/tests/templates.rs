@@ -74,7 +74,7 @@ fn template(g: &Golden, file: &str) -> ChatTemplate {
 #[test]
 fn every_template_case_renders_byte_identically() {
     let g = golden();
-    assert!(g.cases.len() >= 60, "{} cases", g.cases.len());
+    assert!(g.cases.len() >= 40, "{} cases", g.cases.len());
     let mut failures = Vec::new();
     for case in &g.cases {
         let tpl = template(&g, &case.template);
@@ -182,8 +182,7 @@ fn rendered_tool_calls_parse_back() {
         let Some(rendered) = &case.expected else {
             continue;
         };
-        let v31 = case.template.starts_with("deepseek-v3.1");
-        if !(case.template == "deepseek-v3.jinja" || v31) {
+        if case.template != "deepseek-v3.jinja" {
             continue;
         }
         // The first assistant turn with tool calls; the official V3 template only renders the
@@ -194,13 +193,9 @@ fn rendered_tool_calls_parse_back() {
         let Some(begin) = rendered.find(TOOL_CALLS_BEGIN) else {
             continue;
         };
-        // The model's output for that turn: after the assistant marker (V3.1 adds `</think>`)
-        // up to the end-of-sentence token.
-        let marker = if v31 {
-            "<｜Assistant｜></think>"
-        } else {
-            "<｜Assistant｜>"
-        };
+        // The model's output for that turn: after the assistant marker up to the
+        // end-of-sentence token.
+        let marker = "<｜Assistant｜>";
         let start = rendered[..begin].rfind(marker).unwrap() + marker.len();
         let end = begin + rendered[begin..].find("<｜end▁of▁sentence｜>").unwrap();
         let (content, calls) = parse_tool_calls(&rendered[start..end]);
@@ -223,7 +218,7 @@ fn rendered_tool_calls_parse_back() {
         assert_eq!(calls, want, "{}", case.label());
         checked += 1;
     }
-    assert!(checked >= 10, "{checked}");
+    assert!(checked >= 6, "{checked}");
 }
 
 #[test]
