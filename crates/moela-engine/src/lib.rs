@@ -3,6 +3,7 @@
 
 pub mod generate;
 pub mod sampler;
+pub mod scheduler;
 pub mod stop;
 
 pub use generate::{
@@ -10,4 +11,8 @@ pub use generate::{
     GenerateRequest,
 };
 pub use sampler::{argmax, Rng, Sampler, SamplingParams};
+pub use scheduler::{
+    Constraint, EngineConfig, EngineHandle, EngineStats, Event, Request, SubmitError, TokenEvent,
+    TokenLogprob, Usage,
+};
 pub use stop::StopMatcher;
