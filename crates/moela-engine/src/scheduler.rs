@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use moela_model::{ForwardOptions, Logits, Model, SeqCache, SeqInput};
+use moela_model::{ForwardOptions, KvPool, Logits, Model, SeqCache, SeqInput};
 use moela_text::{StreamDecoder, Tokenizer};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -89,6 +89,23 @@ pub struct EngineConfig {
     pub ctx: usize,
     /// Prompt tokens prefilled per step across the batch.
     pub prefill_tokens_per_step: usize,
+    /// Tokens per KV-cache block.
+    pub block_tokens: usize,
+    /// KV-cache blocks in the pool; 0 = enough for `max_batch` full contexts. Blocks are
+    /// allocated as sequences grow, not reserved up front.
+    pub kv_blocks: usize,
+    /// Share the cache of identical prompt prefixes across requests.
+    pub prefix_caching: bool,
+}
+
+impl EngineConfig {
+    /// The pool size in blocks.
+    pub fn pool_blocks(&self) -> usize {
+        match self.kv_blocks {
+            0 => (self.max_batch.max(1) * self.ctx).div_ceil(self.block_tokens.max(1)),
+            n => n,
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -98,6 +115,9 @@ impl Default for EngineConfig {
             max_queue: 64,
             ctx: 4096,
             prefill_tokens_per_step: 512,
+            block_tokens: moela_model::DEFAULT_BLOCK_TOKENS,
+            kv_blocks: 0,
+            prefix_caching: true,
         }
     }
 }
@@ -124,6 +144,9 @@ pub struct EngineStats {
     pub generated_tokens: AtomicU64,
     pub cached_tokens: AtomicU64,
     pub kv_tokens: AtomicUsize,
+    pub kv_blocks_used: AtomicUsize,
+    pub kv_blocks_cached: AtomicUsize,
+    pub kv_blocks_free: AtomicUsize,
     pub steps: AtomicU64,
 }
 
@@ -148,8 +171,17 @@ impl EngineHandle {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(EngineStats::default());
         let closing = Arc::new(AtomicBool::new(false));
+        let pool = model.new_pool(
+            config.block_tokens,
+            Some(config.pool_blocks()),
+            config.prefix_caching,
+        );
+        stats
+            .kv_blocks_free
+            .store(config.pool_blocks(), Ordering::Relaxed);
         let w = Worker {
             model,
+            pool,
             tokenizer,
             config: config.clone(),
             stats: stats.clone(),
@@ -220,8 +252,10 @@ impl EngineHandle {
 struct Seq {
     job: Job,
     cache: SeqCache,
-    /// Prompt tokens fed so far.
+    /// Prompt tokens fed so far (starting after the reused prefix).
     fed: usize,
+    /// Prompt tokens served from the prefix cache.
+    cached: usize,
     generated: Vec<u32>,
     sampler: Sampler,
     decoder: StreamDecoder,
@@ -236,6 +270,7 @@ enum Outcome {
 
 struct Worker {
     model: Arc<Model>,
+    pool: Arc<KvPool>,
     tokenizer: Tokenizer,
     config: EngineConfig,
     stats: Arc<EngineStats>,
@@ -263,35 +298,73 @@ impl Worker {
             while let Ok(job) = rx.try_recv() {
                 waiting.push_back(job);
             }
+            // Admit while a batch slot and the worst-case KV blocks are free.
+            let capacity = self.config.pool_blocks();
+            let mut reserved: usize = running.iter().map(|s| self.blocks_needed(&s.job.req)).sum();
             while running.len() < self.config.max_batch {
+                let Some(job) = waiting.front() else { break };
+                let need = self.blocks_needed(&job.req);
+                if !job.tx.is_closed() && reserved + need > capacity {
+                    if need > capacity {
+                        let msg =
+                            format!("the request needs {need} KV blocks, the pool has {capacity}");
+                        let _ = job.tx.send(Event::Error(msg));
+                    } else {
+                        break;
+                    }
+                }
                 let Some(job) = waiting.pop_front() else {
                     break;
                 };
                 self.stats.queued.fetch_sub(1, Ordering::SeqCst);
-                if job.tx.is_closed() {
+                if job.tx.is_closed() || need > capacity {
                     continue;
                 }
+                reserved += need;
                 running.push(self.admit(job));
             }
             self.stats.running.store(running.len(), Ordering::Relaxed);
             if running.is_empty() {
+                self.publish_kv(&running);
                 continue;
             }
             self.step(&mut running);
-            self.stats.kv_tokens.store(
-                running.iter().map(|s| s.cache.len()).sum(),
-                Ordering::Relaxed,
-            );
+            self.publish_kv(&running);
         }
+    }
+
+    fn publish_kv(&self, running: &[Seq]) {
+        let st = self.pool.stats();
+        self.stats.kv_tokens.store(
+            running.iter().map(|s| s.cache.len()).sum(),
+            Ordering::Relaxed,
+        );
+        self.stats.kv_blocks_used.store(st.used, Ordering::Relaxed);
+        self.stats
+            .kv_blocks_cached
+            .store(st.cached, Ordering::Relaxed);
+        self.stats.kv_blocks_free.store(st.free, Ordering::Relaxed);
+    }
+
+    /// Worst-case blocks a request can occupy (prompt plus its whole generation budget).
+    fn blocks_needed(&self, req: &Request) -> usize {
+        let tokens = (req.prompt.len() + req.max_tokens).min(self.config.ctx);
+        tokens.div_ceil(self.config.block_tokens.max(1))
     }
 
     fn admit(&self, job: Job) -> Seq {
         self.stats
             .prompt_tokens
             .fetch_add(job.req.prompt.len() as u64, Ordering::Relaxed);
+        let cache = self.pool.seq_with_prefix(&job.req.prompt);
+        let cached = cache.len();
+        self.stats
+            .cached_tokens
+            .fetch_add(cached as u64, Ordering::Relaxed);
         Seq {
-            cache: self.model.new_cache(),
-            fed: 0,
+            cache,
+            fed: cached,
+            cached,
             generated: Vec::new(),
             sampler: Sampler::new(job.req.sampling.clone()),
             decoder: self.tokenizer.stream_decoder(true),
@@ -454,7 +527,7 @@ impl Worker {
         let usage = Usage {
             prompt_tokens: s.job.req.prompt.len(),
             completion_tokens: s.generated.len(),
-            cached_tokens: 0,
+            cached_tokens: s.cached,
         };
         let _ = s.job.tx.send(Event::Done {
             tail,

@@ -189,3 +189,73 @@ fn logprobs_are_normalized_and_ordered() {
     assert_eq!(seen, 3);
     engine.shutdown();
 }
+
+/// Runs one request to the end and returns (ids, text, usage).
+fn run_one(
+    engine: &EngineHandle,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+) -> (Vec<u32>, String, moela_engine::Usage) {
+    let mut rx = engine.submit(request(prompt, max_tokens)).unwrap();
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    while let Some(ev) = rx.blocking_recv() {
+        match ev {
+            Event::Token(t) => {
+                ids.push(t.id);
+                text.push_str(&t.text);
+            }
+            Event::Done { tail, usage, .. } => {
+                text.push_str(&tail);
+                return (ids, text, usage);
+            }
+            Event::Error(e) => panic!("{e}"),
+        }
+    }
+    panic!("no Done");
+}
+
+#[test]
+fn shared_prefix_is_reused_and_gives_the_same_output() {
+    let (model, tok) = fixture();
+    let cfg = EngineConfig {
+        ctx: 256,
+        block_tokens: 8,
+        ..Default::default()
+    };
+    let engine = EngineHandle::start(model.clone(), tok.clone(), cfg.clone());
+    let system: Vec<u32> = (0..37).map(|i| (i * 13 % 500) as u32).collect();
+    let mut a = system.clone();
+    a.extend([3, 4, 5]);
+    let mut b = system.clone();
+    b.extend([9, 9]);
+    let (ids_a, _, ua) = run_one(&engine, a.clone(), 6);
+    assert_eq!(ua.cached_tokens, 0);
+    let (ids_b, _, ub) = run_one(&engine, b.clone(), 6);
+    // 37 shared tokens = 4 full blocks of 8.
+    assert_eq!(ub.cached_tokens, 32);
+    // The same request again reuses all but its last block's worth and answers the same.
+    let (ids_a2, _, ua2) = run_one(&engine, a.clone(), 6);
+    assert_eq!(ids_a2, ids_a);
+    assert!(ua2.cached_tokens >= 32);
+    // Against an engine without prefix caching: identical outputs.
+    let cold = EngineHandle::start(
+        model,
+        tok,
+        EngineConfig {
+            prefix_caching: false,
+            ..cfg
+        },
+    );
+    assert_eq!(run_one(&cold, b, 6).0, ids_b);
+    assert_eq!(cold.stats().cached_tokens.load(Ordering::SeqCst), 0);
+    // Nothing is held by a sequence once all requests are done.
+    for _ in 0..100 {
+        if engine.stats().kv_blocks_used.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(engine.stats().kv_blocks_used.load(Ordering::SeqCst), 0);
+    engine.shutdown();
+    cold.shutdown();
+}

@@ -1,12 +1,15 @@
 //! Checkpoint loading: HF directories with single-file or sharded safetensors (memory-mapped),
-//! tensor dtypes F32/F16/BF16 and DeepSeek's FP8-E4M3 with block scales.
+//! tensor dtypes F32/F16/BF16 and DeepSeek's FP8-E4M3 with block scales; GGUF files (read and
+//! write, `deepseek2` metadata and tensor names).
 //!
 //! This crate converts formats and nothing else; the model asks for tensors by their HF
 //! checkpoint names through [`moela_model::WeightSource`].
 
 pub mod dtype;
 pub mod error;
+pub mod gguf;
 pub mod safetensors_dir;
 
 pub use error::LoadError;
+pub use gguf::{GgufError, GgufFile, GgufWriter};
 pub use safetensors_dir::{Checkpoint, TensorInfo};

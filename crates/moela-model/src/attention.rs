@@ -4,6 +4,8 @@
 use moela_kernels::ops::dot;
 use moela_kernels::{softmax_in_place, Mat};
 
+use crate::cache::LayerView;
+
 /// Dimensions of one MLA computation.
 #[derive(Clone, Copy, Debug)]
 pub struct MlaDims {
@@ -18,9 +20,6 @@ pub struct MlaDims {
 impl MlaDims {
     fn qk(&self) -> usize {
         self.nope + self.rope
-    }
-    fn latent(&self) -> usize {
-        self.rank + self.rope
     }
 }
 
@@ -55,9 +54,15 @@ impl AttentionMode {
 
 /// Attention of `n` new query tokens, which are the last `n` of the `cache` rows.
 ///
-/// `q`: `[n, heads, nope + rope]` with RoPE applied; `cache`: `[len, rank + rope]`;
+/// `q`: `[n, heads, nope + rope]` with RoPE applied; `cache`: `[len, rank + rope]` rows;
 /// `kv_b`: `[heads·(nope + v), rank]`. Returns `[n, heads, v]`.
-pub fn mla(q: &[f32], cache: &[f32], kv_b: &Mat, d: &MlaDims, mode: AttentionMode) -> Vec<f32> {
+pub(crate) fn mla(
+    q: &[f32],
+    cache: &LayerView<'_>,
+    kv_b: &Mat,
+    d: &MlaDims,
+    mode: AttentionMode,
+) -> Vec<f32> {
     let n = q.len() / (d.heads * d.qk());
     match mode.resolve(d, n) {
         AttentionMode::Absorbed => mla_absorbed(q, cache, kv_b, d),
@@ -66,15 +71,15 @@ pub fn mla(q: &[f32], cache: &[f32], kv_b: &Mat, d: &MlaDims, mode: AttentionMod
 }
 
 /// Standard form: decompress every cached latent into per-head keys and values.
-pub fn mla_standard(q: &[f32], cache: &[f32], kv_b: &Mat, d: &MlaDims) -> Vec<f32> {
-    let (h, qk, lat) = (d.heads, d.qk(), d.latent());
+pub(crate) fn mla_standard(q: &[f32], cache: &LayerView<'_>, kv_b: &Mat, d: &MlaDims) -> Vec<f32> {
+    let (h, qk) = (d.heads, d.qk());
     let n = q.len() / (h * qk);
-    let len = cache.len() / lat;
+    let len = cache.len;
     let start = len - n;
     // c_n of every cached token: [len, rank]
     let mut c = Vec::with_capacity(len * d.rank);
     for u in 0..len {
-        c.extend_from_slice(&cache[u * lat..u * lat + d.rank]);
+        c.extend_from_slice(&cache.row(u)[..d.rank]);
     }
     let kv = kv_b.forward(&c); // [len, heads·(nope + v)]
     let row = h * (d.nope + d.v);
@@ -86,7 +91,7 @@ pub fn mla_standard(q: &[f32], cache: &[f32], kv_b: &Mat, d: &MlaDims) -> Vec<f3
             let qh = &q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
             for u in 0..visible {
                 let k_nope = &kv[u * row + hh * (d.nope + d.v)..][..d.nope];
-                let k_pe = &cache[u * lat + d.rank..(u + 1) * lat];
+                let k_pe = &cache.row(u)[d.rank..];
                 scores[u] = (dot(&qh[..d.nope], k_nope) + dot(&qh[d.nope..], k_pe)) * d.scale;
             }
             softmax_in_place(&mut scores[..visible]);
@@ -105,10 +110,10 @@ pub fn mla_standard(q: &[f32], cache: &[f32], kv_b: &Mat, d: &MlaDims) -> Vec<f3
 
 /// Absorbed form: fold W_UK into the query and W_UV after the weighted sum, so attention is
 /// MQA over the cached latents with one `rank + rope`-wide key (DeepSeek-V2 paper §2.1.2).
-pub fn mla_absorbed(q: &[f32], cache: &[f32], kv_b: &Mat, d: &MlaDims) -> Vec<f32> {
-    let (h, qk, lat) = (d.heads, d.qk(), d.latent());
+pub(crate) fn mla_absorbed(q: &[f32], cache: &LayerView<'_>, kv_b: &Mat, d: &MlaDims) -> Vec<f32> {
+    let (h, qk) = (d.heads, d.qk());
     let n = q.len() / (h * qk);
-    let len = cache.len() / lat;
+    let len = cache.len;
     let start = len - n;
     let mut out = vec![0.0f32; n * h * d.v];
     let mut q_lat = vec![0.0f32; d.rank];
@@ -127,7 +132,7 @@ pub fn mla_absorbed(q: &[f32], cache: &[f32], kv_b: &Mat, d: &MlaDims) -> Vec<f3
                 }
             }
             for u in 0..visible {
-                let row = &cache[u * lat..(u + 1) * lat];
+                let row = cache.row(u);
                 scores[u] =
                     (dot(&q_lat, &row[..d.rank]) + dot(&qh[d.nope..], &row[d.rank..])) * d.scale;
             }
@@ -135,7 +140,7 @@ pub fn mla_absorbed(q: &[f32], cache: &[f32], kv_b: &Mat, d: &MlaDims) -> Vec<f3
             o_lat.fill(0.0);
             for u in 0..visible {
                 let p = scores[u];
-                for (a, &c) in o_lat.iter_mut().zip(&cache[u * lat..u * lat + d.rank]) {
+                for (a, &c) in o_lat.iter_mut().zip(&cache.row(u)[..d.rank]) {
                     *a += p * c;
                 }
             }

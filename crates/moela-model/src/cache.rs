@@ -1,26 +1,279 @@
-//! The latent KV cache of one sequence: per layer and token, the normalized latent `c_n`
-//! (`kv_lora_rank` values) followed by the post-RoPE rope key (`qk_rope_head_dim` values).
-//! Never full per-head keys or values.
+//! The paged latent KV cache.
+//!
+//! Per layer and token it holds only the normalized latent `c_n` (`kv_lora_rank` values) and
+//! the post-RoPE rope key (`qk_rope_head_dim` values) — never per-head keys or values. Storage
+//! is a pool of fixed-size blocks (`block_tokens` tokens × all layers) with a free list; a
+//! sequence holds a block table and takes blocks only as it grows. Full blocks can be shared
+//! between sequences with the same token prefix (reference-counted, never written once full);
+//! blocks kept only by the prefix index are evicted, least recently used first, when the pool
+//! runs out.
 
-/// Latent cache of one sequence. Owned by the engine; the model appends to it.
-#[derive(Clone, Debug, Default)]
-pub struct SeqCache {
-    /// `[layers][len, latent_dim]`
-    layers: Vec<Vec<f32>>,
-    latent_dim: usize,
-    len: usize,
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::ModelError;
+
+/// Tokens per block unless configured otherwise.
+pub const DEFAULT_BLOCK_TOKENS: usize = 16;
+
+type BlockId = usize;
+
+struct Block {
+    /// `[layers, block_tokens, latent_dim]`; allocated on first use, kept for reuse.
+    data: Vec<f32>,
+    /// Sequences and the prefix index holding this block.
+    refs: usize,
+    /// Prefix-index key when the block is full and indexed.
+    key: Option<u64>,
+    /// The tokens it holds (checked on prefix lookups, so hash collisions are harmless).
+    tokens: Vec<u32>,
+    last_use: u64,
 }
 
-impl SeqCache {
-    pub fn new(n_layers: usize, latent_dim: usize) -> SeqCache {
-        SeqCache {
-            layers: vec![Vec::new(); n_layers],
+struct PoolInner {
+    blocks: Vec<Block>,
+    free: Vec<BlockId>,
+    /// Prefix hash of a full block's tokens (including all earlier blocks) → block.
+    index: HashMap<u64, BlockId>,
+    tick: u64,
+}
+
+/// A pool of latent-cache blocks shared by the sequences of one model.
+pub struct KvPool {
+    layers: usize,
+    latent_dim: usize,
+    block_tokens: usize,
+    /// Block limit; `None` grows without bound (single-sequence use).
+    max_blocks: Option<usize>,
+    prefix_caching: bool,
+    inner: Mutex<PoolInner>,
+}
+
+/// Block counts of a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PoolStats {
+    /// Blocks referenced by at least one sequence.
+    pub used: usize,
+    /// Blocks held only by the prefix index (reusable, evictable).
+    pub cached: usize,
+    /// Blocks available without eviction (allocated-but-free plus never allocated).
+    pub free: usize,
+    pub block_tokens: usize,
+}
+
+fn mix(h: u64, v: u64) -> u64 {
+    // FNV-1a style mixing over 64-bit words, then a final avalanche.
+    let mut x = (h ^ v).wrapping_mul(0x100_0000_01b3);
+    x ^= x >> 29;
+    x.wrapping_mul(0xbf58_476d_1ce4_e5b9)
+}
+
+impl KvPool {
+    pub fn new(
+        layers: usize,
+        latent_dim: usize,
+        block_tokens: usize,
+        max_blocks: Option<usize>,
+        prefix_caching: bool,
+    ) -> Arc<KvPool> {
+        Arc::new(KvPool {
+            layers,
             latent_dim,
+            block_tokens: block_tokens.max(1),
+            max_blocks,
+            prefix_caching,
+            inner: Mutex::new(PoolInner {
+                blocks: Vec::new(),
+                free: Vec::new(),
+                index: HashMap::new(),
+                tick: 0,
+            }),
+        })
+    }
+
+    pub fn block_tokens(&self) -> usize {
+        self.block_tokens
+    }
+
+    pub fn latent_dim(&self) -> usize {
+        self.latent_dim
+    }
+
+    /// Bytes of one block.
+    pub fn block_bytes(&self) -> usize {
+        self.layers * self.block_tokens * self.latent_dim * std::mem::size_of::<f32>()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolInner> {
+        // A panic while holding the lock cannot leave block bookkeeping half-updated in a way
+        // that matters more than losing the cache, so recover the guard.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An empty sequence on this pool.
+    pub fn new_seq(self: &Arc<Self>) -> SeqCache {
+        SeqCache {
+            pool: self.clone(),
+            blocks: Vec::new(),
             len: 0,
+            tokens: Vec::new(),
         }
     }
 
-    /// Tokens held (every layer holds the same count between forward passes).
+    pub fn stats(&self) -> PoolStats {
+        let g = self.lock();
+        let mut s = PoolStats {
+            block_tokens: self.block_tokens,
+            ..Default::default()
+        };
+        for b in &g.blocks {
+            if b.refs == 0 {
+                s.free += 1;
+            } else if self.only_index(b) {
+                s.cached += 1;
+            } else {
+                s.used += 1;
+            }
+        }
+        if let Some(m) = self.max_blocks {
+            s.free += m.saturating_sub(g.blocks.len());
+        }
+        s
+    }
+
+    /// Whether a block's one reference is the prefix index's.
+    fn only_index(&self, b: &Block) -> bool {
+        b.refs == 1 && b.key.is_some()
+    }
+
+    /// Blocks that could be handed out now (free, never allocated, or evictable).
+    pub fn available_blocks(&self) -> usize {
+        let st = self.stats();
+        st.free + st.cached
+    }
+
+    /// A sequence that starts with the longest indexed prefix of `tokens` (whole blocks only,
+    /// leaving at least one token to compute). Its `len()` tells how many tokens were reused.
+    pub fn seq_with_prefix(self: &Arc<Self>, tokens: &[u32]) -> SeqCache {
+        let mut seq = self.new_seq();
+        if !self.prefix_caching {
+            return seq;
+        }
+        let bt = self.block_tokens;
+        let mut g = self.lock();
+        g.tick += 1;
+        let tick = g.tick;
+        let mut h = 0u64;
+        for (bi, chunk) in tokens.chunks(bt).enumerate() {
+            if chunk.len() < bt || (bi + 1) * bt >= tokens.len() {
+                break;
+            }
+            for &t in chunk {
+                h = mix(h, t as u64);
+            }
+            let Some(&id) = g.index.get(&h) else { break };
+            if g.blocks[id].tokens != chunk {
+                break;
+            }
+            g.blocks[id].refs += 1;
+            g.blocks[id].last_use = tick;
+            seq.blocks.push(id);
+            seq.tokens.extend_from_slice(chunk);
+            seq.len += bt;
+        }
+        seq
+    }
+
+    /// Takes a block: a free one, a new one, or the least recently used index-only block.
+    fn take_block(&self, g: &mut PoolInner) -> Option<BlockId> {
+        let id = if let Some(id) = g.free.pop() {
+            id
+        } else if self.max_blocks.is_none_or(|m| g.blocks.len() < m) {
+            g.blocks.push(Block {
+                data: vec![0.0; self.layers * self.block_tokens * self.latent_dim],
+                refs: 0,
+                key: None,
+                tokens: Vec::new(),
+                last_use: 0,
+            });
+            g.blocks.len() - 1
+        } else {
+            let victim = g
+                .blocks
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| self.only_index(b))
+                .min_by_key(|(_, b)| b.last_use)
+                .map(|(i, _)| i)?;
+            if let Some(k) = g.blocks[victim].key.take() {
+                g.index.remove(&k);
+            }
+            g.blocks[victim].refs = 0;
+            victim
+        };
+        let b = &mut g.blocks[id];
+        b.refs = 1;
+        b.key = None;
+        b.tokens.clear();
+        Some(id)
+    }
+
+    fn release(&self, g: &mut PoolInner, id: BlockId) {
+        let b = &mut g.blocks[id];
+        b.refs = b.refs.saturating_sub(1);
+        if b.refs == 0 {
+            if let Some(k) = b.key.take() {
+                g.index.remove(&k);
+            }
+            g.free.push(id);
+        }
+    }
+
+    /// Clears the prefix index (its blocks become free).
+    pub fn clear_prefix_cache(&self) {
+        let mut g = self.lock();
+        let ids: Vec<BlockId> = g.index.drain().map(|(_, id)| id).collect();
+        for id in ids {
+            g.blocks[id].key = None;
+            let b = &mut g.blocks[id];
+            b.refs = b.refs.saturating_sub(1);
+            if b.refs == 0 {
+                g.free.push(id);
+            }
+        }
+    }
+}
+
+/// The latent cache of one sequence: a block table into a [`KvPool`]. Dropping it returns its
+/// blocks at once.
+pub struct SeqCache {
+    pool: Arc<KvPool>,
+    blocks: Vec<BlockId>,
+    len: usize,
+    tokens: Vec<u32>,
+}
+
+impl std::fmt::Debug for SeqCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeqCache")
+            .field("len", &self.len)
+            .field("blocks", &self.blocks)
+            .finish()
+    }
+}
+
+impl Drop for SeqCache {
+    fn drop(&mut self) {
+        let pool = self.pool.clone();
+        let mut g = pool.lock();
+        for &id in &self.blocks {
+            pool.release(&mut g, id);
+        }
+    }
+}
+
+impl SeqCache {
+    /// Tokens held.
     pub fn len(&self) -> usize {
         self.len
     }
@@ -31,41 +284,138 @@ impl SeqCache {
 
     /// Values per token per layer.
     pub fn latent_dim(&self) -> usize {
-        self.latent_dim
+        self.pool.latent_dim
     }
 
-    /// Bytes held by the cached values.
+    pub fn pool(&self) -> &Arc<KvPool> {
+        &self.pool
+    }
+
+    /// Bytes of the blocks this sequence references.
     pub fn bytes(&self) -> usize {
-        self.layers
+        self.blocks.len() * self.pool.block_bytes()
+    }
+}
+
+/// Everything the forward pass needs from the caches of a batch, under one lock.
+pub(crate) struct BatchCache<'a> {
+    pool: Arc<KvPool>,
+    guard: MutexGuard<'a, PoolInner>,
+}
+
+/// Read access to one sequence's rows of one layer.
+pub(crate) struct LayerView<'a> {
+    blocks: Vec<&'a [f32]>,
+    bt: usize,
+    lat: usize,
+    pub(crate) len: usize,
+}
+
+impl LayerView<'_> {
+    /// Row `u`: `[latent_dim]` = c_n then k_pe.
+    #[inline]
+    pub(crate) fn row(&self, u: usize) -> &[f32] {
+        &self.blocks[u / self.bt][(u % self.bt) * self.lat..][..self.lat]
+    }
+}
+
+impl<'a> BatchCache<'a> {
+    /// Locks `pool` and makes room in every sequence for its `new` tokens (all or nothing).
+    pub(crate) fn prepare(
+        pool: &'a Arc<KvPool>,
+        seqs: &mut [(&mut SeqCache, usize)],
+    ) -> Result<Self, ModelError> {
+        let mut guard = pool.lock();
+        let bt = pool.block_tokens;
+        let need: usize = seqs
             .iter()
-            .map(|l| l.len() * std::mem::size_of::<f32>())
-            .sum()
+            .map(|(s, n)| (s.len + n).div_ceil(bt).saturating_sub(s.blocks.len()))
+            .sum();
+        let mut taken = Vec::with_capacity(need);
+        for _ in 0..need {
+            match pool.take_block(&mut guard) {
+                Some(id) => taken.push(id),
+                None => {
+                    for id in taken {
+                        pool.release(&mut guard, id);
+                    }
+                    return Err(ModelError::Input(format!(
+                        "the KV cache is full ({} blocks of {bt} tokens in use)",
+                        pool.max_blocks.unwrap_or(0)
+                    )));
+                }
+            }
+        }
+        let mut it = taken.into_iter();
+        for (s, n) in seqs.iter_mut() {
+            while s.blocks.len() * bt < s.len + *n {
+                if let Some(id) = it.next() {
+                    s.blocks.push(id);
+                }
+            }
+        }
+        Ok(BatchCache {
+            pool: pool.clone(),
+            guard,
+        })
     }
 
-    /// Drops every token from position `len` on (e.g. to reuse a shared prefix).
-    pub fn truncate(&mut self, len: usize) {
-        if len < self.len {
-            for l in &mut self.layers {
-                l.truncate(len * self.latent_dim);
-            }
-            self.len = len;
+    /// Writes `rows` (`[n, latent_dim]`) at positions `seq.len..` of layer `l`.
+    pub(crate) fn write(&mut self, seq: &SeqCache, l: usize, rows: &[f32]) {
+        let (bt, lat) = (self.pool.block_tokens, self.pool.latent_dim);
+        for (i, row) in rows.chunks_exact(lat).enumerate() {
+            let u = seq.len + i;
+            let b = &mut self.guard.blocks[seq.blocks[u / bt]];
+            let off = ((l * bt) + u % bt) * lat;
+            b.data[off..off + lat].copy_from_slice(row);
         }
     }
 
-    pub(crate) fn layer(&self, l: usize) -> &[f32] {
-        &self.layers[l]
-    }
-
-    pub(crate) fn push_rows(&mut self, l: usize, rows: &[f32]) {
-        self.layers[l].extend_from_slice(rows);
-    }
-
-    /// Called once all layers took the new tokens.
-    pub(crate) fn commit(&mut self, n: usize) {
-        self.len += n;
-        debug_assert!(self
-            .layers
+    /// Rows `0..upto` of layer `l` of `seq`.
+    pub(crate) fn view(&self, seq: &SeqCache, l: usize, upto: usize) -> LayerView<'_> {
+        let (bt, lat) = (self.pool.block_tokens, self.pool.latent_dim);
+        let blocks = seq.blocks[..upto.div_ceil(bt)]
             .iter()
-            .all(|l| l.len() == self.len * self.latent_dim));
+            .map(|&id| &self.guard.blocks[id].data[l * bt * lat..(l + 1) * bt * lat])
+            .collect();
+        LayerView {
+            blocks,
+            bt,
+            lat,
+            len: upto,
+        }
+    }
+
+    /// Records `tokens` as appended to `seq`; indexes blocks that became full.
+    pub(crate) fn commit(&mut self, seq: &mut SeqCache, tokens: &[u32]) {
+        let bt = self.pool.block_tokens;
+        let before = seq.len / bt;
+        seq.len += tokens.len();
+        seq.tokens.extend_from_slice(tokens);
+        if !self.pool.prefix_caching {
+            return;
+        }
+        let full = seq.len / bt;
+        if full <= before {
+            return;
+        }
+        let mut h = 0u64;
+        for (bi, chunk) in seq.tokens[..full * bt].chunks(bt).enumerate() {
+            for &t in chunk {
+                h = mix(h, t as u64);
+            }
+            if bi < before {
+                continue;
+            }
+            let id = seq.blocks[bi];
+            if self.guard.index.contains_key(&h) || self.guard.blocks[id].key.is_some() {
+                continue;
+            }
+            self.guard.index.insert(h, id);
+            let b = &mut self.guard.blocks[id];
+            b.key = Some(h);
+            b.tokens = chunk.to_vec();
+            b.refs += 1; // the index's own reference
+        }
     }
 }

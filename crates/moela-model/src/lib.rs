@@ -13,7 +13,7 @@ pub mod rope;
 pub mod weights;
 
 pub use attention::AttentionMode;
-pub use cache::SeqCache;
+pub use cache::{KvPool, PoolStats, SeqCache, DEFAULT_BLOCK_TOKENS};
 pub use config::{Config, ModelType, ScoringFunc, TopkMethod, Yarn};
 pub use error::ModelError;
 pub use model::{ForwardOptions, Logits, Model, SeqInput, Trace};

@@ -3,7 +3,9 @@
 use moela_kernels::{add_in_place, rms_norm, rms_norm_in_place, Mat};
 
 use crate::attention::{mla, AttentionMode, MlaDims};
-use crate::cache::SeqCache;
+use std::sync::Arc;
+
+use crate::cache::{BatchCache, KvPool, SeqCache, DEFAULT_BLOCK_TOKENS};
 use crate::config::Config;
 use crate::error::ModelError;
 use crate::moe::{mlp_forward, moe_forward};
@@ -42,6 +44,8 @@ pub struct Model {
     pub config: Config,
     pub weights: Weights,
     rope: Rope,
+    /// Unbounded pool behind [`Model::new_cache`] (no prefix caching).
+    pool: Arc<KvPool>,
 }
 
 impl Model {
@@ -54,16 +58,41 @@ impl Model {
         config.validate()?;
         let weights = Weights::load(&config, src, progress)?;
         let rope = Rope::new(&config);
+        let pool = KvPool::new(
+            config.num_hidden_layers,
+            config.latent_dim(),
+            DEFAULT_BLOCK_TOKENS,
+            None,
+            false,
+        );
         Ok(Model {
             config,
             weights,
             rope,
+            pool,
         })
     }
 
-    /// An empty latent cache shaped for this model.
+    /// An empty latent cache on the model's own unbounded pool.
     pub fn new_cache(&self) -> SeqCache {
-        SeqCache::new(self.config.num_hidden_layers, self.config.latent_dim())
+        self.pool.new_seq()
+    }
+
+    /// A pool for many sequences: `max_blocks` blocks of `block_tokens` tokens, with or
+    /// without prefix sharing.
+    pub fn new_pool(
+        &self,
+        block_tokens: usize,
+        max_blocks: Option<usize>,
+        prefix_caching: bool,
+    ) -> Arc<KvPool> {
+        KvPool::new(
+            self.config.num_hidden_layers,
+            self.config.latent_dim(),
+            block_tokens,
+            max_blocks,
+            prefix_caching,
+        )
     }
 
     fn mla_dims(&self) -> MlaDims {
@@ -110,6 +139,20 @@ impl Model {
                 return Err(ModelError::Input("cache was made for another model".into()));
             }
         }
+        let Some(pool) = batch.first().map(|s| s.cache.pool().clone()) else {
+            return Ok(Vec::new());
+        };
+        if batch.iter().any(|s| !Arc::ptr_eq(s.cache.pool(), &pool)) {
+            return Err(ModelError::Input(
+                "all sequences of a batch must share one KV pool".into(),
+            ));
+        }
+        let mut reserve: Vec<(&mut SeqCache, usize)> = batch
+            .iter_mut()
+            .map(|s| (&mut *s.cache, s.tokens.len()))
+            .collect();
+        let mut kv = BatchCache::prepare(&pool, &mut reserve)?;
+        drop(reserve);
         // Token rows of all sequences, concatenated; positions continue each cache.
         let mut positions = Vec::new();
         let mut h = Vec::new(); // [T, hidden]
@@ -130,7 +173,7 @@ impl Model {
         let mut x = vec![0.0f32; n_tok * d];
         for (l, layer) in self.weights.layers.iter().enumerate() {
             rms_norm(&h, &layer.attn_norm, c.rms_norm_eps, &mut x);
-            let o = self.attention(l, layer, &x, &positions, batch, opts);
+            let o = self.attention(l, layer, &x, batch, &mut kv, opts);
             add_in_place(&mut h, &o);
             rms_norm(&h, &layer.ffn_norm, c.rms_norm_eps, &mut x);
             let f = match &layer.ffn {
@@ -141,8 +184,9 @@ impl Model {
             record(format!("layer.{l}"), &h);
         }
         for s in batch.iter_mut() {
-            s.cache.commit(s.tokens.len());
+            kv.commit(s.cache, s.tokens);
         }
+        drop(kv);
         // Logits for the rows each sequence asked for.
         let lm_head: &Mat = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
         let mut out = Vec::with_capacity(batch.len());
@@ -168,12 +212,16 @@ impl Model {
         l: usize,
         layer: &Layer,
         x: &[f32],
-        positions: &[usize],
-        batch: &mut [SeqInput<'_>],
+        batch: &[SeqInput<'_>],
+        cache: &mut BatchCache<'_>,
         opts: &ForwardOptions,
     ) -> Vec<f32> {
         let c = &self.config;
         let a = &layer.attn;
+        let positions: Vec<usize> = batch
+            .iter()
+            .flat_map(|s| s.cache.len()..s.cache.len() + s.tokens.len())
+            .collect();
         let dims = self.mla_dims();
         let (h, qk, r, dr) = (
             c.num_attention_heads,
@@ -191,10 +239,10 @@ impl Model {
             }
         };
         // kv: [T, rank + rope] → normalized latent and rotated rope key, the cached row.
-        let mut kv = a.kv_a.forward(x);
+        let mut rows = a.kv_a.forward(x);
         let lat = r + dr;
         for (t, &pos) in positions.iter().enumerate() {
-            let row = &mut kv[t * lat..(t + 1) * lat];
+            let row = &mut rows[t * lat..(t + 1) * lat];
             rms_norm_in_place(&mut row[..r], &a.kv_a_norm, c.rms_norm_eps);
             self.rope.apply(&mut row[r..], pos);
             for hh in 0..h {
@@ -204,11 +252,12 @@ impl Model {
         }
         let mut o = Vec::with_capacity(positions.len() * h * c.v_head_dim);
         let mut t0 = 0;
-        for s in batch.iter_mut() {
+        for s in batch.iter() {
             let n = s.tokens.len();
-            s.cache.push_rows(l, &kv[t0 * lat..(t0 + n) * lat]);
+            cache.write(s.cache, l, &rows[t0 * lat..(t0 + n) * lat]);
             let qs = &q[t0 * h * qk..(t0 + n) * h * qk];
-            o.extend(mla(qs, s.cache.layer(l), &a.kv_b, &dims, opts.attention));
+            let view = cache.view(s.cache, l, s.cache.len() + n);
+            o.extend(mla(qs, &view, &a.kv_b, &dims, opts.attention));
             t0 += n;
         }
         a.o.forward(&o)

@@ -210,3 +210,52 @@ fn published_softmax_scales() {
     assert!((config(&base(1.0)).softmax_scale() - 0.135_233_78).abs() < 1e-7);
     assert!((config(&base(0.707)).softmax_scale() - 0.114_721_39).abs() < 1e-7);
 }
+
+#[test]
+fn paged_pool_shares_prefixes_frees_on_drop_and_evicts() {
+    let m = model(v3_config());
+    let v = m.config.vocab_size;
+    // 4 tokens per block, at most 6 blocks.
+    let pool = m.new_pool(4, Some(6), true);
+    let fwd = |cache: &mut moela_model::SeqCache, toks: &[u32]| {
+        let mut s = [SeqInput {
+            tokens: toks,
+            cache,
+            logits: Logits::All,
+        }];
+        m.forward(&mut s, &ForwardOptions::default())
+    };
+    let a_toks = tokens(10, v);
+    let mut a = pool.new_seq();
+    let la = fwd(&mut a, &a_toks).unwrap().remove(0);
+    assert_eq!(pool.stats().used, 3);
+    // b shares a's first 8 tokens (2 full blocks) and diverges after.
+    let mut b_toks = a_toks[..9].to_vec();
+    b_toks.extend([1, 2, 3]);
+    let mut b = pool.seq_with_prefix(&b_toks);
+    assert_eq!(b.len(), 8);
+    let lb = fwd(&mut b, &b_toks[8..]).unwrap().remove(0);
+    // Same logits as computing b from scratch, and a's shared rows are unchanged.
+    let fresh = run(&m, &b_toks, AttentionMode::Auto);
+    assert!(max_diff(&lb, &fresh[8 * v..]) < 1e-5);
+    assert!(max_diff(&la, &run(&m, &a_toks, AttentionMode::Auto)) < 1e-5);
+    assert_eq!(pool.stats().used, 4, "2 shared + a's third + b's own");
+    drop(a);
+    drop(b);
+    let st = pool.stats();
+    assert_eq!(
+        (st.used, st.cached),
+        (0, 3),
+        "full blocks stay indexed: a's 2, b's 1"
+    );
+    // An unrelated 24-token sequence needs all 6 blocks: the cached ones are evicted.
+    let mut c = pool.new_seq();
+    fwd(&mut c, &[7; 24]).unwrap();
+    assert_eq!(pool.stats().used, 6);
+    // One more token does not fit: a clear error, and the cache is unchanged.
+    let err = fwd(&mut c, &[7]).unwrap_err();
+    assert!(err.to_string().contains("KV cache is full"), "{err}");
+    assert_eq!(c.len(), 24);
+    drop(c);
+    assert_eq!(pool.stats().used, 0);
+}

@@ -1,0 +1,470 @@
+//! The one table mapping `deepseek2` GGUF tensor names to HF checkpoint names, and the layout
+//! rule that relates llama.cpp's split `attn_k_b`/`attn_v_b` to HF's `kv_b_proj`.
+//!
+//! Shapes below are row-major, outermost first (the reverse of ggml's dims). Every weight
+//! except the three special kinds is the HF tensor unchanged: a ggml `{in, out}` tensor is the
+//! HF `[out, in]` matrix byte for byte.
+//!
+//! Special kinds ([`RuleKind`]):
+//! - **Stacked experts**: `blk.N.ffn_{gate,up}_exps` is `[E, ff, D]` and `ffn_down_exps`
+//!   `[E, D, ff]`; slice `e` of the outermost axis is HF's
+//!   `model.layers.N.mlp.experts.{e}.{gate,up,down}_proj.weight` (converter: `torch.stack`).
+//! - **`attn_k_b` / `attn_v_b`** (MLA-split files): with H heads, dn = qk_nope_head_dim,
+//!   dv = v_head_dim, r = kv_lora_rank, and `kv_b_proj` [H·(dn+dv), r] viewed [H, dn+dv, r]:
+//!   `k_b` = `kv_b[:, :dn, :]` **transposed per head** → [H, r, dn] (ggml `{dn, r, H}`), and
+//!   `v_b` = `kv_b[:, dn:, :]` as is → [H, dv, r] (ggml `{r, dv, H}`). So
+//!   `kv_b_proj[h·(dn+dv) + i, j] = k_b[h, j, i]` for i < dn and
+//!   `kv_b_proj[h·(dn+dv) + dn + i, j] = v_b[h, i, j]` for i < dv: per head, the dn W_UK rows
+//!   then the dv W_UV rows. [`kv_b_from_split`] and [`split_kv_b`] implement exactly this
+//!   (llama.cpp `convert_hf_to_gguf.py`, `DeepseekV2Model.modify_tensors`).
+//!   Older files carry the fused `attn_kv_b` instead, which is `kv_b_proj` unchanged.
+//! - **`exp_probs_b.bias`** is `mlp.gate.e_score_correction_bias` [E] (V3 family).
+//!
+//! MTP (`nextn`) names follow llama.cpp's `blk.N.nextn.*` spelling for the extra layer
+//! N = num_hidden_layers; llama.cpp's deepseek2 converter does not export that layer today.
+
+use super::GgufError;
+
+/// How a GGUF tensor relates to the HF tensor(s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleKind {
+    /// The same tensor, same bytes.
+    Plain,
+    /// All routed experts stacked on the outermost axis; `hf` contains `{e}`.
+    StackedExperts(ExpertProj),
+    /// `attn_k_b`: the W_UK rows of `kv_b_proj`, transposed per head.
+    KvBNope,
+    /// `attn_v_b`: the W_UV rows of `kv_b_proj`.
+    KvBValue,
+}
+
+/// Which projection of a routed expert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpertProj {
+    Gate,
+    Up,
+    Down,
+}
+
+impl ExpertProj {
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            ExpertProj::Gate => "gate_proj",
+            ExpertProj::Up => "up_proj",
+            ExpertProj::Down => "down_proj",
+        }
+    }
+}
+
+/// One row of the name table: GGUF name ↔ HF name, both as suffixes after the layer prefix
+/// (`blk.N.` / `model.layers.N.`) for [`LAYER_NAMES`], or whole for [`GLOBAL_NAMES`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameRule {
+    pub gguf: &'static str,
+    pub hf: &'static str,
+    pub kind: RuleKind,
+}
+
+const fn plain(gguf: &'static str, hf: &'static str) -> NameRule {
+    NameRule {
+        gguf,
+        hf,
+        kind: RuleKind::Plain,
+    }
+}
+
+/// Tensors outside the layers.
+pub const GLOBAL_NAMES: &[NameRule] = &[
+    plain("token_embd.weight", "model.embed_tokens.weight"), // [V, D]
+    plain("output_norm.weight", "model.norm.weight"),        // [D]
+    plain("output.weight", "lm_head.weight"),                // [V, D]
+];
+
+/// Per-layer tensors (`blk.N.` ↔ `model.layers.N.`).
+pub const LAYER_NAMES: &[NameRule] = &[
+    plain("attn_norm.weight", "input_layernorm.weight"),
+    plain("attn_q.weight", "self_attn.q_proj.weight"), // no q-LoRA (V2-Lite)
+    plain("attn_q_a.weight", "self_attn.q_a_proj.weight"),
+    plain("attn_q_a_norm.weight", "self_attn.q_a_layernorm.weight"),
+    plain("attn_q_b.weight", "self_attn.q_b_proj.weight"),
+    plain(
+        "attn_kv_a_mqa.weight",
+        "self_attn.kv_a_proj_with_mqa.weight",
+    ), // [r + dr, D]
+    plain("attn_kv_a_norm.weight", "self_attn.kv_a_layernorm.weight"),
+    plain("attn_kv_b.weight", "self_attn.kv_b_proj.weight"), // older files: fused
+    NameRule {
+        gguf: "attn_k_b.weight",
+        hf: "self_attn.kv_b_proj.weight",
+        kind: RuleKind::KvBNope,
+    },
+    NameRule {
+        gguf: "attn_v_b.weight",
+        hf: "self_attn.kv_b_proj.weight",
+        kind: RuleKind::KvBValue,
+    },
+    plain("attn_output.weight", "self_attn.o_proj.weight"),
+    plain("ffn_norm.weight", "post_attention_layernorm.weight"),
+    plain("ffn_gate.weight", "mlp.gate_proj.weight"),
+    plain("ffn_up.weight", "mlp.up_proj.weight"),
+    plain("ffn_down.weight", "mlp.down_proj.weight"),
+    plain("ffn_gate_inp.weight", "mlp.gate.weight"), // router [E, D]
+    plain("exp_probs_b.bias", "mlp.gate.e_score_correction_bias"), // [E], F32
+    NameRule {
+        gguf: "ffn_gate_exps.weight",
+        hf: "mlp.experts.{e}.gate_proj.weight",
+        kind: RuleKind::StackedExperts(ExpertProj::Gate),
+    },
+    NameRule {
+        gguf: "ffn_up_exps.weight",
+        hf: "mlp.experts.{e}.up_proj.weight",
+        kind: RuleKind::StackedExperts(ExpertProj::Up),
+    },
+    NameRule {
+        gguf: "ffn_down_exps.weight",
+        hf: "mlp.experts.{e}.down_proj.weight",
+        kind: RuleKind::StackedExperts(ExpertProj::Down),
+    },
+    plain(
+        "ffn_gate_shexp.weight",
+        "mlp.shared_experts.gate_proj.weight",
+    ),
+    plain("ffn_up_shexp.weight", "mlp.shared_experts.up_proj.weight"),
+    plain(
+        "ffn_down_shexp.weight",
+        "mlp.shared_experts.down_proj.weight",
+    ),
+    // MTP layer extras (llama.cpp NEXTN_* names).
+    plain("nextn.eh_proj.weight", "eh_proj.weight"),
+    plain("nextn.enorm.weight", "enorm.weight"),
+    plain("nextn.hnorm.weight", "hnorm.weight"),
+    plain("nextn.embed_tokens.weight", "embed_tokens.weight"),
+    plain("nextn.shared_head_norm.weight", "shared_head.norm.weight"),
+    plain("nextn.shared_head_head.weight", "shared_head.head.weight"),
+];
+
+/// What a GGUF tensor is in HF terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HfName {
+    /// Exactly this HF tensor.
+    Whole(String),
+    /// All routed experts of `layer`: slice `e` is [`HfName::expert_name`]`(e)`.
+    StackedExperts { layer: usize, proj: ExpertProj },
+    /// `attn_k_b` of `layer`: part of `model.layers.{layer}.self_attn.kv_b_proj.weight`.
+    KvBNope { layer: usize },
+    /// `attn_v_b` of `layer`: part of `model.layers.{layer}.self_attn.kv_b_proj.weight`.
+    KvBValue { layer: usize },
+}
+
+impl HfName {
+    /// The HF name of expert `e` of a stacked tensor (`None` for other kinds).
+    pub fn expert_name(&self, e: usize) -> Option<String> {
+        match self {
+            HfName::StackedExperts { layer, proj } => Some(format!(
+                "model.layers.{layer}.mlp.experts.{e}.{}.weight",
+                proj.hf_name()
+            )),
+            _ => None,
+        }
+    }
+
+    /// The HF tensor this one is (part of); for stacked experts, the `{e}` pattern.
+    pub fn hf_tensor(&self) -> String {
+        match self {
+            HfName::Whole(n) => n.clone(),
+            HfName::StackedExperts { layer, proj } => format!(
+                "model.layers.{layer}.mlp.experts.{{e}}.{}.weight",
+                proj.hf_name()
+            ),
+            HfName::KvBNope { layer } | HfName::KvBValue { layer } => {
+                format!("model.layers.{layer}.self_attn.kv_b_proj.weight")
+            }
+        }
+    }
+}
+
+/// Where an HF tensor lives in a `deepseek2` GGUF file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GgufTarget {
+    /// Exactly this GGUF tensor.
+    Whole(String),
+    /// Slice `expert` of the outermost axis of this stacked tensor.
+    Expert { name: String, expert: usize },
+    /// `kv_b_proj`: the fused tensor in older files, or the split pair (see [`kv_b_from_split`]).
+    KvB {
+        fused: String,
+        k_b: String,
+        v_b: String,
+    },
+}
+
+/// Parses a canonical decimal layer index (no sign, no leading zeros).
+fn parse_index(s: &str) -> Option<usize> {
+    let n: usize = s.parse().ok()?;
+    (n.to_string() == s).then_some(n)
+}
+
+/// Splits `"{prefix}{N}.{rest}"` into `(N, rest)`.
+fn split_layer<'a>(name: &'a str, prefix: &str) -> Option<(usize, &'a str)> {
+    let tail = name.strip_prefix(prefix)?;
+    let (n, rest) = tail.split_once('.')?;
+    Some((parse_index(n)?, rest))
+}
+
+/// The HF name(s) of a `deepseek2` GGUF tensor; `None` for names outside the table.
+pub fn gguf_name_to_hf(name: &str) -> Option<HfName> {
+    if let Some(r) = GLOBAL_NAMES.iter().find(|r| r.gguf == name) {
+        return Some(HfName::Whole(r.hf.to_string()));
+    }
+    let (layer, rest) = split_layer(name, "blk.")?;
+    let rule = LAYER_NAMES.iter().find(|r| r.gguf == rest)?;
+    Some(match rule.kind {
+        RuleKind::Plain => HfName::Whole(format!("model.layers.{layer}.{}", rule.hf)),
+        RuleKind::StackedExperts(proj) => HfName::StackedExperts { layer, proj },
+        RuleKind::KvBNope => HfName::KvBNope { layer },
+        RuleKind::KvBValue => HfName::KvBValue { layer },
+    })
+}
+
+/// Where an HF checkpoint tensor is found in a `deepseek2` GGUF file; `None` for names
+/// outside the table.
+pub fn hf_name_to_gguf(name: &str) -> Option<GgufTarget> {
+    if let Some(r) = GLOBAL_NAMES.iter().find(|r| r.hf == name) {
+        return Some(GgufTarget::Whole(r.gguf.to_string()));
+    }
+    let (layer, rest) = split_layer(name, "model.layers.")?;
+    if let Some(tail) = rest.strip_prefix("mlp.experts.") {
+        let (e, proj) = tail.split_once('.')?;
+        let expert = parse_index(e)?;
+        let rule = LAYER_NAMES.iter().find(|r| match r.kind {
+            RuleKind::StackedExperts(p) => format!("{}.weight", p.hf_name()) == proj,
+            _ => false,
+        })?;
+        return Some(GgufTarget::Expert {
+            name: format!("blk.{layer}.{}", rule.gguf),
+            expert,
+        });
+    }
+    if rest == "self_attn.kv_b_proj.weight" {
+        return Some(GgufTarget::KvB {
+            fused: format!("blk.{layer}.attn_kv_b.weight"),
+            k_b: format!("blk.{layer}.attn_k_b.weight"),
+            v_b: format!("blk.{layer}.attn_v_b.weight"),
+        });
+    }
+    let rule = LAYER_NAMES
+        .iter()
+        .find(|r| r.kind == RuleKind::Plain && r.hf == rest)?;
+    Some(GgufTarget::Whole(format!("blk.{layer}.{}", rule.gguf)))
+}
+
+/// The MLA sizes that shape `kv_b_proj` and its split halves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvBDims {
+    pub n_heads: usize,
+    pub kv_lora_rank: usize,
+    pub qk_nope_head_dim: usize,
+    pub v_head_dim: usize,
+}
+
+impl KvBDims {
+    /// (elements of k_b, of v_b, of kv_b); `None` if a size is zero or they overflow.
+    fn sizes(&self) -> Option<(usize, usize, usize)> {
+        if [
+            self.n_heads,
+            self.kv_lora_rank,
+            self.qk_nope_head_dim,
+            self.v_head_dim,
+        ]
+        .contains(&0)
+        {
+            return None;
+        }
+        let h = self.n_heads;
+        let r = self.kv_lora_rank;
+        let k = h.checked_mul(r)?.checked_mul(self.qk_nope_head_dim)?;
+        let v = h.checked_mul(r)?.checked_mul(self.v_head_dim)?;
+        Some((k, v, k.checked_add(v)?))
+    }
+}
+
+fn length_error(what: &str, found: usize, expected: usize, d: &KvBDims) -> GgufError {
+    GgufError::input(
+        what,
+        format!(
+            "{found} elements, expected {expected} (heads {}, kv_lora_rank {}, qk_nope_head_dim {}, v_head_dim {})",
+            d.n_heads, d.kv_lora_rank, d.qk_nope_head_dim, d.v_head_dim
+        ),
+    )
+}
+
+/// Rebuilds HF's `kv_b_proj` [H·(dn+dv), r] from `attn_k_b` [H, r, dn] and `attn_v_b`
+/// [H, dv, r] (row-major element slices, already dequantized): per head h, rows
+/// `h·(dn+dv) + i` (i < dn) are `k_b[h, :, i]` and rows `h·(dn+dv) + dn + i` (i < dv) are
+/// `v_b[h, i, :]`.
+pub fn kv_b_from_split<T: Copy>(k_b: &[T], v_b: &[T], d: KvBDims) -> Result<Vec<T>, GgufError> {
+    let (nk, nv, total) = d
+        .sizes()
+        .ok_or_else(|| GgufError::input("kv_b_proj", format!("bad sizes {d:?}")))?;
+    if k_b.len() != nk {
+        return Err(length_error("attn_k_b", k_b.len(), nk, &d));
+    }
+    if v_b.len() != nv {
+        return Err(length_error("attn_v_b", v_b.len(), nv, &d));
+    }
+    let (r, dn, dv) = (d.kv_lora_rank, d.qk_nope_head_dim, d.v_head_dim);
+    let mut out = Vec::with_capacity(total);
+    for (kh, vh) in k_b.chunks_exact(r * dn).zip(v_b.chunks_exact(dv * r)) {
+        // W_UK rows: row i of the head is column i of k_b's [r, dn] block.
+        for i in 0..dn {
+            out.extend(kh.iter().skip(i).step_by(dn).copied());
+        }
+        // W_UV rows: v_b's [dv, r] block as is.
+        out.extend_from_slice(vh);
+    }
+    Ok(out)
+}
+
+/// The inverse of [`kv_b_from_split`]: `kv_b_proj` [H·(dn+dv), r] → (`attn_k_b` [H, r, dn],
+/// `attn_v_b` [H, dv, r]).
+pub fn split_kv_b<T: Copy>(kv_b: &[T], d: KvBDims) -> Result<(Vec<T>, Vec<T>), GgufError> {
+    let (nk, nv, total) = d
+        .sizes()
+        .ok_or_else(|| GgufError::input("kv_b_proj", format!("bad sizes {d:?}")))?;
+    if kv_b.len() != total {
+        return Err(length_error("kv_b_proj", kv_b.len(), total, &d));
+    }
+    let (r, dn) = (d.kv_lora_rank, d.qk_nope_head_dim);
+    let mut k_b = Vec::with_capacity(nk);
+    let mut v_b = Vec::with_capacity(nv);
+    let per_head = (dn + d.v_head_dim) * r;
+    for head in kv_b.chunks_exact(per_head) {
+        let (uk, uv) = head.split_at(dn * r);
+        // k_b[h, j, i] = W_UK[h, i, j]: column j of the [dn, r] block, for each j.
+        for j in 0..r {
+            k_b.extend(uk.iter().skip(j).step_by(r).copied());
+        }
+        v_b.extend_from_slice(uv);
+    }
+    Ok((k_b, v_b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rule_round_trips() {
+        for r in GLOBAL_NAMES {
+            assert_eq!(gguf_name_to_hf(r.gguf), Some(HfName::Whole(r.hf.into())));
+            assert_eq!(
+                hf_name_to_gguf(r.hf),
+                Some(GgufTarget::Whole(r.gguf.into()))
+            );
+        }
+        for r in LAYER_NAMES.iter().filter(|r| r.kind == RuleKind::Plain) {
+            let g = format!("blk.7.{}", r.gguf);
+            let h = format!("model.layers.7.{}", r.hf);
+            if r.gguf == "attn_kv_b.weight" {
+                assert!(matches!(hf_name_to_gguf(&h), Some(GgufTarget::KvB { .. })));
+            } else {
+                assert_eq!(hf_name_to_gguf(&h), Some(GgufTarget::Whole(g.clone())));
+            }
+            assert_eq!(gguf_name_to_hf(&g), Some(HfName::Whole(h)));
+        }
+    }
+
+    #[test]
+    fn experts_and_kv_b() {
+        let n = gguf_name_to_hf("blk.3.ffn_down_exps.weight").unwrap();
+        assert_eq!(
+            n.expert_name(5).unwrap(),
+            "model.layers.3.mlp.experts.5.down_proj.weight"
+        );
+        assert_eq!(
+            hf_name_to_gguf("model.layers.3.mlp.experts.5.down_proj.weight"),
+            Some(GgufTarget::Expert {
+                name: "blk.3.ffn_down_exps.weight".into(),
+                expert: 5
+            })
+        );
+        assert_eq!(
+            gguf_name_to_hf("blk.0.attn_k_b.weight"),
+            Some(HfName::KvBNope { layer: 0 })
+        );
+        assert_eq!(
+            hf_name_to_gguf("model.layers.2.self_attn.kv_b_proj.weight"),
+            Some(GgufTarget::KvB {
+                fused: "blk.2.attn_kv_b.weight".into(),
+                k_b: "blk.2.attn_k_b.weight".into(),
+                v_b: "blk.2.attn_v_b.weight".into(),
+            })
+        );
+        assert_eq!(
+            gguf_name_to_hf("blk.1.exp_probs_b.bias"),
+            Some(HfName::Whole(
+                "model.layers.1.mlp.gate.e_score_correction_bias".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn rejects_odd_names() {
+        for n in [
+            "blk.01.attn_norm.weight",
+            "blk.+1.attn_norm.weight",
+            "blk..attn_norm.weight",
+            "blk.1.attn_norm",
+            "blk.1",
+            "token_embd",
+            "",
+        ] {
+            assert_eq!(gguf_name_to_hf(n), None, "{n}");
+        }
+        for n in [
+            "model.layers.1.mlp.experts.x.up_proj.weight",
+            "model.layers.1.mlp.experts.1.proj.weight",
+            "model.layers.1.mlp.experts.{e}.gate_proj.weight",
+            "model.layers.1",
+        ] {
+            assert_eq!(hf_name_to_gguf(n), None, "{n}");
+        }
+    }
+
+    #[test]
+    fn kv_b_split_matches_the_converter_rule() {
+        // H=2, dn=3, dv=2, r=4; kv_b[row, col] = 100·row + col.
+        let d = KvBDims {
+            n_heads: 2,
+            kv_lora_rank: 4,
+            qk_nope_head_dim: 3,
+            v_head_dim: 2,
+        };
+        let kv_b: Vec<u32> = (0..10)
+            .flat_map(|row| (0..4).map(move |c| 100 * row + c))
+            .collect();
+        let (k_b, v_b) = split_kv_b(&kv_b, d).unwrap();
+        // k_b[h, j, i] = kv_b[h·5 + i, j]
+        for h in 0..2 {
+            for j in 0..4 {
+                for i in 0..3 {
+                    assert_eq!(
+                        k_b[h * 12 + j * 3 + i],
+                        100 * (h as u32 * 5 + i as u32) + j as u32
+                    );
+                }
+            }
+            for i in 0..2 {
+                for j in 0..4 {
+                    assert_eq!(
+                        v_b[h * 8 + i * 4 + j],
+                        100 * (h as u32 * 5 + 3 + i as u32) + j as u32
+                    );
+                }
+            }
+        }
+        assert_eq!(kv_b_from_split(&k_b, &v_b, d).unwrap(), kv_b);
+        assert!(kv_b_from_split(&k_b[1..], &v_b, d).is_err());
+        assert!(split_kv_b(&kv_b[1..], d).is_err());
+    }
+}
