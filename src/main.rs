@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use moela_engine::{generate, perplexity, EngineError, GenerateRequest, SamplingParams};
-use moela_loader::Checkpoint;
+use moela_kernels::DType;
+use moela_loader::{LoadOptions, ModelFiles};
 use moela_model::Model;
 use moela_text::{split_reasoning, ChatMessage, RenderOptions, Role, Tokenizer};
 
@@ -36,16 +37,36 @@ enum Command {
     Perplexity(PerplexityArgs),
     /// Summary of a checkpoint: config, parameters, dtypes, memory, KV-cache bytes per token.
     Inspect(InspectArgs),
+    /// Prefill and decode speed, time to first token, peak memory, load time.
+    Bench(BenchArgs),
+    /// Write a model as a deepseek2 GGUF file (llama.cpp loads it) with weights in one type.
+    Quantize(QuantizeArgs),
+    /// Serve an OpenAI- and DeepSeek-compatible HTTP API (SIGTERM drains, then exits).
+    Serve(ServeArgs),
 }
 
 #[derive(Args)]
 struct ModelArgs {
-    /// HF checkpoint directory (config.json, safetensors, tokenizer files).
+    /// HF checkpoint directory (config.json, safetensors, tokenizer files) or a GGUF file.
     #[arg(long)]
     model: Option<PathBuf>,
     /// Context length in tokens (prompt + generated); default: the model's maximum.
     #[arg(long)]
     ctx: Option<usize>,
+    /// Quantize weights while loading: q4_0, q8_0, q4_k, q6_k, f16, bf16 or f32.
+    #[arg(long, value_parser = parse_dtype)]
+    quant: Option<DType>,
+}
+
+fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
+    let all = DType::ALL.iter().filter(|d| d.ggml_type().is_some());
+    all.clone()
+        .find(|d| d.name().eq_ignore_ascii_case(s))
+        .copied()
+        .ok_or_else(|| {
+            let names: Vec<&str> = all.map(|d| d.name()).collect();
+            format!("unknown type {s:?} (expected one of {})", names.join(", "))
+        })
 }
 
 #[derive(Args)]
@@ -135,6 +156,69 @@ struct PerplexityArgs {
 }
 
 #[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// 0 picks a free port (printed at start).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require this key as "Authorization: Bearer KEY".
+    #[arg(long, conflicts_with = "api_key_file")]
+    api_key: Option<String>,
+    /// Require one of the keys in this file (lines `KEY` or `NAME KEY`).
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Requests waiting for a batch slot; beyond this the server answers 429.
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    /// Price table (JSON) for per-request cost in `usage` and per-key cost on /metrics.
+    #[arg(long)]
+    price_file: Option<PathBuf>,
+    /// Model id in /v1/models and responses (default: the model directory's or file's name).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Seconds SIGTERM waits for running requests.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout: u64,
+}
+
+#[derive(Args)]
+struct QuantizeArgs {
+    /// HF checkpoint directory or GGUF file to read.
+    #[arg(long)]
+    model: PathBuf,
+    /// Weight type: q4_0, q8_0, q4_k, q6_k, f16, bf16 or f32.
+    #[arg(long = "type", value_parser = parse_dtype)]
+    dtype: DType,
+    /// The GGUF file to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Tokens decoded one at a time for the decode measurement.
+    #[arg(long, default_value_t = 32)]
+    gen_tokens: usize,
+    /// Cache length when decoding starts (default: right after the prompt).
+    #[arg(long, default_value_t = 0)]
+    context: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct InspectArgs {
     #[arg(long)]
     model: Option<PathBuf>,
@@ -154,6 +238,9 @@ fn main() -> ExitCode {
         Command::Chat(a) => cmd_chat(a),
         Command::Perplexity(a) => cmd_perplexity(a),
         Command::Inspect(a) => cmd_inspect(a),
+        Command::Bench(a) => cmd_bench(a),
+        Command::Quantize(a) => cmd_quantize(a),
+        Command::Serve(a) => cmd_serve(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -186,17 +273,28 @@ struct Loaded {
 }
 
 fn load(args: &ModelArgs) -> Result<Loaded> {
-    let dir = model_dir(&args.model)?;
-    let ckpt = Checkpoint::open(&dir)?;
-    let tokenizer = Tokenizer::from_dir(&dir)?;
-    let max = ckpt.config.max_position_embeddings;
+    let path = model_dir(&args.model)?;
+    let files = ModelFiles::open(&path)?;
+    let tokenizer = match &files {
+        ModelFiles::Hf(_) => Tokenizer::from_dir(&path)?,
+        ModelFiles::Gguf(g) => {
+            let (tok, cfg) = g.tokenizer_json()?;
+            Tokenizer::from_json_str(&tok, Some(&cfg))
+                .with_context(|| format!("{}: tokenizer metadata", path.display()))?
+        }
+    };
+    let max = files.config().max_position_embeddings;
     let ctx = match args.ctx {
         Some(0) => bail!("--ctx must be at least 1"),
         Some(c) if c > max => bail!("--ctx {c} exceeds the model's max_position_embeddings {max}"),
         Some(c) => c,
         None => max,
     };
-    let model = ckpt.load_model(std::io::stderr().is_terminal())?;
+    let opts = LoadOptions {
+        progress: std::io::stderr().is_terminal(),
+        quant: args.quant,
+    };
+    let model = files.load_model(&opts)?;
     Ok(Loaded {
         model,
         tokenizer,
@@ -357,10 +455,47 @@ fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_serve(a: ServeArgs) -> Result<()> {
+    if a.max_batch == 0 || a.max_queue == 0 {
+        bail!("--max-batch and --max-queue must be at least 1");
+    }
+    let dir = model_dir(&a.model.model)?;
+    let name = match a.served_model_name {
+        Some(n) => n,
+        None => dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| match d.is_file() {
+                true => d.file_stem().map(|n| n.to_string_lossy().into_owned()), // x.gguf → x
+                false => d.file_name().map(|n| n.to_string_lossy().into_owned()),
+            })
+            .unwrap_or_else(|| "moela".into()),
+    };
+    let m = load(&a.model)?;
+    let opts = moela_server::ServeOptions {
+        host: a.host,
+        port: a.port,
+        api_key: a.api_key,
+        api_key_file: a.api_key_file,
+        price_file: a.price_file,
+        model_name: name,
+        engine: moela_engine::EngineConfig {
+            max_batch: a.max_batch,
+            max_queue: a.max_queue,
+            ctx: m.ctx,
+            ..Default::default()
+        },
+        max_body_bytes: moela_server::DEFAULT_MAX_BODY_BYTES,
+        drain_timeout: std::time::Duration::from_secs(a.drain_timeout),
+    };
+    moela_server::serve(opts, std::sync::Arc::new(m.model), m.tokenizer)?;
+    Ok(())
+}
+
 fn cmd_inspect(a: InspectArgs) -> Result<()> {
     let dir = model_dir(&a.model)?;
-    let ck = Checkpoint::open(&dir)?;
-    let c = &ck.config;
+    let ck = ModelFiles::open(&dir)?;
+    let c = ck.config();
     let (total, active) = c.parameter_counts();
     println!("model:        {}", dir.display());
     println!("model_type:   {}", c.model_type.as_str());
@@ -416,7 +551,7 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         human(active)
     );
     let mut dtypes: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
-    for t in ck.tensor_infos() {
+    for t in ck.tensors() {
         let e = dtypes.entry(t.dtype.clone()).or_default();
         e.0 += 1;
         e.1 += t.shape.iter().product::<usize>() as u64;
@@ -427,7 +562,17 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         .collect();
     println!("tensors:      {}", list.join(", "));
     println!("file size:    {}", bytes(ck.file_bytes()));
-    println!("memory:       {} as loaded (f32 weights)", bytes(total * 4));
+    // Weights are used in place from the mapped file; kv_b_proj is also kept as f32 per layer.
+    let kv_b = c.num_hidden_layers
+        * c.num_attention_heads
+        * (c.qk_nope_head_dim + c.v_head_dim)
+        * c.kv_lora_rank
+        * 4;
+    println!(
+        "memory:       {} mapped weights + {} f32 kv_b_proj (+ KV cache)",
+        bytes(ck.file_bytes()),
+        bytes(kv_b as u64)
+    );
     let kv = c.num_hidden_layers * c.latent_dim();
     println!(
         "KV cache:     {} values/token ({} layers × {}): {} B/token as f32",
@@ -455,4 +600,95 @@ fn bytes(n: u64) -> String {
         n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
         n => format!("{n} B"),
     }
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<()> {
+    let started = std::time::Instant::now();
+    let m = load(&a.model)?;
+    let load_s = started.elapsed().as_secs_f64();
+    let need = a.prompt_tokens.max(a.context) + a.gen_tokens;
+    if need > m.ctx {
+        bail!(
+            "the benchmark needs {need} tokens of context, the model allows {}",
+            m.ctx
+        );
+    }
+    let cfg = moela_engine::BenchConfig {
+        prompt_tokens: a.prompt_tokens,
+        gen_tokens: a.gen_tokens,
+        context: a.context,
+        seed: 42,
+    };
+    let r = moela_engine::run_bench(&m.model, &cfg).map_err(engine_error)?;
+    let c = &m.model.config;
+    let kv_bytes_per_token = c.num_hidden_layers * c.latent_dim() * std::mem::size_of::<f32>();
+    let rss = moela_engine::peak_rss_bytes();
+    let threads = moela_kernels::num_threads();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "prefill_tok_s": r.prefill_tok_s,
+                "decode_tok_s": r.decode_tok_s,
+                "ttft_ms": r.ttft_ms,
+                "prompt_tokens": a.prompt_tokens,
+                "gen_tokens": a.gen_tokens,
+                "decode_context": r.decode_context,
+                "load_s": load_s,
+                "peak_rss_bytes": rss,
+                "kv_bytes_per_token": kv_bytes_per_token,
+                "threads": threads,
+                "isa": format!("{:?}", moela_kernels::Isa::best()),
+            })
+        );
+    } else {
+        println!("threads:      {threads}");
+        println!("load:         {load_s:.2} s");
+        println!(
+            "prefill:      {:.2} tok/s ({} tokens, time to first token {:.1} ms)",
+            r.prefill_tok_s, a.prompt_tokens, r.ttft_ms
+        );
+        println!(
+            "decode:       {:.2} tok/s ({} tokens at context {})",
+            r.decode_tok_s, a.gen_tokens, r.decode_context
+        );
+        println!("peak RSS:     {}", rss.map_or("unknown".into(), bytes));
+        println!("KV cache:     {kv_bytes_per_token} B/token");
+    }
+    Ok(())
+}
+
+fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
+    let files = ModelFiles::open(&a.model)?;
+    let (tok, tok_cfg) = match &files {
+        ModelFiles::Hf(_) => {
+            let read = |f: &str| {
+                let p = a.model.join(f);
+                std::fs::read_to_string(&p).with_context(|| format!("{}", p.display()))
+            };
+            (read("tokenizer.json")?, read("tokenizer_config.json").ok())
+        }
+        ModelFiles::Gguf(g) => {
+            let (t, c) = g.tokenizer_json()?;
+            (t, Some(c))
+        }
+    };
+    let opts = LoadOptions {
+        progress: std::io::stderr().is_terminal(),
+        quant: None,
+    };
+    let model = files.load_model(&opts)?;
+    let name = a
+        .model
+        .file_stem()
+        .map_or_else(|| "moela".to_string(), |n| n.to_string_lossy().into_owned());
+    moela_loader::export_deepseek2(&model, &tok, tok_cfg.as_deref(), a.dtype, &name, &a.out)?;
+    let size = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "wrote {} ({}, {})",
+        a.out.display(),
+        a.dtype.name(),
+        bytes(size)
+    );
+    Ok(())
 }

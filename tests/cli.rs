@@ -203,7 +203,12 @@ fn perplexity_json_has_one_nll_per_predicted_token() {
     ]);
     let j2 = last_json(&o2);
     assert_eq!(j2["nll"].as_array().unwrap().len(), n - 1);
-    assert_eq!(j2["nll"][0], j["nll"][0]);
+    // The first window sees the same tokens (kernels may tile differently: compare closely).
+    let (a, b) = (
+        j2["nll"][0].as_f64().unwrap(),
+        j["nll"][0].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-5, "{a} vs {b}");
 }
 
 #[test]

@@ -154,3 +154,52 @@ fn greedy_continuation_matches_reference_token_by_token() {
         assert_eq!(got, want, "{case}");
     }
 }
+
+/// `moela quantize` at F32 writes a GGUF whose model computes what the checkpoint does; at
+/// Q8_0 the mean NLL stays within 1% of the reference. (The `v3` fixture is left out: its
+/// mscale 1.0 / mscale_all_dim 0.707 pair has no GGUF spelling — GGUF stores one multiplier.)
+#[test]
+fn gguf_export_round_trips() {
+    use moela_kernels::DType;
+    use moela_loader::{export_deepseek2, GgufModel, LoadOptions};
+    for case in ["v2_lite", "v3_fp8", "v2_lite_plain_rope"] {
+        let c = load(case);
+        let dir = case_dir(case);
+        let tok = std::fs::read_to_string(dir.join("tokenizer.json")).unwrap();
+        let cfg = std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap();
+        let tokens = ids(&c.golden["nll_tokens"]);
+        let want = floats(&c.golden["nll"]);
+        let v = c.model.config.vocab_size;
+        let base = prefill_logits(&c.model, &tokens, AttentionMode::Auto);
+        for (dtype, tol) in [(DType::F32, 1e-5), (DType::Q8_0, 0.01)] {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().join("m.gguf");
+            export_deepseek2(&c.model, &tok, Some(&cfg), dtype, case, &path).unwrap();
+            let g = GgufModel::open(&path).unwrap();
+            assert_eq!(g.config.num_hidden_layers, c.model.config.num_hidden_layers);
+            let m = g.load_model_with(&LoadOptions::default()).unwrap();
+            let logits = prefill_logits(&m, &tokens, AttentionMode::Auto);
+            let got = nll_from_logits(&logits, &tokens, v);
+            if dtype == DType::F32 {
+                let d = logits
+                    .iter()
+                    .zip(&base)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(d < 1e-4, "{case}: F32 GGUF logits differ by {d}");
+            }
+            let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+            let rel = (mean(&got) - mean(&want)).abs() / mean(&want);
+            assert!(rel < tol, "{case} {dtype:?}: mean NLL off by {rel}");
+            // The tokenizer comes back from the GGUF metadata and encodes the same.
+            let (tj, tc) = g.tokenizer_json().unwrap();
+            let t1 = moela_text::Tokenizer::from_json_str(&tj, Some(&tc)).unwrap();
+            let t0 = moela_text::Tokenizer::from_dir(&dir).unwrap();
+            let text = "def add(a, b):\n    return a + b  # 12345 <｜User｜>";
+            assert_eq!(
+                t1.encode(text, true).unwrap(),
+                t0.encode(text, true).unwrap()
+            );
+        }
+    }
+}

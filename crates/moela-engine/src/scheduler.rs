@@ -329,6 +329,9 @@ impl Worker {
                 continue;
             }
             self.step(&mut running);
+            // Finished and cancelled sequences left the batch; the worker may now sleep with
+            // nothing to run, and the gauge must read 0 then, not the last batch size.
+            self.stats.running.store(running.len(), Ordering::Relaxed);
             self.publish_kv(&running);
         }
     }

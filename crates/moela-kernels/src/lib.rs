@@ -1,11 +1,34 @@
-//! Numeric building blocks for Moela: weight matrices, matrix products, norms and activations.
+//! Numeric building blocks for Moela: weight formats, matrix products, norms and activations,
+//! and the worker pool they run on.
 //!
-//! This crate knows nothing about models. Every routine here is the plain, obviously-correct
-//! f32 form; faster variants added later are tested against these as their oracle.
+//! This crate knows nothing about models. Map:
+//! - [`dtype`]: [`DType`] (F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q6_K/FP8-E4M3 with 128×128 block
+//!   scales) and [`KernelError`];
+//! - [`quant`], [`fp`]: the block layouts (bit-compatible with ggml/GGUF) and scalar
+//!   quantize/dequantize — the reference forms;
+//! - [`QMat`]: a weight matrix in any type, owned or mapped, with `matmul`/`forward`;
+//! - `kernels` (private): the matmul driver plus scalar, AVX2 and NEON kernels chosen at run
+//!   time ([`Isa`]); the scalar kernels are the test oracle of the others;
+//! - [`parallel`]: the persistent worker pool ([`parallel_for`], [`pool`]);
+//! - [`ops`]: the plain f32 [`Mat`] and elementwise ops.
 
+// The kernels read little-endian bytes (GGUF, safetensors) through native loads.
+#[cfg(not(target_endian = "little"))]
+compile_error!("moela-kernels supports little-endian targets only");
+
+pub mod dtype;
+pub mod fp;
+mod kernels;
 pub mod mmap;
 pub mod ops;
 pub mod parallel;
+pub mod qmat;
+pub mod quant;
 
+pub use dtype::{DType, KernelError, FP8_BLOCK};
+pub use kernels::{Isa, PreparedInput};
 pub use ops::{add_in_place, matmul, rms_norm, rms_norm_in_place, silu, softmax_in_place, Mat};
-pub use parallel::{num_threads, parallel_chunks, set_num_threads};
+pub use parallel::{
+    in_pool_task, num_threads, parallel_chunks, parallel_for, pool, set_num_threads, ThreadPool,
+};
+pub use qmat::{fp8_scale_count, QMat, Storage};

@@ -1,6 +1,7 @@
 //! Reference f32 operations.
 
-use crate::parallel::parallel_chunks;
+use crate::dtype::DType;
+use crate::kernels::{self, WeightRef};
 
 /// A dense row-major matrix `[rows, cols]`; a linear layer's weight is `[out, in]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,51 +31,42 @@ impl Mat {
     }
 }
 
-/// Dot product with eight independent accumulators (vectorizes well, stable order).
+/// Dot product over the common length of `a` and `b`, computed by the same kernel as one
+/// output of [`matmul`]/[`Mat::forward`]: `dot(w.row(r), x_t)` equals that product's `y[t, r]`
+/// bit for bit (and `dot(a, b) == dot(b, a)`), so code may mix the two forms (e.g. the
+/// absorbed and the decompressed attention) without results drifting apart.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f32; 8];
-    let chunks = n / 8;
-    for c in 0..chunks {
-        let (x, y) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let mut tail = 0.0;
-    for i in chunks * 8..n {
-        tail += a[i] * b[i];
-    }
-    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
+    (kernels::best().dot_f32)(&a[..n], &b[..n])
 }
 
-/// `y[n, w.rows] = x[n, w.cols] · wᵀ`, parallel over blocks of output features.
+/// `y[n, w.rows] = x[n, w.cols] · wᵀ` on the worker pool, with the best f32 kernel this CPU
+/// supports (register-tiled over rows × tokens).
 pub fn matmul(x: &[f32], n: usize, w: &Mat, y: &mut [f32]) {
     assert_eq!(x.len(), n * w.cols, "matmul: x is not [n, in]");
     assert_eq!(y.len(), n * w.rows, "matmul: y is not [n, out]");
-    if n == 0 || w.rows == 0 {
-        return;
-    }
-    // Compute into a transposed buffer [rows, n] so each thread owns whole weight rows,
-    // then scatter. Weight rows are read once per block of tokens.
-    let mut yt = vec![0.0f32; w.rows * n];
-    let block_rows = 16;
-    parallel_chunks(&mut yt, block_rows * n, n * w.rows * w.cols, |bi, out| {
-        let r0 = bi * block_rows;
-        for (j, o) in out.chunks_mut(n).enumerate() {
-            let wr = w.row(r0 + j);
-            for t in 0..n {
-                o[t] = dot(&x[t * w.cols..(t + 1) * w.cols], wr);
-            }
-        }
-    });
-    for r in 0..w.rows {
-        for t in 0..n {
-            y[t * w.rows + r] = yt[r * n + t];
-        }
-    }
+    assert_eq!(
+        w.data.len(),
+        w.rows * w.cols,
+        "matmul: weight is not [rows, cols]"
+    );
+    let wr = WeightRef {
+        dtype: DType::F32,
+        bytes: f32_bytes(&w.data),
+        rows: w.rows,
+        cols: w.cols,
+        row_bytes: w.cols * 4,
+        scales: &[],
+    };
+    kernels::gemm(kernels::best(), &wr, x, n, y);
+}
+
+/// The bytes of an f32 slice (little-endian targets only; see lib.rs).
+pub(crate) fn f32_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding or invalid bit patterns as bytes, u8 has alignment 1, and the
+    // byte slice borrows `v` for the same lifetime and covers exactly its memory.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
 /// RMSNorm of each `dim`-row of `x` into `out`: `x · rsqrt(mean(x²) + eps) · w`.

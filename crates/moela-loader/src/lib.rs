@@ -8,8 +8,15 @@
 pub mod dtype;
 pub mod error;
 pub mod gguf;
+pub mod gguf_export;
+pub mod gguf_model;
+pub mod model_files;
+mod progress;
 pub mod safetensors_dir;
 
 pub use error::LoadError;
 pub use gguf::{GgufError, GgufFile, GgufWriter};
-pub use safetensors_dir::{Checkpoint, TensorInfo};
+pub use gguf_export::export_deepseek2;
+pub use gguf_model::GgufModel;
+pub use model_files::{ModelFiles, TensorSummary};
+pub use safetensors_dir::{Checkpoint, LoadOptions, TensorInfo};

@@ -4,14 +4,26 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use moela_kernels::mmap::{map_readonly, Mmap};
+use moela_kernels::{DType, QMat, Storage, FP8_BLOCK};
 use moela_model::{Config, Model, ModelError, WeightSource};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::dtype::{bf16_from_le, f16_from_le, f32_from_le, fp8_block_dequant};
 use crate::error::LoadError;
+use crate::progress::LoadProgress;
+
+/// How to load a model.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Show a progress bar on a terminal when loading takes more than a second.
+    pub progress: bool,
+    /// Quantize weight matrices to this type while loading (routers and matrices whose
+    /// width is not a multiple of the block size stay as stored).
+    pub quant: Option<DType>,
+}
 
 /// One tensor as stored.
 #[derive(Clone, Debug)]
@@ -28,7 +40,7 @@ pub struct TensorInfo {
 
 struct Shard {
     path: PathBuf,
-    map: Mmap,
+    map: Arc<Mmap>,
 }
 
 /// An opened checkpoint directory (config parsed, shards mapped, headers validated).
@@ -128,7 +140,10 @@ impl Checkpoint {
                     },
                 );
             }
-            shards.push(Shard { path, map });
+            shards.push(Shard {
+                path,
+                map: Arc::new(map),
+            });
         }
         Ok(Checkpoint {
             dir: dir.to_path_buf(),
@@ -154,31 +169,29 @@ impl Checkpoint {
     /// Builds the model. With `progress`, a progress bar appears on a terminal once loading
     /// has taken more than a second.
     pub fn load_model(&self, progress: bool) -> Result<Model, LoadError> {
-        let mut src = Source { ckpt: self };
-        let started = Instant::now();
-        let bar = indicatif::ProgressBar::hidden();
-        let mut shown = false;
-        let mut report = |done: usize, total: usize| {
-            if !progress {
-                return;
+        self.load_model_with(&LoadOptions {
+            progress,
+            quant: None,
+        })
+    }
+
+    /// Builds the model with options (progress bar, quantize-on-load).
+    pub fn load_model_with(&self, opts: &LoadOptions) -> Result<Model, LoadError> {
+        if let Some([r, c]) = self.config.fp8_block {
+            if (r, c) != (FP8_BLOCK, FP8_BLOCK) {
+                return Err(LoadError::file(
+                    &self.dir.join("config.json"),
+                    format!("FP8 weight_block_size [{r}, {c}] is not supported (only [128, 128])"),
+                ));
             }
-            if !shown && started.elapsed() > Duration::from_secs(1) {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "loading {bar:40} {pos}/{len} layers {elapsed}",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                );
-                shown = true;
-            }
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
+        }
+        let mut src = Source {
+            ckpt: self,
+            quant: opts.quant,
         };
-        let model = Model::load(self.config.clone(), &mut src, &mut report)
-            .map_err(|source| self.model_error(source))?;
-        bar.finish_and_clear();
-        Ok(model)
+        let mut bar = LoadProgress::new(opts.progress);
+        Model::load(self.config.clone(), &mut src, &mut |d, t| bar.update(d, t))
+            .map_err(|source| self.model_error(source))
     }
 
     /// Attaches the file that holds the offending tensor (or the directory) to a model error.
@@ -252,15 +265,91 @@ impl Checkpoint {
     }
 }
 
+/// Quantize-on-load: `m` converted to `quant` when asked, except routers (the reference computes
+/// them in f32) and matrices whose width is not a multiple of the block size.
+pub(crate) fn requantize(m: QMat, name: &str, quant: Option<DType>) -> Result<QMat, ModelError> {
+    match quant {
+        Some(q)
+            if q != m.dtype
+                && m.cols.is_multiple_of(q.block_size())
+                && !name.ends_with(".mlp.gate.weight") =>
+        {
+            QMat::from_f32(q, m.rows, m.cols, &m.to_f32().data).map_err(|e| ModelError::Tensor {
+                name: name.into(),
+                msg: e.to_string(),
+            })
+        }
+        _ => Ok(m),
+    }
+}
+
 struct Source<'a> {
     ckpt: &'a Checkpoint,
+    quant: Option<DType>,
+}
+
+fn stored_dtype(name: &str) -> Option<DType> {
+    match name {
+        "F32" => Some(DType::F32),
+        "F16" => Some(DType::F16),
+        "BF16" => Some(DType::BF16),
+        "F8_E4M3" => Some(DType::F8E4M3Block128),
+        _ => None,
+    }
 }
 
 impl WeightSource for Source<'_> {
     fn load(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
         self.ckpt.tensor_f32(name, shape)
     }
+
     fn contains(&self, name: &str) -> bool {
         self.ckpt.tensors.contains_key(name)
+    }
+
+    /// The stored bytes, mapped without copying (FP8 with its block scales), optionally
+    /// quantized.
+    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
+        let ck = self.ckpt;
+        let t = ck
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        if t.shape != [rows, cols] {
+            return Err(ModelError::Shape {
+                name: name.into(),
+                expected: vec![rows, cols],
+                found: t.shape.clone(),
+            });
+        }
+        let err = |msg: String| ModelError::Tensor {
+            name: name.into(),
+            msg,
+        };
+        let dtype = stored_dtype(&t.dtype).ok_or_else(|| {
+            err(format!(
+                "unsupported dtype {} (expected F32, F16, BF16 or F8_E4M3)",
+                t.dtype
+            ))
+        })?;
+        let scales = if dtype == DType::F8E4M3Block128 {
+            let sname = format!("{name}_scale_inv");
+            if !ck.tensors.contains_key(&sname) {
+                return Err(err(format!(
+                    "FP8 weight without its block scales `{sname}`"
+                )));
+            }
+            Some(ck.tensor_f32(
+                &sname,
+                &[rows.div_ceil(FP8_BLOCK), cols.div_ceil(FP8_BLOCK)],
+            )?)
+        } else {
+            None
+        };
+        let storage = Storage::mapped(ck.shards[t.shard].map.clone(), t.start, t.end - t.start)
+            .map_err(|e| err(e.to_string()))?;
+        let m = QMat::from_storage(dtype, rows, cols, storage, scales)
+            .map_err(|e| err(e.to_string()))?;
+        requantize(m, name, self.quant)
     }
 }

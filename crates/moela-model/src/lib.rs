@@ -17,4 +17,4 @@ pub use cache::{KvPool, PoolStats, SeqCache, DEFAULT_BLOCK_TOKENS};
 pub use config::{Config, ModelType, ScoringFunc, TopkMethod, Yarn};
 pub use error::ModelError;
 pub use model::{ForwardOptions, Logits, Model, SeqInput, Trace};
-pub use weights::WeightSource;
+pub use weights::{TensorRef, WeightSource};

@@ -1,6 +1,6 @@
 //! The forward pass over a batch of sequences (many new tokens × many sequences).
 
-use moela_kernels::{add_in_place, rms_norm, rms_norm_in_place, Mat};
+use moela_kernels::{add_in_place, rms_norm, rms_norm_in_place, QMat};
 
 use crate::attention::{mla, AttentionMode, MlaDims};
 use std::sync::Arc;
@@ -153,17 +153,15 @@ impl Model {
             .collect();
         let mut kv = BatchCache::prepare(&pool, &mut reserve)?;
         drop(reserve);
-        // Token rows of all sequences, concatenated; positions continue each cache.
-        let mut positions = Vec::new();
-        let mut h = Vec::new(); // [T, hidden]
-        for s in batch.iter() {
-            let start = s.cache.len();
-            for (i, &t) in s.tokens.iter().enumerate() {
-                positions.push(start + i);
-                h.extend_from_slice(self.weights.embed.row(t as usize));
-            }
+        // Token rows of all sequences, concatenated.
+        let n_tok: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        let mut h = vec![0.0f32; n_tok * d]; // [T, hidden]
+        for (row, &t) in h
+            .chunks_exact_mut(d)
+            .zip(batch.iter().flat_map(|s| s.tokens))
+        {
+            self.weights.embed.dequantize_row(t as usize, row);
         }
-        let n_tok = positions.len();
         let mut record = |name: String, v: &[f32]| {
             if let Some(tr) = trace.as_deref_mut() {
                 tr.push((name, v.to_vec()));
@@ -188,7 +186,7 @@ impl Model {
         }
         drop(kv);
         // Logits for the rows each sequence asked for.
-        let lm_head: &Mat = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
+        let lm_head: &QMat = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
         let mut out = Vec::with_capacity(batch.len());
         let mut row0 = 0;
         for s in batch.iter() {

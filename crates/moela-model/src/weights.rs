@@ -3,7 +3,7 @@
 //! Tensors are requested by their Hugging Face checkpoint names; a loader maps other
 //! formats' names onto these (the loader holds the one name table).
 
-use moela_kernels::Mat;
+use moela_kernels::{DType, Mat, QMat};
 
 use crate::config::{Config, ModelType};
 use crate::error::ModelError;
@@ -14,24 +14,33 @@ pub trait WeightSource {
     fn load(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError>;
     /// Whether tensor `name` is present.
     fn contains(&self, name: &str) -> bool;
+    /// Matrix `name` of shape `[rows, cols]` in whatever type it is best kept (loaders keep
+    /// stored types as they are, without copying). The default converts [`Self::load`] to F32.
+    fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
+        let data = self.load(name, &[rows, cols])?;
+        QMat::from_f32(DType::F32, rows, cols, &data).map_err(|e| ModelError::Tensor {
+            name: name.to_string(),
+            msg: e.to_string(),
+        })
+    }
 }
 
 /// A SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))`.
 #[derive(Clone, Debug)]
 pub struct Mlp {
-    pub gate: Mat, // [width, hidden]
-    pub up: Mat,   // [width, hidden]
-    pub down: Mat, // [hidden, width]
+    pub gate: QMat, // [width, hidden]
+    pub up: QMat,   // [width, hidden]
+    pub down: QMat, // [hidden, width]
 }
 
 /// Query projection: direct (V2-Lite) or low-rank with a norm in between.
 #[derive(Clone, Debug)]
 pub enum QProj {
-    Direct(Mat), // [heads·qk_head_dim, hidden]
+    Direct(QMat), // [heads·qk_head_dim, hidden]
     LowRank {
-        a: Mat,         // [q_lora_rank, hidden]
+        a: QMat,        // [q_lora_rank, hidden]
         norm: Vec<f32>, // [q_lora_rank]
-        b: Mat,         // [heads·qk_head_dim, q_lora_rank]
+        b: QMat,        // [heads·qk_head_dim, q_lora_rank]
     },
 }
 
@@ -40,20 +49,21 @@ pub enum QProj {
 pub struct Attention {
     pub q: QProj,
     /// `[kv_lora_rank + qk_rope_head_dim, hidden]`: rows 0..r give the latent, the rest the rope key.
-    pub kv_a: Mat,
+    pub kv_a: QMat,
     pub kv_a_norm: Vec<f32>, // [kv_lora_rank]
-    /// `[heads·(qk_nope + v_head), kv_lora_rank]`: per head, W_UK rows then W_UV rows.
+    /// `[heads·(qk_nope + v_head), kv_lora_rank]`: per head, W_UK rows then W_UV rows. Kept in
+    /// f32: the absorbed form reads it row by row (it is small).
     pub kv_b: Mat,
-    pub o: Mat, // [hidden, heads·v_head]
+    pub o: QMat, // [hidden, heads·v_head]
 }
 
 /// Routed experts with their router and optional shared experts.
 #[derive(Clone, Debug)]
 pub struct Moe {
-    pub router: Mat,            // [n_routed_experts, hidden], f32 as the reference
+    pub router: QMat, // [n_routed_experts, hidden], F32 as the reference computes it
     pub bias: Option<Vec<f32>>, // [n_routed_experts] e_score_correction_bias (noaux_tc)
-    pub experts: Vec<Mlp>,      // n_routed_experts × width moe_intermediate_size
-    pub shared: Option<Mlp>,    // width moe_intermediate_size · n_shared_experts
+    pub experts: Vec<Mlp>, // n_routed_experts × width moe_intermediate_size
+    pub shared: Option<Mlp>, // width moe_intermediate_size · n_shared_experts
 }
 
 #[derive(Clone, Debug)]
@@ -73,10 +83,10 @@ pub struct Layer {
 /// All weights of a model.
 #[derive(Clone, Debug)]
 pub struct Weights {
-    pub embed: Mat, // [vocab, hidden]
+    pub embed: QMat, // [vocab, hidden]
     pub layers: Vec<Layer>,
-    pub norm: Vec<f32>,       // [hidden]
-    pub lm_head: Option<Mat>, // [vocab, hidden]; None when tied to `embed`
+    pub norm: Vec<f32>,        // [hidden]
+    pub lm_head: Option<QMat>, // [vocab, hidden]; None when tied to `embed`
 }
 
 struct Req<'a> {
@@ -87,12 +97,26 @@ impl Req<'_> {
     fn vec(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
         self.src.load(name, &[len])
     }
-    fn mat(&mut self, name: &str, rows: usize, cols: usize) -> Result<Mat, ModelError> {
-        let data = self.src.load(name, &[rows, cols])?;
-        Mat::new(rows, cols, data).ok_or_else(|| ModelError::Shape {
+    fn mat(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
+        let m = self.src.matrix(name, rows, cols)?;
+        if (m.rows, m.cols) != (rows, cols) {
+            return Err(ModelError::Shape {
+                name: name.to_string(),
+                expected: vec![rows, cols],
+                found: vec![m.rows, m.cols],
+            });
+        }
+        Ok(m)
+    }
+    /// A matrix that must be computed in f32 (the router, as the reference does).
+    fn f32_mat(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
+        let m = self.mat(name, rows, cols)?;
+        if m.dtype == DType::F32 {
+            return Ok(m);
+        }
+        QMat::from_f32(DType::F32, rows, cols, &m.to_f32().data).map_err(|e| ModelError::Tensor {
             name: name.to_string(),
-            expected: vec![rows, cols],
-            found: vec![],
+            msg: e.to_string(),
         })
     }
     fn mlp(&mut self, prefix: &str, hidden: usize, width: usize) -> Result<Mlp, ModelError> {
@@ -147,11 +171,13 @@ impl Weights {
                     &format!("{p}.self_attn.kv_a_layernorm.weight"),
                     cfg.kv_lora_rank,
                 )?,
-                kv_b: req.mat(
-                    &format!("{p}.self_attn.kv_b_proj.weight"),
-                    h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
-                    cfg.kv_lora_rank,
-                )?,
+                kv_b: req
+                    .mat(
+                        &format!("{p}.self_attn.kv_b_proj.weight"),
+                        h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
+                        cfg.kv_lora_rank,
+                    )?
+                    .to_f32(),
                 o: req.mat(
                     &format!("{p}.self_attn.o_proj.weight"),
                     d,
@@ -177,7 +203,7 @@ impl Weights {
                     n => Some(req.mlp(&format!("{p}.mlp.shared_experts"), d, w * n)?),
                 };
                 Ffn::Moe(Moe {
-                    router: req.mat(&format!("{p}.mlp.gate.weight"), e, d)?,
+                    router: req.f32_mat(&format!("{p}.mlp.gate.weight"), e, d)?,
                     bias,
                     experts,
                     shared,
@@ -206,5 +232,80 @@ impl Weights {
             norm,
             lm_head,
         })
+    }
+}
+
+/// A weight as the model holds it, for exporters.
+#[derive(Clone, Copy, Debug)]
+pub enum TensorRef<'a> {
+    Vector(&'a [f32]),
+    Matrix(&'a QMat),
+    F32Matrix(&'a Mat),
+}
+
+impl Weights {
+    /// Every weight with its HF checkpoint name, in checkpoint order (embeddings, layers, head).
+    pub fn named_tensors(&self) -> Vec<(String, TensorRef<'_>)> {
+        use TensorRef::{F32Matrix, Matrix, Vector};
+        let mut v: Vec<(String, TensorRef<'_>)> =
+            vec![("model.embed_tokens.weight".into(), Matrix(&self.embed))];
+        fn mlp<'a>(v: &mut Vec<(String, TensorRef<'a>)>, p: &str, m: &'a Mlp) {
+            v.push((format!("{p}.gate_proj.weight"), Matrix(&m.gate)));
+            v.push((format!("{p}.up_proj.weight"), Matrix(&m.up)));
+            v.push((format!("{p}.down_proj.weight"), Matrix(&m.down)));
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            v.push((
+                format!("{p}.input_layernorm.weight"),
+                Vector(&layer.attn_norm),
+            ));
+            let a = &layer.attn;
+            match &a.q {
+                QProj::Direct(w) => v.push((format!("{p}.self_attn.q_proj.weight"), Matrix(w))),
+                QProj::LowRank { a: qa, norm, b } => {
+                    v.push((format!("{p}.self_attn.q_a_proj.weight"), Matrix(qa)));
+                    v.push((format!("{p}.self_attn.q_a_layernorm.weight"), Vector(norm)));
+                    v.push((format!("{p}.self_attn.q_b_proj.weight"), Matrix(b)));
+                }
+            }
+            v.push((
+                format!("{p}.self_attn.kv_a_proj_with_mqa.weight"),
+                Matrix(&a.kv_a),
+            ));
+            v.push((
+                format!("{p}.self_attn.kv_a_layernorm.weight"),
+                Vector(&a.kv_a_norm),
+            ));
+            v.push((
+                format!("{p}.self_attn.kv_b_proj.weight"),
+                F32Matrix(&a.kv_b),
+            ));
+            v.push((format!("{p}.self_attn.o_proj.weight"), Matrix(&a.o)));
+            v.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                Vector(&layer.ffn_norm),
+            ));
+            match &layer.ffn {
+                Ffn::Dense(m) => mlp(&mut v, &format!("{p}.mlp"), m),
+                Ffn::Moe(m) => {
+                    v.push((format!("{p}.mlp.gate.weight"), Matrix(&m.router)));
+                    if let Some(b) = &m.bias {
+                        v.push((format!("{p}.mlp.gate.e_score_correction_bias"), Vector(b)));
+                    }
+                    for (e, ex) in m.experts.iter().enumerate() {
+                        mlp(&mut v, &format!("{p}.mlp.experts.{e}"), ex);
+                    }
+                    if let Some(s) = &m.shared {
+                        mlp(&mut v, &format!("{p}.mlp.shared_experts"), s);
+                    }
+                }
+            }
+        }
+        v.push(("model.norm.weight".into(), Vector(&self.norm)));
+        if let Some(h) = &self.lm_head {
+            v.push(("lm_head.weight".into(), Matrix(h)));
+        }
+        v
     }
 }

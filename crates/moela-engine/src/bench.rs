@@ -1,0 +1,88 @@
+//! `moela bench`: prefill and decode speed of a model on synthetic token ids.
+
+use std::time::Instant;
+
+use moela_model::{ForwardOptions, Logits, Model, SeqInput};
+
+use crate::generate::{prefill, EngineError};
+use crate::sampler::{argmax, Rng};
+
+/// What to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchConfig {
+    /// Prompt length for the prefill measurement.
+    pub prompt_tokens: usize,
+    /// Tokens decoded one at a time.
+    pub gen_tokens: usize,
+    /// Tokens already in the cache when decoding starts (0 = decode right after the prompt).
+    pub context: usize,
+    pub seed: u64,
+}
+
+/// Measured speeds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BenchResult {
+    pub prefill_tok_s: f64,
+    /// Time to first token: the prefill of `prompt_tokens` plus choosing the token.
+    pub ttft_ms: f64,
+    pub decode_tok_s: f64,
+    /// Cache length when decoding started.
+    pub decode_context: usize,
+}
+
+fn random_tokens(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
+    (0..n)
+        .map(|_| (rng.next_u64() % vocab as u64) as u32)
+        .collect()
+}
+
+/// Runs the prefill and decode measurements.
+pub fn run_bench(model: &Model, cfg: &BenchConfig) -> Result<BenchResult, EngineError> {
+    let vocab = model.config.vocab_size;
+    let mut rng = Rng::new(cfg.seed);
+    let mut out = BenchResult::default();
+    if cfg.prompt_tokens > 0 {
+        let prompt = random_tokens(&mut rng, cfg.prompt_tokens, vocab);
+        let mut cache = model.new_cache();
+        let t = Instant::now();
+        let logits = prefill(model, &mut cache, &prompt)?;
+        let _first = argmax(&logits);
+        let s = t.elapsed().as_secs_f64();
+        out.prefill_tok_s = cfg.prompt_tokens as f64 / s;
+        out.ttft_ms = s * 1e3;
+    }
+    if cfg.gen_tokens > 0 {
+        let mut cache = model.new_cache();
+        // The decode context: `context` tokens if given, else the prompt (not timed again).
+        let ctx_len = if cfg.context > 0 {
+            cfg.context
+        } else {
+            cfg.prompt_tokens.max(1)
+        };
+        let warm = random_tokens(&mut rng, ctx_len, vocab);
+        let logits = prefill(model, &mut cache, &warm)?;
+        out.decode_context = cache.len();
+        let mut next = argmax(&logits);
+        let t = Instant::now();
+        for _ in 0..cfg.gen_tokens {
+            let tok = [next];
+            let mut s = [SeqInput {
+                tokens: &tok,
+                cache: &mut cache,
+                logits: Logits::Last,
+            }];
+            let logits = model.forward(&mut s, &ForwardOptions::default())?.remove(0);
+            next = argmax(&logits);
+        }
+        out.decode_tok_s = cfg.gen_tokens as f64 / t.elapsed().as_secs_f64();
+    }
+    Ok(out)
+}
+
+/// Peak resident set size of this process in bytes (Linux `VmHWM`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

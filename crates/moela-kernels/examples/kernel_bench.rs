@@ -1,0 +1,177 @@
+//! Kernel micro-benchmark: GB/s of weights streamed by n = 1 matvec, GFLOP/s of n = 128 GEMM,
+//! per weight type, at 1 and 2 threads.
+//!
+//! `cargo run --release -p moela-kernels --example kernel_bench [-- --quick] [--scalar] [--isa avx2]`
+//!
+//! `--hot` reuses one copy of each matrix (weights stay in cache: measures compute, not DRAM).
+//! `--isa NAME` forces a kernel level (`scalar`, `avx2`, `avx2+vnni`, `neon`); `--scalar` adds a
+//! scalar n = 1 row for the expert-shaped matrix.
+//!
+//! The matvec cycles through enough copies of each matrix (≥ 160 MB) that weights come from
+//! DRAM, not L3, as in a real decode step. A plain streaming read gives the roofline.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use moela_kernels::{parallel_for, set_num_threads, DType, Isa, QMat};
+
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * 0.05
+        })
+        .collect()
+}
+
+/// Median seconds per call of `f` over about `budget` of wall time (after one warm-up call).
+fn time_it(budget: Duration, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times = vec![];
+    let start = Instant::now();
+    while times.len() < 5 || (start.elapsed() < budget && times.len() < 1000) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times[times.len() / 2]
+}
+
+/// Streaming read bandwidth (GB/s) over a buffer much larger than L3, split over `threads`.
+fn stream_read_gbs(threads: usize) -> f64 {
+    set_num_threads(threads);
+    let buf: Vec<u64> = (0..(256usize << 20) / 8).map(|i| i as u64).collect();
+    let chunks = 64;
+    let per = buf.len() / chunks;
+    let secs = time_it(Duration::from_millis(1500), || {
+        let sums: Vec<std::sync::atomic::AtomicU64> = (0..chunks)
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect();
+        parallel_for(chunks, |c| {
+            let s = buf[c * per..(c + 1) * per]
+                .chunks_exact(8)
+                .fold([0u64; 8], |mut a, v| {
+                    for k in 0..8 {
+                        a[k] = a[k].wrapping_add(v[k]);
+                    }
+                    a
+                });
+            sums[c].store(
+                s.iter().fold(0, |x, y| x.wrapping_add(*y)),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        });
+        black_box(&sums);
+    });
+    (buf.len() * 8) as f64 / secs / 1e9
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let with_scalar = args.iter().any(|a| a == "--scalar");
+    let hot = args.iter().any(|a| a == "--hot");
+    let budget = Duration::from_millis(if quick { 300 } else { 1000 });
+    let isa = match args.iter().position(|a| a == "--isa") {
+        Some(i) => {
+            let name = args.get(i + 1).map(String::as_str).unwrap_or("");
+            Isa::available()
+                .into_iter()
+                .find(|i| i.name() == name)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "--isa {name}: not one of {:?}",
+                        Isa::available()
+                            .iter()
+                            .map(|i| i.name())
+                            .collect::<Vec<_>>()
+                    )
+                })
+        }
+        None => Isa::active(),
+    };
+    println!(
+        "kernels: {}; cores available: {}",
+        isa.name(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    for threads in [1, 2] {
+        println!(
+            "streaming read, {threads} thread(s): {:.1} GB/s",
+            stream_read_gbs(threads)
+        );
+    }
+
+    let shapes = [(4096usize, 4096usize), (1408, 2048)];
+    println!();
+    println!(
+        "{:<6} {:>11} {:>9} | {:>16} {:>16} | {:>18} {:>18}",
+        "dtype",
+        "shape",
+        "MB",
+        "n=1 GB/s (1 thr)",
+        "n=1 GB/s (2 thr)",
+        "n=128 GFLOP/s (1)",
+        "n=128 GFLOP/s (2)"
+    );
+    for dtype in DType::ALL {
+        for &(rows, cols) in &shapes {
+            let w = QMat::from_f32(dtype, rows, cols, &data(rows * cols, (rows + cols) as u64))
+                .unwrap();
+            let mb = w.nbytes() as f64 / 1e6;
+            // Enough distinct copies (clones own their bytes) that a full cycle does not fit in
+            // the 32 MB L3.
+            let copies = if hot {
+                1
+            } else {
+                ((160e6 / w.nbytes() as f64).ceil() as usize).max(1)
+            };
+            let ws: Vec<QMat> = (0..copies).map(|_| w.clone()).collect();
+            let x1 = data(cols, 7);
+            let x128 = data(128 * cols, 8);
+            let mut y1 = vec![0.0; rows];
+            let mut y128 = vec![0.0; 128 * rows];
+            let mut gbs = [0.0; 2];
+            let mut gflops = [0.0; 2];
+            for (ti, threads) in [1usize, 2].into_iter().enumerate() {
+                set_num_threads(threads);
+                let mut k = 0;
+                let secs = time_it(budget, || {
+                    ws[k % copies].matmul_with(isa, &x1, 1, &mut y1);
+                    k += 1;
+                });
+                gbs[ti] = w.nbytes() as f64 / secs / 1e9;
+                let secs = time_it(budget, || w.matmul_with(isa, &x128, 128, &mut y128));
+                gflops[ti] = 2.0 * (rows * cols * 128) as f64 / secs / 1e9;
+                black_box(&y1);
+                black_box(&y128);
+            }
+            println!(
+                "{:<6} {:>11} {:>9.1} | {:>16.1} {:>16.1} | {:>18.1} {:>18.1}",
+                dtype.name(),
+                format!("{rows}x{cols}"),
+                mb,
+                gbs[0],
+                gbs[1],
+                gflops[0],
+                gflops[1]
+            );
+            if with_scalar && rows == 1408 {
+                set_num_threads(1);
+                let secs = time_it(budget, || w.matmul_with(Isa::Scalar, &x1, 1, &mut y1));
+                println!(
+                    "{:<6} {:>11} {:>9} | scalar n=1, 1 thread: {:.2} GB/s",
+                    "",
+                    "",
+                    "",
+                    w.nbytes() as f64 / secs / 1e9
+                );
+            }
+        }
+    }
+    set_num_threads(0);
+}

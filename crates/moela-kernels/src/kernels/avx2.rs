@@ -1,0 +1,884 @@
+//! x86-64 kernels for AVX2 + FMA + F16C, selected at run time, plus a variant for CPUs that
+//! also have AVX512-VNNI with AVX512-VL (Ice Lake and later, Zen 4 and later), whose 256-bit
+//! `vpdpbusd` replaces the `vpmaddubsw` + `vpmaddwd` pair in the `Q8_0`/`Q4_0` dot products.
+//! Everything else is shared.
+//!
+//! Every task is cut into micro-tiles of `MR` weight rows × `NR` tokens; a micro-kernel walks
+//! the whole row once, so each weight block it loads (and unpacks) serves `NR` tokens and each
+//! activation block serves `MR` rows. Integer formats use `vpmaddubsw` (u8 × i8 → i16 pairs),
+//! which needs one unsigned operand:
+//! - `Q8_0`: |w| as the unsigned side and `sign(a, w)` as the signed side (|w| ≤ 128 fits u8;
+//!   |a| ≤ 127 so no pair sum saturates: 2·128·127 < 2^15);
+//! - `Q4_0`: the nibbles minus 8 are signed, so |a| is the unsigned side and `sign(w, a)` the
+//!   signed one;
+//! - `Q4_K`/`Q6_K`: the raw 4-/6-bit values are already unsigned; the min (`Q4_K`) and the −32
+//!   offset (`Q6_K`) are applied through the activations' 16-value sums.
+//!
+//! FP8 E4M3 is widened in registers: `(sign_extend16(b) << 7) & 0xBF80` is the f16 whose value
+//! is the FP8 value / 256 (same mantissa width, exponent bias 15 vs 7, subnormals line up too), then
+//! F16C converts it; the 256 is folded into the block scale. (NaN codes, which weights never
+//! hold, come out as ±480 instead of NaN.)
+
+use std::arch::x86_64::*;
+
+use super::{Acts, Isa, KernelSet, Task};
+use crate::dtype::{DType, FP8_BLOCK};
+use crate::fp::{bf16_to_f32, f16_to_f32, fp8_e4m3_to_f32};
+use crate::quant::{QK, QK_K};
+
+/// True when this CPU has AVX2, FMA and F16C.
+pub(crate) fn supported() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// True when this CPU also has AVX512-VNNI and AVX512-VL (for 256-bit `vpdpbusd`).
+pub(crate) fn vnni_supported() -> bool {
+    supported() && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+}
+
+pub(crate) static KERNELS: KernelSet = KernelSet {
+    isa: Isa::Avx2,
+    gemm: gemm_plain,
+    dot_f32,
+    quant_q8,
+    quant_q8k,
+};
+
+pub(crate) static KERNELS_VNNI: KernelSet = KernelSet {
+    isa: Isa::Avx2Vnni,
+    gemm: gemm_vnni,
+    dot_f32,
+    quant_q8,
+    quant_q8k,
+};
+
+/// Raw views of a validated task (strides in elements).
+#[derive(Clone, Copy)]
+struct Ctx {
+    w: *const u8,
+    rb: usize,
+    cols: usize,
+    x: *const f32,
+    qs: *const i8,
+    d: *const f32,
+    bs: *const i16,
+    sc: *const f32,
+    sc_cols: usize,
+    r0: usize,
+}
+
+fn ctx(t: &Task<'_>) -> Ctx {
+    let mut c = Ctx {
+        w: t.w.as_ptr(),
+        rb: t.row_bytes,
+        cols: t.cols,
+        x: std::ptr::null(),
+        qs: std::ptr::null(),
+        d: std::ptr::null(),
+        bs: std::ptr::null(),
+        sc: t.scales.as_ptr(),
+        sc_cols: t.cols.div_ceil(FP8_BLOCK),
+        r0: t.r0,
+    };
+    match t.acts {
+        Acts::F32(x) => c.x = x.as_ptr(),
+        Acts::Q8 { qs, d } => (c.qs, c.d) = (qs.as_ptr(), d.as_ptr()),
+        Acts::Q8K { qs, d, bsums } => (c.qs, c.d, c.bs) = (qs.as_ptr(), d.as_ptr(), bsums.as_ptr()),
+    }
+    c
+}
+
+/// One f32 dot product through the 1×1 matmul micro-kernel (hence bit-identical to it).
+fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+    assert_eq!(w.len(), x.len(), "dot: lengths differ");
+    assert!(supported(), "avx2 kernels on a CPU without avx2/fma/f16c");
+    let c = Ctx {
+        w: w.as_ptr() as *const u8,
+        rb: 4 * w.len(),
+        cols: w.len(),
+        x: x.as_ptr(),
+        qs: std::ptr::null(),
+        d: std::ptr::null(),
+        bs: std::ptr::null(),
+        sc: std::ptr::null(),
+        sc_cols: 0,
+        r0: 0,
+    };
+    // SAFETY: features checked; `c` describes one row of `cols` f32 and one token of `cols`
+    // f32, both borrowed for the call, which is all `micro_f32::<1, 1>` reads.
+    unsafe { micro_f32::<1, 1>(&c, 0, 0)[0][0] }
+}
+
+fn gemm_plain(t: &mut Task<'_>) {
+    t.validate();
+    assert!(supported(), "avx2 kernels on a CPU without avx2/fma/f16c");
+    let c = ctx(t);
+    // SAFETY: the CPU features were checked just above; `validate` checked that every pointer
+    // in `c` covers the rows, tokens and scales the micro-kernels read, and that `t.out` holds
+    // `nr * nt` values.
+    unsafe { plain::gemm_impl(&c, t.dtype, t.nr, t.nt, t.out) }
+}
+
+fn gemm_vnni(t: &mut Task<'_>) {
+    t.validate();
+    assert!(
+        vnni_supported(),
+        "vnni kernels on a CPU without avx512vnni/avx512vl"
+    );
+    let c = ctx(t);
+    // SAFETY: as in `gemm_plain`, with the VNNI features checked too.
+    unsafe { vnni::gemm_impl(&c, t.dtype, t.nr, t.nt, t.out) }
+}
+
+/// Walks the task in micro-tiles: `$mrb` rows at a time (then single rows), tokens in runs of
+/// the largest listed `NR` that fits.
+macro_rules! drive {
+    ($c:expr, $nr:expr, $nt:expr, $out:expr, $micro:ident, $mrb:literal => [$($nb:literal),*], 1 => [$($n1:literal),*]) => {{
+        let (nr, nt) = ($nr, $nt);
+        let mut r = 0;
+        while r < nr {
+            let mr = if nr - r >= $mrb { $mrb } else { 1 };
+            let mut t = 0;
+            while t < nt {
+                let left = nt - t;
+                let step = if mr == $mrb {
+                    drive!(@pick $c, $out, nr, r, t, left, $mrb, $micro, [$($nb),*])
+                } else {
+                    drive!(@pick $c, $out, nr, r, t, left, 1, $micro, [$($n1),*])
+                };
+                t += step;
+            }
+            r += mr;
+        }
+    }};
+    (@pick $c:expr, $out:expr, $nr:ident, $r:ident, $t:ident, $left:ident, $mr:literal, $micro:ident, [$($n:literal),*]) => {
+        'pick: {
+            $(
+                if $left >= $n {
+                    let res = $micro::<$mr, $n>($c, $r, $t);
+                    for i in 0..$mr {
+                        for j in 0..$n {
+                            $out[($t + j) * $nr + $r + i] = res[i][j];
+                        }
+                    }
+                    break 'pick $n;
+                }
+            )*
+            unreachable!("token run lists end with 1")
+        }
+    };
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Eight lanes of the f16 at `p` (unaligned).
+///
+/// # Safety
+/// `p..p+2` must be readable.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn splat_f16(p: *const u8) -> __m256 {
+    // SAFETY: the caller guarantees two readable bytes at `p`.
+    let h = unsafe { (p as *const i16).read_unaligned() };
+    _mm256_cvtph_ps(_mm_set1_epi16(h))
+}
+
+// ------------------------------------------------------------------------------------------
+// Float weights: F32, F16, BF16 (8 columns per step), FP8 (per 128-column scale block).
+
+/// # Safety
+/// `p..p+32` readable.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8_f32(p: *const u8) -> __m256 {
+    // SAFETY: caller guarantees 32 readable bytes.
+    unsafe { _mm256_loadu_ps(p as *const f32) }
+}
+
+/// # Safety
+/// `p..p+16` readable.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8_f16(p: *const u8) -> __m256 {
+    // SAFETY: caller guarantees 16 readable bytes.
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+}
+
+/// # Safety
+/// `p..p+16` readable.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8_bf16(p: *const u8) -> __m256 {
+    // SAFETY: caller guarantees 16 readable bytes.
+    let v = unsafe { _mm_loadu_si128(p as *const __m128i) };
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16))
+}
+
+/// Eight FP8 values at `p`, each divided by 256 (see the module comment; sign-extending the
+/// byte to 16 bits and shifting left by 7 puts sign, exponent and mantissa in place, the mask
+/// clears the copy of the sign that lands in the exponent's top bit).
+///
+/// # Safety
+/// `p..p+8` readable.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8_fp8(p: *const u8) -> __m256 {
+    // SAFETY: caller guarantees 8 readable bytes.
+    let b = unsafe { _mm_loadl_epi64(p as *const __m128i) };
+    let h = _mm_and_si128(
+        _mm_slli_epi16(_mm_cvtepi8_epi16(b), 7),
+        _mm_set1_epi16(0xBF80u16 as i16),
+    );
+    _mm256_cvtph_ps(h)
+}
+
+/// Sixteen FP8 values at `p` (as [`load8_fp8`]): elements 0..8 and 8..16.
+///
+/// # Safety
+/// `p..p+16` readable.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load16_fp8(p: *const u8) -> (__m256, __m256) {
+    // SAFETY: caller guarantees 16 readable bytes.
+    let b = unsafe { _mm_loadu_si128(p as *const __m128i) };
+    let h = _mm256_and_si256(
+        _mm256_slli_epi16(_mm256_cvtepi8_epi16(b), 7),
+        _mm256_set1_epi16(0xBF80u16 as i16),
+    );
+    (
+        _mm256_cvtph_ps(_mm256_castsi256_si128(h)),
+        _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)),
+    )
+}
+
+fn scalar_f32(p: &[u8]) -> f32 {
+    f32::from_le_bytes([p[0], p[1], p[2], p[3]])
+}
+fn scalar_f16(p: &[u8]) -> f32 {
+    f16_to_f32(u16::from_le_bytes([p[0], p[1]]))
+}
+fn scalar_bf16(p: &[u8]) -> f32 {
+    bf16_to_f32(u16::from_le_bytes([p[0], p[1]]))
+}
+
+macro_rules! float_micro {
+    ($name:ident, $esize:expr, $load:ident, $scalar:ident) => {
+        /// # Safety
+        /// Rows `r..r+MR` and tokens `t..t+NR` of a validated `c`; CPU has avx2/fma/f16c.
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $name<const MR: usize, const NR: usize>(
+            c: &Ctx,
+            r: usize,
+            t: usize,
+        ) -> [[f32; NR]; MR] {
+            // SAFETY: rows r..r+MR hold `cols` elements of `$esize` bytes each and tokens
+            // t..t+NR hold `cols` f32 (validated); every access below stays below `cols`.
+            unsafe {
+                let cols = c.cols;
+                let n8 = cols / 8 * 8;
+                let wp: [*const u8; MR] = std::array::from_fn(|i| c.w.add((r + i) * c.rb));
+                let xp: [*const f32; NR] = std::array::from_fn(|j| c.x.add((t + j) * cols));
+                // Two accumulators per output (alternate 8-column steps), so even a 1×1 tile
+                // (a lone dot product) has two FMA chains in flight. Every tile shape does the
+                // same arithmetic per output, so results do not depend on the tiling.
+                let mut acc0 = [[_mm256_setzero_ps(); NR]; MR];
+                let mut acc1 = [[_mm256_setzero_ps(); NR]; MR];
+                macro_rules! step {
+                    ($k:expr, $acc:ident) => {
+                        let mut wv = [_mm256_setzero_ps(); MR];
+                        for i in 0..MR {
+                            wv[i] = $load(wp[i].add($k * $esize));
+                        }
+                        for j in 0..NR {
+                            let xv = _mm256_loadu_ps(xp[j].add($k));
+                            for i in 0..MR {
+                                $acc[i][j] = _mm256_fmadd_ps(wv[i], xv, $acc[i][j]);
+                            }
+                        }
+                    };
+                }
+                let mut k = 0;
+                while k + 16 <= n8 {
+                    step!(k, acc0);
+                    step!(k + 8, acc1);
+                    k += 16;
+                }
+                if k < n8 {
+                    step!(k, acc0);
+                }
+                let mut res = [[0.0f32; NR]; MR];
+                for i in 0..MR {
+                    for j in 0..NR {
+                        let mut s = hsum(_mm256_add_ps(acc0[i][j], acc1[i][j]));
+                        for kk in n8..cols {
+                            let wb = std::slice::from_raw_parts(wp[i].add(kk * $esize), $esize);
+                            s += $scalar(wb) * *xp[j].add(kk);
+                        }
+                        res[i][j] = s;
+                    }
+                }
+                res
+            }
+        }
+    };
+}
+
+float_micro!(micro_f32, 4, load8_f32, scalar_f32);
+float_micro!(micro_f16, 2, load8_f16, scalar_f16);
+float_micro!(micro_bf16, 2, load8_bf16, scalar_bf16);
+
+/// # Safety
+/// Rows `r..r+MR` and tokens `t..t+NR` of a validated FP8 `c`; CPU has avx2/fma/f16c.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn micro_fp8<const MR: usize, const NR: usize>(
+    c: &Ctx,
+    r: usize,
+    t: usize,
+) -> [[f32; NR]; MR] {
+    // SAFETY: rows hold `cols` bytes, tokens `cols` f32, and the scale grid covers row blocks
+    // up to (r0+r+MR-1)/128 (validated); column indices stay below `cols`.
+    unsafe {
+        let cols = c.cols;
+        let wp: [*const u8; MR] = std::array::from_fn(|i| c.w.add((r + i) * c.rb));
+        let xp: [*const f32; NR] = std::array::from_fn(|j| c.x.add((t + j) * cols));
+        let srow: [*const f32; MR] =
+            std::array::from_fn(|i| c.sc.add((c.r0 + r + i) / FP8_BLOCK * c.sc_cols));
+        let mut facc = [[_mm256_setzero_ps(); NR]; MR];
+        let mut tail = [[0.0f32; NR]; MR];
+        for cb in 0..c.sc_cols {
+            let k0 = cb * FP8_BLOCK;
+            let k1 = (k0 + FP8_BLOCK).min(cols);
+            let kv = k0 + (k1 - k0) / 8 * 8;
+            let k16 = k0 + (k1 - k0) / 16 * 16;
+            let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+            let mut k = k0;
+            while k < k16 {
+                for i in 0..MR {
+                    let (lo, hi) = load16_fp8(wp[i].add(k));
+                    for j in 0..NR {
+                        let xl = _mm256_loadu_ps(xp[j].add(k));
+                        let xh = _mm256_loadu_ps(xp[j].add(k + 8));
+                        acc[i][j] = _mm256_fmadd_ps(lo, xl, acc[i][j]);
+                        acc[i][j] = _mm256_fmadd_ps(hi, xh, acc[i][j]);
+                    }
+                }
+                k += 16;
+            }
+            while k < kv {
+                let mut wv = [_mm256_setzero_ps(); MR];
+                for i in 0..MR {
+                    wv[i] = load8_fp8(wp[i].add(k));
+                }
+                for j in 0..NR {
+                    let xv = _mm256_loadu_ps(xp[j].add(k));
+                    for i in 0..MR {
+                        acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+                    }
+                }
+                k += 8;
+            }
+            for i in 0..MR {
+                let s = *srow[i].add(cb);
+                let sv = _mm256_set1_ps(s * 256.0);
+                for j in 0..NR {
+                    facc[i][j] = _mm256_fmadd_ps(acc[i][j], sv, facc[i][j]);
+                    let mut p = 0.0f32;
+                    for kk in kv..k1 {
+                        p += fp8_e4m3_to_f32(*wp[i].add(kk)) * *xp[j].add(kk);
+                    }
+                    tail[i][j] += p * s;
+                }
+            }
+        }
+        let mut res = [[0.0f32; NR]; MR];
+        for i in 0..MR {
+            for j in 0..NR {
+                res[i][j] = hsum(facc[i][j]) + tail[i][j];
+            }
+        }
+        res
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Q8_0 and Q4_0 weights × Q8 activations, and the per-ISA entry point. Stamped out twice:
+// plain AVX2 (`vpmaddubsw` + `vpmaddwd`) and with AVX512-VNNI/VL's 256-bit `vpdpbusd`, which
+// does both steps in one instruction.
+
+/// `Σ u8·i8` over groups of 4 bytes into i32 lanes.
+macro_rules! dot_u8i8 {
+    (false, $u:expr, $s:expr, $ones:expr) => {
+        _mm256_madd_epi16(_mm256_maddubs_epi16($u, $s), $ones)
+    };
+    (true, $u:expr, $s:expr, $ones:expr) => {{
+        let _ = $ones; // only the plain form needs it
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), $u, $s)
+    }};
+}
+
+macro_rules! int_kernels {
+    ($feat:literal, $vnni:tt) => {
+        use super::*;
+
+        /// # Safety
+        /// Rows `r..r+MR` and tokens `t..t+NR` of a validated `Q8_0` `c`; CPU has `$feat`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        pub(super) unsafe fn micro_q8_0<const MR: usize, const NR: usize>(
+            c: &Ctx,
+            r: usize,
+            t: usize,
+        ) -> [[f32; NR]; MR] {
+            // SAFETY: each row holds cols/32 blocks of 34 bytes, each token cols i8 and
+            // cols/32 f32 (validated); block indices stay below cols/32.
+            unsafe {
+                let nb = c.cols / QK;
+                let wp: [*const u8; MR] = std::array::from_fn(|i| c.w.add((r + i) * c.rb));
+                let ap: [*const i8; NR] = std::array::from_fn(|j| c.qs.add((t + j) * c.cols));
+                let dp: [*const f32; NR] = std::array::from_fn(|j| c.d.add((t + j) * nb));
+                let ones = _mm256_set1_epi16(1);
+                let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+                for b in 0..nb {
+                    let mut w = [_mm256_setzero_si256(); MR];
+                    let mut aw = [_mm256_setzero_si256(); MR];
+                    let mut dw = [_mm256_setzero_ps(); MR];
+                    for i in 0..MR {
+                        let blk = wp[i].add(b * 34);
+                        dw[i] = splat_f16(blk);
+                        w[i] = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                        aw[i] = _mm256_abs_epi8(w[i]);
+                    }
+                    for j in 0..NR {
+                        let a = _mm256_loadu_si256(ap[j].add(b * QK) as *const __m256i);
+                        let da = _mm256_broadcast_ss(&*dp[j].add(b));
+                        for i in 0..MR {
+                            let s = _mm256_sign_epi8(a, w[i]);
+                            let p = dot_u8i8!($vnni, aw[i], s, ones);
+                            let scale = _mm256_mul_ps(dw[i], da);
+                            acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[i][j]);
+                        }
+                    }
+                }
+                let mut res = [[0.0f32; NR]; MR];
+                for i in 0..MR {
+                    for j in 0..NR {
+                        res[i][j] = hsum(acc[i][j]);
+                    }
+                }
+                res
+            }
+        }
+
+        /// # Safety
+        /// Rows `r..r+MR` and tokens `t..t+NR` of a validated `Q4_0` `c`; CPU has `$feat`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        pub(super) unsafe fn micro_q4_0<const MR: usize, const NR: usize>(
+            c: &Ctx,
+            r: usize,
+            t: usize,
+        ) -> [[f32; NR]; MR] {
+            // SAFETY: each row holds cols/32 blocks of 18 bytes, each token cols i8 and
+            // cols/32 f32 (validated); block indices stay below cols/32.
+            unsafe {
+                let nb = c.cols / QK;
+                let wp: [*const u8; MR] = std::array::from_fn(|i| c.w.add((r + i) * c.rb));
+                let ap: [*const i8; NR] = std::array::from_fn(|j| c.qs.add((t + j) * c.cols));
+                let dp: [*const f32; NR] = std::array::from_fn(|j| c.d.add((t + j) * nb));
+                let ones = _mm256_set1_epi16(1);
+                let m4 = _mm256_set1_epi8(0x0F);
+                let eight = _mm256_set1_epi8(8);
+                let hi4 = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+                let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+                for b in 0..nb {
+                    let mut w = [_mm256_setzero_si256(); MR];
+                    let mut dw = [_mm256_setzero_ps(); MR];
+                    for i in 0..MR {
+                        let blk = wp[i].add(b * 18);
+                        dw[i] = splat_f16(blk);
+                        // Low nibbles are elements 0..16, high nibbles 16..32: the 16 bytes
+                        // in both halves, the upper half shifted right by 4.
+                        let q = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                            blk.add(2) as *const __m128i
+                        ));
+                        let both = _mm256_srlv_epi32(q, hi4);
+                        w[i] = _mm256_sub_epi8(_mm256_and_si256(both, m4), eight);
+                    }
+                    for j in 0..NR {
+                        let a = _mm256_loadu_si256(ap[j].add(b * QK) as *const __m256i);
+                        let aa = _mm256_abs_epi8(a);
+                        let da = _mm256_broadcast_ss(&*dp[j].add(b));
+                        for i in 0..MR {
+                            let s = _mm256_sign_epi8(w[i], a);
+                            let p = dot_u8i8!($vnni, aa, s, ones);
+                            let scale = _mm256_mul_ps(dw[i], da);
+                            acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[i][j]);
+                        }
+                    }
+                }
+                let mut res = [[0.0f32; NR]; MR];
+                for i in 0..MR {
+                    for j in 0..NR {
+                        res[i][j] = hsum(acc[i][j]);
+                    }
+                }
+                res
+            }
+        }
+
+        /// # Safety
+        /// `c` must describe a task that passed `Task::validate`, `out.len() ≥ nr·nt`, and the CPU must
+        /// support avx2, fma and f16c.
+        #[target_feature(enable = $feat)]
+        pub(super) unsafe fn gemm_impl(
+            c: &Ctx,
+            dtype: DType,
+            nr: usize,
+            nt: usize,
+            out: &mut [f32],
+        ) {
+            // SAFETY: forwarded from this function's contract: the micro-kernels only read rows
+            // `0..nr` and tokens `0..nt` of `c`.
+            unsafe {
+                match dtype {
+                    DType::F32 => drive!(c, nr, nt, out, micro_f32, 2 => [2, 1], 1 => [4, 3, 2, 1]),
+                    DType::F16 => drive!(c, nr, nt, out, micro_f16, 2 => [2, 1], 1 => [4, 3, 2, 1]),
+                    DType::BF16 => drive!(c, nr, nt, out, micro_bf16, 2 => [2, 1], 1 => [4, 3, 2, 1]),
+                    DType::F8E4M3Block128 => {
+                        drive!(c, nr, nt, out, micro_fp8, 4 => [2, 1], 1 => [4, 3, 2, 1])
+                    }
+                    DType::Q8_0 => drive!(c, nr, nt, out, micro_q8_0, 4 => [3, 2, 1], 1 => [4, 3, 2, 1]),
+                    DType::Q4_0 => drive!(c, nr, nt, out, micro_q4_0, 4 => [3, 2, 1], 1 => [4, 3, 2, 1]),
+                    DType::Q4_K => drive!(c, nr, nt, out, micro_q4_k, 1 => [1], 1 => [4, 3, 2, 1]),
+                    DType::Q6_K => drive!(c, nr, nt, out, micro_q6_k, 1 => [1], 1 => [4, 3, 2, 1]),
+                }
+            }
+        }
+    };
+}
+
+mod plain {
+    int_kernels!("avx2,fma,f16c", false);
+}
+
+mod vnni {
+    int_kernels!("avx2,fma,f16c,avx512vnni,avx512vl", true);
+}
+
+// ------------------------------------------------------------------------------------------
+// K-quants × Q8_K activations.
+
+/// The 6-bit scales and mins of a `Q4_K` super-block (see `quant::q4_k_scale_min`).
+#[inline]
+fn q4_k_unpack(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let mut sc = [0u8; 8];
+    let mut m = [0u8; 8];
+    for j in 0..4 {
+        sc[j] = s[j] & 63;
+        m[j] = s[j + 4] & 63;
+        sc[j + 4] = (s[j + 8] & 0x0F) | ((s[j] >> 6) << 4);
+        m[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
+    }
+    (sc, m)
+}
+
+/// # Safety
+/// Rows `r..r+MR` and tokens `t..t+NR` of a validated `Q4_K` `c`; CPU has avx2/fma/f16c.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn micro_q4_k<const MR: usize, const NR: usize>(
+    c: &Ctx,
+    r: usize,
+    t: usize,
+) -> [[f32; NR]; MR] {
+    // SAFETY: each row holds cols/256 super-blocks of 144 bytes; each token cols i8, cols/256
+    // f32 and cols/16 i16 (validated); super-block indices stay below cols/256.
+    unsafe {
+        let nsb = c.cols / QK_K;
+        let wp: [*const u8; MR] = std::array::from_fn(|i| c.w.add((r + i) * c.rb));
+        let ap: [*const i8; NR] = std::array::from_fn(|j| c.qs.add((t + j) * c.cols));
+        let dp: [*const f32; NR] = std::array::from_fn(|j| c.d.add((t + j) * nsb));
+        let bp: [*const i16; NR] = std::array::from_fn(|j| c.bs.add((t + j) * nsb * 16));
+        let m4 = _mm256_set1_epi8(0x0F);
+        let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+        for sb in 0..nsb {
+            for i in 0..MR {
+                let blk = wp[i].add(sb * 144);
+                let d = splat_f16(blk);
+                let dmin = splat_f16(blk.add(2));
+                let (sc, m) = q4_k_unpack(&*(blk.add(4) as *const [u8; 12]));
+                let mut isum = [_mm256_setzero_si256(); NR];
+                for cc in 0..4 {
+                    let q = _mm256_loadu_si256(blk.add(16 + 32 * cc) as *const __m256i);
+                    let lo = _mm256_and_si256(q, m4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                    let s1 = _mm256_set1_epi16(sc[2 * cc] as i16);
+                    let s2 = _mm256_set1_epi16(sc[2 * cc + 1] as i16);
+                    for j in 0..NR {
+                        let a = ap[j].add(sb * QK_K + 64 * cc);
+                        let a0 = _mm256_loadu_si256(a as *const __m256i);
+                        let a1 = _mm256_loadu_si256(a.add(32) as *const __m256i);
+                        let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a0), s1);
+                        let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a1), s2);
+                        isum[j] = _mm256_add_epi32(isum[j], _mm256_add_epi32(p0, p1));
+                    }
+                }
+                // Mins: Σ_j m_j · (bsum[2j] + bsum[2j+1]), via each m duplicated per pair.
+                let mv = _mm_cvtepu8_epi16(_mm_loadl_epi64(m.as_ptr() as *const __m128i));
+                let mins = _mm256_set_m128i(_mm_unpackhi_epi16(mv, mv), _mm_unpacklo_epi16(mv, mv));
+                for j in 0..NR {
+                    let bs = _mm256_loadu_si256(bp[j].add(sb * 16) as *const __m256i);
+                    let msum = _mm256_madd_epi16(mins, bs);
+                    let da = _mm256_broadcast_ss(&*dp[j].add(sb));
+                    acc[i][j] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(isum[j]),
+                        _mm256_mul_ps(d, da),
+                        acc[i][j],
+                    );
+                    acc[i][j] = _mm256_fnmadd_ps(
+                        _mm256_cvtepi32_ps(msum),
+                        _mm256_mul_ps(dmin, da),
+                        acc[i][j],
+                    );
+                }
+            }
+        }
+        let mut res = [[0.0f32; NR]; MR];
+        for i in 0..MR {
+            for j in 0..NR {
+                res[i][j] = hsum(acc[i][j]);
+            }
+        }
+        res
+    }
+}
+
+/// # Safety
+/// Rows `r..r+MR` and tokens `t..t+NR` of a validated `Q6_K` `c`; CPU has avx2/fma/f16c.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn micro_q6_k<const MR: usize, const NR: usize>(
+    c: &Ctx,
+    r: usize,
+    t: usize,
+) -> [[f32; NR]; MR] {
+    // SAFETY: each row holds cols/256 super-blocks of 210 bytes; each token cols i8, cols/256
+    // f32 and cols/16 i16 (validated); super-block indices stay below cols/256.
+    unsafe {
+        let nsb = c.cols / QK_K;
+        let wp: [*const u8; MR] = std::array::from_fn(|i| c.w.add((r + i) * c.rb));
+        let ap: [*const i8; NR] = std::array::from_fn(|j| c.qs.add((t + j) * c.cols));
+        let dp: [*const f32; NR] = std::array::from_fn(|j| c.d.add((t + j) * nsb));
+        let bp: [*const i16; NR] = std::array::from_fn(|j| c.bs.add((t + j) * nsb * 16));
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m30 = _mm256_set1_epi8(0x30);
+        let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+        for sb in 0..nsb {
+            for i in 0..MR {
+                let blk = wp[i].add(sb * 210);
+                let d = splat_f16(blk.add(208));
+                let scb = blk.add(192) as *const i8;
+                let mut isum = [_mm256_setzero_si256(); NR];
+                for h in 0..2 {
+                    let ql0 = _mm256_loadu_si256(blk.add(64 * h) as *const __m256i);
+                    let ql1 = _mm256_loadu_si256(blk.add(64 * h + 32) as *const __m256i);
+                    let qh = _mm256_loadu_si256(blk.add(128 + 32 * h) as *const __m256i);
+                    for k in 0..4 {
+                        // Element l+32k of this half: nibble of ql[l] (k even) or ql[l+32]
+                        // (k odd), low (k < 2) or high; 2 high bits from qh[l] at 2k.
+                        let ql = if k & 1 == 0 { ql0 } else { ql1 };
+                        let low = if k < 2 {
+                            _mm256_and_si256(ql, m4)
+                        } else {
+                            _mm256_and_si256(_mm256_srli_epi16(ql, 4), m4)
+                        };
+                        let high = match k {
+                            0 => _mm256_slli_epi16(qh, 4),
+                            1 => _mm256_slli_epi16(qh, 2),
+                            2 => qh,
+                            _ => _mm256_srli_epi16(qh, 2),
+                        };
+                        let q = _mm256_or_si256(low, _mm256_and_si256(high, m30));
+                        // Values 0..16 of this group use scale 8h+2k, values 16..32 the next.
+                        let g = 8 * h + 2 * k;
+                        let sv = _mm256_set_m128i(
+                            _mm_set1_epi16(*scb.add(g + 1) as i16),
+                            _mm_set1_epi16(*scb.add(g) as i16),
+                        );
+                        for j in 0..NR {
+                            let a = _mm256_loadu_si256(
+                                ap[j].add(sb * QK_K + 128 * h + 32 * k) as *const __m256i
+                            );
+                            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), sv);
+                            isum[j] = _mm256_add_epi32(isum[j], p);
+                        }
+                    }
+                }
+                // The −32 offset: Σ_g sc_g · 32 · bsum_g.
+                let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scb as *const __m128i));
+                for j in 0..NR {
+                    let bs = _mm256_loadu_si256(bp[j].add(sb * 16) as *const __m256i);
+                    let corr = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5);
+                    let tot = _mm256_sub_epi32(isum[j], corr);
+                    let da = _mm256_broadcast_ss(&*dp[j].add(sb));
+                    acc[i][j] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(tot), _mm256_mul_ps(d, da), acc[i][j]);
+                }
+            }
+        }
+        let mut res = [[0.0f32; NR]; MR];
+        for i in 0..MR {
+            for j in 0..NR {
+                res[i][j] = hsum(acc[i][j]);
+            }
+        }
+        res
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Activation quantizers (bit-identical to the scalar ones).
+
+/// Rounds `v·s` to nearest-even i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn round_mul(v: __m256, s: __m256) -> __m256i {
+    _mm256_cvtps_epi32(_mm256_round_ps(
+        _mm256_mul_ps(v, s),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    ))
+}
+
+/// Packs four vectors of i32 (each within i8 range) into 32 bytes in element order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn pack_i8(q0: __m256i, q1: __m256i, q2: __m256i, q3: __m256i) -> __m256i {
+    let p = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
+    _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn abs_ps(v: __m256) -> __m256 {
+    _mm256_andnot_ps(_mm256_set1_ps(-0.0), v)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hmax(v: __m256) -> f32 {
+    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    _mm_cvtss_f32(m)
+}
+
+fn quant_q8(x: &[f32], qs: &mut [i8], d: &mut [f32]) {
+    assert!(supported());
+    let nb = x.len() / QK;
+    assert!(x.len().is_multiple_of(QK) && qs.len() >= nb * QK && d.len() >= nb);
+    // SAFETY: features checked; lengths checked above.
+    unsafe { quant_q8_impl(x, qs, d) }
+}
+
+/// # Safety
+/// avx2/fma/f16c available; `x.len()` a multiple of 32, `qs`/`d` at least as long as needed.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quant_q8_impl(x: &[f32], qs: &mut [i8], d: &mut [f32]) {
+    for b in 0..x.len() / QK {
+        // SAFETY: block b reads x[32b..32b+32] and writes qs[32b..32b+32], all in bounds.
+        unsafe {
+            let p = x.as_ptr().add(b * QK);
+            let v: [__m256; 4] = std::array::from_fn(|k| _mm256_loadu_ps(p.add(8 * k)));
+            let m = _mm256_max_ps(
+                _mm256_max_ps(abs_ps(v[0]), abs_ps(v[1])),
+                _mm256_max_ps(abs_ps(v[2]), abs_ps(v[3])),
+            );
+            let amax = hmax(m);
+            let db = amax / 127.0;
+            let id = _mm256_set1_ps(if db != 0.0 { 1.0 / db } else { 0.0 });
+            let q = pack_i8(
+                round_mul(v[0], id),
+                round_mul(v[1], id),
+                round_mul(v[2], id),
+                round_mul(v[3], id),
+            );
+            _mm256_storeu_si256(qs.as_mut_ptr().add(b * QK) as *mut __m256i, q);
+            d[b] = db;
+        }
+    }
+}
+
+fn quant_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i16]) {
+    assert!(supported());
+    let nb = x.len() / QK_K;
+    assert!(x.len().is_multiple_of(QK_K) && qs.len() >= nb * QK_K && d.len() >= nb);
+    assert!(bsums.len() >= nb * 16);
+    // SAFETY: features checked; lengths checked above.
+    unsafe { quant_q8k_impl(x, qs, d, bsums) }
+}
+
+/// # Safety
+/// avx2/fma/f16c available; `x.len()` a multiple of 256, outputs long enough.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quant_q8k_impl(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i16]) {
+    for b in 0..x.len() / QK_K {
+        // SAFETY: super-block b reads x[256b..][..256], writes qs[256b..][..256] and
+        // bsums[16b..][..16], all in bounds.
+        unsafe {
+            let p = x.as_ptr().add(b * QK_K);
+            let mut m = _mm256_setzero_ps();
+            for k in 0..32 {
+                m = _mm256_max_ps(m, abs_ps(_mm256_loadu_ps(p.add(8 * k))));
+            }
+            let amax = hmax(m);
+            let q = qs.as_mut_ptr().add(b * QK_K);
+            if amax == 0.0 {
+                std::ptr::write_bytes(q, 0, QK_K);
+                bsums[16 * b..16 * b + 16].fill(0);
+                d[b] = 0.0;
+                continue;
+            }
+            // The signed value of largest magnitude, first on ties (as the scalar rule).
+            let target = _mm256_set1_ps(amax);
+            let mut max = 0.0f32;
+            for k in 0..32 {
+                let eq = _mm256_cmp_ps(abs_ps(_mm256_loadu_ps(p.add(8 * k))), target, _CMP_EQ_OQ);
+                let mask = _mm256_movemask_ps(eq);
+                if mask != 0 {
+                    max = *p.add(8 * k + mask.trailing_zeros() as usize);
+                    break;
+                }
+            }
+            let iscale = -127.0 / max;
+            let is = _mm256_set1_ps(iscale);
+            let ones8 = _mm256_set1_epi8(1);
+            let ones16 = _mm256_set1_epi16(1);
+            let lim = _mm256_set1_epi32(127);
+            for g in 0..8 {
+                let v: [__m256i; 4] = std::array::from_fn(|k| {
+                    _mm256_min_epi32(round_mul(_mm256_loadu_ps(p.add(32 * g + 8 * k)), is), lim)
+                });
+                let packed = pack_i8(v[0], v[1], v[2], v[3]);
+                _mm256_storeu_si256(q.add(32 * g) as *mut __m256i, packed);
+                // Sums of 16: pairs → quads → two halves.
+                let s4 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, packed), ones16);
+                let h = _mm_hadd_epi32(_mm256_castsi256_si128(s4), _mm256_extracti128_si256(s4, 1));
+                let h = _mm_hadd_epi32(h, h);
+                bsums[16 * b + 2 * g] = _mm_cvtsi128_si32(h) as i16;
+                bsums[16 * b + 2 * g + 1] = _mm_extract_epi32(h, 1) as i16;
+            }
+            d[b] = 1.0 / iscale;
+        }
+    }
+}

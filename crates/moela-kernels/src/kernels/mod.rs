@@ -1,0 +1,488 @@
+//! Matrix-product kernels: `y[n, rows] = x[n, cols] · Wᵀ` for every weight type.
+//!
+//! Structure:
+//! - [`gemm`] is the driver: it quantizes the activations once per call into the weight's
+//!   partner format (`Q8` = 32-value blocks with an f32 scale for `Q8_0`/`Q4_0`, `Q8_K` for
+//!   `Q4_K`/`Q6_K`; the float types use `x` as is), cuts the output into tasks of
+//!   (row range × token range) and runs them on the worker pool.
+//! - A task is computed by one [`KernelSet`]'s `gemm` function, chosen once per process from
+//!   what the CPU supports ([`Isa`]): `avx2` (with FMA and F16C; `avx2+vnni` when
+//!   AVX512-VNNI/VL is there too), `neon`, or `scalar`.
+//! - The scalar set is the oracle: it computes the same integer block dots as the SIMD sets
+//!   and differs from them only in the order floats are summed.
+
+pub(crate) mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
+
+use std::sync::OnceLock;
+
+use crate::dtype::{DType, FP8_BLOCK};
+use crate::parallel::{num_threads, pool, SendPtr};
+use crate::quant::{QK, QK_K};
+
+/// An instruction-set level the kernels can run at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable Rust; the test oracle.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// [`Isa::Avx2`] plus AVX512-VNNI/VL's 256-bit `vpdpbusd` for the 8-bit dot products.
+    Avx2Vnni,
+    /// AArch64 NEON.
+    Neon,
+}
+
+impl Isa {
+    /// Whether this CPU can run kernels at this level.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::supported(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Vnni => avx2::vnni_supported(),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The fastest level this CPU supports (detected once).
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            [Isa::Avx2Vnni, Isa::Avx2, Isa::Neon]
+                .into_iter()
+                .find(|i| i.is_available())
+                .unwrap_or(Isa::Scalar)
+        })
+    }
+
+    /// The level the matmul kernels actually use in this process.
+    pub fn active() -> Isa {
+        best().isa
+    }
+
+    /// Every level this CPU supports, scalar first.
+    pub fn available() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx2Vnni, Isa::Neon]
+            .into_iter()
+            .filter(|i| i.is_available())
+            .collect()
+    }
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx2Vnni => "avx2+vnni",
+            Isa::Neon => "neon",
+        }
+    }
+}
+
+/// Activations for one task: tokens `t0..t0+nt`, each `cols` long.
+#[derive(Clone, Copy)]
+pub(crate) enum Acts<'a> {
+    /// Plain f32, token stride `cols`.
+    F32(&'a [f32]),
+    /// Per 32 values: f32 scale `d` and 32 × i8 (token strides `cols` and `cols/32`).
+    Q8 { qs: &'a [i8], d: &'a [f32] },
+    /// Per 256 values: f32 `d`, 256 × i8, 16 sums of 16 (strides `cols`, `cols/256`, `cols/16`).
+    Q8K {
+        qs: &'a [i8],
+        d: &'a [f32],
+        bsums: &'a [i16],
+    },
+}
+
+/// One unit of work: weight rows `r0..r0+nr` against `nt` tokens.
+pub(crate) struct Task<'a> {
+    pub dtype: DType,
+    /// Bytes of rows `r0..r0+nr`, `row_bytes` each.
+    pub w: &'a [u8],
+    pub row_bytes: usize,
+    pub nr: usize,
+    /// Absolute index of the first row (selects FP8 row blocks).
+    pub r0: usize,
+    pub cols: usize,
+    pub acts: Acts<'a>,
+    pub nt: usize,
+    /// FP8 only: the whole `[ceil(rows/128), ceil(cols/128)]` scale grid.
+    pub scales: &'a [f32],
+    /// Output, token-major: `out[t * nr + r]`.
+    pub out: &'a mut [f32],
+}
+
+impl Task<'_> {
+    /// Checks every length the kernels rely on; SIMD kernels read through raw pointers only
+    /// after this passed.
+    pub fn validate(&self) {
+        let (nr, nt, cols) = (self.nr, self.nt, self.cols);
+        assert_eq!(
+            self.dtype.row_bytes(cols),
+            Ok(self.row_bytes),
+            "task: row bytes"
+        );
+        assert!(self.w.len() >= nr * self.row_bytes, "task: weight bytes");
+        assert!(self.out.len() >= nr * nt, "task: output length");
+        match (self.dtype, self.acts) {
+            (DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3Block128, Acts::F32(x)) => {
+                assert!(x.len() >= nt * cols, "task: activations")
+            }
+            (DType::Q8_0 | DType::Q4_0, Acts::Q8 { qs, d }) => {
+                assert!(
+                    qs.len() >= nt * cols && d.len() >= nt * (cols / QK),
+                    "task: activations"
+                )
+            }
+            (DType::Q4_K | DType::Q6_K, Acts::Q8K { qs, d, bsums }) => assert!(
+                qs.len() >= nt * cols
+                    && d.len() >= nt * (cols / QK_K)
+                    && bsums.len() >= nt * (cols / 16),
+                "task: activations"
+            ),
+            _ => panic!("task: activations do not match weight type {}", self.dtype),
+        }
+        if self.dtype == DType::F8E4M3Block128 && nr > 0 {
+            let need = (self.r0 + nr).div_ceil(FP8_BLOCK) * cols.div_ceil(FP8_BLOCK);
+            assert!(self.scales.len() >= need, "task: fp8 scales");
+        }
+    }
+}
+
+/// The kernels of one [`Isa`].
+pub(crate) struct KernelSet {
+    pub isa: Isa,
+    /// Computes one task.
+    pub gemm: fn(&mut Task<'_>),
+    /// One f32 dot product of equal-length slices, bit-identical to one output of `gemm` on
+    /// f32 weights.
+    pub dot_f32: fn(&[f32], &[f32]) -> f32,
+    /// Quantizes one row (a multiple of 32 values) into `Q8` activations: `(x, qs, d)`.
+    pub quant_q8: fn(&[f32], &mut [i8], &mut [f32]),
+    /// Quantizes one row (a multiple of 256 values) into `Q8_K` activations:
+    /// `(x, qs, d, bsums)`.
+    pub quant_q8k: QuantQ8kFn,
+}
+
+/// `(x, qs, d, bsums)`: see [`KernelSet::quant_q8k`].
+pub(crate) type QuantQ8kFn = fn(&[f32], &mut [i8], &mut [f32], &mut [i16]);
+
+static SCALAR: KernelSet = KernelSet {
+    isa: Isa::Scalar,
+    gemm: scalar::gemm,
+    dot_f32: scalar::dot_f32_slices,
+    quant_q8: scalar::quant_q8,
+    quant_q8k: scalar::quant_q8k,
+};
+
+/// The kernel set for `isa`, or `None` if this CPU cannot run it.
+pub(crate) fn kernel_set(isa: Isa) -> Option<&'static KernelSet> {
+    if !isa.is_available() {
+        return None;
+    }
+    match isa {
+        Isa::Scalar => Some(&SCALAR),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(&avx2::KERNELS),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Vnni => Some(&avx2::KERNELS_VNNI),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => Some(&neon::KERNELS),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+/// The kernel set for the best ISA (chosen once).
+pub(crate) fn best() -> &'static KernelSet {
+    static BEST: OnceLock<&'static KernelSet> = OnceLock::new();
+    BEST.get_or_init(|| kernel_set(Isa::best()).unwrap_or(&SCALAR))
+}
+
+/// A weight matrix as the kernels see it.
+#[derive(Clone, Copy)]
+pub(crate) struct WeightRef<'a> {
+    pub dtype: DType,
+    pub bytes: &'a [u8],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_bytes: usize,
+    pub scales: &'a [f32],
+}
+
+/// Quantized activations owned for the duration of one matmul (or several, see
+/// [`PreparedInput`]).
+pub(crate) enum ActBuf {
+    None,
+    Q8 {
+        qs: Vec<i8>,
+        d: Vec<f32>,
+    },
+    Q8K {
+        qs: Vec<i8>,
+        d: Vec<f32>,
+        bsums: Vec<i16>,
+    },
+}
+
+impl ActBuf {
+    fn view<'a>(&'a self, x: &'a [f32], t0: usize, nt: usize, cols: usize) -> Acts<'a> {
+        match self {
+            ActBuf::None => Acts::F32(&x[t0 * cols..(t0 + nt) * cols]),
+            ActBuf::Q8 { qs, d } => {
+                let nb = cols / QK;
+                Acts::Q8 {
+                    qs: &qs[t0 * cols..(t0 + nt) * cols],
+                    d: &d[t0 * nb..(t0 + nt) * nb],
+                }
+            }
+            ActBuf::Q8K { qs, d, bsums } => {
+                let (nb, ns) = (cols / QK_K, cols / 16);
+                Acts::Q8K {
+                    qs: &qs[t0 * cols..(t0 + nt) * cols],
+                    d: &d[t0 * nb..(t0 + nt) * nb],
+                    bsums: &bsums[t0 * ns..(t0 + nt) * ns],
+                }
+            }
+        }
+    }
+}
+
+/// Runs `f(token)` for every token, on the pool when there is enough work.
+fn per_token(n: usize, cols: usize, f: impl Fn(usize) + Sync) {
+    if n >= 4 && n * cols >= 1 << 16 {
+        pool().run(n, f);
+    } else {
+        (0..n).for_each(f);
+    }
+}
+
+/// Which activation format a weight type multiplies against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ActKind {
+    F32,
+    Q8,
+    Q8K,
+}
+
+pub(crate) fn act_kind(dtype: DType) -> ActKind {
+    match dtype {
+        DType::Q8_0 | DType::Q4_0 => ActKind::Q8,
+        DType::Q4_K | DType::Q6_K => ActKind::Q8K,
+        _ => ActKind::F32,
+    }
+}
+
+/// Activations `x[n, cols]` already in the partner format of some weight type, for running
+/// several matmuls (e.g. an FFN's gate and up projections) on one quantization.
+pub struct PreparedInput<'a> {
+    pub(crate) x: &'a [f32],
+    pub(crate) n: usize,
+    pub(crate) cols: usize,
+    pub(crate) kind: ActKind,
+    pub(crate) acts: ActBuf,
+}
+
+impl<'a> PreparedInput<'a> {
+    /// Quantizes `x` (`[n, cols]`) for weights of type `dtype` (a no-op for float types).
+    pub fn new(dtype: DType, x: &'a [f32], n: usize, cols: usize) -> PreparedInput<'a> {
+        assert_eq!(
+            x.len(),
+            n * cols,
+            "prepared input: x is not [n, cols] = [{n}, {cols}]"
+        );
+        assert!(
+            cols.is_multiple_of(dtype.block_size()),
+            "prepared input: {cols} columns is not a multiple of {dtype}'s block size"
+        );
+        PreparedInput {
+            x,
+            n,
+            cols,
+            kind: act_kind(dtype),
+            acts: quantize_acts(best(), dtype, x, n, cols),
+        }
+    }
+
+    /// Number of tokens.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Whether weights of type `dtype` can use this input.
+    pub fn fits(&self, dtype: DType) -> bool {
+        act_kind(dtype) == self.kind
+    }
+}
+
+fn quantize_acts(ks: &KernelSet, dtype: DType, x: &[f32], n: usize, cols: usize) -> ActBuf {
+    match dtype {
+        DType::Q8_0 | DType::Q4_0 => {
+            let nb = cols / QK;
+            let mut qs = vec![0i8; n * cols];
+            let mut d = vec![0f32; n * nb];
+            let (qp, dp) = (SendPtr(qs.as_mut_ptr()), SendPtr(d.as_mut_ptr()));
+            per_token(n, cols, |t| {
+                // SAFETY: token `t` owns `qs[t*cols..][..cols]` and `d[t*nb..][..nb]`; tokens
+                // are disjoint and both vectors outlive this call.
+                let (q, dd) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(qp.get().add(t * cols), cols),
+                        std::slice::from_raw_parts_mut(dp.get().add(t * nb), nb),
+                    )
+                };
+                (ks.quant_q8)(&x[t * cols..(t + 1) * cols], q, dd);
+            });
+            ActBuf::Q8 { qs, d }
+        }
+        DType::Q4_K | DType::Q6_K => {
+            let (nb, ns) = (cols / QK_K, cols / 16);
+            let mut qs = vec![0i8; n * cols];
+            let mut d = vec![0f32; n * nb];
+            let mut bsums = vec![0i16; n * ns];
+            let (qp, dp, bp) = (
+                SendPtr(qs.as_mut_ptr()),
+                SendPtr(d.as_mut_ptr()),
+                SendPtr(bsums.as_mut_ptr()),
+            );
+            per_token(n, cols, |t| {
+                // SAFETY: as above, token `t` owns its disjoint slices of the three vectors.
+                let (q, dd, bs) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(qp.get().add(t * cols), cols),
+                        std::slice::from_raw_parts_mut(dp.get().add(t * nb), nb),
+                        std::slice::from_raw_parts_mut(bp.get().add(t * ns), ns),
+                    )
+                };
+                (ks.quant_q8k)(&x[t * cols..(t + 1) * cols], q, dd, bs);
+            });
+            ActBuf::Q8K { qs, d, bsums }
+        }
+        _ => ActBuf::None,
+    }
+}
+
+/// Tokens per task: activations of one token block stay in L2 while every row tile of a task
+/// sweeps over them.
+const TOKEN_BLOCK: usize = 64;
+
+/// `y[n, rows] = x[n, cols] · wᵀ` with kernel set `ks`.
+pub(crate) fn gemm(ks: &KernelSet, w: &WeightRef<'_>, x: &[f32], n: usize, y: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
+    assert_eq!(
+        x.len(),
+        n * cols,
+        "matmul: x is not [n, cols] = [{n}, {cols}]"
+    );
+    assert_eq!(
+        y.len(),
+        n * rows,
+        "matmul: y is not [n, rows] = [{n}, {rows}]"
+    );
+    if n == 0 || rows == 0 {
+        return;
+    }
+    if cols == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let acts = quantize_acts(ks, w.dtype, x, n, cols);
+    gemm_acts(ks, w, x, &acts, n, y);
+}
+
+/// [`gemm`] on activations prepared earlier.
+pub(crate) fn gemm_prepared(
+    ks: &KernelSet,
+    w: &WeightRef<'_>,
+    p: &PreparedInput<'_>,
+    y: &mut [f32],
+) {
+    assert!(
+        p.fits(w.dtype),
+        "matmul: input prepared for other weights than {}",
+        w.dtype
+    );
+    assert_eq!(
+        p.cols, w.cols,
+        "matmul: input has {} columns, weights {}",
+        p.cols, w.cols
+    );
+    assert_eq!(
+        y.len(),
+        p.n * w.rows,
+        "matmul: y is not [n, rows] = [{}, {}]",
+        p.n,
+        w.rows
+    );
+    if p.n == 0 || w.rows == 0 {
+        return;
+    }
+    if w.cols == 0 {
+        y.fill(0.0);
+        return;
+    }
+    gemm_acts(ks, w, p.x, &p.acts, p.n, y);
+}
+
+fn gemm_acts(ks: &KernelSet, w: &WeightRef<'_>, x: &[f32], acts: &ActBuf, n: usize, y: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
+
+    // Plan: token blocks of ≤ 64, then enough row chunks (multiples of 4 rows, so FP8 micro
+    // tiles never straddle a 128-row scale block) for ~8 tasks per thread.
+    let n_tc = n.div_ceil(TOKEN_BLOCK);
+    let tok_chunk = n.div_ceil(n_tc);
+    let work = rows * cols * n;
+    let threads = num_threads();
+    let want_tasks = if work < 1 << 15 { 1 } else { threads * 8 };
+    let row_tasks = want_tasks.div_ceil(n_tc).max(1);
+    let row_chunk = rows.div_ceil(row_tasks).next_multiple_of(4).max(4);
+    let n_rc = rows.div_ceil(row_chunk);
+
+    let yp = SendPtr(y.as_mut_ptr());
+    pool().run(n_rc * n_tc, |i| {
+        let (tc, rc) = (i / n_rc, i % n_rc);
+        let r0 = rc * row_chunk;
+        let nr = row_chunk.min(rows - r0);
+        let t0 = tc * tok_chunk;
+        let nt = tok_chunk.min(n - t0);
+        let mut out = vec![0.0f32; nr * nt];
+        let mut task = Task {
+            dtype: w.dtype,
+            w: &w.bytes[r0 * w.row_bytes..(r0 + nr) * w.row_bytes],
+            row_bytes: w.row_bytes,
+            nr,
+            r0,
+            cols,
+            acts: acts.view(x, t0, nt, cols),
+            nt,
+            scales: w.scales,
+            out: &mut out,
+        };
+        (ks.gemm)(&mut task);
+        for t in 0..nt {
+            // SAFETY: this task alone writes y[(t0+t)*rows + r0 ..][..nr] (tasks partition
+            // rows × tokens), the range lies inside `y` (r0+nr ≤ rows, t0+t < n), and `y`
+            // stays mutably borrowed until `run` returns.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    out.as_ptr().add(t * nr),
+                    yp.get().add((t0 + t) * rows + r0),
+                    nr,
+                );
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,198 @@
+//! Portable kernels: the oracle every SIMD kernel is tested against.
+//!
+//! Each output is one row·token dot product. Integer formats compute exactly the integer block
+//! sums the SIMD kernels compute and scale them per block; floats are summed in f64.
+
+use super::{Acts, Task};
+use crate::dtype::{DType, FP8_BLOCK};
+use crate::fp::{bf16_to_f32, f16_to_f32, fp8_e4m3_to_f32};
+use crate::quant::{
+    q4_k_scales_mins, q6_k_value, quantize_block_q8_act, quantize_block_q8_k, Q4_0_BYTES,
+    Q4_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, QK, QK_K,
+};
+
+#[inline]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+pub(crate) fn gemm(t: &mut Task<'_>) {
+    t.validate();
+    let (nr, nt, cols) = (t.nr, t.nt, t.cols);
+    for tok in 0..nt {
+        for r in 0..nr {
+            let w = &t.w[r * t.row_bytes..(r + 1) * t.row_bytes];
+            t.out[tok * nr + r] = match t.acts {
+                Acts::F32(x) => {
+                    let x = &x[tok * cols..(tok + 1) * cols];
+                    match t.dtype {
+                        DType::F32 => dot_f32(w, x),
+                        DType::F16 => dot_f16(w, x),
+                        DType::BF16 => dot_bf16(w, x),
+                        DType::F8E4M3Block128 => {
+                            let scb = cols.div_ceil(FP8_BLOCK);
+                            let srow = &t.scales[(t.r0 + r) / FP8_BLOCK * scb..][..scb];
+                            dot_fp8(w, srow, x)
+                        }
+                        _ => unreachable!("validated"),
+                    }
+                }
+                Acts::Q8 { qs, d } => {
+                    let nb = cols / QK;
+                    let (qs, d) = (&qs[tok * cols..][..cols], &d[tok * nb..][..nb]);
+                    match t.dtype {
+                        DType::Q8_0 => dot_q8_0(w, qs, d),
+                        DType::Q4_0 => dot_q4_0(w, qs, d),
+                        _ => unreachable!("validated"),
+                    }
+                }
+                Acts::Q8K { qs, d, bsums } => {
+                    let nb = cols / QK_K;
+                    let qs = &qs[tok * cols..][..cols];
+                    let d = &d[tok * nb..][..nb];
+                    let bs = &bsums[tok * nb * 16..][..nb * 16];
+                    match t.dtype {
+                        DType::Q4_K => dot_q4_k(w, qs, d, bs),
+                        DType::Q6_K => dot_q6_k(w, qs, d, bs),
+                        _ => unreachable!("validated"),
+                    }
+                }
+            };
+        }
+    }
+}
+
+pub(crate) fn dot_f32(w: &[u8], x: &[f32]) -> f32 {
+    let mut s = 0.0f64;
+    for (c, &xv) in w.chunks_exact(4).zip(x) {
+        s += f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64 * xv as f64;
+    }
+    s as f32
+}
+
+/// [`dot_f32`] on f32 slices (same order, same f64 sum).
+pub(crate) fn dot_f32_slices(w: &[f32], x: &[f32]) -> f32 {
+    let mut s = 0.0f64;
+    for (&wv, &xv) in w.iter().zip(x) {
+        s += wv as f64 * xv as f64;
+    }
+    s as f32
+}
+
+pub(crate) fn dot_f16(w: &[u8], x: &[f32]) -> f32 {
+    let mut s = 0.0f64;
+    for (c, &xv) in w.chunks_exact(2).zip(x) {
+        s += f16_to_f32(u16::from_le_bytes([c[0], c[1]])) as f64 * xv as f64;
+    }
+    s as f32
+}
+
+pub(crate) fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
+    let mut s = 0.0f64;
+    for (c, &xv) in w.chunks_exact(2).zip(x) {
+        s += bf16_to_f32(u16::from_le_bytes([c[0], c[1]])) as f64 * xv as f64;
+    }
+    s as f32
+}
+
+/// One FP8 row: `srow[b]` scales columns `128b..128b+128`.
+pub(crate) fn dot_fp8(w: &[u8], srow: &[f32], x: &[f32]) -> f32 {
+    let mut s = 0.0f64;
+    for (b, (wc, xc)) in w.chunks(FP8_BLOCK).zip(x.chunks(FP8_BLOCK)).enumerate() {
+        let mut p = 0.0f64;
+        for (&q, &xv) in wc.iter().zip(xc) {
+            p += fp8_e4m3_to_f32(q) as f64 * xv as f64;
+        }
+        s += p * srow[b] as f64;
+    }
+    s as f32
+}
+
+pub(crate) fn dot_q8_0(w: &[u8], qs: &[i8], d: &[f32]) -> f32 {
+    let mut s = 0.0f64;
+    for (b, blk) in w.chunks_exact(Q8_0_BYTES).enumerate() {
+        let a = &qs[b * QK..(b + 1) * QK];
+        let isum: i32 = (0..QK)
+            .map(|j| (blk[2 + j] as i8) as i32 * a[j] as i32)
+            .sum();
+        s += (f16_at(blk, 0) * d[b]) as f64 * isum as f64;
+    }
+    s as f32
+}
+
+pub(crate) fn dot_q4_0(w: &[u8], qs: &[i8], d: &[f32]) -> f32 {
+    let mut s = 0.0f64;
+    for (b, blk) in w.chunks_exact(Q4_0_BYTES).enumerate() {
+        let a = &qs[b * QK..(b + 1) * QK];
+        let mut isum = 0i32;
+        for j in 0..16 {
+            let q = blk[2 + j];
+            isum += ((q & 0x0F) as i32 - 8) * a[j] as i32;
+            isum += ((q >> 4) as i32 - 8) * a[j + 16] as i32;
+        }
+        s += (f16_at(blk, 0) * d[b]) as f64 * isum as f64;
+    }
+    s as f32
+}
+
+/// `Σ_sub sc·Σ q·a` and `Σ_sub m·Σ a` per super-block, scaled by `d·da` and `dmin·da`.
+pub(crate) fn dot_q4_k(w: &[u8], qs: &[i8], d: &[f32], bsums: &[i16]) -> f32 {
+    let mut s = 0.0f64;
+    for (b, blk) in w.chunks_exact(Q4_K_BYTES).enumerate() {
+        let a = &qs[b * QK_K..(b + 1) * QK_K];
+        let bs = &bsums[b * 16..(b + 1) * 16];
+        let (sc, m) = q4_k_scales_mins(&blk[4..16]);
+        let q = &blk[16..144];
+        let (mut isum, mut msum) = (0i32, 0i32);
+        for c in 0..4 {
+            let (mut lo, mut hi) = (0i32, 0i32);
+            for i in 0..32 {
+                lo += (q[32 * c + i] & 0x0F) as i32 * a[64 * c + i] as i32;
+                hi += (q[32 * c + i] >> 4) as i32 * a[64 * c + 32 + i] as i32;
+            }
+            isum += sc[2 * c] as i32 * lo + sc[2 * c + 1] as i32 * hi;
+        }
+        for j in 0..8 {
+            msum += m[j] as i32 * (bs[2 * j] as i32 + bs[2 * j + 1] as i32);
+        }
+        let (dd, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+        s += (dd * d[b]) as f64 * isum as f64 - (dmin * d[b]) as f64 * msum as f64;
+    }
+    s as f32
+}
+
+/// `Σ_group sc·(Σ q·a − 32·Σ a)` per super-block, scaled by `d·da`.
+pub(crate) fn dot_q6_k(w: &[u8], qs: &[i8], d: &[f32], bsums: &[i16]) -> f32 {
+    let mut s = 0.0f64;
+    for (b, blk) in w.chunks_exact(Q6_K_BYTES).enumerate() {
+        let a = &qs[b * QK_K..(b + 1) * QK_K];
+        let bs = &bsums[b * 16..(b + 1) * 16];
+        let mut isum = 0i32;
+        for g in 0..16 {
+            let sc = blk[192 + g] as i8 as i32;
+            let mut p = 0i32;
+            for e in 16 * g..16 * g + 16 {
+                p += q6_k_value(blk, e) as i32 * a[e] as i32;
+            }
+            isum += sc * (p - 32 * bs[g] as i32);
+        }
+        s += (f16_at(blk, 208) * d[b]) as f64 * isum as f64;
+    }
+    s as f32
+}
+
+pub(crate) fn quant_q8(x: &[f32], qs: &mut [i8], d: &mut [f32]) {
+    for (b, (xb, qb)) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
+        d[b] = quantize_block_q8_act(xb, qb);
+    }
+}
+
+pub(crate) fn quant_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i16]) {
+    for (b, (xb, qb)) in x
+        .chunks_exact(QK_K)
+        .zip(qs.chunks_exact_mut(QK_K))
+        .enumerate()
+    {
+        d[b] = quantize_block_q8_k(xb, qb, &mut bsums[16 * b..16 * b + 16]);
+    }
+}

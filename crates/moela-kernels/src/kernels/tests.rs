@@ -1,0 +1,490 @@
+//! Every fast kernel against its scalar twin, and quantized products against f32 products.
+
+use super::*;
+use crate::qmat::QMat;
+
+/// Deterministic values: roughly normal (sum of three uniforms), scaled, with rare outliers.
+fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut u = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    };
+    (0..n)
+        .map(|i| {
+            let v = (u() + u() + u()) * scale;
+            if i % 211 == 17 {
+                v * 6.0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+fn fast_isas() -> Vec<Isa> {
+    Isa::available()
+        .into_iter()
+        .filter(|i| *i != Isa::Scalar)
+        .collect()
+}
+
+/// `Σ_k |w_rk|·|x_tk|` for every output: the scale that float summation-order errors are
+/// relative to.
+fn abs_products(w: &[f32], x: &[f32], rows: usize, cols: usize, n: usize) -> Vec<f64> {
+    let mut b = vec![0.0f64; n * rows];
+    for t in 0..n {
+        for r in 0..rows {
+            b[t * rows + r] = (0..cols)
+                .map(|k| (w[r * cols + k] as f64 * x[t * cols + k] as f64).abs())
+                .sum();
+        }
+    }
+    b
+}
+
+fn naive(w: &[f32], x: &[f32], rows: usize, cols: usize, n: usize) -> Vec<f64> {
+    let mut y = vec![0.0f64; n * rows];
+    for t in 0..n {
+        for r in 0..rows {
+            y[t * rows + r] = (0..cols)
+                .map(|k| w[r * cols + k] as f64 * x[t * cols + k] as f64)
+                .sum();
+        }
+    }
+    y
+}
+
+/// The one check every shape goes through: each available fast ISA against the scalar
+/// kernels (same quantized activations, so only float summation order may differ).
+fn check_fast_vs_scalar(dtype: DType, rows: usize, cols: usize, n: usize) {
+    let wf = data(rows * cols, (rows * 31 + cols) as u64, 0.05);
+    let x = data(n * cols, (n * 7 + cols * 3 + 1) as u64, 1.0);
+    let q = QMat::from_f32(dtype, rows, cols, &wf).unwrap();
+    let wd = q.to_f32().data;
+    let bound = abs_products(&wd, &x, rows, cols, n);
+    let mut want = vec![0.0; n * rows];
+    q.matmul_with(Isa::Scalar, &x, n, &mut want);
+    for isa in fast_isas() {
+        let mut got = vec![f32::NAN; n * rows];
+        q.matmul_with(isa, &x, n, &mut got);
+        for i in 0..n * rows {
+            let tol = 2e-5 * bound[i] + 1e-6;
+            assert!(
+                (got[i] as f64 - want[i] as f64).abs() <= tol,
+                "{dtype} {isa:?} rows {rows} cols {cols} n {n}: out[{i}] = {} vs scalar {} (tol {tol:e})",
+                got[i],
+                want[i]
+            );
+        }
+    }
+}
+
+const ROWS: [usize; 8] = [1, 2, 3, 4, 7, 8, 16, 33];
+const TOKENS: [usize; 8] = [1, 2, 3, 4, 7, 8, 16, 33];
+
+fn check_all_shapes(dtype: DType, cols_list: &[usize]) {
+    for (k, &cols) in cols_list.iter().enumerate() {
+        for &rows in &ROWS {
+            for &n in &TOKENS {
+                // Full cross product for the first column count, a diagonal for the rest.
+                if k == 0 || (rows + n) % 3 == 0 {
+                    check_fast_vs_scalar(dtype, rows, cols, n);
+                }
+            }
+        }
+        for n in [1, 3, 8] {
+            check_fast_vs_scalar(dtype, 512, cols, n);
+        }
+    }
+}
+
+#[test]
+fn f32_fast_matches_scalar() {
+    check_all_shapes(DType::F32, &[33, 1, 7, 130, 200]);
+}
+
+#[test]
+fn f16_fast_matches_scalar() {
+    check_all_shapes(DType::F16, &[33, 1, 7, 130, 200]);
+}
+
+#[test]
+fn bf16_fast_matches_scalar() {
+    check_all_shapes(DType::BF16, &[130, 1, 7, 33, 200]);
+}
+
+#[test]
+fn fp8_fast_matches_scalar() {
+    check_all_shapes(DType::F8E4M3Block128, &[200, 1, 7, 33, 130, 256]);
+    // Several 128-row scale blocks, with row chunks that start inside a block.
+    check_fast_vs_scalar(DType::F8E4M3Block128, 300, 260, 5);
+}
+
+#[test]
+fn q8_0_fast_matches_scalar() {
+    check_all_shapes(DType::Q8_0, &[64, 32, 96]);
+}
+
+#[test]
+fn q4_0_fast_matches_scalar() {
+    check_all_shapes(DType::Q4_0, &[96, 32, 64]);
+}
+
+#[test]
+fn q4_k_fast_matches_scalar() {
+    check_all_shapes(DType::Q4_K, &[256, 512]);
+}
+
+#[test]
+fn q6_k_fast_matches_scalar() {
+    check_all_shapes(DType::Q6_K, &[512, 256]);
+}
+
+#[test]
+fn q8_0_weights_with_minus_128_match_scalar() {
+    // ggml never writes −128, but a file may hold it; the |w| side of vpmaddubsw handles it.
+    let (rows, cols, n) = (5, 64, 3);
+    let mut bytes = vec![0u8; rows * cols / 32 * 34];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = match i % 34 {
+            0 => 0x00,
+            1 => 0x2C, // f16 0.0625
+            j if j % 5 == 0 => 0x80,
+            j => (j * 37 % 256) as u8,
+        };
+    }
+    let q = QMat::from_storage(DType::Q8_0, rows, cols, Storage::Owned(bytes), None).unwrap();
+    let x = data(n * cols, 9, 1.0);
+    let mut want = vec![0.0; n * rows];
+    q.matmul_with(Isa::Scalar, &x, n, &mut want);
+    for isa in fast_isas() {
+        let mut got = vec![0.0; n * rows];
+        q.matmul_with(isa, &x, n, &mut got);
+        for i in 0..n * rows {
+            assert!(
+                (got[i] - want[i]).abs() <= 1e-4 * want[i].abs().max(1.0),
+                "{isa:?} {i}"
+            );
+        }
+    }
+}
+
+use crate::qmat::Storage;
+
+#[test]
+fn activation_quantizers_are_bit_identical() {
+    for isa in fast_isas() {
+        let ks = kernel_set(isa).unwrap();
+        for seed in 0..20u64 {
+            let cols = 512;
+            let mut x = data(cols, seed, if seed % 3 == 0 { 1e-3 } else { 2.0 });
+            if seed == 1 {
+                x[..256].fill(0.0); // an all-zero block
+            }
+            if seed == 2 {
+                // Ties in magnitude with opposite signs: the first one sets the sign of d.
+                x[10] = 9.0;
+                x[3] = -9.0;
+                x[300] = 9.0;
+                x[299] = -9.0;
+            }
+            let (mut q1, mut d1) = (vec![0i8; cols], vec![0f32; cols / 32]);
+            let (mut q2, mut d2) = (vec![1i8; cols], vec![1f32; cols / 32]);
+            (SCALAR.quant_q8)(&x, &mut q1, &mut d1);
+            (ks.quant_q8)(&x, &mut q2, &mut d2);
+            assert_eq!(q1, q2, "{isa:?} q8 seed {seed}");
+            assert_eq!(d1, d2, "{isa:?} q8 d seed {seed}");
+            let (mut q1, mut d1, mut b1) = (vec![0i8; cols], vec![0f32; 2], vec![0i16; 32]);
+            let (mut q2, mut d2, mut b2) = (vec![1i8; cols], vec![1f32; 2], vec![1i16; 32]);
+            (SCALAR.quant_q8k)(&x, &mut q1, &mut d1, &mut b1);
+            (ks.quant_q8k)(&x, &mut q2, &mut d2, &mut b2);
+            assert_eq!(q1, q2, "{isa:?} q8k seed {seed}");
+            assert_eq!(d1.map_bits(), d2.map_bits(), "{isa:?} q8k d seed {seed}");
+            assert_eq!(b1, b2, "{isa:?} q8k bsums seed {seed}");
+        }
+    }
+}
+
+trait Bits {
+    fn map_bits(&self) -> Vec<u32>;
+}
+impl Bits for Vec<f32> {
+    fn map_bits(&self) -> Vec<u32> {
+        self.iter().map(|v| v.to_bits()).collect()
+    }
+}
+
+/// Worst-case effect of quantizing `x` to 8 bits in blocks of `blk`: each value moves by at
+/// most half a step, `amax_block / 254`.
+fn act_quant_bound(
+    w: &[f32],
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    n: usize,
+    blk: usize,
+) -> Vec<f64> {
+    let mut b = vec![0.0f64; n * rows];
+    for t in 0..n {
+        let xs = &x[t * cols..(t + 1) * cols];
+        let half_step: Vec<f64> = xs
+            .chunks(blk)
+            .map(|c| c.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64 / 254.0)
+            .collect();
+        for r in 0..rows {
+            b[t * rows + r] = (0..cols)
+                .map(|k| (w[r * cols + k] as f64).abs() * half_step[k / blk])
+                .sum();
+        }
+    }
+    b
+}
+
+#[test]
+fn quantized_matmul_close_to_f32_of_dequantized_weights() {
+    let (rows, cols, n) = (40, 512, 5);
+    let wf = data(rows * cols, 3, 0.05);
+    let x = data(n * cols, 4, 1.0);
+    for dtype in DType::ALL {
+        let q = QMat::from_f32(dtype, rows, cols, &wf).unwrap();
+        let wd = q.to_f32().data;
+        let exact = naive(&wd, &x, rows, cols, n);
+        let bound = abs_products(&wd, &x, rows, cols, n);
+        let aq = match dtype {
+            DType::Q8_0 | DType::Q4_0 => act_quant_bound(&wd, &x, rows, cols, n, 32),
+            DType::Q4_K | DType::Q6_K => act_quant_bound(&wd, &x, rows, cols, n, 256),
+            _ => vec![0.0; n * rows],
+        };
+        for isa in Isa::available() {
+            let mut y = vec![0.0; n * rows];
+            q.matmul_with(isa, &x, n, &mut y);
+            for i in 0..n * rows {
+                let tol = aq[i] * 1.001 + 2e-5 * bound[i] + 1e-6;
+                assert!(
+                    (y[i] as f64 - exact[i]).abs() <= tol,
+                    "{dtype} {isa:?} out[{i}] = {} vs {} (tol {tol:e})",
+                    y[i],
+                    exact[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn quantized_matmul_close_to_f32_of_original_weights() {
+    let (rows, cols, n) = (64, 1024, 4);
+    let wf = data(rows * cols, 5, 0.05);
+    let x = data(n * cols, 6, 1.0);
+    let exact = naive(&wf, &x, rows, cols, n);
+    let norm = (exact.iter().map(|v| v * v).sum::<f64>() / exact.len() as f64).sqrt();
+    for (dtype, rel) in [
+        (DType::F32, 1e-6),
+        (DType::F16, 1e-3),
+        (DType::BF16, 8e-3),
+        (DType::F8E4M3Block128, 0.05),
+        (DType::Q8_0, 0.01),
+        (DType::Q6_K, 0.03),
+        (DType::Q4_K, 0.08),
+        (DType::Q4_0, 0.12),
+    ] {
+        let q = QMat::from_f32(dtype, rows, cols, &wf).unwrap();
+        let y = q.forward(&x);
+        let err = (y
+            .iter()
+            .zip(&exact)
+            .map(|(a, b)| (*a as f64 - b).powi(2))
+            .sum::<f64>()
+            / exact.len() as f64)
+            .sqrt();
+        assert!(
+            err <= rel * norm,
+            "{dtype}: relative RMS error {:.4}",
+            err / norm
+        );
+    }
+}
+
+#[test]
+fn q4_0_known_matmul() {
+    // One block, d = 0.5, nibble j → element j (low) and 15 − j → element 16 + j (high);
+    // x = element index / 31 is quantized exactly enough that the result is Σ w·x to 1e-3.
+    let mut b = vec![0u8; 18];
+    b[0..2].copy_from_slice(&crate::fp::f32_to_f16(0.5).to_le_bytes());
+    for j in 0..16u8 {
+        b[2 + j as usize] = j | ((15 - j) << 4);
+    }
+    let q = QMat::from_storage(DType::Q4_0, 1, 32, Storage::Owned(b), None).unwrap();
+    let x: Vec<f32> = (0..32).map(|k| k as f32 / 31.0).collect();
+    let want: f32 = (0..32)
+        .map(|k| {
+            let nib = if k < 16 { k } else { 15 - (k - 16) };
+            (nib as f32 - 8.0) * 0.5 * x[k]
+        })
+        .sum();
+    for isa in Isa::available() {
+        let mut y = [0.0f32];
+        q.matmul_with(isa, &x, 1, &mut y);
+        assert!((y[0] - want).abs() < 1e-2, "{isa:?}: {} vs {want}", y[0]);
+    }
+}
+
+#[test]
+fn mat_matmul_uses_fast_kernels_and_matches_naive() {
+    for &(n, rows, cols) in &[
+        (1, 1, 1),
+        (3, 17, 9),
+        (7, 33, 64),
+        (16, 40, 130),
+        (70, 9, 40),
+    ] {
+        let w = crate::ops::Mat::new(rows, cols, data(rows * cols, 11, 0.1)).unwrap();
+        let x = data(n * cols, 12, 1.0);
+        let y = w.forward(&x);
+        let exact = naive(&w.data, &x, rows, cols, n);
+        let bound = abs_products(&w.data, &x, rows, cols, n);
+        for i in 0..n * rows {
+            assert!(
+                (y[i] as f64 - exact[i]).abs() <= 1e-5 * bound[i] + 1e-6,
+                "{n}x{rows}x{cols}"
+            );
+        }
+    }
+}
+
+#[test]
+fn many_tokens_span_several_token_blocks() {
+    // n > TOKEN_BLOCK exercises the token-chunk split of the driver.
+    for dtype in [DType::Q4_0, DType::Q6_K, DType::F16] {
+        let cols = dtype.block_size().max(64);
+        check_fast_vs_scalar(dtype, 12, cols, 2 * TOKEN_BLOCK + 5);
+        let wf = data(12 * cols, 1, 0.05);
+        let x = data(133 * cols, 2, 1.0);
+        let q = QMat::from_f32(dtype, 12, cols, &wf).unwrap();
+        let wd = q.to_f32().data;
+        let y = q.forward(&x);
+        let exact = naive(&wd, &x, 12, cols, 133);
+        let aq = if dtype.is_quantized() {
+            act_quant_bound(&wd, &x, 12, cols, 133, dtype.block_size())
+        } else {
+            vec![0.0; y.len()]
+        };
+        let bound = abs_products(&wd, &x, 12, cols, 133);
+        for i in 0..y.len() {
+            let tol = aq[i] * 1.001 + 2e-5 * bound[i] + 1e-6;
+            assert!((y[i] as f64 - exact[i]).abs() <= tol, "{dtype} {i}");
+        }
+    }
+}
+
+#[test]
+fn zero_sized_products() {
+    let q = QMat::from_f32(DType::Q8_0, 3, 32, &[0.5; 96]).unwrap();
+    let mut y: Vec<f32> = vec![];
+    q.matmul(&[], 0, &mut y);
+    let q = QMat::from_f32(DType::F32, 0, 8, &[]).unwrap();
+    q.matmul(&[1.0; 16], 2, &mut y);
+    let q = QMat::from_f32(DType::F16, 2, 0, &[]).unwrap();
+    let mut y = vec![7.0; 6];
+    q.matmul(&[], 3, &mut y);
+    assert!(y.iter().all(|v| *v == 0.0));
+}
+
+#[test]
+fn prepared_input_serves_several_matrices() {
+    let (cols, n) = (256, 3);
+    let x = data(n * cols, 21, 1.0);
+    let gate = QMat::from_f32(DType::Q4_K, 10, cols, &data(10 * cols, 22, 0.05)).unwrap();
+    let up = QMat::from_f32(DType::Q6_K, 7, cols, &data(7 * cols, 23, 0.05)).unwrap();
+    let p = gate.prepare(&x, n);
+    assert!(p.fits(DType::Q6_K) && !p.fits(DType::Q8_0) && p.n() == n);
+    for m in [&gate, &up] {
+        let mut a = vec![0.0; n * m.rows];
+        let mut b = vec![0.0; n * m.rows];
+        m.matmul_prepared(&p, &mut a);
+        m.matmul(&x, n, &mut b);
+        assert_eq!(a, b);
+    }
+    let f = QMat::from_f32(DType::BF16, 5, cols, &data(5 * cols, 24, 0.05)).unwrap();
+    let pf = f.prepare(&x, n);
+    let (mut a, mut b) = (vec![0.0; n * 5], vec![0.0; n * 5]);
+    f.matmul_prepared(&pf, &mut a);
+    f.matmul(&x, n, &mut b);
+    assert_eq!(a, b);
+}
+
+#[test]
+#[should_panic(expected = "prepared for other weights")]
+fn prepared_input_rejects_other_formats() {
+    let x = data(64, 1, 1.0);
+    let a = QMat::from_f32(DType::Q8_0, 2, 64, &data(128, 2, 0.1)).unwrap();
+    let b = QMat::from_f32(DType::F16, 2, 64, &data(128, 3, 0.1)).unwrap();
+    let p = a.prepare(&x, 1);
+    let mut y = vec![0.0; 2];
+    b.matmul_prepared(&p, &mut y);
+}
+
+#[test]
+fn results_do_not_depend_on_batch_size_or_isa_tiling() {
+    // A token's output must be bit-identical however many tokens share the call (perplexity
+    // windows and batched decoding rely on it).
+    for dtype in DType::ALL {
+        let (rows, cols) = (37, 512);
+        let q = QMat::from_f32(dtype, rows, cols, &data(rows * cols, 31, 0.05)).unwrap();
+        let x = data(70 * cols, 32, 1.0);
+        let mut first: Option<Vec<f32>> = None;
+        for n in [1usize, 2, 3, 5, 8, 13, 70] {
+            let mut y = vec![0.0; n * rows];
+            q.matmul(&x[..n * cols], n, &mut y);
+            match &first {
+                None => first = Some(y[..rows].to_vec()),
+                Some(f) => assert_eq!(
+                    f.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    y[..rows].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{dtype}: token 0 changed with n = {n}"
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn dot_is_bit_identical_to_f32_matmul_on_every_isa() {
+    for cols in [1usize, 7, 8, 16, 33, 130, 576] {
+        let (rows, n) = (9, 5);
+        let wf = data(rows * cols, cols as u64, 0.1);
+        let x = data(n * cols, 77, 1.0);
+        let q = QMat::from_f32(DType::F32, rows, cols, &wf).unwrap();
+        for isa in Isa::available() {
+            let ks = kernel_set(isa).unwrap();
+            let mut y = vec![0.0; n * rows];
+            q.matmul_with(isa, &x, n, &mut y);
+            for t in 0..n {
+                for r in 0..rows {
+                    let (wr, xt) = (&wf[r * cols..][..cols], &x[t * cols..][..cols]);
+                    let d = (ks.dot_f32)(wr, xt);
+                    assert_eq!(
+                        d.to_bits(),
+                        y[t * rows + r].to_bits(),
+                        "{isa:?} cols {cols}"
+                    );
+                    assert_eq!(
+                        (ks.dot_f32)(xt, wr).to_bits(),
+                        d.to_bits(),
+                        "{isa:?} symmetric"
+                    );
+                }
+            }
+        }
+        // The public form uses the active kernels, as `Mat::forward` does.
+        let m = crate::ops::Mat::new(rows, cols, wf.clone()).unwrap();
+        let y = m.forward(&x);
+        assert_eq!(
+            crate::ops::dot(m.row(3), &x[2 * cols..3 * cols]).to_bits(),
+            y[2 * rows + 3].to_bits()
+        );
+    }
+}

@@ -1,0 +1,519 @@
+//! [`QMat`]: a weight matrix in any [`DType`], owned or borrowed from a mapped file.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::dtype::{DType, KernelError, FP8_BLOCK};
+use crate::fp::{
+    bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, f32_to_fp8_e4m3, fp8_e4m3_to_f32,
+};
+use crate::kernels::{self, Isa, PreparedInput, WeightRef};
+use crate::mmap::Mmap;
+use crate::ops::Mat;
+use crate::parallel::parallel_chunks;
+use crate::quant;
+
+/// Where a matrix's bytes live.
+#[derive(Clone)]
+pub enum Storage {
+    Owned(Vec<u8>),
+    /// `len` bytes at `offset` of a shared read-only mapping (no copy).
+    Mapped {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    },
+}
+
+impl Storage {
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Owned(v) => v,
+            Storage::Mapped { map, offset, len } => &map[*offset..*offset + *len],
+        }
+    }
+
+    /// A mapped range, checked against the mapping's size.
+    pub fn mapped(map: Arc<Mmap>, offset: usize, len: usize) -> Result<Storage, KernelError> {
+        if offset.checked_add(len).is_none_or(|end| end > map.len()) {
+            return Err(KernelError::BadMapRange {
+                offset,
+                len,
+                file_len: map.len(),
+            });
+        }
+        Ok(Storage::Mapped { map, offset, len })
+    }
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Storage::Owned(v) => write!(f, "Owned({} bytes)", v.len()),
+            Storage::Mapped { offset, len, .. } => write!(f, "Mapped({len} bytes at {offset})"),
+        }
+    }
+}
+
+/// A row-major `[rows, cols]` weight matrix (a linear layer's `[out, in]`) in any [`DType`].
+#[derive(Clone, Debug)]
+pub struct QMat {
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    data: Storage,
+    /// FP8 only: `[ceil(rows/128), ceil(cols/128)]` block scales.
+    scales: Option<Vec<f32>>,
+}
+
+/// Number of FP8 block scales a `[rows, cols]` matrix needs.
+pub fn fp8_scale_count(rows: usize, cols: usize) -> usize {
+    rows.div_ceil(FP8_BLOCK) * cols.div_ceil(FP8_BLOCK)
+}
+
+impl QMat {
+    /// Quantizes (or converts) row-major f32 `data` of shape `[rows, cols]` into `dtype`.
+    /// Quantization runs on the worker pool.
+    pub fn from_f32(
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        data: &[f32],
+    ) -> Result<QMat, KernelError> {
+        let rb = dtype.row_bytes(cols)?;
+        if data.len() != rows * cols {
+            return Err(KernelError::BadF32Len {
+                rows,
+                cols,
+                expected: rows * cols,
+                got: data.len(),
+            });
+        }
+        let mut bytes = vec![0u8; rows * rb];
+        let mut scales = None;
+        if dtype == DType::F8E4M3Block128 {
+            let s = fp8_scales_for(rows, cols, data);
+            let scb = cols.div_ceil(FP8_BLOCK);
+            parallel_chunks(&mut bytes, cols.max(1), rows * cols * 4, |r, out| {
+                let srow = &s[r / FP8_BLOCK * scb..][..scb];
+                for (c, o) in out.iter_mut().enumerate() {
+                    *o = f32_to_fp8_e4m3(data[r * cols + c] / srow[c / FP8_BLOCK]);
+                }
+            });
+            scales = Some(s);
+        } else if rb > 0 {
+            // Rough cost per value: the K-quant searches are ~100× a plain conversion.
+            let cost = if matches!(dtype, DType::Q4_K | DType::Q6_K) {
+                400
+            } else {
+                8
+            };
+            parallel_chunks(&mut bytes, rb, rows * cols * cost, |r, out| {
+                quantize_row(dtype, &data[r * cols..(r + 1) * cols], out);
+            });
+        }
+        Ok(QMat {
+            dtype,
+            rows,
+            cols,
+            data: Storage::Owned(bytes),
+            scales,
+        })
+    }
+
+    /// Quantizes a [`Mat`].
+    pub fn from_mat(dtype: DType, m: &Mat) -> Result<QMat, KernelError> {
+        QMat::from_f32(dtype, m.rows, m.cols, &m.data)
+    }
+
+    /// Wraps bytes already in `dtype`'s layout (e.g. a GGUF tensor or an FP8 safetensors
+    /// weight plus its `weight_scale_inv`). Checks the byte length and, for FP8, the scales.
+    pub fn from_storage(
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        data: Storage,
+        scales: Option<Vec<f32>>,
+    ) -> Result<QMat, KernelError> {
+        let rb = dtype.row_bytes(cols)?;
+        let got = data.bytes().len();
+        if got != rows * rb {
+            return Err(KernelError::BadLength {
+                dtype,
+                rows,
+                cols,
+                expected: rows * rb,
+                got,
+            });
+        }
+        match (dtype, &scales) {
+            (DType::F8E4M3Block128, Some(s)) => {
+                let expected = fp8_scale_count(rows, cols);
+                if s.len() != expected {
+                    return Err(KernelError::BadScales {
+                        rows,
+                        cols,
+                        expected,
+                        got: s.len(),
+                    });
+                }
+            }
+            (DType::F8E4M3Block128, None) => {
+                let expected = fp8_scale_count(rows, cols);
+                return Err(KernelError::BadScales {
+                    rows,
+                    cols,
+                    expected,
+                    got: 0,
+                });
+            }
+            (_, Some(_)) => return Err(KernelError::UnexpectedScales(dtype)),
+            (_, None) => {}
+        }
+        Ok(QMat {
+            dtype,
+            rows,
+            cols,
+            data,
+            scales,
+        })
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.dtype
+            .row_bytes(self.cols)
+            .expect("checked at construction")
+    }
+
+    /// The stored bytes (`rows · row_bytes`).
+    pub fn bytes(&self) -> &[u8] {
+        self.data.bytes()
+    }
+
+    /// The storage (owned or mapped).
+    pub fn storage(&self) -> &Storage {
+        &self.data
+    }
+
+    /// FP8 block scales, `[ceil(rows/128), ceil(cols/128)]`.
+    pub fn scales(&self) -> Option<&[f32]> {
+        self.scales.as_deref()
+    }
+
+    /// Bytes of weights plus scales: what one full pass over the matrix reads.
+    pub fn nbytes(&self) -> usize {
+        self.bytes().len() + self.scales.as_ref().map_or(0, |s| s.len() * 4)
+    }
+
+    fn weight_ref(&self) -> WeightRef<'_> {
+        WeightRef {
+            dtype: self.dtype,
+            bytes: self.bytes(),
+            rows: self.rows,
+            cols: self.cols,
+            row_bytes: self.row_bytes(),
+            scales: self.scales.as_deref().unwrap_or(&[]),
+        }
+    }
+
+    /// `y[n, rows] = x[n, cols] · selfᵀ`. Quantized types first quantize `x` once (to `Q8`
+    /// blocks for `Q8_0`/`Q4_0`, `Q8_K` for `Q4_K`/`Q6_K`). Runs on the worker pool with the
+    /// best kernels this CPU supports.
+    pub fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        kernels::gemm(kernels::best(), &self.weight_ref(), x, n, y)
+    }
+
+    /// [`QMat::matmul`] with the kernels of a given [`Isa`] (for tests and benchmarks).
+    /// Panics if this CPU cannot run them.
+    pub fn matmul_with(&self, isa: Isa, x: &[f32], n: usize, y: &mut [f32]) {
+        let ks = kernels::kernel_set(isa).unwrap_or_else(|| panic!("{isa:?} kernels unavailable"));
+        kernels::gemm(ks, &self.weight_ref(), x, n, y)
+    }
+
+    /// Quantizes `x[n, cols]` once for this matrix's type, to feed [`QMat::matmul_prepared`]
+    /// of this and other matrices of a compatible type (same activation format: `Q8_0`/`Q4_0`,
+    /// `Q4_K`/`Q6_K`, or any float type) and the same column count.
+    pub fn prepare<'a>(&self, x: &'a [f32], n: usize) -> PreparedInput<'a> {
+        PreparedInput::new(self.dtype, x, n, self.cols)
+    }
+
+    /// [`QMat::matmul`] on an input from [`QMat::prepare`] (or [`PreparedInput::new`]).
+    pub fn matmul_prepared(&self, input: &PreparedInput<'_>, y: &mut [f32]) {
+        kernels::gemm_prepared(kernels::best(), &self.weight_ref(), input, y)
+    }
+
+    /// `x · selfᵀ` for `x` of shape `[n, cols]`; returns `[n, rows]`.
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        let n = x.len().checked_div(self.cols).unwrap_or(0);
+        let mut y = vec![0.0; n * self.rows];
+        self.matmul(x, n, &mut y);
+        y
+    }
+
+    /// Row `i` as f32 (an embedding lookup).
+    pub fn dequantize_row(&self, i: usize, out: &mut [f32]) {
+        assert!(i < self.rows, "row {i} of {}", self.rows);
+        assert_eq!(out.len(), self.cols, "dequantize_row: output length");
+        let rb = self.row_bytes();
+        let b = &self.bytes()[i * rb..(i + 1) * rb];
+        match self.dtype {
+            DType::F8E4M3Block128 => {
+                let scb = self.cols.div_ceil(FP8_BLOCK);
+                let s =
+                    &self.scales.as_ref().expect("fp8 has scales")[i / FP8_BLOCK * scb..][..scb];
+                for (c, (o, &q)) in out.iter_mut().zip(b).enumerate() {
+                    *o = fp8_e4m3_to_f32(q) * s[c / FP8_BLOCK];
+                }
+            }
+            d => dequantize_row(d, b, out),
+        }
+    }
+
+    /// The whole matrix as f32.
+    pub fn to_f32(&self) -> Mat {
+        let mut data = vec![0.0f32; self.rows * self.cols];
+        if self.cols > 0 {
+            parallel_chunks(&mut data, self.cols, self.rows * self.cols * 4, |r, out| {
+                self.dequantize_row(r, out)
+            });
+        }
+        Mat {
+            rows: self.rows,
+            cols: self.cols,
+            data,
+        }
+    }
+}
+
+/// DeepSeek-style scales: each 128×128 block's max |value| maps to the FP8 maximum (448).
+fn fp8_scales_for(rows: usize, cols: usize, data: &[f32]) -> Vec<f32> {
+    let scb = cols.div_ceil(FP8_BLOCK);
+    let mut amax = vec![0.0f32; fp8_scale_count(rows, cols)];
+    for r in 0..rows {
+        for c in 0..cols {
+            let a = &mut amax[r / FP8_BLOCK * scb + c / FP8_BLOCK];
+            *a = a.max(data[r * cols + c].abs());
+        }
+    }
+    amax.iter()
+        .map(|&a| {
+            if a > 0.0 {
+                a / crate::fp::FP8_E4M3_MAX
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
+/// Quantizes one row of `x` into `dtype` bytes (`dtype` must not be FP8, whose scales span
+/// 128 rows; use [`QMat::from_f32`]).
+pub fn quantize_row(dtype: DType, x: &[f32], out: &mut [u8]) {
+    match dtype {
+        DType::F32 => {
+            for (o, v) in out.chunks_exact_mut(4).zip(x) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        DType::F16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(x) {
+                o.copy_from_slice(&f32_to_f16(*v).to_le_bytes());
+            }
+        }
+        DType::BF16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(x) {
+                o.copy_from_slice(&f32_to_bf16(*v).to_le_bytes());
+            }
+        }
+        DType::Q8_0 => quant::quantize_row_q8_0(x, out),
+        DType::Q4_0 => quant::quantize_row_q4_0(x, out),
+        DType::Q4_K => quant::quantize_row_q4_k(x, out),
+        DType::Q6_K => quant::quantize_row_q6_k(x, out),
+        DType::F8E4M3Block128 => {
+            panic!("quantize_row: fp8 needs 128-row blocks; use QMat::from_f32")
+        }
+    }
+}
+
+/// Expands one row of `dtype` bytes into `out` (`dtype` must not be FP8, whose scales live
+/// apart; use [`QMat::dequantize_row`]).
+pub fn dequantize_row(dtype: DType, b: &[u8], out: &mut [f32]) {
+    match dtype {
+        DType::F32 => {
+            for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        DType::F16 => {
+            for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                *o = f16_to_f32(u16::from_le_bytes([c[0], c[1]]));
+            }
+        }
+        DType::BF16 => {
+            for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                *o = bf16_to_f32(u16::from_le_bytes([c[0], c[1]]));
+            }
+        }
+        DType::Q8_0 => quant::dequantize_row_q8_0(b, out),
+        DType::Q4_0 => quant::dequantize_row_q4_0(b, out),
+        DType::Q4_K => quant::dequantize_row_q4_k(b, out),
+        DType::Q6_K => quant::dequantize_row_q6_k(b, out),
+        DType::F8E4M3Block128 => panic!("dequantize_row: fp8 needs its block scales; use QMat"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.1)
+            .collect()
+    }
+
+    #[test]
+    fn ggml_ids_and_sizes() {
+        for d in DType::ALL {
+            if let Some(id) = d.ggml_type() {
+                assert_eq!(DType::from_ggml_type(id), Some(d));
+            }
+            assert_eq!(d.name().parse::<DType>(), Ok(d));
+        }
+        assert_eq!(DType::Q4_0.ggml_type(), Some(2));
+        assert_eq!(DType::Q8_0.ggml_type(), Some(8));
+        assert_eq!(DType::Q4_K.ggml_type(), Some(12));
+        assert_eq!(DType::Q6_K.ggml_type(), Some(14));
+        assert_eq!(DType::BF16.ggml_type(), Some(30));
+        assert_eq!(DType::F8E4M3Block128.ggml_type(), None);
+        assert_eq!(DType::from_ggml_type(3), None); // Q4_1: not supported
+        assert_eq!(DType::Q4_K.row_bytes(512), Ok(288));
+        assert_eq!(DType::Q6_K.row_bytes(256), Ok(210));
+        assert!(DType::Q4_0.row_bytes(48).is_err());
+    }
+
+    #[test]
+    fn from_f32_and_from_storage_check_shapes() {
+        assert!(matches!(
+            QMat::from_f32(DType::Q4_K, 2, 128, &data(256)),
+            Err(KernelError::BadCols { .. })
+        ));
+        assert!(matches!(
+            QMat::from_f32(DType::Q8_0, 2, 32, &data(63)),
+            Err(KernelError::BadF32Len { .. })
+        ));
+        let q = QMat::from_f32(DType::Q8_0, 3, 64, &data(192)).unwrap();
+        assert_eq!(q.nbytes(), 3 * 2 * 34);
+        let mut short = q.bytes().to_vec();
+        short.pop();
+        assert!(matches!(
+            QMat::from_storage(DType::Q8_0, 3, 64, Storage::Owned(short), None),
+            Err(KernelError::BadLength {
+                expected: 204,
+                got: 203,
+                ..
+            })
+        ));
+        assert_eq!(
+            QMat::from_storage(
+                DType::Q8_0,
+                3,
+                64,
+                Storage::Owned(q.bytes().to_vec()),
+                Some(vec![1.0])
+            )
+            .unwrap_err(),
+            KernelError::UnexpectedScales(DType::Q8_0)
+        );
+        let f = QMat::from_f32(DType::F8E4M3Block128, 130, 200, &data(130 * 200)).unwrap();
+        assert_eq!(f.scales().unwrap().len(), 4);
+        assert_eq!(f.nbytes(), 130 * 200 + 16);
+        let bytes = Storage::Owned(f.bytes().to_vec());
+        assert!(matches!(
+            QMat::from_storage(DType::F8E4M3Block128, 130, 200, bytes.clone(), None),
+            Err(KernelError::BadScales {
+                expected: 4,
+                got: 0,
+                ..
+            })
+        ));
+        assert!(matches!(
+            QMat::from_storage(
+                DType::F8E4M3Block128,
+                130,
+                200,
+                bytes.clone(),
+                Some(vec![1.0; 3])
+            ),
+            Err(KernelError::BadScales {
+                expected: 4,
+                got: 3,
+                ..
+            })
+        ));
+        let g = QMat::from_storage(
+            DType::F8E4M3Block128,
+            130,
+            200,
+            bytes,
+            Some(f.scales().unwrap().to_vec()),
+        )
+        .unwrap();
+        assert_eq!(g.to_f32(), f.to_f32());
+    }
+
+    #[test]
+    fn dequantize_row_matches_to_f32_and_round_trips() {
+        let (rows, cols) = (5, 256);
+        let x = data(rows * cols);
+        for d in DType::ALL {
+            let q = QMat::from_f32(d, rows, cols, &x).unwrap();
+            let m = q.to_f32();
+            let mut row = vec![0.0; cols];
+            for r in 0..rows {
+                q.dequantize_row(r, &mut row);
+                assert_eq!(row, m.row(r), "{d}");
+            }
+            let amax = x.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            let err = x
+                .iter()
+                .zip(&m.data)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            let bound = match d {
+                DType::F32 => 0.0,
+                DType::F16 | DType::BF16 => amax / 128.0,
+                DType::Q8_0 | DType::Q6_K => amax / 40.0,
+                DType::F8E4M3Block128 => amax / 14.0,
+                DType::Q4_0 | DType::Q4_K => amax / 6.0,
+            };
+            assert!(err <= bound, "{d}: max error {err} > {bound}");
+        }
+    }
+
+    #[test]
+    fn mapped_storage_is_used_in_place() {
+        let (rows, cols) = (4, 64);
+        let q = QMat::from_f32(DType::Q4_0, rows, cols, &data(rows * cols)).unwrap();
+        let path =
+            std::env::temp_dir().join(format!("moela-kernels-map-{}.bin", std::process::id()));
+        let mut file_bytes = vec![0xEEu8; 7]; // the tensor starts at an odd offset
+        file_bytes.extend_from_slice(q.bytes());
+        std::fs::write(&path, &file_bytes).unwrap();
+        let map =
+            Arc::new(crate::mmap::map_readonly(&std::fs::File::open(&path).unwrap()).unwrap());
+        assert!(matches!(
+            Storage::mapped(map.clone(), 7, q.bytes().len() + 1),
+            Err(KernelError::BadMapRange { .. })
+        ));
+        let s = Storage::mapped(map, 7, q.bytes().len()).unwrap();
+        let m = QMat::from_storage(DType::Q4_0, rows, cols, s, None).unwrap();
+        let x = data(2 * cols);
+        assert_eq!(m.forward(&x), q.forward(&x));
+        assert_eq!(m.to_f32(), q.to_f32());
+        drop(m);
+        let _ = std::fs::remove_file(&path);
+    }
+}

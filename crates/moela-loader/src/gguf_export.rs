@@ -1,0 +1,253 @@
+//! `moela quantize`: writes a loaded model as a `deepseek2` GGUF file that llama.cpp loads —
+//! the metadata keys of its converter, the split `attn_k_b`/`attn_v_b` MLA layout, stacked
+//! expert tensors, and the tokenizer.
+
+use std::path::Path;
+
+use moela_kernels::{DType, Mat, QMat};
+use moela_model::{Config, Model, ScoringFunc, TensorRef, TopkMethod};
+
+use crate::error::LoadError;
+use crate::gguf::{
+    hf_name_to_gguf, split_kv_b, write_tokenizer_metadata_padded, GgmlType, GgufError, GgufTarget,
+    GgufValue, GgufWriter, KvBDims,
+};
+
+/// One tensor to write: its GGUF name, ggml dims (innermost first), type, and where it comes from.
+struct Planned<'a> {
+    name: String,
+    dims: Vec<u64>,
+    dtype: DType,
+    parts: Vec<Part<'a>>,
+}
+
+enum Part<'a> {
+    Vector(&'a [f32]),
+    Matrix(&'a QMat),
+    Owned(Mat),
+}
+
+fn gerr(e: GgufError) -> LoadError {
+    LoadError::from(e)
+}
+
+/// The type a `[rows, cols]` matrix is written in: the target when its rows fit the target's
+/// blocks, else F16 (F32 when the target is F32).
+fn pick(target: DType, cols: usize) -> DType {
+    if cols.is_multiple_of(target.block_size()) {
+        target
+    } else if target == DType::F32 {
+        DType::F32
+    } else {
+        DType::F16
+    }
+}
+
+fn ggml(d: DType) -> Result<GgmlType, LoadError> {
+    d.ggml_type().map(GgmlType).ok_or_else(|| LoadError::File {
+        path: "<export>".into(),
+        msg: format!("{} has no GGUF type", d.name()),
+    })
+}
+
+/// The `deepseek2.*` and `general.*` metadata for `c`.
+fn write_metadata(w: &mut GgufWriter, c: &Config, name: &str) -> Result<(), GgufError> {
+    let k = |s: &str| format!("deepseek2.{s}");
+    w.add_string("general.architecture", "deepseek2")?;
+    w.add_string("general.name", name)?;
+    w.add_u32(k("context_length"), c.max_position_embeddings as u32)?;
+    w.add_u32(k("embedding_length"), c.hidden_size as u32)?;
+    w.add_u32(k("block_count"), c.num_hidden_layers as u32)?;
+    w.add_u32(k("feed_forward_length"), c.intermediate_size as u32)?;
+    w.add_u32(k("attention.head_count"), c.num_attention_heads as u32)?;
+    // The MLA split layout: one latent "head" of rank + rope for keys, rank for values.
+    w.add_u32(k("attention.head_count_kv"), 1)?;
+    w.add_u32(k("attention.key_length"), c.latent_dim() as u32)?;
+    w.add_u32(k("attention.value_length"), c.kv_lora_rank as u32)?;
+    w.add_u32(k("attention.key_length_mla"), c.qk_head_dim() as u32)?;
+    w.add_u32(k("attention.value_length_mla"), c.v_head_dim as u32)?;
+    w.add_f32(k("attention.layer_norm_rms_epsilon"), c.rms_norm_eps)?;
+    w.add_f32(k("rope.freq_base"), c.rope_theta as f32)?;
+    w.add_u32(k("rope.dimension_count"), c.qk_rope_head_dim as u32)?;
+    if let Some(q) = c.q_lora_rank {
+        w.add_u32(k("attention.q_lora_rank"), q as u32)?;
+    }
+    w.add_u32(k("attention.kv_lora_rank"), c.kv_lora_rank as u32)?;
+    w.add_u32(k("vocab_size"), c.vocab_size as u32)?;
+    if let Some(e) = c.n_routed_experts {
+        w.add_u32(
+            k("leading_dense_block_count"),
+            c.first_k_dense_replace as u32,
+        )?;
+        w.add_u32(
+            k("expert_feed_forward_length"),
+            c.moe_intermediate_size as u32,
+        )?;
+        w.add_u32(k("expert_count"), e as u32)?;
+        w.add_u32(k("expert_shared_count"), c.n_shared_experts as u32)?;
+        w.add_u32(k("expert_used_count"), c.num_experts_per_tok as u32)?;
+        w.add_f32(k("expert_weights_scale"), c.routed_scaling_factor)?;
+        w.add_bool(k("expert_weights_norm"), c.norm_topk_prob)?;
+        let gating = match c.scoring_func {
+            ScoringFunc::Softmax => 1,
+            ScoringFunc::Sigmoid => 2,
+        };
+        w.add_u32(k("expert_gating_func"), gating)?;
+        if c.topk_method != TopkMethod::Greedy && c.n_group > 1 {
+            w.add_u32(k("expert_group_count"), c.n_group as u32)?;
+            w.add_u32(k("expert_group_used_count"), c.topk_group as u32)?;
+        }
+    }
+    if let Some(y) = &c.rope_scaling {
+        w.add_string(k("rope.scaling.type"), "yarn")?;
+        w.add_f32(k("rope.scaling.factor"), y.factor as f32)?;
+        w.add_u32(
+            k("rope.scaling.original_context_length"),
+            y.original_max_position_embeddings as u32,
+        )?;
+        w.add_f32(
+            k("rope.scaling.yarn_log_multiplier"),
+            (0.1 * y.mscale_all_dim) as f32,
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes `model` to `out` with matrices in `dtype` (norms, biases and routers stay F32;
+/// matrices whose width does not fit the blocks are F16).
+pub fn export_deepseek2(
+    model: &Model,
+    tokenizer_json: &str,
+    tokenizer_config_json: Option<&str>,
+    dtype: DType,
+    name: &str,
+    out: &Path,
+) -> Result<(), LoadError> {
+    let c = &model.config;
+    if c.moe_layer_freq != 1 {
+        return Err(LoadError::file(
+            out,
+            "GGUF deepseek2 cannot express moe_layer_freq other than 1",
+        ));
+    }
+    let mut plan: Vec<Planned> = Vec::new();
+    for (hf, t) in model.weights.named_tensors() {
+        let target = hf_name_to_gguf(&hf)
+            .ok_or_else(|| LoadError::file(out, format!("no GGUF name for tensor `{hf}`")))?;
+        match (target, t) {
+            (GgufTarget::Whole(g), TensorRef::Vector(v)) => plan.push(Planned {
+                name: g,
+                dims: vec![v.len() as u64],
+                dtype: DType::F32,
+                parts: vec![Part::Vector(v)],
+            }),
+            (GgufTarget::Whole(g), TensorRef::Matrix(m)) => {
+                let d = if hf.ends_with(".mlp.gate.weight") {
+                    DType::F32
+                } else {
+                    pick(dtype, m.cols)
+                };
+                plan.push(Planned {
+                    name: g,
+                    dims: vec![m.cols as u64, m.rows as u64],
+                    dtype: d,
+                    parts: vec![Part::Matrix(m)],
+                })
+            }
+            (GgufTarget::Expert { name: g, expert }, TensorRef::Matrix(m)) => {
+                // Experts arrive interleaved (gate, up, down of expert 0, then 1, ...).
+                match plan.iter_mut().rev().find(|p| p.name == g) {
+                    Some(p) if expert == p.parts.len() => {
+                        p.parts.push(Part::Matrix(m));
+                        p.dims[2] += 1;
+                    }
+                    _ if expert == 0 => plan.push(Planned {
+                        name: g,
+                        dims: vec![m.cols as u64, m.rows as u64, 1],
+                        dtype: pick(dtype, m.cols),
+                        parts: vec![Part::Matrix(m)],
+                    }),
+                    _ => {
+                        return Err(LoadError::file(
+                            out,
+                            format!("expert tensors of `{g}` out of order"),
+                        ))
+                    }
+                }
+            }
+            (GgufTarget::KvB { k_b, v_b, .. }, TensorRef::F32Matrix(kv)) => {
+                let d = KvBDims {
+                    n_heads: c.num_attention_heads,
+                    kv_lora_rank: c.kv_lora_rank,
+                    qk_nope_head_dim: c.qk_nope_head_dim,
+                    v_head_dim: c.v_head_dim,
+                };
+                let (kb, vb) = split_kv_b(&kv.data, d).map_err(gerr)?;
+                let (h, r, dn, dv) = (d.n_heads, d.kv_lora_rank, d.qk_nope_head_dim, d.v_head_dim);
+                // k_b: [H, r, dn] (ggml {dn, r, H}); v_b: [H, dv, r] (ggml {r, dv, H}).
+                plan.push(Planned {
+                    name: k_b,
+                    dims: vec![dn as u64, r as u64, h as u64],
+                    dtype: pick(dtype, dn),
+                    parts: vec![Part::Owned(Mat {
+                        rows: h * r,
+                        cols: dn,
+                        data: kb,
+                    })],
+                });
+                plan.push(Planned {
+                    name: v_b,
+                    dims: vec![r as u64, dv as u64, h as u64],
+                    dtype: pick(dtype, r),
+                    parts: vec![Part::Owned(Mat {
+                        rows: h * dv,
+                        cols: r,
+                        data: vb,
+                    })],
+                });
+            }
+            _ => {
+                return Err(LoadError::file(
+                    out,
+                    format!("tensor `{hf}` does not fit its GGUF form"),
+                ))
+            }
+        }
+    }
+    let mut w = GgufWriter::new();
+    write_metadata(&mut w, c, name).map_err(gerr)?;
+    write_tokenizer_metadata_padded(
+        &mut w,
+        tokenizer_json,
+        tokenizer_config_json,
+        "deepseek-v3",
+        Some(c.vocab_size),
+    )
+    .map_err(gerr)?;
+    w.add("general.quantization_version", GgufValue::U32(2))
+        .map_err(gerr)?;
+    for p in &plan {
+        w.add_tensor(p.name.clone(), &p.dims, ggml(p.dtype)?)
+            .map_err(gerr)?;
+    }
+    let mut tw = w.create(out).map_err(gerr)?;
+    for p in &plan {
+        for part in &p.parts {
+            let bytes: Vec<u8> = match part {
+                Part::Vector(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                Part::Matrix(m) if m.dtype == p.dtype => m.bytes().to_vec(),
+                Part::Matrix(m) => convert(p.dtype, &m.to_f32(), &p.name, out)?,
+                Part::Owned(m) => convert(p.dtype, m, &p.name, out)?,
+            };
+            tw.write_tensor_data(&bytes).map_err(gerr)?;
+        }
+    }
+    tw.finish().map_err(gerr)?;
+    Ok(())
+}
+
+fn convert(dtype: DType, m: &Mat, name: &str, out: &Path) -> Result<Vec<u8>, LoadError> {
+    QMat::from_mat(dtype, m)
+        .map(|q| q.bytes().to_vec())
+        .map_err(|e| LoadError::file(out, format!("tensor `{name}`: {e}")))
+}

@@ -1,0 +1,103 @@
+//! One entry point for every checkpoint format: an HF directory or a GGUF file.
+
+use std::io::Read;
+use std::path::Path;
+
+use moela_model::{Config, Model};
+
+use crate::error::LoadError;
+use crate::gguf_model::GgufModel;
+use crate::safetensors_dir::{Checkpoint, LoadOptions};
+
+/// A stored tensor, for summaries.
+#[derive(Clone, Debug)]
+pub struct TensorSummary {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+}
+
+/// An opened checkpoint of either format.
+pub enum ModelFiles {
+    Hf(Checkpoint),
+    Gguf(GgufModel),
+}
+
+fn is_gguf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    path.is_file()
+        && std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
+        && &magic == b"GGUF"
+}
+
+impl ModelFiles {
+    /// Opens an HF checkpoint directory or a `.gguf` file.
+    pub fn open(path: &Path) -> Result<ModelFiles, LoadError> {
+        if path.is_dir() {
+            Ok(ModelFiles::Hf(Checkpoint::open(path)?))
+        } else if is_gguf(path) {
+            Ok(ModelFiles::Gguf(GgufModel::open(path)?))
+        } else if path.exists() {
+            Err(LoadError::file(
+                path,
+                "neither an HF checkpoint directory nor a GGUF file",
+            ))
+        } else {
+            Err(LoadError::file(path, "no such file or directory"))
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        match self {
+            ModelFiles::Hf(c) => &c.config,
+            ModelFiles::Gguf(g) => &g.config,
+        }
+    }
+
+    pub fn load_model(&self, opts: &LoadOptions) -> Result<Model, LoadError> {
+        match self {
+            ModelFiles::Hf(c) => c.load_model_with(opts),
+            ModelFiles::Gguf(g) => g.load_model_with(opts),
+        }
+    }
+
+    /// Every stored tensor, sorted by name.
+    pub fn tensors(&self) -> Vec<TensorSummary> {
+        let mut v: Vec<TensorSummary> = match self {
+            ModelFiles::Hf(c) => c
+                .tensor_infos()
+                .into_iter()
+                .map(|t| TensorSummary {
+                    name: t.name.clone(),
+                    dtype: t.dtype.clone(),
+                    shape: t.shape.clone(),
+                })
+                .collect(),
+            ModelFiles::Gguf(g) => g
+                .file
+                .tensors()
+                .iter()
+                .map(|t| TensorSummary {
+                    name: t.name.clone(),
+                    dtype: moela_kernels::DType::from_ggml_type(t.ggml_type.0).map_or_else(
+                        || format!("ggml type {}", t.ggml_type.0),
+                        |d| d.name().to_string(),
+                    ),
+                    shape: t.shape().iter().map(|&d| d as usize).collect(),
+                })
+                .collect(),
+        };
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Bytes of the checkpoint files.
+    pub fn file_bytes(&self) -> u64 {
+        match self {
+            ModelFiles::Hf(c) => c.file_bytes(),
+            ModelFiles::Gguf(g) => g.file.mmap().len() as u64,
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The one error type of the server and its one mapping to HTTP: status, headers and the
+//! OpenAI error body `{"error": {"message", "type", "param", "code"}}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use moela_engine::SubmitError;
+use serde::Serialize;
+
+/// Everything a request can fail with.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed or asks for something invalid (400).
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        /// The offending field, e.g. `messages[2].content` or `max_tokens`.
+        param: Option<String>,
+    },
+    /// The prompt does not fit the context (400, `context_length_exceeded`).
+    #[error("{0}")]
+    ContextLength(String),
+    /// No API key, or a wrong one (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// No such route or model (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The route exists, the method does not (405).
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The body is larger than the server accepts (413).
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// The queue is full (429 with `Retry-After`).
+    #[error("{message}")]
+    Overloaded { message: String, retry_after_s: u32 },
+    /// The server is shutting down (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Something failed inside the server or engine (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A 400 naming the offending field.
+    pub fn bad(param: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            message: message.into(),
+            param: Some(param.into()),
+        }
+    }
+
+    /// A 400 about the request as a whole.
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest {
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } | ApiError::ContextLength(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// OpenAI's `error.type`.
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { .. }
+            | ApiError::ContextLength(_)
+            | ApiError::NotFound(_)
+            | ApiError::MethodNotAllowed(_)
+            | ApiError::PayloadTooLarge { .. } => "invalid_request_error",
+            ApiError::Unauthorized(_) => "authentication_error",
+            ApiError::Overloaded { .. } => "rate_limit_error",
+            ApiError::Unavailable(_) | ApiError::Internal(_) => "server_error",
+        }
+    }
+
+    /// OpenAI's `error.code`.
+    fn code(&self) -> Option<&'static str> {
+        match self {
+            ApiError::ContextLength(_) => Some("context_length_exceeded"),
+            ApiError::Unauthorized(_) => Some("invalid_api_key"),
+            ApiError::NotFound(_) => Some("not_found"),
+            ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
+            ApiError::Overloaded { .. } => Some("server_overloaded"),
+            _ => None,
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            ApiError::BadRequest { param, .. } => param.as_deref(),
+            ApiError::ContextLength(_) => Some("messages"),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI error body (also sent as an SSE event when a stream fails midway).
+    pub fn body(&self) -> serde_json::Value {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            message: String,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            param: Option<&'a str>,
+            code: Option<&'a str>,
+        }
+        serde_json::json!({
+            "error": Body {
+                message: self.to_string(),
+                kind: self.kind(),
+                param: self.param(),
+                code: self.code(),
+            }
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status(), axum::Json(self.body())).into_response();
+        let headers = resp.headers_mut();
+        match &self {
+            ApiError::Overloaded { retry_after_s, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+            }
+            ApiError::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> ApiError {
+        match e {
+            SubmitError::QueueFull { .. } => ApiError::Overloaded {
+                message: e.to_string(),
+                retry_after_s: 1,
+            },
+            SubmitError::PromptTooLong { .. } => ApiError::ContextLength(e.to_string()),
+            SubmitError::Invalid(m) => ApiError::invalid(m),
+            SubmitError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<moela_text::TextError> for ApiError {
+    /// Text errors reachable from a request are about its content (a template's
+    /// `raise_exception`, a message the template cannot render).
+    fn from(e: moela_text::TextError) -> ApiError {
+        match e {
+            moela_text::TextError::NoChatTemplate => ApiError::invalid(
+                "this model has no chat template; use /v1/completions with a raw prompt",
+            ),
+            e => ApiError::invalid(e.to_string()),
+        }
+    }
+}

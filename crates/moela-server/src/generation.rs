@@ -1,0 +1,1198 @@
+//! From a validated request to engine requests and back: prompts, one engine request per
+//! choice, and the events of all choices turned into one response or one SSE stream.
+
+use std::convert::Infallible;
+use std::task::Poll;
+use std::time::Instant;
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use moela_engine::{Event, FinishReason, Request, TokenEvent, Usage};
+use moela_text::{
+    prompt_opens_reasoning, ChatMessage, FunctionCall, JsonValue, ReasoningParser, RenderOptions,
+    Role, ToolCall,
+};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::constraint::{lark_json, CompiledGrammar};
+use crate::error::ApiError;
+use crate::metrics::KeyUsage;
+use crate::protocol::*;
+use crate::tools::{self, ToolChoice, ToolSplitter};
+use crate::util::{random_id, random_u64, unix_time};
+use crate::AppState;
+
+/// Most choices (prompts × `n`) one request may start.
+pub const MAX_CHOICES: usize = 64;
+/// `max_tokens` default of `/v1/completions` (OpenAI's).
+const COMPLETIONS_DEFAULT_MAX_TOKENS: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+}
+
+/// Everything needed to run a request.
+pub struct Plan {
+    endpoint: Endpoint,
+    prompts: Vec<Vec<u32>>,
+    /// Text prepended to each prompt's choices (`echo`).
+    echo: Vec<String>,
+    opens_reasoning: bool,
+    params: GenParams,
+    /// Alternatives per token when logprobs were asked for.
+    logprobs: Option<usize>,
+    grammar: Option<CompiledGrammar>,
+    /// Parse tool-call markup out of the content.
+    parse_tools: bool,
+    /// `parallel_tool_calls: false`: keep only the first call.
+    single_call: bool,
+}
+
+// ---------------------------------------------------------------- planning
+
+fn content_text(c: &Option<Content>, param: &str) -> Result<Option<String>, ApiError> {
+    match c {
+        None => Ok(None),
+        Some(Content::Text(t)) => Ok(Some(t.clone())),
+        Some(Content::Parts(parts)) => {
+            let mut s = String::new();
+            for (i, p) in parts.iter().enumerate() {
+                match (p.kind.as_str(), &p.text) {
+                    ("text", Some(t)) => s.push_str(t),
+                    ("text", None) => {
+                        return Err(ApiError::bad(
+                            format!("{param}[{i}].text"),
+                            "a text part needs \"text\"",
+                        ))
+                    }
+                    (other, _) => {
+                        return Err(ApiError::bad(
+                            format!("{param}[{i}].type"),
+                            format!("only text content is supported, got a {other:?} part"),
+                        ))
+                    }
+                }
+            }
+            Ok(Some(s))
+        }
+    }
+}
+
+/// OpenAI messages into template messages; also returns the prefix to continue, if the last
+/// message is an assistant message with `prefix: true` (DeepSeek chat-prefix completion).
+fn convert_messages(msgs: &[InMessage]) -> Result<(Vec<ChatMessage>, Option<String>), ApiError> {
+    if msgs.is_empty() {
+        return Err(ApiError::bad("messages", "messages must not be empty"));
+    }
+    let mut out = Vec::with_capacity(msgs.len());
+    let mut prefix = None;
+    for (i, m) in msgs.iter().enumerate() {
+        let p = format!("messages[{i}]");
+        let role = match m.role.as_str() {
+            "system" | "developer" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            other => {
+                return Err(ApiError::bad(
+                    format!("{p}.role"),
+                    format!(
+                        "role must be system, developer, user, assistant or tool, got {other:?}"
+                    ),
+                ))
+            }
+        };
+        let content = content_text(&m.content, &format!("{p}.content"))?;
+        let has_calls = m.tool_calls.as_ref().is_some_and(|c| !c.is_empty());
+        match role {
+            Role::Assistant if content.is_none() && !has_calls => {
+                return Err(ApiError::bad(
+                    format!("{p}.content"),
+                    "an assistant message needs content or tool_calls",
+                ))
+            }
+            Role::Assistant => {}
+            _ if content.is_none() => {
+                return Err(ApiError::bad(
+                    format!("{p}.content"),
+                    format!("a {} message needs content", m.role),
+                ))
+            }
+            _ if m.tool_calls.is_some() => {
+                return Err(ApiError::bad(
+                    format!("{p}.tool_calls"),
+                    "only assistant messages carry tool_calls",
+                ))
+            }
+            _ => {}
+        }
+        if m.prefix == Some(true) {
+            if role != Role::Assistant || i + 1 != msgs.len() {
+                return Err(ApiError::bad(
+                    format!("{p}.prefix"),
+                    "prefix is only allowed on the last message, an assistant message",
+                ));
+            }
+            prefix = Some(content.clone().unwrap_or_default());
+            break;
+        }
+        let tool_calls = m.tool_calls.as_ref().map(|calls| {
+            calls
+                .iter()
+                .map(|c| ToolCall {
+                    id: c.id.clone().unwrap_or_else(|| random_id("call_", 24)),
+                    kind: c.kind.clone().unwrap_or_else(|| "function".into()),
+                    function: FunctionCall {
+                        name: c.function.name.clone(),
+                        arguments: match &c.function.arguments {
+                            Arguments::Text(t) => t.clone(),
+                            Arguments::Value(v) => serde_json::to_string(v).unwrap_or_default(),
+                        },
+                    },
+                })
+                .collect::<Vec<_>>()
+        });
+        let mut msg = ChatMessage::new(role, String::new());
+        msg.content = content;
+        msg.reasoning_content = m.reasoning_content.clone();
+        msg.tool_calls = tool_calls.filter(|c| !c.is_empty());
+        msg.tool_call_id = m.tool_call_id.clone();
+        if let Some(n) = &m.name {
+            msg.extra
+                .push(("name".into(), JsonValue::String(n.clone())));
+        }
+        out.push(msg);
+    }
+    Ok((out, prefix))
+}
+
+fn logprobs_count(v: Option<i64>, param: &str) -> Result<usize, ApiError> {
+    match v {
+        None => Ok(0),
+        Some(k) if (0..=MAX_TOP_LOGPROBS as i64).contains(&k) => Ok(k as usize),
+        Some(k) => Err(ApiError::bad(
+            param,
+            format!("{param} must be between 0 and {MAX_TOP_LOGPROBS}, got {k}"),
+        )),
+    }
+}
+
+/// The grammar part for `response_format`, if it constrains.
+fn response_format_rule(rf: &Option<ResponseFormat>) -> Result<Option<String>, ApiError> {
+    match rf {
+        None | Some(ResponseFormat::Text) => Ok(None),
+        Some(ResponseFormat::JsonObject) => lark_json(&serde_json::json!({"type": "object"}))
+            .map(Some)
+            .map_err(|e| ApiError::bad("response_format", e)),
+        Some(ResponseFormat::JsonSchema { json_schema }) => {
+            let schema = json_schema.schema.as_ref().ok_or_else(|| {
+                ApiError::bad(
+                    "response_format.json_schema.schema",
+                    "a json_schema response format needs a schema",
+                )
+            })?;
+            lark_json(schema)
+                .map(Some)
+                .map_err(|e| ApiError::bad("response_format.json_schema.schema", e))
+        }
+    }
+}
+
+impl AppState {
+    fn compile(&self, lark: &str, param: &str) -> Result<CompiledGrammar, ApiError> {
+        let g = self.inner.grammars.as_ref().ok_or_else(|| {
+            ApiError::bad(
+                param,
+                "constrained decoding is not available for this model's tokenizer",
+            )
+        })?;
+        g.compile(lark, param)
+    }
+
+    /// Plans a chat completion.
+    pub fn plan_chat(&self, req: ChatRequest) -> Result<Plan, ApiError> {
+        let common = req.common();
+        let (max_tokens, name) = match (req.max_completion_tokens, common.max_tokens) {
+            (Some(m), _) => (Some(m), "max_completion_tokens"),
+            (None, m) => (m, "max_tokens"),
+        };
+        let params = common.validate(max_tokens, name)?;
+        let logprobs = match req.logprobs {
+            Some(true) => Some(logprobs_count(req.top_logprobs, "top_logprobs")?),
+            _ if req.top_logprobs.is_some_and(|k| k > 0) => {
+                return Err(ApiError::bad(
+                    "top_logprobs",
+                    "top_logprobs requires logprobs to be true",
+                ))
+            }
+            _ => None,
+        };
+        let (mut messages, prefix) = convert_messages(&req.messages)?;
+        let tool_specs = tools::parse_tools(req.tools.as_deref().unwrap_or(&[]))?;
+        let choice = tools::parse_tool_choice(req.tool_choice.as_ref(), &tool_specs)?;
+        let template = self
+            .inner
+            .tokenizer
+            .chat_template()
+            .ok_or_else(|| ApiError::from(moela_text::TextError::NoChatTemplate))?;
+        let mut opts = RenderOptions {
+            add_generation_prompt: true,
+            ..Default::default()
+        };
+        let use_tools = choice != ToolChoice::None && !tool_specs.is_empty();
+        if use_tools {
+            if self.inner.template_reads_tools {
+                opts.tools = req.tools.clone();
+            } else {
+                let text = tools::tools_system_text(&tool_specs, self.inner.call_format);
+                tools::add_tools_to_messages(&mut messages, text);
+            }
+        }
+        let mut text = template.render(&messages, &opts)?;
+        if let Some(p) = &prefix {
+            text.push_str(p);
+        }
+        let ids = self.inner.tokenizer.encode(&text, false)?;
+        let opens_reasoning = prompt_opens_reasoning(&text);
+
+        let json_rule = response_format_rule(&common.response_format)?;
+        let parallel = req.parallel_tool_calls.unwrap_or(true);
+        let table = self.inner.table.as_ref();
+        let fmt = self.inner.call_format;
+        let lark = match (&choice, json_rule) {
+            (ToolChoice::Required, _) => Some(tools::tool_call_grammar(
+                &tool_specs,
+                None,
+                parallel,
+                fmt,
+                table,
+            )?),
+            (ToolChoice::Named(n), _) => Some(tools::tool_call_grammar(
+                &tool_specs,
+                Some(n),
+                parallel,
+                fmt,
+                table,
+            )?),
+            (ToolChoice::Auto, Some(json)) if use_tools => {
+                // Either the JSON answer or tool calls.
+                let calls = tools::tool_call_grammar(&tool_specs, None, parallel, fmt, table)?;
+                let rules = calls.replacen("start: calls\n", "", 1);
+                Some(format!("start: answer | calls\nanswer: {json}\n{rules}"))
+            }
+            (_, Some(json)) => Some(format!("start: {json}\n")),
+            _ => None,
+        };
+        let grammar = match lark {
+            Some(l) => {
+                let param = if matches!(choice, ToolChoice::Required | ToolChoice::Named(_)) {
+                    "tools"
+                } else {
+                    "response_format"
+                };
+                Some(self.compile(&l, param)?)
+            }
+            None => None,
+        };
+        Ok(Plan {
+            endpoint: Endpoint::Chat,
+            prompts: vec![ids],
+            echo: vec![String::new()],
+            opens_reasoning,
+            params,
+            logprobs,
+            grammar,
+            parse_tools: use_tools,
+            single_call: !parallel,
+        })
+    }
+
+    /// Plans a (legacy) completion.
+    pub fn plan_completion(&self, req: CompletionRequest) -> Result<Plan, ApiError> {
+        let common = req.common();
+        let mut params = common.validate(common.max_tokens, "max_tokens")?;
+        if params.max_tokens.is_none() {
+            params.max_tokens = Some(COMPLETIONS_DEFAULT_MAX_TOKENS);
+        }
+        let logprobs = match req.logprobs {
+            None => None,
+            Some(k) => Some(logprobs_count(Some(k), "logprobs")?),
+        };
+        match req.best_of {
+            None | Some(1) => {}
+            Some(b) if b == params.n as i64 => {}
+            Some(_) => {
+                return Err(ApiError::bad(
+                    "best_of",
+                    "best_of other than 1 or n is not supported",
+                ))
+            }
+        }
+        if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::bad(
+                "suffix",
+                "suffix (fill-in-the-middle) is not supported",
+            ));
+        }
+        let tok = &self.inner.tokenizer;
+        let vocab = self.inner.table.len();
+        let check_ids = |ids: &[i64], param: String| -> Result<Vec<u32>, ApiError> {
+            ids.iter()
+                .map(|&i| {
+                    if i >= 0 && (i as u64) < vocab as u64 {
+                        Ok(i as u32)
+                    } else {
+                        Err(ApiError::bad(
+                            &param,
+                            format!("token id {i} is outside the vocabulary (0..{vocab})"),
+                        ))
+                    }
+                })
+                .collect()
+        };
+        let (prompts, texts): (Vec<Vec<u32>>, Vec<String>) = match &req.prompt {
+            PromptField::Text(t) => (vec![tok.encode(t, true)?], vec![t.clone()]),
+            PromptField::Texts(ts) => {
+                let mut p = Vec::new();
+                for t in ts {
+                    p.push(tok.encode(t, true)?);
+                }
+                (p, ts.clone())
+            }
+            PromptField::Ids(ids) => {
+                let ids = check_ids(ids, "prompt".into())?;
+                let text = tok.decode(&ids, false)?;
+                (vec![ids], vec![text])
+            }
+            PromptField::IdLists(lists) => {
+                let mut p = Vec::new();
+                let mut t = Vec::new();
+                for (i, l) in lists.iter().enumerate() {
+                    let ids = check_ids(l, format!("prompt[{i}]"))?;
+                    t.push(tok.decode(&ids, false)?);
+                    p.push(ids);
+                }
+                (p, t)
+            }
+        };
+        if prompts.is_empty() {
+            return Err(ApiError::bad("prompt", "prompt must not be empty"));
+        }
+        if prompts.len() * params.n > MAX_CHOICES {
+            return Err(ApiError::bad(
+                "prompt",
+                format!("at most {MAX_CHOICES} completions (prompts × n) per request"),
+            ));
+        }
+        let echo = if req.echo.unwrap_or(false) {
+            texts.clone()
+        } else {
+            vec![String::new(); prompts.len()]
+        };
+        let opens_reasoning = texts.first().is_some_and(|t| prompt_opens_reasoning(t));
+        let grammar = match response_format_rule(&common.response_format)? {
+            Some(json) => Some(self.compile(&format!("start: {json}\n"), "response_format")?),
+            None => None,
+        };
+        Ok(Plan {
+            endpoint: Endpoint::Completions,
+            prompts,
+            echo,
+            opens_reasoning,
+            params,
+            logprobs,
+            grammar,
+            parse_tools: false,
+            single_call: false,
+        })
+    }
+}
+
+// ---------------------------------------------------------------- running
+
+/// One choice's output as it accumulates.
+struct ChoiceState {
+    index: usize,
+    prompt: usize,
+    reasoning: Option<ReasoningParser>,
+    tools: Option<ToolSplitter>,
+    content: String,
+    reasoning_text: String,
+    reasoning_tokens: usize,
+    /// Token events not yet reported in a stream chunk.
+    pending_logprobs: Vec<TokenEvent>,
+    all_logprobs: Vec<TokenEvent>,
+    calls: Vec<ToolCallOut>,
+    finish: Option<&'static str>,
+    usage: Usage,
+    last_token: Option<Instant>,
+    done: bool,
+    single_call: bool,
+}
+
+/// Text released by one event.
+#[derive(Default)]
+struct Piece {
+    reasoning: String,
+    content: String,
+}
+
+impl ChoiceState {
+    fn new(
+        index: usize,
+        prompt: usize,
+        reasoning: Option<ReasoningParser>,
+        parse_tools: bool,
+    ) -> ChoiceState {
+        ChoiceState {
+            index,
+            prompt,
+            reasoning,
+            tools: parse_tools.then(ToolSplitter::default),
+            content: String::new(),
+            reasoning_text: String::new(),
+            reasoning_tokens: 0,
+            pending_logprobs: Vec::new(),
+            all_logprobs: Vec::new(),
+            calls: Vec::new(),
+            finish: None,
+            usage: Usage::default(),
+            last_token: None,
+            done: false,
+            single_call: false,
+        }
+    }
+
+    fn push_text(&mut self, text: &str) -> Piece {
+        let (reasoning, content) = match &mut self.reasoning {
+            Some(p) => p.push(text),
+            None => (String::new(), text.to_string()),
+        };
+        let content = match &mut self.tools {
+            Some(t) => t.push(&content),
+            None => content,
+        };
+        self.reasoning_text.push_str(&reasoning);
+        self.content.push_str(&content);
+        Piece { reasoning, content }
+    }
+
+    fn on_token(&mut self, t: TokenEvent, keep_logprobs: bool) -> Piece {
+        if self.reasoning.as_ref().is_some_and(|p| p.in_reasoning()) {
+            self.reasoning_tokens += 1;
+        }
+        let piece = self.push_text(&t.text);
+        if keep_logprobs {
+            self.pending_logprobs.push(t.clone());
+            self.all_logprobs.push(t);
+        }
+        piece
+    }
+
+    fn on_done(&mut self, tail: &str, reason: FinishReason, usage: Usage) -> Piece {
+        let mut piece = self.push_text(tail);
+        if let Some(p) = &mut self.reasoning {
+            let (r, c) = p.finish();
+            let c = match &mut self.tools {
+                Some(t) => t.push(&c),
+                None => c,
+            };
+            self.reasoning_text.push_str(&r);
+            self.content.push_str(&c);
+            piece.reasoning.push_str(&r);
+            piece.content.push_str(&c);
+        }
+        if let Some(t) = &mut self.tools {
+            let (rest, mut calls) = t.finish();
+            if self.single_call {
+                calls.truncate(1);
+            }
+            self.content.push_str(&rest);
+            piece.content.push_str(&rest);
+            self.calls = tools::tool_calls_out(calls);
+        }
+        // "tool_calls" only when calls were made and the output ended by itself; a call list
+        // cut short by max_tokens is "length" (its complete calls are still returned).
+        self.finish = Some(if !self.calls.is_empty() && reason == FinishReason::Stop {
+            "tool_calls"
+        } else {
+            reason.as_str()
+        });
+        self.usage = usage;
+        self.done = true;
+        piece
+    }
+}
+
+/// Waits for the next event of any live choice: `(choice, Some(event))`, `(choice, None)` when
+/// a channel closed without `Done` (the engine stopped), `None` when every choice is done.
+async fn next_event(
+    rxs: &mut [Option<UnboundedReceiver<Event>>],
+    start: &mut usize,
+) -> Option<(usize, Option<Event>)> {
+    if rxs.iter().all(Option::is_none) {
+        return None;
+    }
+    std::future::poll_fn(|cx| {
+        let n = rxs.len();
+        for k in 0..n {
+            let i = (*start + k) % n;
+            let Some(rx) = rxs[i].as_mut() else { continue };
+            match rx.poll_recv(cx) {
+                Poll::Ready(Some(ev)) => {
+                    if matches!(ev, Event::Done { .. } | Event::Error(_)) {
+                        rxs[i] = None;
+                    }
+                    *start = (i + 1) % n;
+                    return Poll::Ready(Some((i, Some(ev))));
+                }
+                Poll::Ready(None) => {
+                    rxs[i] = None;
+                    return Poll::Ready(Some((i, None)));
+                }
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// A running request: its choices, their channels, and what is needed to report on them.
+struct Run {
+    state: AppState,
+    plan: Plan,
+    key: String,
+    id: String,
+    created: u64,
+    arrived: Instant,
+    first_token: bool,
+    rxs: Vec<Option<UnboundedReceiver<Event>>>,
+    choices: Vec<ChoiceState>,
+    start: usize,
+}
+
+impl Run {
+    /// Submits one engine request per choice; on failure the ones already queued are dropped
+    /// (which cancels them).
+    fn start(
+        state: AppState,
+        mut plan: Plan,
+        key: String,
+        arrived: Instant,
+    ) -> Result<Run, ApiError> {
+        let n = plan.params.n;
+        let mut rxs = Vec::new();
+        let mut choices = Vec::new();
+        let ctx = state.inner.engine.config().ctx;
+        for (pi, prompt) in plan.prompts.iter().enumerate() {
+            for j in 0..n {
+                let index = pi * n + j;
+                let mut sampling = plan.params.sampling.clone();
+                sampling.seed = Some(match sampling.seed {
+                    Some(s) => s.wrapping_add(j as u64),
+                    None => random_u64(),
+                });
+                let req = Request {
+                    prompt: prompt.clone(),
+                    max_tokens: plan.params.max_tokens.unwrap_or(ctx).min(ctx),
+                    sampling,
+                    stop: plan.params.stop.clone(),
+                    stop_token_ids: state.inner.stop_ids.clone(),
+                    logprobs: plan.logprobs,
+                    constraint: plan
+                        .grammar
+                        .as_ref()
+                        .map(|g| g.constraint(plan.opens_reasoning)),
+                };
+                rxs.push(Some(state.inner.engine.submit(req)?));
+                let reasoning = (plan.endpoint == Endpoint::Chat)
+                    .then(|| ReasoningParser::new(plan.opens_reasoning));
+                let mut choice = ChoiceState::new(index, pi, reasoning, plan.parse_tools);
+                choice.single_call = plan.single_call;
+                choices.push(choice);
+            }
+        }
+        plan.grammar = None;
+        let prefix = match plan.endpoint {
+            Endpoint::Chat => "chatcmpl-",
+            Endpoint::Completions => "cmpl-",
+        };
+        Ok(Run {
+            state,
+            plan,
+            key,
+            id: random_id(prefix, 29),
+            created: unix_time(),
+            arrived,
+            first_token: false,
+            rxs,
+            choices,
+            start: 0,
+        })
+    }
+
+    fn note_token(&mut self, i: usize) {
+        let now = Instant::now();
+        let m = &self.state.inner.metrics;
+        if !self.first_token {
+            self.first_token = true;
+            m.ttft.observe(now - self.arrived);
+        }
+        if let Some(prev) = self.choices[i].last_token {
+            m.inter_token.observe(now - prev);
+        }
+        self.choices[i].last_token = Some(now);
+    }
+
+    /// Usage over all choices (each prompt counted once), with cost, and its metrics.
+    fn finish_usage(&self) -> UsageOut {
+        let mut prompt_tokens = 0;
+        let mut cached = 0;
+        for (pi, p) in self.plan.prompts.iter().enumerate() {
+            prompt_tokens += p.len();
+            cached += self
+                .choices
+                .iter()
+                .find(|c| c.prompt == pi)
+                .map_or(0, |c| c.usage.cached_tokens.min(p.len()));
+        }
+        let completion: usize = self.choices.iter().map(|c| c.usage.completion_tokens).sum();
+        let reasoning: usize = self.choices.iter().map(|c| c.reasoning_tokens).sum();
+        let miss = prompt_tokens - cached;
+        let cost = self
+            .state
+            .inner
+            .settings
+            .prices
+            .as_ref()
+            .map(|t| t.cost(cached, miss, completion, unix_time()));
+        let m = &self.state.inner.metrics;
+        m.request_duration.observe(self.arrived.elapsed());
+        m.add_key_usage(
+            &self.key,
+            &KeyUsage {
+                requests: 1,
+                prompt_tokens: prompt_tokens as u64,
+                cache_hit_tokens: cached as u64,
+                completion_tokens: completion as u64,
+                cost: cost.as_ref().map_or(0.0, |c| c.total),
+            },
+        );
+        UsageOut {
+            prompt_tokens,
+            completion_tokens: completion,
+            total_tokens: prompt_tokens + completion,
+            prompt_cache_hit_tokens: cached,
+            prompt_cache_miss_tokens: miss,
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: cached,
+            },
+            completion_tokens_details: CompletionTokensDetails {
+                reasoning_tokens: reasoning,
+            },
+            cost,
+        }
+    }
+
+    fn chat_logprobs(&self, events: &[TokenEvent]) -> ChatLogprobs {
+        let table = &self.state.inner.table;
+        let out = |id: u32, logprob: f32| TopLogprob {
+            token: table.text(id),
+            logprob,
+            bytes: table.bytes(id).to_vec(),
+        };
+        ChatLogprobs {
+            content: events
+                .iter()
+                .map(|e| {
+                    let lp = e.logprob.as_ref().map_or(0.0, |l| l.logprob);
+                    let t = out(e.id, lp);
+                    TokenLogprobOut {
+                        token: t.token,
+                        logprob: t.logprob,
+                        bytes: t.bytes,
+                        top_logprobs: e
+                            .top_logprobs
+                            .iter()
+                            .map(|a| out(a.id, a.logprob))
+                            .collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    fn completion_logprobs(&self, events: &[TokenEvent], offset: &mut usize) -> CompletionLogprobs {
+        let table = &self.state.inner.table;
+        let mut lp = CompletionLogprobs::default();
+        for e in events {
+            let text = table.text(e.id);
+            lp.text_offset.push(*offset);
+            *offset += text.len();
+            lp.tokens.push(text);
+            lp.token_logprobs
+                .push(e.logprob.as_ref().map_or(0.0, |l| l.logprob));
+            let mut top = serde_json::Map::new();
+            for a in &e.top_logprobs {
+                top.insert(table.text(a.id), serde_json::json!(a.logprob));
+            }
+            lp.top_logprobs.push(top);
+        }
+        lp
+    }
+
+    /// Runs to the end and builds the whole response.
+    async fn collect(mut self) -> Result<Response, ApiError> {
+        let keep = self.plan.logprobs.is_some();
+        while let Some((i, ev)) = next_event(&mut self.rxs, &mut self.start).await {
+            match ev {
+                Some(Event::Token(t)) => {
+                    self.note_token(i);
+                    self.choices[i].on_token(t, keep);
+                }
+                Some(Event::Done {
+                    tail,
+                    finish_reason,
+                    usage,
+                }) => {
+                    self.choices[i].on_done(&tail, finish_reason, usage);
+                }
+                Some(Event::Error(e)) => {
+                    return Err(ApiError::Internal(format!("generation failed: {e}")))
+                }
+                None => {
+                    return Err(ApiError::Unavailable(
+                        "the engine stopped before the request finished".into(),
+                    ))
+                }
+            }
+        }
+        let usage = self.finish_usage();
+        let model = self.state.inner.settings.model_name.clone();
+        let resp = match self.plan.endpoint {
+            Endpoint::Chat => {
+                let choices = self
+                    .choices
+                    .iter()
+                    .map(|c| ChatChoice {
+                        index: c.index,
+                        message: AssistantMessage {
+                            role: "assistant",
+                            content: if c.content.is_empty() && !c.calls.is_empty() {
+                                None
+                            } else {
+                                Some(c.content.clone())
+                            },
+                            reasoning_content: c
+                                .reasoning
+                                .as_ref()
+                                .is_some_and(|p| p.saw_reasoning())
+                                .then(|| c.reasoning_text.clone()),
+                            tool_calls: c.calls.clone(),
+                        },
+                        logprobs: keep.then(|| self.chat_logprobs(&c.all_logprobs)),
+                        finish_reason: c.finish.unwrap_or("stop"),
+                    })
+                    .collect();
+                axum::Json(ChatResponse {
+                    id: self.id.clone(),
+                    object: "chat.completion",
+                    created: self.created,
+                    model,
+                    system_fingerprint: crate::FINGERPRINT,
+                    choices,
+                    usage,
+                })
+                .into_response()
+            }
+            Endpoint::Completions => {
+                let choices = self
+                    .choices
+                    .iter()
+                    .map(|c| {
+                        let echo = &self.plan.echo[c.prompt];
+                        let mut offset = echo.len();
+                        CompletionChoice {
+                            index: c.index,
+                            text: format!("{echo}{}", c.content),
+                            logprobs: keep
+                                .then(|| self.completion_logprobs(&c.all_logprobs, &mut offset)),
+                            finish_reason: Some(c.finish.unwrap_or("stop")),
+                        }
+                    })
+                    .collect();
+                axum::Json(CompletionResponse {
+                    id: self.id.clone(),
+                    object: "text_completion",
+                    created: self.created,
+                    model,
+                    system_fingerprint: crate::FINGERPRINT,
+                    choices,
+                    usage: Some(Some(usage)),
+                })
+                .into_response()
+            }
+        };
+        Ok(resp)
+    }
+
+    fn usage_field(&self) -> Option<Option<UsageOut>> {
+        self.plan.params.include_usage.then_some(None)
+    }
+
+    fn chat_chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Option<UsageOut>>) -> SseEvent {
+        let chunk = ChatChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.state.inner.settings.model_name.clone(),
+            system_fingerprint: crate::FINGERPRINT,
+            choices,
+            usage,
+        };
+        sse_json(&chunk)
+    }
+
+    fn completion_chunk(
+        &self,
+        choices: Vec<CompletionChoice>,
+        usage: Option<Option<UsageOut>>,
+    ) -> SseEvent {
+        let chunk = CompletionResponse {
+            id: self.id.clone(),
+            object: "text_completion",
+            created: self.created,
+            model: self.state.inner.settings.model_name.clone(),
+            system_fingerprint: crate::FINGERPRINT,
+            choices,
+            usage,
+        };
+        sse_json(&chunk)
+    }
+
+    /// The chunks one event produces.
+    fn chunks_for(&mut self, i: usize, piece: Piece, offsets: &mut [usize]) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        let keep = self.plan.logprobs.is_some();
+        let c = &self.choices[i];
+        let finished = c.done;
+        match self.plan.endpoint {
+            Endpoint::Chat => {
+                let has_text = !piece.reasoning.is_empty() || !piece.content.is_empty();
+                if has_text || (finished && !c.pending_logprobs.is_empty()) {
+                    let pending = std::mem::take(&mut self.choices[i].pending_logprobs);
+                    let delta = Delta {
+                        reasoning_content: (!piece.reasoning.is_empty()).then_some(piece.reasoning),
+                        content: (!piece.content.is_empty()).then_some(piece.content),
+                        ..Default::default()
+                    };
+                    let logprobs =
+                        (keep && !pending.is_empty()).then(|| self.chat_logprobs(&pending));
+                    out.push(self.chat_chunk(
+                        vec![ChunkChoice {
+                            index: self.choices[i].index,
+                            delta,
+                            logprobs,
+                            finish_reason: None,
+                        }],
+                        self.usage_field(),
+                    ));
+                }
+                if finished {
+                    let c = &self.choices[i];
+                    if !c.calls.is_empty() {
+                        let calls = c
+                            .calls
+                            .iter()
+                            .enumerate()
+                            .map(|(k, call)| ToolCallDelta {
+                                index: k,
+                                call: call.clone(),
+                            })
+                            .collect();
+                        out.push(self.chat_chunk(
+                            vec![ChunkChoice {
+                                index: c.index,
+                                delta: Delta {
+                                    tool_calls: calls,
+                                    ..Default::default()
+                                },
+                                logprobs: None,
+                                finish_reason: None,
+                            }],
+                            self.usage_field(),
+                        ));
+                    }
+                    out.push(self.chat_chunk(
+                        vec![ChunkChoice {
+                            index: c.index,
+                            delta: Delta::default(),
+                            logprobs: None,
+                            finish_reason: c.finish,
+                        }],
+                        self.usage_field(),
+                    ));
+                }
+            }
+            Endpoint::Completions => {
+                if !piece.content.is_empty() || finished {
+                    let pending = std::mem::take(&mut self.choices[i].pending_logprobs);
+                    let logprobs =
+                        keep.then(|| self.completion_logprobs(&pending, &mut offsets[i]));
+                    let c = &self.choices[i];
+                    out.push(self.completion_chunk(
+                        vec![CompletionChoice {
+                            index: c.index,
+                            text: piece.content,
+                            logprobs,
+                            finish_reason: if finished { c.finish } else { None },
+                        }],
+                        self.usage_field(),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// The opening chunks: the assistant role (chat) or the echoed prompt (completions).
+    fn opening(&self) -> Vec<SseEvent> {
+        match self.plan.endpoint {
+            Endpoint::Chat => self
+                .choices
+                .iter()
+                .map(|c| {
+                    self.chat_chunk(
+                        vec![ChunkChoice {
+                            index: c.index,
+                            delta: Delta {
+                                role: Some("assistant"),
+                                content: Some(String::new()),
+                                ..Default::default()
+                            },
+                            logprobs: None,
+                            finish_reason: None,
+                        }],
+                        self.usage_field(),
+                    )
+                })
+                .collect(),
+            Endpoint::Completions => self
+                .choices
+                .iter()
+                .filter(|c| !self.plan.echo[c.prompt].is_empty())
+                .map(|c| {
+                    self.completion_chunk(
+                        vec![CompletionChoice {
+                            index: c.index,
+                            text: self.plan.echo[c.prompt].clone(),
+                            logprobs: None,
+                            finish_reason: None,
+                        }],
+                        self.usage_field(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The final usage chunk (when asked for).
+    fn usage_chunk(&self, usage: UsageOut) -> SseEvent {
+        match self.plan.endpoint {
+            Endpoint::Chat => self.chat_chunk(Vec::new(), Some(Some(usage))),
+            Endpoint::Completions => self.completion_chunk(Vec::new(), Some(Some(usage))),
+        }
+    }
+
+    /// Streams the response as server-sent events. Dropping the stream (client gone) drops
+    /// the receivers, which cancels the requests in the engine.
+    fn stream(self) -> Response {
+        enum Phase {
+            Running,
+            Finished,
+        }
+        let offsets: Vec<usize> = self
+            .choices
+            .iter()
+            .map(|c| self.plan.echo[c.prompt].len())
+            .collect();
+        let opening = self.opening();
+        let state = (
+            self,
+            std::collections::VecDeque::from(opening),
+            offsets,
+            Phase::Running,
+        );
+        let stream = futures_util::stream::unfold(
+            state,
+            |(mut run, mut queue, mut offsets, mut phase)| async move {
+                loop {
+                    if let Some(ev) = queue.pop_front() {
+                        return Some((
+                            Ok::<SseEvent, Infallible>(ev),
+                            (run, queue, offsets, phase),
+                        ));
+                    }
+                    if let Phase::Finished = phase {
+                        return None;
+                    }
+                    match next_event(&mut run.rxs, &mut run.start).await {
+                        Some((i, Some(Event::Token(t)))) => {
+                            run.note_token(i);
+                            let keep = run.plan.logprobs.is_some();
+                            let piece = run.choices[i].on_token(t, keep);
+                            queue.extend(run.chunks_for(i, piece, &mut offsets));
+                        }
+                        Some((
+                            i,
+                            Some(Event::Done {
+                                tail,
+                                finish_reason,
+                                usage,
+                            }),
+                        )) => {
+                            let piece = run.choices[i].on_done(&tail, finish_reason, usage);
+                            queue.extend(run.chunks_for(i, piece, &mut offsets));
+                        }
+                        Some((_, Some(Event::Error(e)))) => {
+                            run.state.inner.metrics.count_stream_error();
+                            let err = ApiError::Internal(format!("generation failed: {e}"));
+                            queue.push_back(sse_json(&err.body()));
+                            run.rxs.iter_mut().for_each(|r| *r = None);
+                            phase = Phase::Finished;
+                        }
+                        Some((_, None)) => {
+                            run.state.inner.metrics.count_stream_error();
+                            let err = ApiError::Unavailable(
+                                "the engine stopped before the request finished".into(),
+                            );
+                            queue.push_back(sse_json(&err.body()));
+                            run.rxs.iter_mut().for_each(|r| *r = None);
+                            phase = Phase::Finished;
+                        }
+                        None => {
+                            let usage = run.finish_usage();
+                            if run.plan.params.include_usage {
+                                queue.push_back(run.usage_chunk(usage));
+                            }
+                            queue.push_back(SseEvent::default().data("[DONE]"));
+                            phase = Phase::Finished;
+                        }
+                    }
+                }
+            },
+        );
+        Sse::new(stream)
+            .keep_alive(KeepAlive::default())
+            .into_response()
+    }
+}
+
+fn sse_json<T: serde::Serialize>(v: &T) -> SseEvent {
+    SseEvent::default().data(serde_json::to_string(v).unwrap_or_else(|_| "{}".into()))
+}
+
+/// Runs a planned request: the whole response, or a stream.
+pub async fn execute(
+    state: AppState,
+    plan: Plan,
+    key: String,
+    arrived: Instant,
+) -> Result<Response, ApiError> {
+    let stream = plan.params.stream;
+    let run = Run::start(state, plan, key, arrived)?;
+    if stream {
+        Ok(run.stream())
+    } else {
+        run.collect().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(text: &str) -> TokenEvent {
+        TokenEvent {
+            id: 0,
+            text: text.into(),
+            logprob: None,
+            top_logprobs: Vec::new(),
+        }
+    }
+
+    /// Feeds constructed model output through a chat choice; returns the streamed pieces.
+    fn feed(c: &mut ChoiceState, parts: &[&str], reason: FinishReason) -> (String, String) {
+        let (mut r, mut t) = (String::new(), String::new());
+        for p in parts {
+            let piece = c.on_token(token(p), false);
+            r.push_str(&piece.reasoning);
+            t.push_str(&piece.content);
+        }
+        let piece = c.on_done("", reason, Usage::default());
+        r.push_str(&piece.reasoning);
+        t.push_str(&piece.content);
+        (r, t)
+    }
+
+    const CALL: &str = "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_time\n```json\n{}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>";
+
+    #[test]
+    fn reasoning_content_and_tool_calls_are_split_from_constructed_output() {
+        let mut c = ChoiceState::new(0, 0, Some(ReasoningParser::new(true)), true);
+        // The markup arrives split at awkward places, as tokens would split it.
+        let mut parts = vec!["Let me think", "</th", "ink>\n\nSure."];
+        let (a, b) = CALL.split_at(CALL.find("tool▁calls▁begin").unwrap());
+        parts.push(a);
+        parts.push(b);
+        let (r, t) = feed(&mut c, &parts, FinishReason::Stop);
+        assert_eq!(r, "Let me think");
+        assert_eq!(t, "\n\nSure.");
+        assert_eq!(c.reasoning_text, "Let me think");
+        assert_eq!(c.content, "\n\nSure.");
+        assert_eq!(c.finish, Some("tool_calls"));
+        let names: Vec<&str> = c.calls.iter().map(|k| k.function.name.as_str()).collect();
+        assert_eq!(names, ["get_weather", "get_time"]);
+        assert_eq!(c.calls[0].function.arguments, "{\"city\": \"Paris\"}");
+        assert!(c.calls[0].id.starts_with("call_") && c.calls[0].id != c.calls[1].id);
+    }
+
+    #[test]
+    fn finish_reason_is_tool_calls_only_with_calls_and_a_natural_end() {
+        // No markup: plain stop.
+        let mut c = ChoiceState::new(0, 0, Some(ReasoningParser::new(false)), true);
+        feed(&mut c, &["Hello", " there"], FinishReason::Stop);
+        assert_eq!(
+            (c.finish, c.content.as_str(), c.calls.len()),
+            (Some("stop"), "Hello there", 0)
+        );
+        // Markup cut short by max_tokens: no calls, markup hidden, "length".
+        let mut c = ChoiceState::new(0, 0, Some(ReasoningParser::new(false)), true);
+        let cut = &CALL[..CALL.find("```<").unwrap()];
+        let (_, t) = feed(&mut c, &["Ok ", cut], FinishReason::Length);
+        assert_eq!(
+            (c.finish, t.as_str(), c.calls.len()),
+            (Some("length"), "Ok ", 0)
+        );
+        // Complete calls but then the budget ran out: the calls, finish "length".
+        let mut c = ChoiceState::new(0, 0, None, true);
+        feed(&mut c, &[CALL], FinishReason::Length);
+        assert_eq!((c.finish, c.calls.len()), (Some("length"), 2));
+        // Tools off: the markup is plain content.
+        let mut c = ChoiceState::new(0, 0, None, false);
+        feed(&mut c, &[CALL], FinishReason::Stop);
+        assert_eq!((c.finish, c.content.as_str()), (Some("stop"), CALL));
+    }
+
+    #[test]
+    fn a_prefix_of_the_markup_is_held_back_then_released() {
+        let mut c = ChoiceState::new(0, 0, None, true);
+        let p = c.on_token(token("a <｜tool"), false);
+        assert_eq!(p.content, "a ");
+        let p = c.on_token(token("kit｜>"), false);
+        assert_eq!(p.content, "<｜toolkit｜>");
+    }
+}

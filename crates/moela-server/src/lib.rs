@@ -1,0 +1,523 @@
+//! moela-server: an OpenAI- and DeepSeek-compatible HTTP API over the Moela engine.
+//!
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions` (JSON or SSE), `GET /v1/models`,
+//! `GET /v1/models/{id}`, `GET /health`, `GET /metrics` (Prometheus text).
+//!
+//! * Only this crate knows HTTP. Every failure is an [`ApiError`], mapped to a status and an
+//!   OpenAI error body in one place (`error.rs`).
+//! * [`router`] builds the whole service around an [`AppState`] and is tested without sockets;
+//!   [`serve`] binds it, runs it on a Tokio runtime and drains on SIGTERM/SIGINT.
+//! * `response_format` and forced `tool_choice` are enforced by constrained decoding
+//!   (`constraint.rs`, llguidance), applied after any reasoning block.
+
+mod auth;
+mod constraint;
+mod error;
+mod generation;
+mod metrics;
+mod pricing;
+mod protocol;
+mod tools;
+mod util;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use moela_engine::{EngineConfig, EngineHandle};
+use moela_model::Model;
+use moela_text::Tokenizer;
+use serde::de::DeserializeOwned;
+
+pub use auth::{ApiKeys, KeyError, ANONYMOUS};
+pub use constraint::{CompiledGrammar, Grammars, TokenTable};
+pub use error::ApiError;
+pub use metrics::{KeyUsage, Metrics};
+pub use pricing::{PriceError, PriceTable};
+pub use tools::{parse_tools, tool_call_grammar, CallFormat, ToolSplitter};
+
+/// `system_fingerprint` of every response.
+pub const FINGERPRINT: &str = concat!("moela-", env!("CARGO_PKG_VERSION"));
+
+/// Default cap on request bodies.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
+
+/// What `moela serve` passes in.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub host: String,
+    pub port: u16,
+    pub api_key: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    pub price_file: Option<PathBuf>,
+    /// The id reported by `/v1/models` and in responses.
+    pub model_name: String,
+    pub engine: EngineConfig,
+    pub max_body_bytes: usize,
+    /// How long SIGTERM waits for running requests before closing them.
+    pub drain_timeout: Duration,
+}
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Prices(#[from] PriceError),
+    #[error("both --api-key and --api-key-file were given; use one")]
+    TwoKeySources,
+    #[error("server I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Per-server settings the handlers read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub model_name: String,
+    pub keys: ApiKeys,
+    pub prices: Option<PriceTable>,
+    pub max_body_bytes: usize,
+}
+
+impl Settings {
+    pub fn new(model_name: impl Into<String>) -> Settings {
+        Settings {
+            model_name: model_name.into(),
+            keys: ApiKeys::none(),
+            prices: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// Shared state of all handlers. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: EngineHandle,
+    tokenizer: Tokenizer,
+    table: Arc<TokenTable>,
+    /// `None` when the tokenizer has no end-of-sequence token.
+    grammars: Option<Grammars>,
+    stop_ids: Vec<u32>,
+    settings: Settings,
+    metrics: Metrics,
+    created: u64,
+    template_reads_tools: bool,
+    call_format: CallFormat,
+    draining: AtomicBool,
+}
+
+impl AppState {
+    /// `vocab_size`: the model's (logits length); `stop_ids`: every token that ends generation.
+    pub fn new(
+        engine: EngineHandle,
+        tokenizer: Tokenizer,
+        vocab_size: usize,
+        stop_ids: Vec<u32>,
+        settings: Settings,
+    ) -> AppState {
+        let table = Arc::new(TokenTable::new(&tokenizer, vocab_size));
+        let grammars = Grammars::new(table.clone(), &stop_ids).ok();
+        let template = tokenizer.chat_template();
+        let metrics = Metrics::new(settings.prices.as_ref().map(|p| p.currency.clone()));
+        AppState {
+            inner: Arc::new(Inner {
+                template_reads_tools: template.is_some_and(tools::template_reads_tools),
+                call_format: CallFormat::of(template),
+                engine,
+                tokenizer,
+                table,
+                grammars,
+                stop_ids,
+                settings,
+                metrics,
+                created: util::unix_time(),
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn engine(&self) -> &EngineHandle {
+        &self.inner.engine
+    }
+}
+
+/// The API key a request was made with (its name), set by the auth layer.
+#[derive(Debug, Clone)]
+struct KeyLabel(String);
+
+/// The whole HTTP service.
+pub fn router(state: AppState) -> Router {
+    let limit = state.inner.settings.max_body_bytes;
+    let v1 = Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{*id}", get(get_model))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .merge(v1)
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(catch_panics))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Binds, serves until SIGTERM/SIGINT, drains running requests, stops the engine.
+pub fn serve(
+    opts: ServeOptions,
+    model: Arc<Model>,
+    tokenizer: Tokenizer,
+) -> Result<(), ServerError> {
+    let keys = match (&opts.api_key, &opts.api_key_file) {
+        (Some(_), Some(_)) => return Err(ServerError::TwoKeySources),
+        (Some(k), None) => ApiKeys::single(k)?,
+        (None, Some(f)) => ApiKeys::from_file(f)?,
+        (None, None) => ApiKeys::none(),
+    };
+    let prices = opts
+        .price_file
+        .as_deref()
+        .map(PriceTable::from_file)
+        .transpose()?;
+    let mut stop_ids = tokenizer.eos_ids().to_vec();
+    for &e in &model.config.eos_token_ids {
+        if !stop_ids.contains(&e) {
+            stop_ids.push(e);
+        }
+    }
+    let vocab_size = model.config.vocab_size;
+    let settings = Settings {
+        model_name: opts.model_name.clone(),
+        keys,
+        prices,
+        max_body_bytes: opts.max_body_bytes,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("moela-http")
+        .enable_all()
+        .build()?;
+    let engine = rt.block_on(async move {
+        let addr = format!("{}:{}", opts.host, opts.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        let local: SocketAddr = listener.local_addr()?;
+        let engine = EngineHandle::start(model, tokenizer.clone(), opts.engine.clone());
+        let state = AppState::new(engine.clone(), tokenizer, vocab_size, stop_ids, settings);
+        let auth = if state.inner.settings.keys.is_enabled() {
+            "API key required"
+        } else {
+            "no API key"
+        };
+        eprintln!(
+            "moela: serving {} on http://{local} ({auth}; max batch {}, queue {}, context {})",
+            opts.model_name, opts.engine.max_batch, opts.engine.max_queue, opts.engine.ctx
+        );
+        let signalled = Arc::new(tokio::sync::Notify::new());
+        let on_signal = {
+            let signalled = signalled.clone();
+            let state = state.clone();
+            async move {
+                shutdown_signal().await;
+                state.inner.draining.store(true, Ordering::SeqCst);
+                eprintln!("moela: shutting down: draining running requests");
+                signalled.notify_waiters();
+            }
+        };
+        let server = axum::serve(listener, router(state)).with_graceful_shutdown(on_signal);
+        let grace = opts.drain_timeout;
+        let deadline = async {
+            signalled.notified().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            r = server => r?,
+            _ = deadline => eprintln!("moela: drain timeout ({grace:?}) reached; closing open requests"),
+        }
+        Ok::<_, ServerError>(engine)
+    })?;
+    // Shutting the runtime down drops any connection still open after the drain timeout, and
+    // with it its engine receivers, which cancels those requests; then the engine stops.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    engine.shutdown();
+    eprintln!("moela: stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+// ---------------------------------------------------------------- middleware
+
+/// Route label for metrics: a known route, else `other` (bounded label set).
+fn endpoint_label(path: &str) -> &'static str {
+    match path {
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/completions" => "/v1/completions",
+        "/v1/models" => "/v1/models",
+        "/health" => "/health",
+        "/metrics" => "/metrics",
+        p if p.starts_with("/v1/models/") => "/v1/models/{id}",
+        _ => "other",
+    }
+}
+
+/// Counts every response by endpoint and status.
+async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let endpoint = endpoint_label(req.uri().path());
+    let resp = next.run(req).await;
+    s.inner
+        .metrics
+        .count_request(endpoint, resp.status().as_u16());
+    resp
+}
+
+/// A handler that panics (a bug) answers 500 instead of dropping the connection.
+async fn catch_panics(req: Request, next: Next) -> Response {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(next.run(req))
+        .catch_unwind()
+        .await
+    {
+        Ok(resp) => resp,
+        Err(_) => {
+            ApiError::Internal("internal error while handling the request".into()).into_response()
+        }
+    }
+}
+
+/// Checks the bearer key on `/v1/` routes and labels the request with the key's name.
+async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let keys = &s.inner.settings.keys;
+    let label = if keys.is_enabled() {
+        let header = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.trim().is_empty());
+        match keys.check(header) {
+            Some(name) => name,
+            None => {
+                let msg = if header.is_none() {
+                    "missing API key: send it as \"Authorization: Bearer KEY\""
+                } else {
+                    "incorrect API key"
+                };
+                return ApiError::Unauthorized(msg.into()).into_response();
+            }
+        }
+    } else {
+        ANONYMOUS.to_string()
+    };
+    req.extensions_mut().insert(KeyLabel(label));
+    next.run(req).await
+}
+
+// ---------------------------------------------------------------- body extraction
+
+/// A JSON body: size-capped, UTF-8 checked, parsed with the failing field's path reported.
+struct JsonBody<T>(T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge {
+                    limit: state.inner.settings.max_body_bytes,
+                }
+            } else {
+                ApiError::invalid(format!("cannot read the request body: {}", e.body_text()))
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses a request body, naming the offending field on error.
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::invalid(format!(
+            "the request body is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
+    })?;
+    if text.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "the request body is empty; expected a JSON object",
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::invalid(format!("the request body is not valid JSON: {inner}"))
+        } else if path == "." {
+            ApiError::invalid(format!("invalid request: {inner}"))
+        } else {
+            ApiError::bad(path.clone(), format!("invalid value for {path}: {inner}"))
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}")))?;
+    Ok(value)
+}
+
+// ---------------------------------------------------------------- handlers
+
+async fn chat_completions(
+    State(s): State<AppState>,
+    Extension(KeyLabel(key)): Extension<KeyLabel>,
+    JsonBody(req): JsonBody<protocol::ChatRequest>,
+) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let plan = s.plan_chat(req)?;
+    generation::execute(s, plan, key, arrived).await
+}
+
+async fn completions(
+    State(s): State<AppState>,
+    Extension(KeyLabel(key)): Extension<KeyLabel>,
+    JsonBody(req): JsonBody<protocol::CompletionRequest>,
+) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let plan = s.plan_completion(req)?;
+    generation::execute(s, plan, key, arrived).await
+}
+
+fn model_object(s: &AppState) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.inner.settings.model_name,
+        "object": "model",
+        "created": s.inner.created,
+        "owned_by": "moela",
+        "max_model_len": s.inner.engine.config().ctx,
+    })
+}
+
+async fn list_models(State(s): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"object": "list", "data": [model_object(&s)]}))
+}
+
+async fn get_model(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if id == s.inner.settings.model_name {
+        Ok(Json(model_object(&s)))
+    } else {
+        Err(ApiError::NotFound(format!(
+            "the model {id:?} does not exist"
+        )))
+    }
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    if s.inner.draining.load(Ordering::SeqCst) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "draining"})),
+        )
+            .into_response()
+    } else {
+        Json(serde_json::json!({"status": "ok"})).into_response()
+    }
+}
+
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    let body = s.inner.metrics.render(s.inner.engine.stats());
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let e = parse_json::<protocol::ChatRequest>(br#"{"messages": [], "temperature": "hot"}"#)
+            .unwrap_err();
+        assert!(
+            matches!(&e, ApiError::BadRequest { param: Some(p), .. } if p == "temperature"),
+            "{e:?}"
+        );
+        let e = parse_json::<protocol::ChatRequest>(br#"{"messages": [{"role": 5}]}"#).unwrap_err();
+        assert!(
+            matches!(&e, ApiError::BadRequest { param: Some(p), .. } if p == "messages[0].role"),
+            "{e:?}"
+        );
+        let e = parse_json::<protocol::ChatRequest>(b"{\"messages\": [").unwrap_err();
+        assert!(e.to_string().contains("not valid JSON"), "{e}");
+        let e = parse_json::<protocol::ChatRequest>(b"{\"messages\": [\xff]}").unwrap_err();
+        assert!(e.to_string().contains("UTF-8"), "{e}");
+        let e = parse_json::<protocol::ChatRequest>(br#"{"messages": []} x"#).unwrap_err();
+        assert!(e.to_string().contains("not valid JSON"), "{e}");
+    }
+}

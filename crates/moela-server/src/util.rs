@@ -1,0 +1,56 @@
+//! Small helpers: ids, seeds, time.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A random 64-bit value (randomly keyed SipHash of a counter; not for cryptography).
+pub fn random_u64() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// `prefix` followed by `len` random alphanumerics (e.g. `call_…`, `chatcmpl-…`).
+pub fn random_id(prefix: &str, len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut out = String::with_capacity(prefix.len() + len);
+    out.push_str(prefix);
+    let mut bits = random_u64();
+    let mut left = 10; // 6 bits per character, 10 characters per u64
+    for _ in 0..len {
+        if left == 0 {
+            bits = random_u64();
+            left = 10;
+        }
+        out.push(ALPHABET[(bits & 63) as usize % ALPHABET.len()] as char);
+        bits >>= 6;
+        left -= 1;
+    }
+    out
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_time() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Compares two secrets in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
