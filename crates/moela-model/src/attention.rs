@@ -2,7 +2,7 @@
 //! the standard (decompressed) form — the executable spec — and the absorbed form.
 
 use moela_kernels::ops::dot;
-use moela_kernels::{softmax_in_place, Mat};
+use moela_kernels::{parallel_chunks, softmax_in_place, Mat};
 
 use crate::cache::LayerView;
 
@@ -84,27 +84,26 @@ pub(crate) fn mla_standard(q: &[f32], cache: &LayerView<'_>, kv_b: &Mat, d: &Mla
     let kv = kv_b.forward(&c); // [len, heads·(nope + v)]
     let row = h * (d.nope + d.v);
     let mut out = vec![0.0f32; n * h * d.v];
-    let mut scores = vec![0.0f32; len];
-    for t in 0..n {
+    let work = n * h * len * (d.nope + d.rope + d.v);
+    // One task per (query token, head): out[(t·h + hh)·v ..][..v].
+    parallel_chunks(&mut out, d.v, work, |i, o| {
+        let (t, hh) = (i / h, i % h);
         let visible = start + t + 1; // causal: keys 0..=position
-        for hh in 0..h {
-            let qh = &q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
-            for u in 0..visible {
-                let k_nope = &kv[u * row + hh * (d.nope + d.v)..][..d.nope];
-                let k_pe = &cache.row(u)[d.rank..];
-                scores[u] = (dot(&qh[..d.nope], k_nope) + dot(&qh[d.nope..], k_pe)) * d.scale;
-            }
-            softmax_in_place(&mut scores[..visible]);
-            let o = &mut out[(t * h + hh) * d.v..][..d.v];
-            for u in 0..visible {
-                let v = &kv[u * row + hh * (d.nope + d.v) + d.nope..][..d.v];
-                let p = scores[u];
-                for j in 0..d.v {
-                    o[j] += p * v[j];
-                }
+        let qh = &q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
+        let mut scores = vec![0.0f32; visible];
+        for (u, s) in scores.iter_mut().enumerate() {
+            let k_nope = &kv[u * row + hh * (d.nope + d.v)..][..d.nope];
+            let k_pe = &cache.row(u)[d.rank..];
+            *s = (dot(&qh[..d.nope], k_nope) + dot(&qh[d.nope..], k_pe)) * d.scale;
+        }
+        softmax_in_place(&mut scores);
+        for (u, &p) in scores.iter().enumerate() {
+            let v = &kv[u * row + hh * (d.nope + d.v) + d.nope..][..d.v];
+            for j in 0..d.v {
+                o[j] += p * v[j];
             }
         }
-    }
+    });
     out
 }
 
@@ -116,39 +115,35 @@ pub(crate) fn mla_absorbed(q: &[f32], cache: &LayerView<'_>, kv_b: &Mat, d: &Mla
     let len = cache.len;
     let start = len - n;
     let mut out = vec![0.0f32; n * h * d.v];
-    let mut q_lat = vec![0.0f32; d.rank];
-    let mut o_lat = vec![0.0f32; d.rank];
-    let mut scores = vec![0.0f32; len];
-    for t in 0..n {
+    let work = n * h * (len * (2 * d.rank + d.rope) + d.rank * (d.nope + d.v));
+    // One task per (query token, head).
+    parallel_chunks(&mut out, d.v, work, |i, o| {
+        let (t, hh) = (i / h, i % h);
         let visible = start + t + 1;
-        for hh in 0..h {
-            let qh = &q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
-            let base = hh * (d.nope + d.v);
-            // q_lat = Σ_d q_nope[d] · W_UK[h, d, :]
-            q_lat.fill(0.0);
-            for (dd, &qv) in qh[..d.nope].iter().enumerate() {
-                for (a, &w) in q_lat.iter_mut().zip(kv_b.row(base + dd)) {
-                    *a += qv * w;
-                }
-            }
-            for u in 0..visible {
-                let row = cache.row(u);
-                scores[u] =
-                    (dot(&q_lat, &row[..d.rank]) + dot(&qh[d.nope..], &row[d.rank..])) * d.scale;
-            }
-            softmax_in_place(&mut scores[..visible]);
-            o_lat.fill(0.0);
-            for u in 0..visible {
-                let p = scores[u];
-                for (a, &c) in o_lat.iter_mut().zip(&cache.row(u)[..d.rank]) {
-                    *a += p * c;
-                }
-            }
-            let o = &mut out[(t * h + hh) * d.v..][..d.v];
-            for j in 0..d.v {
-                o[j] = dot(kv_b.row(base + d.nope + j), &o_lat);
+        let qh = &q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
+        let base = hh * (d.nope + d.v);
+        // q_lat = Σ_d q_nope[d] · W_UK[h, d, :]
+        let mut q_lat = vec![0.0f32; d.rank];
+        for (dd, &qv) in qh[..d.nope].iter().enumerate() {
+            for (a, &w) in q_lat.iter_mut().zip(kv_b.row(base + dd)) {
+                *a += qv * w;
             }
         }
-    }
+        let mut scores = vec![0.0f32; visible];
+        for (u, s) in scores.iter_mut().enumerate() {
+            let row = cache.row(u);
+            *s = (dot(&q_lat, &row[..d.rank]) + dot(&qh[d.nope..], &row[d.rank..])) * d.scale;
+        }
+        softmax_in_place(&mut scores);
+        let mut o_lat = vec![0.0f32; d.rank];
+        for (u, &p) in scores.iter().enumerate() {
+            for (a, &c) in o_lat.iter_mut().zip(&cache.row(u)[..d.rank]) {
+                *a += p * c;
+            }
+        }
+        for j in 0..d.v {
+            o[j] = dot(kv_b.row(base + d.nope + j), &o_lat);
+        }
+    });
     out
 }
