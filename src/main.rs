@@ -507,17 +507,33 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         c.vocab_size,
         c.max_position_embeddings
     );
-    println!(
-        "attention:    MLA, q_lora_rank {}, kv_lora_rank {}, qk_nope {}, qk_rope {}, v_head {}, softmax scale {:.8}",
-        c.q_lora_rank.map_or("none".to_string(), |r| r.to_string()),
-        c.kv_lora_rank,
-        c.qk_nope_head_dim,
-        c.qk_rope_head_dim,
-        c.v_head_dim,
-        c.softmax_scale()
-    );
+    if c.model_type.is_mla() {
+        println!(
+            "attention:    MLA, q_lora_rank {}, kv_lora_rank {}, qk_nope {}, qk_rope {}, v_head {}, softmax scale {:.8}",
+            c.q_lora_rank.map_or("none".to_string(), |r| r.to_string()),
+            c.kv_lora_rank,
+            c.qk_nope_head_dim,
+            c.qk_rope_head_dim,
+            c.v_head_dim,
+            c.softmax_scale()
+        );
+    } else {
+        println!(
+            "attention:    GQA, {} query / {} KV heads of {}, biases q/k/v {} o {}, sliding window {}",
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+            c.qkv_bias,
+            c.o_bias,
+            c.sliding_window.as_ref().map_or("none".to_string(), |w| format!(
+                "{} on {} layers",
+                w.size,
+                w.layers.iter().filter(|&&s| s).count()
+            ))
+        );
+    }
     match &c.rope_scaling {
-        Some(y) => println!(
+        Some(moela_model::RopeScaling::Yarn(y)) => println!(
             "rope:         theta {}, YaRN factor {} (orig {}), beta {}/{}, mscale {}/{}",
             c.rope_theta,
             y.factor,
@@ -526,6 +542,25 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
             y.beta_slow,
             y.mscale,
             y.mscale_all_dim
+        ),
+        Some(moela_model::RopeScaling::Llama3(l)) => println!(
+            "rope:         theta {}, Llama-3 factor {} (orig {}), low/high freq factors {}/{}",
+            c.rope_theta,
+            l.factor,
+            l.original_max_position_embeddings,
+            l.low_freq_factor,
+            l.high_freq_factor
+        ),
+        Some(moela_model::RopeScaling::Linear { factor }) => {
+            println!(
+                "rope:         theta {}, linear factor {factor}",
+                c.rope_theta
+            )
+        }
+        Some(moela_model::RopeScaling::FreqFactors(v)) => println!(
+            "rope:         theta {}, {} per-frequency factors (GGUF rope_freqs)",
+            c.rope_theta,
+            v.len()
         ),
         None => println!("rope:         theta {}, no scaling", c.rope_theta),
     }
@@ -563,16 +598,23 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     println!("tensors:      {}", list.join(", "));
     println!("file size:    {}", bytes(ck.file_bytes()));
     // Weights are used in place from the mapped file; kv_b_proj is also kept as f32 per layer.
-    let kv_b = c.num_hidden_layers
-        * c.num_attention_heads
-        * (c.qk_nope_head_dim + c.v_head_dim)
-        * c.kv_lora_rank
-        * 4;
-    println!(
-        "memory:       {} mapped weights + {} f32 kv_b_proj (+ KV cache)",
-        bytes(ck.file_bytes()),
-        bytes(kv_b as u64)
-    );
+    if c.model_type.is_mla() {
+        let kv_b = c.num_hidden_layers
+            * c.num_attention_heads
+            * (c.qk_nope_head_dim + c.v_head_dim)
+            * c.kv_lora_rank
+            * 4;
+        println!(
+            "memory:       {} mapped weights + {} f32 kv_b_proj (+ KV cache)",
+            bytes(ck.file_bytes()),
+            bytes(kv_b as u64)
+        );
+    } else {
+        println!(
+            "memory:       {} mapped weights (+ KV cache)",
+            bytes(ck.file_bytes())
+        );
+    }
     let kv = c.num_hidden_layers * c.latent_dim();
     println!(
         "KV cache:     {} values/token ({} layers × {}): {} B/token as f32",
@@ -660,6 +702,13 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
 
 fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     let files = ModelFiles::open(&a.model)?;
+    if !files.config().model_type.is_mla() {
+        bail!(
+            "moela quantize writes DeepSeek (deepseek2) GGUF files only; {} is a {} model (use --quant to quantize it while loading)",
+            a.model.display(),
+            files.config().model_type.as_str()
+        );
+    }
     let (tok, tok_cfg) = match &files {
         ModelFiles::Hf(_) => {
             let read = |f: &str| {

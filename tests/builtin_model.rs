@@ -19,7 +19,11 @@ fn golden() -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn greedy(m: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
@@ -27,8 +31,15 @@ fn greedy(m: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut next = prompt.to_vec();
     let mut out = Vec::new();
     while out.len() < n {
-        let mut s = [SeqInput { tokens: &next, cache: &mut cache, logits: Logits::Last }];
-        let logits = m.forward(&mut s, &ForwardOptions::default()).unwrap().remove(0);
+        let mut s = [SeqInput {
+            tokens: &next,
+            cache: &mut cache,
+            logits: Logits::Last,
+        }];
+        let logits = m
+            .forward(&mut s, &ForwardOptions::default())
+            .unwrap()
+            .remove(0);
         let t = argmax(&logits);
         out.push(t);
         next = vec![t];
@@ -45,7 +56,10 @@ fn builtin_model_matches_the_reference() {
     // The chat prompt renders and tokenizes exactly as the reference did.
     let user = "Write a Python function that reverses a string.";
     let msgs = [ChatMessage::new(Role::User, user)];
-    let opts = RenderOptions { add_generation_prompt: true, ..Default::default() };
+    let opts = RenderOptions {
+        add_generation_prompt: true,
+        ..Default::default()
+    };
     let p = tok.apply_chat_template(&msgs, &opts).unwrap();
     assert_eq!(p.text, g["prompt_text"].as_str().unwrap());
     assert_eq!(p.ids, ids(&g["prompt_ids"]));
@@ -55,15 +69,29 @@ fn builtin_model_matches_the_reference() {
     assert_eq!(greedy(&model, &p.ids, want.len()), want);
     for s in g["samples"].as_array().unwrap() {
         let want = ids(&s["greedy_tokens"]);
-        assert_eq!(greedy(&model, &ids(&s["prompt_ids"]), want.len()), want, "{}", s["prompt_text"]);
+        assert_eq!(
+            greedy(&model, &ids(&s["prompt_ids"]), want.len()),
+            want,
+            "{}",
+            s["prompt_text"]
+        );
     }
 
     // Held-out per-token NLL equals the reference's.
     let text = std::fs::read_to_string(dir().join("heldout.txt")).unwrap();
     let tokens = tok.encode(&text, true).unwrap();
     let nll = perplexity(&model, &tokens, model.config.max_position_embeddings).unwrap();
-    let want: Vec<f64> = g["heldout_nll"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let want: Vec<f64> = g["heldout_nll"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     assert_eq!(nll.len(), want.len());
-    let err = nll.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let err = nll
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
     assert!(err < 1e-4, "max |ΔNLL| = {err}");
 }

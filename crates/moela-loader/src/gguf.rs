@@ -1,6 +1,7 @@
 //! GGUF files (llama.cpp's single-file format): a reader, a streaming writer, and the
-//! `deepseek2` specifics (HF config.json and tokenizer.json rebuilt from metadata, the tensor
-//! name table, the `kv_b_proj` ↔ `attn_k_b`/`attn_v_b` layout rule).
+//! architecture specifics — `deepseek2`, `qwen2` and `llama` (HF config.json and tokenizer.json
+//! rebuilt from metadata, the tensor name table, the `kv_b_proj` ↔ `attn_k_b`/`attn_v_b` layout
+//! rule, the `llama` RoPE row permutation).
 //!
 //! Layout of a GGUF v2/v3 file (all little-endian):
 //! ```text
@@ -17,6 +18,7 @@
 //! table can be listed, but reading its bytes is an error.
 
 mod deepseek2;
+mod dense;
 mod names;
 mod reader;
 mod tokenizer;
@@ -26,9 +28,11 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use deepseek2::{deepseek2_config_json, is_deepseek_v3};
+pub use dense::{dense_config_json, DENSE_ARCHITECTURES};
 pub use names::{
-    gguf_name_to_hf, hf_name_to_gguf, kv_b_from_split, split_kv_b, ExpertProj, GgufTarget, HfName,
-    KvBDims, NameRule, RuleKind, GLOBAL_NAMES, LAYER_NAMES,
+    gguf_name_to_hf, hf_name_to_gguf, kv_b_from_split, permute_rope_rows, rope_permuted,
+    split_kv_b, unpermute_rope_rows, ExpertProj, GgufTarget, HfName, KvBDims, NameRule, RopeHeads,
+    RuleKind, GLOBAL_NAMES, LAYER_NAMES, ROPE_PERMUTED,
 };
 pub use reader::{GgufFile, GgufTensorInfo};
 pub use tokenizer::{

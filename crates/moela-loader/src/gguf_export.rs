@@ -98,7 +98,7 @@ fn write_metadata(w: &mut GgufWriter, c: &Config, name: &str) -> Result<(), Gguf
             w.add_u32(k("expert_group_used_count"), c.topk_group as u32)?;
         }
     }
-    if let Some(y) = &c.rope_scaling {
+    if let Some(y) = c.yarn() {
         w.add_string(k("rope.scaling.type"), "yarn")?;
         w.add_f32(k("rope.scaling.factor"), y.factor as f32)?;
         w.add_u32(
@@ -124,6 +124,15 @@ pub fn export_deepseek2(
     out: &Path,
 ) -> Result<(), LoadError> {
     let c = &model.config;
+    if !c.model_type.is_mla() {
+        return Err(LoadError::file(
+            out,
+            format!(
+                "GGUF export writes DeepSeek (deepseek2) models only; this is a {} model",
+                c.model_type.as_str()
+            ),
+        ));
+    }
     if c.moe_layer_freq != 1 {
         return Err(LoadError::file(
             out,

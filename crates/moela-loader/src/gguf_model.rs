@@ -1,23 +1,27 @@
-//! A `deepseek2` GGUF file as a model: config from its metadata, weights mapped without
-//! copying (quantized blocks stay quantized), tokenizer rebuilt from `tokenizer.ggml.*`.
+//! A `deepseek2`, `qwen2` or `llama` GGUF file as a model: config from its metadata, weights
+//! mapped without copying (quantized blocks stay quantized; `llama` q/k rows are un-permuted
+//! into an owned copy), tokenizer rebuilt from `tokenizer.ggml.*`.
 
 use std::path::{Path, PathBuf};
 
 use moela_kernels::{DType, Mat, QMat, Storage};
-use moela_model::{Config, Model, ModelError, WeightSource};
+use moela_model::{Config, Model, ModelError, RopeScaling, WeightSource};
 
 use crate::error::LoadError;
 use crate::gguf::{
-    deepseek2_config_json, hf_name_to_gguf, kv_b_from_split, tokenizer_json_from_gguf, GgufFile,
-    GgufTarget, KvBDims,
+    deepseek2_config_json, dense_config_json, hf_name_to_gguf, kv_b_from_split, rope_permuted,
+    tokenizer_json_from_gguf, unpermute_rope_rows, GgufFile, GgufTarget, KvBDims, RopeHeads,
+    DENSE_ARCHITECTURES,
 };
 use crate::progress::LoadProgress;
 use crate::safetensors_dir::{requantize, LoadOptions};
 
-/// An opened `deepseek2` GGUF file.
+/// An opened `deepseek2`, `qwen2` or `llama` GGUF file.
 pub struct GgufModel {
     pub path: PathBuf,
     pub file: GgufFile,
+    /// `general.architecture`.
+    pub arch: String,
     pub config: Config,
     pub config_json: serde_json::Value,
 }
@@ -25,21 +29,43 @@ pub struct GgufModel {
 impl GgufModel {
     pub fn open(path: &Path) -> Result<GgufModel, LoadError> {
         let file = GgufFile::open(path)?;
-        let arch = file.architecture()?;
-        if arch != "deepseek2" {
-            return Err(LoadError::file(
-                path,
-                format!("GGUF architecture {arch:?} is not supported (expected deepseek2)"),
-            ));
-        }
-        let config_json = deepseek2_config_json(&file)?;
-        let config = Config::from_hf_value(&config_json).map_err(|source| LoadError::Model {
+        let arch = file.architecture()?.to_string();
+        let model_err = |source| LoadError::Model {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let (config, config_json) = if arch == "deepseek2" {
+            let json = deepseek2_config_json(&file)?;
+            (Config::from_hf_value(&json).map_err(model_err)?, json)
+        } else if DENSE_ARCHITECTURES.contains(&arch.as_str()) {
+            let json = dense_config_json(&file)?;
+            let mut c = Config::from_hf_value(&json).map_err(model_err)?;
+            // Biases as the file has them (llama.cpp treats each as optional).
+            c.qkv_bias = file.tensor("blk.0.attn_q.bias").is_some();
+            c.o_bias = file.tensor("blk.0.attn_output.bias").is_some();
+            if let Some(factors) = rope_freqs(&file)? {
+                if c.rope_scaling.is_some() {
+                    return Err(LoadError::file(
+                        path,
+                        "both rope.scaling.type and a rope_freqs tensor are present",
+                    ));
+                }
+                c.rope_scaling = Some(RopeScaling::FreqFactors(factors));
+            }
+            c.validate().map_err(model_err)?;
+            (c, json)
+        } else {
+            return Err(LoadError::file(
+                path,
+                format!(
+                    "GGUF architecture {arch:?} is not supported (expected deepseek2, qwen2 or llama)"
+                ),
+            ));
+        };
         Ok(GgufModel {
             path: path.to_path_buf(),
             file,
+            arch,
             config,
             config_json,
         })
@@ -117,6 +143,27 @@ impl GgufModel {
     }
 }
 
+/// `rope_freqs.weight` (Llama-3 RoPE scaling as per-frequency divisors), when present.
+fn rope_freqs(file: &GgufFile) -> Result<Option<Vec<f32>>, LoadError> {
+    let Some(info) = file.tensor("rope_freqs.weight") else {
+        return Ok(None);
+    };
+    let err =
+        |msg: String| LoadError::file(file.path(), format!("tensor `rope_freqs.weight`: {msg}"));
+    let shape = info.shape();
+    let [n] = shape.as_slice() else {
+        return Err(err(format!("expected one dimension, found {shape:?}")));
+    };
+    let n = usize::try_from(*n).map_err(|_| err(format!("length {n} does not fit")))?;
+    let dtype = DType::from_ggml_type(info.ggml_type.0)
+        .ok_or_else(|| err(format!("ggml type {} is not supported", info.ggml_type.0)))?;
+    let range = file.tensor_range(info)?;
+    let storage = Storage::mapped(file.mmap().clone(), range.start, range.end - range.start)
+        .map_err(|e| err(e.to_string()))?;
+    let m = QMat::from_storage(dtype, 1, n, storage, None).map_err(|e| err(e.to_string()))?;
+    Ok(Some(m.to_f32().data))
+}
+
 struct GgufSource<'a> {
     g: &'a GgufModel,
     quant: Option<DType>,
@@ -126,6 +173,30 @@ impl GgufSource<'_> {
     fn target(name: &str) -> Result<GgufTarget, ModelError> {
         hf_name_to_gguf(name)
             .ok_or_else(|| ModelError::MissingTensor(format!("{name} (no GGUF name)")))
+    }
+
+    /// The head count of a tensor whose rows this file stores RoPE-permuted, if it does.
+    fn permuted_heads(&self, gguf_name: &str) -> Option<usize> {
+        rope_permuted(&self.g.arch, gguf_name).map(|h| match h {
+            RopeHeads::Query => self.g.config.num_attention_heads,
+            RopeHeads::KeyValue => self.g.config.num_key_value_heads,
+        })
+    }
+
+    /// `m` with its rows put back in HF order when the file permuted them (a copy; quantized
+    /// rows move as whole blocks).
+    fn unpermute(&self, gguf_name: &str, hf_name: &str, m: QMat) -> Result<QMat, ModelError> {
+        let Some(heads) = self.permuted_heads(gguf_name) else {
+            return Ok(m);
+        };
+        let err = |msg: String| ModelError::Tensor {
+            name: hf_name.to_string(),
+            msg: format!("{msg} (GGUF tensor `{gguf_name}`)"),
+        };
+        let bytes =
+            unpermute_rope_rows(m.bytes(), heads, m.row_bytes()).map_err(|e| err(e.to_string()))?;
+        QMat::from_storage(m.dtype, m.rows, m.cols, Storage::Owned(bytes), None)
+            .map_err(|e| err(e.to_string()))
     }
 }
 
@@ -179,12 +250,23 @@ impl WeightSource for GgufSource<'_> {
                     name: name.into(),
                     msg: e.to_string(),
                 })?;
-                QMat::from_storage(dtype, 1, cols, storage, None).map_err(|e| {
-                    ModelError::Tensor {
+                let v = QMat::from_storage(dtype, 1, cols, storage, None)
+                    .map_err(|e| ModelError::Tensor {
                         name: name.into(),
                         msg: e.to_string(),
+                    })?
+                    .to_f32()
+                    .data;
+                // A permuted bias: its elements are the "rows".
+                return match self.permuted_heads(&g) {
+                    None => Ok(v),
+                    Some(heads) => {
+                        unpermute_rope_rows(&v, heads, 1).map_err(|e| ModelError::Tensor {
+                            name: format!("{name} (GGUF `{g}`)"),
+                            msg: e.to_string(),
+                        })
                     }
-                })?
+                };
             }
             _ => self.matrix(name, rows, cols)?,
         };
@@ -205,7 +287,10 @@ impl WeightSource for GgufSource<'_> {
 
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
         let m = match Self::target(name)? {
-            GgufTarget::Whole(g) => self.g.matrix_at(&g, None, name, rows, cols)?,
+            GgufTarget::Whole(g) => {
+                let m = self.g.matrix_at(&g, None, name, rows, cols)?;
+                self.unpermute(&g, name, m)?
+            }
             GgufTarget::Expert { name: g, expert } => {
                 self.g.matrix_at(&g, Some(expert), name, rows, cols)?
             }

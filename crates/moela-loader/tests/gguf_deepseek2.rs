@@ -220,8 +220,8 @@ fn tokenizer_errors_name_the_key() {
         ),
         (
             "tokenizer.ggml.pre",
-            GgufValue::String("qwen2".into()),
-            "qwen2",
+            GgufValue::String("chatglm-bpe".into()),
+            "chatglm-bpe",
         ),
         (
             "tokenizer.ggml.token_type",

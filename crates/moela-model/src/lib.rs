@@ -1,4 +1,5 @@
-//! The DeepSeek MLA + MoE model: configuration, weights, and the forward pass over a batch.
+//! The models: DeepSeek MLA + MoE, and the dense GQA decoders of the R1 distills (Qwen2,
+//! Llama) — configuration, weights, and the forward pass over a batch.
 //!
 //! Shape comments list dimensions outermost first; a linear weight is `[out, in]` and
 //! `y = x · Wᵀ`. This crate never reads files: weights arrive through [`WeightSource`].
@@ -6,6 +7,7 @@
 pub mod attention;
 pub mod cache;
 pub mod config;
+mod dense;
 pub mod error;
 pub mod model;
 pub mod moe;
@@ -14,7 +16,9 @@ pub mod weights;
 
 pub use attention::AttentionMode;
 pub use cache::{KvPool, PoolStats, SeqCache, DEFAULT_BLOCK_TOKENS};
-pub use config::{Config, ModelType, ScoringFunc, TopkMethod, Yarn};
+pub use config::{
+    Config, Llama3Rope, ModelType, RopeScaling, ScoringFunc, SlidingWindow, TopkMethod, Yarn,
+};
 pub use error::ModelError;
 pub use model::{ForwardOptions, Logits, Model, SeqInput, Trace};
 pub use weights::{TensorRef, WeightSource};

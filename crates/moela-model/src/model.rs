@@ -1,4 +1,10 @@
 //! The forward pass over a batch of sequences (many new tokens × many sequences).
+//!
+//! One pre-norm decoder loop serves every architecture family: embed, then per layer
+//! `h += attn(norm(h))` and `h += ffn(norm(h))` (SwiGLU or MoE), then the final norm and head.
+//! The families differ only in a layer's attention, which implements [`Attend`]: MLA over the
+//! latent cache here (DeepSeek), grouped-query attention over per-head K/V in `dense.rs`
+//! (Qwen2, Llama).
 
 use moela_kernels::{add_in_place, rms_norm, rms_norm_in_place, QMat};
 
@@ -10,7 +16,7 @@ use crate::config::Config;
 use crate::error::ModelError;
 use crate::moe::{mlp_forward, moe_forward};
 use crate::rope::Rope;
-use crate::weights::{Ffn, Layer, QProj, WeightSource, Weights};
+use crate::weights::{Ffn, LayerAttention, MlaAttention, QProj, WeightSource, Weights};
 
 /// Which logits a sequence wants back from a forward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +45,46 @@ pub struct ForwardOptions {
 /// Named intermediate activations, recorded when a trace is passed to [`Model::forward_traced`].
 pub type Trace = Vec<(String, Vec<f32>)>;
 
-/// A loaded DeepSeek MLA + MoE model.
+/// What a layer's attention sees of the step being computed.
+pub(crate) struct Step<'a> {
+    /// The layer index (which rows of the cache are this layer's).
+    pub layer: usize,
+    pub config: &'a Config,
+    pub rope: &'a Rope,
+    /// The position of every new token row (all sequences concatenated).
+    pub positions: &'a [usize],
+    pub opts: &'a ForwardOptions,
+}
+
+/// A layer's attention in one architecture family: normalized rows `x` (`[T, hidden]`, the new
+/// tokens of every sequence in `batch`, concatenated) → `[T, hidden]`. Writes this layer's
+/// cache rows for the new tokens (`Config::latent_dim` values each) before attending.
+pub(crate) trait Attend {
+    fn attend(
+        &self,
+        step: &Step<'_>,
+        x: &[f32],
+        batch: &[SeqInput<'_>],
+        cache: &mut BatchCache<'_>,
+    ) -> Vec<f32>;
+}
+
+impl Attend for LayerAttention {
+    fn attend(
+        &self,
+        step: &Step<'_>,
+        x: &[f32],
+        batch: &[SeqInput<'_>],
+        cache: &mut BatchCache<'_>,
+    ) -> Vec<f32> {
+        match self {
+            LayerAttention::Mla(a) => a.attend(step, x, batch, cache),
+            LayerAttention::Gqa(a) => a.attend(step, x, batch, cache),
+        }
+    }
+}
+
+/// A loaded model: DeepSeek MLA + MoE, or a dense GQA decoder (Qwen2, Llama).
 pub struct Model {
     pub config: Config,
     pub weights: Weights,
@@ -93,18 +138,6 @@ impl Model {
             max_blocks,
             prefix_caching,
         )
-    }
-
-    fn mla_dims(&self) -> MlaDims {
-        let c = &self.config;
-        MlaDims {
-            heads: c.num_attention_heads,
-            nope: c.qk_nope_head_dim,
-            rope: c.qk_rope_head_dim,
-            v: c.v_head_dim,
-            rank: c.kv_lora_rank,
-            scale: c.softmax_scale(),
-        }
     }
 
     /// Runs the new tokens of every sequence through the model, appends them to the caches and
@@ -168,10 +201,21 @@ impl Model {
             }
         };
         record("embed".into(), &h);
+        let positions: Vec<usize> = batch
+            .iter()
+            .flat_map(|s| s.cache.len()..s.cache.len() + s.tokens.len())
+            .collect();
         let mut x = vec![0.0f32; n_tok * d];
         for (l, layer) in self.weights.layers.iter().enumerate() {
             rms_norm(&h, &layer.attn_norm, c.rms_norm_eps, &mut x);
-            let o = self.attention(l, layer, &x, batch, &mut kv, opts);
+            let step = Step {
+                layer: l,
+                config: c,
+                rope: &self.rope,
+                positions: &positions,
+                opts,
+            };
+            let o = layer.attn.attend(&step, &x, batch, &mut kv);
             add_in_place(&mut h, &o);
             rms_norm(&h, &layer.ffn_norm, c.rms_norm_eps, &mut x);
             let f = match &layer.ffn {
@@ -203,24 +247,28 @@ impl Model {
         }
         Ok(out)
     }
+}
 
-    /// MLA for all token rows `x` (`[T, hidden]`, already normalized); appends to the caches.
-    fn attention(
+impl Attend for MlaAttention {
+    /// MLA for all token rows `x`; caches the normalized latent and the rotated rope key.
+    fn attend(
         &self,
-        l: usize,
-        layer: &Layer,
+        step: &Step<'_>,
         x: &[f32],
         batch: &[SeqInput<'_>],
         cache: &mut BatchCache<'_>,
-        opts: &ForwardOptions,
     ) -> Vec<f32> {
-        let c = &self.config;
-        let a = &layer.attn;
-        let positions: Vec<usize> = batch
-            .iter()
-            .flat_map(|s| s.cache.len()..s.cache.len() + s.tokens.len())
-            .collect();
-        let dims = self.mla_dims();
+        let c = step.config;
+        let a = self;
+        let positions = step.positions;
+        let dims = MlaDims {
+            heads: c.num_attention_heads,
+            nope: c.qk_nope_head_dim,
+            rope: c.qk_rope_head_dim,
+            v: c.v_head_dim,
+            rank: c.kv_lora_rank,
+            scale: c.softmax_scale(),
+        };
         let (h, qk, r, dr) = (
             c.num_attention_heads,
             c.qk_head_dim(),
@@ -242,20 +290,20 @@ impl Model {
         for (t, &pos) in positions.iter().enumerate() {
             let row = &mut rows[t * lat..(t + 1) * lat];
             rms_norm_in_place(&mut row[..r], &a.kv_a_norm, c.rms_norm_eps);
-            self.rope.apply(&mut row[r..], pos);
+            step.rope.apply(&mut row[r..], pos);
             for hh in 0..h {
                 let qh = &mut q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
-                self.rope.apply(&mut qh[c.qk_nope_head_dim..], pos);
+                step.rope.apply(&mut qh[c.qk_nope_head_dim..], pos);
             }
         }
         let mut o = Vec::with_capacity(positions.len() * h * c.v_head_dim);
         let mut t0 = 0;
         for s in batch.iter() {
             let n = s.tokens.len();
-            cache.write(s.cache, l, &rows[t0 * lat..(t0 + n) * lat]);
+            cache.write(s.cache, step.layer, &rows[t0 * lat..(t0 + n) * lat]);
             let qs = &q[t0 * h * qk..(t0 + n) * h * qk];
-            let view = cache.view(s.cache, l, s.cache.len() + n);
-            o.extend(mla(qs, &view, &a.kv_b, &dims, opts.attention));
+            let view = cache.view(s.cache, step.layer, s.cache.len() + n);
+            o.extend(mla(qs, &view, &a.kv_b, &dims, step.opts.attention));
             t0 += n;
         }
         a.o.forward(&o)

@@ -69,8 +69,9 @@ pub fn route(cfg: &Config, logits: &[f32], bias: Option<&[f32]>) -> Route {
                 .iter_mut()
                 .for_each(|w| *w *= cfg.routed_scaling_factor);
         }
-        // DeepSeek-V2: normalize when asked and k > 1, otherwise scale.
-        ModelType::DeepseekV2 => {
+        // DeepSeek-V2: normalize when asked and k > 1, otherwise scale. (Dense model types
+        // have no router.)
+        _ => {
             if cfg.norm_topk_prob && k > 1 {
                 let s = sum();
                 weights.iter_mut().for_each(|w| *w /= s);

@@ -1,8 +1,10 @@
-//! Rotary position embedding in DeepSeek's interleaved-pair layout, with YaRN.
+//! Rotary position embedding in both layouts the supported families use: DeepSeek's
+//! interleaved pairs with YaRN (MLA models), and the rotate-half (NeoX) layout of Qwen2 and
+//! Llama with Llama-3, linear or per-frequency scaling (dense models).
 
-use crate::config::{yarn_get_mscale, Config};
+use crate::config::{yarn_get_mscale, Config, Llama3Rope, RopeScaling};
 
-/// Precomputed inverse frequencies and cos/sin amplitude for `qk_rope_head_dim`.
+/// Precomputed inverse frequencies and cos/sin amplitude for one rotated head.
 #[derive(Clone, Debug)]
 pub struct Rope {
     /// `[dim / 2]` — rotation speed of pair i.
@@ -11,15 +13,52 @@ pub struct Rope {
     amplitude: f32,
 }
 
+/// `base^(-2i/dim)` for each pair i (computed in f64, as the reference forms it in f32 from
+/// the same formula).
+fn plain_inv_freq(dim: usize, base: f64) -> Vec<f64> {
+    (0..dim / 2)
+        .map(|i| 1.0 / base.powf((2 * i) as f64 / dim as f64))
+        .collect()
+}
+
+/// Llama 3.1's rescaling (transformers `_compute_llama3_parameters`): long wavelengths are
+/// divided by `factor`, short ones kept, the band between blended linearly in `orig / wavelen`.
+fn llama3_inv_freq(plain: &[f64], l: &Llama3Rope) -> Vec<f64> {
+    let orig = l.original_max_position_embeddings as f64;
+    let low_wavelen = orig / l.low_freq_factor;
+    let high_wavelen = orig / l.high_freq_factor;
+    plain
+        .iter()
+        .map(|&f| {
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            if wavelen > low_wavelen {
+                f / l.factor
+            } else if wavelen < high_wavelen {
+                f
+            } else {
+                let smooth =
+                    (orig / wavelen - l.low_freq_factor) / (l.high_freq_factor - l.low_freq_factor);
+                (1.0 - smooth) * f / l.factor + smooth * f
+            }
+        })
+        .collect()
+}
+
 impl Rope {
+    /// The rotation of `cfg`'s model: `qk_rope_head_dim` wide for MLA, `head_dim` for dense.
     pub fn new(cfg: &Config) -> Rope {
+        if cfg.model_type.is_mla() {
+            Rope::mla(cfg)
+        } else {
+            Rope::dense(cfg)
+        }
+    }
+
+    fn mla(cfg: &Config) -> Rope {
         let dim = cfg.qk_rope_head_dim;
         let base = cfg.rope_theta;
-        let half = dim / 2;
-        let plain: Vec<f64> = (0..half)
-            .map(|i| 1.0 / base.powf((2 * i) as f64 / dim as f64))
-            .collect();
-        let Some(y) = &cfg.rope_scaling else {
+        let plain = plain_inv_freq(dim, base);
+        let Some(y) = cfg.yarn() else {
             return Rope {
                 inv_freq: plain.iter().map(|&v| v as f32).collect(),
                 amplitude: 1.0,
@@ -53,16 +92,53 @@ impl Rope {
         }
     }
 
-    /// Rotates each pair `(x[2i], x[2i+1])` of one `dim`-vector at position `pos`.
+    fn dense(cfg: &Config) -> Rope {
+        let plain = plain_inv_freq(cfg.head_dim, cfg.rope_theta);
+        let inv: Vec<f64> = match &cfg.rope_scaling {
+            None | Some(RopeScaling::Yarn(_)) => plain,
+            Some(RopeScaling::Linear { factor }) => plain.iter().map(|f| f / factor).collect(),
+            Some(RopeScaling::Llama3(l)) => llama3_inv_freq(&plain, l),
+            // llama.cpp: theta_i = pos · base^(-2i/d) / rope_freqs[i].
+            Some(RopeScaling::FreqFactors(v)) => plain
+                .iter()
+                .zip(v.iter().chain(std::iter::repeat(&1.0)))
+                .map(|(f, &d)| f / d as f64)
+                .collect(),
+        };
+        Rope {
+            inv_freq: inv.iter().map(|&v| v as f32).collect(),
+            amplitude: 1.0,
+        }
+    }
+
+    /// `(cos, sin)` of pair `i` at `pos`, times the amplitude. The angle is formed in f32 as
+    /// the reference does, then evaluated precisely.
+    #[inline]
+    fn cos_sin(&self, f: f32, pos: usize) -> (f32, f32) {
+        let angle = (f * pos as f32) as f64;
+        let (s, c) = angle.sin_cos();
+        (c as f32 * self.amplitude, s as f32 * self.amplitude)
+    }
+
+    /// Rotates each pair `(x[2i], x[2i+1])` of one `dim`-vector at position `pos` (DeepSeek).
     pub fn apply(&self, x: &mut [f32], pos: usize) {
         for (i, &f) in self.inv_freq.iter().enumerate() {
-            // The angle is formed in f32 as the reference does, then evaluated precisely.
-            let angle = (f * pos as f32) as f64;
-            let (s, c) = angle.sin_cos();
-            let (s, c) = (s as f32 * self.amplitude, c as f32 * self.amplitude);
+            let (c, s) = self.cos_sin(f, pos);
             let (a, b) = (x[2 * i], x[2 * i + 1]);
             x[2 * i] = a * c - b * s;
             x[2 * i + 1] = a * s + b * c;
+        }
+    }
+
+    /// Rotates each pair `(x[i], x[i + dim/2])` of one `dim`-vector at position `pos`: the
+    /// rotate-half layout of Qwen2 and Llama (`x·cos + rotate_half(x)·sin`).
+    pub fn apply_half(&self, x: &mut [f32], pos: usize) {
+        let half = self.inv_freq.len();
+        for (i, &f) in self.inv_freq.iter().enumerate() {
+            let (c, s) = self.cos_sin(f, pos);
+            let (a, b) = (x[i], x[i + half]);
+            x[i] = a * c - b * s;
+            x[i + half] = b * c + a * s;
         }
     }
 

@@ -44,9 +44,9 @@ pub enum QProj {
     },
 }
 
-/// Multi-head latent attention weights.
+/// Multi-head latent attention weights (DeepSeek).
 #[derive(Clone, Debug)]
-pub struct Attention {
+pub struct MlaAttention {
     pub q: QProj,
     /// `[kv_lora_rank + qk_rope_head_dim, hidden]`: rows 0..r give the latent, the rest the rope key.
     pub kv_a: QMat,
@@ -72,10 +72,31 @@ pub enum Ffn {
     Moe(Moe),
 }
 
+/// Grouped-query attention weights (Qwen2, Llama): `heads` query heads share
+/// `kv_heads` key/value heads, `head_dim` wide each.
+#[derive(Clone, Debug)]
+pub struct GqaAttention {
+    pub q: QMat,                  // [heads·head_dim, hidden]
+    pub k: QMat,                  // [kv_heads·head_dim, hidden]
+    pub v: QMat,                  // [kv_heads·head_dim, hidden]
+    pub o: QMat,                  // [hidden, heads·head_dim]
+    pub q_bias: Option<Vec<f32>>, // [heads·head_dim]
+    pub k_bias: Option<Vec<f32>>, // [kv_heads·head_dim]
+    pub v_bias: Option<Vec<f32>>, // [kv_heads·head_dim]
+    pub o_bias: Option<Vec<f32>>, // [hidden]
+}
+
+/// A layer's attention: the one part in which the architecture families differ.
+#[derive(Clone, Debug)]
+pub enum LayerAttention {
+    Mla(MlaAttention),
+    Gqa(GqaAttention),
+}
+
 #[derive(Clone, Debug)]
 pub struct Layer {
     pub attn_norm: Vec<f32>, // [hidden]
-    pub attn: Attention,
+    pub attn: LayerAttention,
     pub ffn_norm: Vec<f32>, // [hidden]
     pub ffn: Ffn,
 }
@@ -119,6 +140,76 @@ impl Req<'_> {
             msg: e.to_string(),
         })
     }
+    /// An optional bias: present when the config says so (then required).
+    fn bias(&mut self, on: bool, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
+        if on {
+            self.vec(name, len).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+    /// MLA weights of the layer at `p` (`model.layers.{l}`).
+    fn mla(&mut self, cfg: &Config, p: &str) -> Result<MlaAttention, ModelError> {
+        let d = cfg.hidden_size;
+        let h = cfg.num_attention_heads;
+        let q = match cfg.q_lora_rank {
+            None => QProj::Direct(self.mat(
+                &format!("{p}.self_attn.q_proj.weight"),
+                h * cfg.qk_head_dim(),
+                d,
+            )?),
+            Some(rq) => QProj::LowRank {
+                a: self.mat(&format!("{p}.self_attn.q_a_proj.weight"), rq, d)?,
+                norm: self.vec(&format!("{p}.self_attn.q_a_layernorm.weight"), rq)?,
+                b: self.mat(
+                    &format!("{p}.self_attn.q_b_proj.weight"),
+                    h * cfg.qk_head_dim(),
+                    rq,
+                )?,
+            },
+        };
+        Ok(MlaAttention {
+            q,
+            kv_a: self.mat(
+                &format!("{p}.self_attn.kv_a_proj_with_mqa.weight"),
+                cfg.latent_dim(),
+                d,
+            )?,
+            kv_a_norm: self.vec(
+                &format!("{p}.self_attn.kv_a_layernorm.weight"),
+                cfg.kv_lora_rank,
+            )?,
+            kv_b: self
+                .mat(
+                    &format!("{p}.self_attn.kv_b_proj.weight"),
+                    h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
+                    cfg.kv_lora_rank,
+                )?
+                .to_f32(),
+            o: self.mat(
+                &format!("{p}.self_attn.o_proj.weight"),
+                d,
+                h * cfg.v_head_dim,
+            )?,
+        })
+    }
+    /// GQA weights (and biases the config calls for) of the layer at `p`.
+    fn gqa(&mut self, cfg: &Config, p: &str) -> Result<GqaAttention, ModelError> {
+        let d = cfg.hidden_size;
+        let q_rows = cfg.num_attention_heads * cfg.head_dim;
+        let kv_rows = cfg.num_key_value_heads * cfg.head_dim;
+        let a = format!("{p}.self_attn");
+        Ok(GqaAttention {
+            q: self.mat(&format!("{a}.q_proj.weight"), q_rows, d)?,
+            k: self.mat(&format!("{a}.k_proj.weight"), kv_rows, d)?,
+            v: self.mat(&format!("{a}.v_proj.weight"), kv_rows, d)?,
+            o: self.mat(&format!("{a}.o_proj.weight"), d, q_rows)?,
+            q_bias: self.bias(cfg.qkv_bias, &format!("{a}.q_proj.bias"), q_rows)?,
+            k_bias: self.bias(cfg.qkv_bias, &format!("{a}.k_proj.bias"), kv_rows)?,
+            v_bias: self.bias(cfg.qkv_bias, &format!("{a}.v_proj.bias"), kv_rows)?,
+            o_bias: self.bias(cfg.o_bias, &format!("{a}.o_proj.bias"), d)?,
+        })
+    }
     fn mlp(&mut self, prefix: &str, hidden: usize, width: usize) -> Result<Mlp, ModelError> {
         Ok(Mlp {
             gate: self.mat(&format!("{prefix}.gate_proj.weight"), width, hidden)?,
@@ -136,7 +227,6 @@ impl Weights {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Weights, ModelError> {
         let d = cfg.hidden_size;
-        let h = cfg.num_attention_heads;
         let mut req = Req { src };
         let total = cfg.num_hidden_layers + 2;
         let embed = req.mat("model.embed_tokens.weight", cfg.vocab_size, d)?;
@@ -144,45 +234,10 @@ impl Weights {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
-            let q = match cfg.q_lora_rank {
-                None => QProj::Direct(req.mat(
-                    &format!("{p}.self_attn.q_proj.weight"),
-                    h * cfg.qk_head_dim(),
-                    d,
-                )?),
-                Some(rq) => QProj::LowRank {
-                    a: req.mat(&format!("{p}.self_attn.q_a_proj.weight"), rq, d)?,
-                    norm: req.vec(&format!("{p}.self_attn.q_a_layernorm.weight"), rq)?,
-                    b: req.mat(
-                        &format!("{p}.self_attn.q_b_proj.weight"),
-                        h * cfg.qk_head_dim(),
-                        rq,
-                    )?,
-                },
-            };
-            let attn = Attention {
-                q,
-                kv_a: req.mat(
-                    &format!("{p}.self_attn.kv_a_proj_with_mqa.weight"),
-                    cfg.latent_dim(),
-                    d,
-                )?,
-                kv_a_norm: req.vec(
-                    &format!("{p}.self_attn.kv_a_layernorm.weight"),
-                    cfg.kv_lora_rank,
-                )?,
-                kv_b: req
-                    .mat(
-                        &format!("{p}.self_attn.kv_b_proj.weight"),
-                        h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
-                        cfg.kv_lora_rank,
-                    )?
-                    .to_f32(),
-                o: req.mat(
-                    &format!("{p}.self_attn.o_proj.weight"),
-                    d,
-                    h * cfg.v_head_dim,
-                )?,
+            let attn = if cfg.model_type.is_mla() {
+                LayerAttention::Mla(req.mla(cfg, &p)?)
+            } else {
+                LayerAttention::Gqa(req.gqa(cfg, &p)?)
             };
             let ffn = if cfg.is_moe_layer(l) {
                 let e = cfg.n_routed_experts.unwrap_or(0);
@@ -254,13 +309,7 @@ impl Weights {
             v.push((format!("{p}.up_proj.weight"), Matrix(&m.up)));
             v.push((format!("{p}.down_proj.weight"), Matrix(&m.down)));
         }
-        for (l, layer) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{l}");
-            v.push((
-                format!("{p}.input_layernorm.weight"),
-                Vector(&layer.attn_norm),
-            ));
-            let a = &layer.attn;
+        fn mla<'a>(v: &mut Vec<(String, TensorRef<'a>)>, p: &str, a: &'a MlaAttention) {
             match &a.q {
                 QProj::Direct(w) => v.push((format!("{p}.self_attn.q_proj.weight"), Matrix(w))),
                 QProj::LowRank { a: qa, norm, b } => {
@@ -282,6 +331,31 @@ impl Weights {
                 F32Matrix(&a.kv_b),
             ));
             v.push((format!("{p}.self_attn.o_proj.weight"), Matrix(&a.o)));
+        }
+        fn gqa<'a>(v: &mut Vec<(String, TensorRef<'a>)>, p: &str, a: &'a GqaAttention) {
+            let projections = [
+                ("q", &a.q, &a.q_bias),
+                ("k", &a.k, &a.k_bias),
+                ("v", &a.v, &a.v_bias),
+                ("o", &a.o, &a.o_bias),
+            ];
+            for (n, w, b) in projections {
+                v.push((format!("{p}.self_attn.{n}_proj.weight"), Matrix(w)));
+                if let Some(b) = b {
+                    v.push((format!("{p}.self_attn.{n}_proj.bias"), Vector(b)));
+                }
+            }
+        }
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            v.push((
+                format!("{p}.input_layernorm.weight"),
+                Vector(&layer.attn_norm),
+            ));
+            match &layer.attn {
+                LayerAttention::Mla(a) => mla(&mut v, &p, a),
+                LayerAttention::Gqa(a) => gqa(&mut v, &p, a),
+            }
             v.push((
                 format!("{p}.post_attention_layernorm.weight"),
                 Vector(&layer.ffn_norm),

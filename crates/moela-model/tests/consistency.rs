@@ -179,10 +179,10 @@ fn bad_token_id_is_an_error_and_leaves_cache_untouched() {
 
 #[test]
 fn config_errors_name_the_field() {
-    let e = Config::from_hf_json(r#"{"model_type":"llama"}"#)
+    let e = Config::from_hf_json(r#"{"model_type":"mixtral"}"#)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("model_type") && e.contains("llama"), "{e}");
+    assert!(e.contains("model_type") && e.contains("mixtral"), "{e}");
     let e = Config::from_hf_json(r#"{"model_type":"deepseek_v3","vocab_size":10}"#)
         .unwrap_err()
         .to_string();

@@ -1,5 +1,6 @@
-//! The one table mapping `deepseek2` GGUF tensor names to HF checkpoint names, and the layout
-//! rule that relates llama.cpp's split `attn_k_b`/`attn_v_b` to HF's `kv_b_proj`.
+//! The one table mapping GGUF tensor names (`deepseek2`, `qwen2`, `llama`) to HF checkpoint
+//! names, the layout rule that relates llama.cpp's split `attn_k_b`/`attn_v_b` to HF's
+//! `kv_b_proj`, and the per-architecture RoPE row permutation of `llama` files.
 //!
 //! Shapes below are row-major, outermost first (the reverse of ggml's dims). Every weight
 //! except the three special kinds is the HF tensor unchanged: a ggml `{in, out}` tensor is the
@@ -19,6 +20,15 @@
 //!   (llama.cpp `convert_hf_to_gguf.py`, `DeepseekV2Model.modify_tensors`).
 //!   Older files carry the fused `attn_kv_b` instead, which is `kv_b_proj` unchanged.
 //! - **`exp_probs_b.bias`** is `mlp.gate.e_score_correction_bias` [E] (V3 family).
+//!
+//! - **RoPE-permuted rows** ([`ROPE_PERMUTED`]): llama.cpp's converter stores a `llama` file's
+//!   `attn_q`/`attn_k` (weights and biases) with each head's rows reordered from HF's rotate-half
+//!   layout to interleaved pairs (`LlamaModel.permute`: view `[heads, 2, head_dim/2, …]`, swap
+//!   the two middle axes): GGUF row `2i + j` of a head is HF row `j·head_dim/2 + i`. Loading
+//!   undoes it ([`unpermute_rope_rows`]). `qwen2` (NeoX RoPE in llama.cpp) and `deepseek2` files
+//!   keep HF's order.
+//! - **`rope_freqs.weight`** (`llama`, `[head_dim/2]` F32) has no HF tensor: it is Llama-3 RoPE
+//!   scaling as one divisor per frequency, read into the config.
 //!
 //! MTP (`nextn`) names follow llama.cpp's `blk.N.nextn.*` spelling for the extra layer
 //! N = num_hidden_layers; llama.cpp's deepseek2 converter does not export that layer today.
@@ -83,7 +93,13 @@ pub const GLOBAL_NAMES: &[NameRule] = &[
 /// Per-layer tensors (`blk.N.` ↔ `model.layers.N.`).
 pub const LAYER_NAMES: &[NameRule] = &[
     plain("attn_norm.weight", "input_layernorm.weight"),
-    plain("attn_q.weight", "self_attn.q_proj.weight"), // no q-LoRA (V2-Lite)
+    plain("attn_q.weight", "self_attn.q_proj.weight"), // no q-LoRA (V2-Lite); GQA
+    plain("attn_k.weight", "self_attn.k_proj.weight"), // GQA (qwen2, llama)
+    plain("attn_v.weight", "self_attn.v_proj.weight"), // GQA
+    plain("attn_q.bias", "self_attn.q_proj.bias"),     // qwen2; llama attention_bias
+    plain("attn_k.bias", "self_attn.k_proj.bias"),
+    plain("attn_v.bias", "self_attn.v_proj.bias"),
+    plain("attn_output.bias", "self_attn.o_proj.bias"), // llama attention_bias
     plain("attn_q_a.weight", "self_attn.q_a_proj.weight"),
     plain("attn_q_a_norm.weight", "self_attn.q_a_layernorm.weight"),
     plain("attn_q_b.weight", "self_attn.q_b_proj.weight"),
@@ -142,6 +158,92 @@ pub const LAYER_NAMES: &[NameRule] = &[
     plain("nextn.shared_head_norm.weight", "shared_head.norm.weight"),
     plain("nextn.shared_head_head.weight", "shared_head.head.weight"),
 ];
+
+/// Whose heads a RoPE-permuted tensor's rows belong to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeHeads {
+    /// `num_attention_heads` heads (`attn_q`).
+    Query,
+    /// `num_key_value_heads` heads (`attn_k`).
+    KeyValue,
+}
+
+/// `(architecture, per-layer GGUF name, heads)`: tensors stored with each head's rows permuted
+/// to interleaved RoPE pairs (see the module docs).
+pub const ROPE_PERMUTED: &[(&str, &str, RopeHeads)] = &[
+    ("llama", "attn_q.weight", RopeHeads::Query),
+    ("llama", "attn_q.bias", RopeHeads::Query),
+    ("llama", "attn_k.weight", RopeHeads::KeyValue),
+    ("llama", "attn_k.bias", RopeHeads::KeyValue),
+];
+
+/// Whether GGUF tensor `name` (`blk.N.…`) of an `arch` file has RoPE-permuted rows, and whose.
+pub fn rope_permuted(arch: &str, name: &str) -> Option<RopeHeads> {
+    let (_, rest) = split_layer(name, "blk.")?;
+    ROPE_PERMUTED
+        .iter()
+        .find(|(a, g, _)| *a == arch && *g == rest)
+        .map(|&(_, _, h)| h)
+}
+
+/// Checks that `len` rows of `row_len` items split into `n_heads` heads of an even row count;
+/// returns half a head's rows.
+fn rope_half(len: usize, n_heads: usize, row_len: usize) -> Result<usize, GgufError> {
+    let rows = len.checked_div(row_len).unwrap_or(0);
+    let per_head = rows.checked_div(n_heads).unwrap_or(0);
+    if row_len == 0
+        || n_heads == 0
+        || rows * row_len != len
+        || per_head * n_heads != rows
+        || !per_head.is_multiple_of(2)
+    {
+        return Err(GgufError::input(
+            "RoPE row permutation",
+            format!("{len} items are not {n_heads} heads of an even number of {row_len}-item rows"),
+        ));
+    }
+    Ok(per_head / 2)
+}
+
+/// Undoes llama.cpp's `LlamaModel.permute` on `data` (`[n_heads·head_dim, row_len]` row-major,
+/// any element type — f32 values, or the bytes of quantized rows): HF row `j·half + i` of a
+/// head is GGUF row `2i + j`.
+pub fn unpermute_rope_rows<T: Copy>(
+    data: &[T],
+    n_heads: usize,
+    row_len: usize,
+) -> Result<Vec<T>, GgufError> {
+    let half = rope_half(data.len(), n_heads, row_len)?;
+    let mut out = Vec::with_capacity(data.len());
+    for head in data.chunks_exact(2 * half * row_len) {
+        for j in 0..2 {
+            for i in 0..half {
+                let r = 2 * i + j;
+                out.extend_from_slice(&head[r * row_len..(r + 1) * row_len]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The converter's permutation (the inverse of [`unpermute_rope_rows`]).
+pub fn permute_rope_rows<T: Copy>(
+    data: &[T],
+    n_heads: usize,
+    row_len: usize,
+) -> Result<Vec<T>, GgufError> {
+    let half = rope_half(data.len(), n_heads, row_len)?;
+    let mut out = Vec::with_capacity(data.len());
+    for head in data.chunks_exact(2 * half * row_len) {
+        for i in 0..half {
+            for j in 0..2 {
+                let r = j * half + i;
+                out.extend_from_slice(&head[r * row_len..(r + 1) * row_len]);
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// What a GGUF tensor is in HF terms.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -405,6 +507,38 @@ mod tests {
             Some(HfName::Whole(
                 "model.layers.1.mlp.gate.e_score_correction_bias".into()
             ))
+        );
+    }
+
+    #[test]
+    fn rope_permutation_matches_the_converter_rule() {
+        // 2 heads of head_dim 4 (half 2), rows of 3 items; value = 10·row + col.
+        let hf: Vec<u32> = (0..8)
+            .flat_map(|r| (0..3).map(move |c| 10 * r + c))
+            .collect();
+        let g = permute_rope_rows(&hf, 2, 3).unwrap();
+        // LlamaModel.permute: reshape(2, 2, 2, 3).swapaxes(1, 2) → per head rows 0, 2, 1, 3.
+        let rows: Vec<u32> = g.chunks(3).map(|r| r[0] / 10).collect();
+        assert_eq!(rows, [0, 2, 1, 3, 4, 6, 5, 7]);
+        assert_eq!(unpermute_rope_rows(&g, 2, 3).unwrap(), hf);
+        // Biases: rows of one item.
+        let b: Vec<u32> = (0..8).collect();
+        assert_eq!(
+            unpermute_rope_rows(&permute_rope_rows(&b, 2, 1).unwrap(), 2, 1).unwrap(),
+            b
+        );
+        assert!(unpermute_rope_rows(&b, 3, 1).is_err());
+        assert!(unpermute_rope_rows(&b[..6], 2, 1).is_err());
+        assert!(unpermute_rope_rows(&b, 0, 1).is_err());
+        assert_eq!(
+            rope_permuted("llama", "blk.3.attn_k.bias"),
+            Some(RopeHeads::KeyValue)
+        );
+        assert_eq!(rope_permuted("qwen2", "blk.3.attn_k.weight"), None);
+        assert_eq!(rope_permuted("llama", "blk.3.attn_v.weight"), None);
+        assert_eq!(
+            hf_name_to_gguf("model.layers.1.self_attn.o_proj.bias"),
+            Some(GgufTarget::Whole("blk.1.attn_output.bias".into()))
         );
     }
 

@@ -14,6 +14,13 @@
 //!   piece), then `ByteLevel`. llama.cpp writes the digit rule as the regex `\p{N}+`; that
 //!   vocabulary has no multi-digit tokens, so both give the same ids.
 //! - `gpt2`: `ByteLevel` with GPT-2's own regex.
+//! - `qwen2` / `deepseek-r1-qwen` (R1-Distill-Qwen): Qwen2's one `Split` regex (single digits),
+//!   then a regex-less `ByteLevel`; llama.cpp `LLAMA_VOCAB_PRE_TYPE_QWEN2` notes the same
+//!   "original regex from tokenizer.json".
+//! - `llama-bpe` / `llama3` / `llama-v3` (R1-Distill-Llama): Llama 3's `Split` regex (digits
+//!   in runs of up to 3), then `ByteLevel`; llama.cpp `LLAMA_VOCAB_PRE_TYPE_LLAMA3`.
+//!
+//! No normalizer is rebuilt (llama.cpp applies none for these).
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -92,6 +99,12 @@ const DEEPSEEK_LLM_SPLITS: &[&str] = &[
     "[一-龥ࠀ-一가-\u{d7ff}]+",
 ];
 
+/// Qwen2's `Split` regex (its tokenizer.json).
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Llama 3's `Split` regex: Qwen2's with digits grouped by up to three.
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 fn split(regex: &str) -> Value {
     json!({
         "type": "Split",
@@ -124,6 +137,8 @@ pub(crate) fn pre_tokenizer_json(pre: &str) -> Option<Value> {
             Some(seq(items))
         }
         "gpt2" => Some(byte_level(true)),
+        "qwen2" | "deepseek-r1-qwen" => Some(seq(vec![split(QWEN2_SPLIT)])),
+        "llama-bpe" | "llama3" | "llama-v3" => Some(seq(vec![split(LLAMA3_SPLIT)])),
         _ => None,
     }
 }
@@ -216,7 +231,7 @@ pub fn tokenizer_json_from_gguf(f: &GgufFile) -> Result<(String, String), GgufEr
             f,
             KEY_PRE,
             format!(
-                "pre-tokenizer {pre:?} is not one we can rebuild (deepseek-v3, deepseek-llm, gpt2)"
+                "pre-tokenizer {pre:?} is not one we can rebuild (deepseek-v3, deepseek-llm, gpt2, qwen2, deepseek-r1-qwen, llama-bpe)"
             ),
         )
     })?;
@@ -639,5 +654,36 @@ fn merge_string(m: &Value) -> Option<String> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pre_tokenizer_json;
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+
+    fn pieces(pre: &str, text: &str) -> Vec<String> {
+        let v = pre_tokenizer_json(pre).unwrap();
+        let p: tokenizers::PreTokenizerWrapper = serde_json::from_value(v).unwrap();
+        let mut s = PreTokenizedString::from(text);
+        p.pre_tokenize(&mut s).unwrap();
+        s.get_splits(OffsetReferential::Original, OffsetType::Byte)
+            .into_iter()
+            .map(|(piece, _, _)| piece.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn r1_distill_pre_tokenizers_split_digits_their_way() {
+        // Qwen2 (R1-Distill-Qwen): one digit per piece; Llama 3: up to three.
+        assert_eq!(
+            pieces("deepseek-r1-qwen", "I'M 12345 ok"),
+            ["I", "'M", "Ġ", "1", "2", "3", "4", "5", "Ġok"]
+        );
+        assert_eq!(
+            pieces("llama-bpe", "I'M 12345 ok"),
+            ["I", "'M", "Ġ", "123", "45", "Ġok"]
+        );
+        assert_eq!(pieces("qwen2", "a\n\nb"), pieces("llama3", "a\n\nb"));
     }
 }

@@ -1,0 +1,140 @@
+//! Grouped-query attention of the dense decoders (Qwen2, Llama — the R1 distills).
+//!
+//! Per token and layer the cache holds the post-RoPE keys and then the values of every KV
+//! head: `[k: kv_heads·head_dim | v: kv_heads·head_dim]` (`Config::latent_dim`). Query head
+//! `h` reads KV head `h / (heads / kv_heads)` (transformers' `repeat_kv`). RoPE is the
+//! rotate-half layout; Qwen2's sliding window limits a layer to its last `window` keys.
+
+use moela_kernels::ops::dot;
+use moela_kernels::{add_in_place, parallel_chunks, softmax_in_place, QMat};
+
+use crate::cache::{BatchCache, LayerView};
+use crate::model::{Attend, SeqInput, Step};
+use crate::weights::GqaAttention;
+
+/// `y[t, :] += b` for every row of `y` (`[n, b.len()]`).
+fn add_bias(y: &mut [f32], b: Option<&[f32]>) {
+    if let Some(b) = b {
+        for row in y.chunks_exact_mut(b.len()) {
+            add_in_place(row, b);
+        }
+    }
+}
+
+/// `x · Wᵀ` for three matrices of the same input width, quantizing `x` once when their types
+/// share an activation format.
+fn project(x: &[f32], ws: [&QMat; 3]) -> [Vec<f32>; 3] {
+    let n = x.len() / ws[0].cols;
+    let prepared = ws[0].prepare(x, n);
+    ws.map(|w| {
+        let mut y = vec![0.0f32; n * w.rows];
+        if prepared.fits(w.dtype) {
+            w.matmul_prepared(&prepared, &mut y);
+        } else {
+            w.matmul(x, n, &mut y);
+        }
+        y
+    })
+}
+
+/// Sizes of one GQA computation.
+#[derive(Clone, Copy, Debug)]
+struct GqaDims {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    /// Keys visible to a query: the last `window` positions (itself included), or all.
+    window: Option<usize>,
+}
+
+impl Attend for GqaAttention {
+    fn attend(
+        &self,
+        step: &Step<'_>,
+        x: &[f32],
+        batch: &[SeqInput<'_>],
+        cache: &mut BatchCache<'_>,
+    ) -> Vec<f32> {
+        let c = step.config;
+        let d = GqaDims {
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            scale: c.softmax_scale(),
+            window: c.attention_window(step.layer),
+        };
+        let (h, kv, hd) = (d.heads, d.kv_heads, d.head_dim);
+        // q: [T, heads, head_dim]; k, v: [T, kv_heads, head_dim]
+        let [mut q, mut k, mut v] = project(x, [&self.q, &self.k, &self.v]);
+        add_bias(&mut q, self.q_bias.as_deref());
+        add_bias(&mut k, self.k_bias.as_deref());
+        add_bias(&mut v, self.v_bias.as_deref());
+        // The cached row of each token: rotated keys, then values.
+        let w = 2 * kv * hd;
+        let n_tok = step.positions.len();
+        let mut rows = vec![0.0f32; n_tok * w]; // [T, 2·kv_heads·head_dim]
+        for (t, &pos) in step.positions.iter().enumerate() {
+            for qh in q[t * h * hd..(t + 1) * h * hd].chunks_exact_mut(hd) {
+                step.rope.apply_half(qh, pos);
+            }
+            let row = &mut rows[t * w..(t + 1) * w];
+            row[..kv * hd].copy_from_slice(&k[t * kv * hd..(t + 1) * kv * hd]);
+            row[kv * hd..].copy_from_slice(&v[t * kv * hd..(t + 1) * kv * hd]);
+            for kh in row[..kv * hd].chunks_exact_mut(hd) {
+                step.rope.apply_half(kh, pos);
+            }
+        }
+        drop((k, v));
+        let mut o = vec![0.0f32; n_tok * h * hd]; // [T, heads, head_dim]
+        let mut t0 = 0;
+        for s in batch.iter() {
+            let n = s.tokens.len();
+            cache.write(s.cache, step.layer, &rows[t0 * w..(t0 + n) * w]);
+            let view = cache.view(s.cache, step.layer, s.cache.len() + n);
+            gqa(
+                &q[t0 * h * hd..(t0 + n) * h * hd],
+                &view,
+                &d,
+                &mut o[t0 * h * hd..(t0 + n) * h * hd],
+            );
+            t0 += n;
+        }
+        let mut y = self.o.forward(&o);
+        add_bias(&mut y, self.o_bias.as_deref());
+        y
+    }
+}
+
+/// Causal attention of `n` new query tokens, the last `n` of the `cache` rows.
+///
+/// `q`: `[n, heads, head_dim]` with RoPE applied; `cache`: `[len, 2·kv_heads·head_dim]` rows;
+/// writes `out`: `[n, heads, head_dim]`.
+fn gqa(q: &[f32], cache: &LayerView<'_>, d: &GqaDims, out: &mut [f32]) {
+    let (h, hd) = (d.heads, d.head_dim);
+    let group = h / d.kv_heads;
+    let v_off = d.kv_heads * hd;
+    let n = q.len() / (h * hd);
+    let len = cache.len;
+    let start = len - n;
+    // One task per (token, head): its keys, softmax and weighted sum of values.
+    let work = n * h * len * hd * 2;
+    parallel_chunks(out, hd, work, |i, o| {
+        let (t, hh) = (i / h, i % h);
+        let pos = start + t;
+        let first = d.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let g = hh / group;
+        let qh = &q[i * hd..(i + 1) * hd];
+        let mut scores: Vec<f32> = (first..=pos)
+            .map(|u| dot(qh, &cache.row(u)[g * hd..(g + 1) * hd]) * d.scale)
+            .collect();
+        softmax_in_place(&mut scores);
+        o.fill(0.0);
+        for (u, &p) in (first..=pos).zip(&scores) {
+            let vu = &cache.row(u)[v_off + g * hd..v_off + (g + 1) * hd];
+            for (a, &b) in o.iter_mut().zip(vu) {
+                *a += p * b;
+            }
+        }
+    });
+}
