@@ -259,3 +259,63 @@ fn shared_prefix_is_reused_and_gives_the_same_output() {
     engine.shutdown();
     cold.shutdown();
 }
+
+/// Multi-turn with the R1 template: the second turn's prompt drops the first answer's reasoning,
+/// yet everything up to the first answer (system + first user turn) is served from the cache.
+#[test]
+fn r1_second_turn_reuses_the_first_turns_prefix() {
+    use moela_text::{
+        split_reasoning, ChatMessage, ChatTemplate, RenderOptions, Role, SpecialTokens,
+    };
+    let (model, tok) = fixture();
+    let src_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/text/templates/deepseek-r1.jinja");
+    let special = SpecialTokens {
+        bos_token: Some("<｜begin▁of▁sentence｜>".into()),
+        eos_token: Some("<｜end▁of▁sentence｜>".into()),
+        ..Default::default()
+    };
+    let r1 = ChatTemplate::new(std::fs::read_to_string(src_path).unwrap(), special).unwrap();
+    let opts = RenderOptions {
+        add_generation_prompt: true,
+        ..Default::default()
+    };
+    let system = ChatMessage::new(Role::System, "You are a careful assistant who answers questions about the Python standard library in detail.");
+    let user1 = ChatMessage::new(Role::User, "What does the colorsys module do?");
+    let encode =
+        |msgs: &[ChatMessage]| tok.encode(&r1.render(msgs, &opts).unwrap(), false).unwrap();
+    let p1 = encode(&[system.clone(), user1.clone()]);
+    let engine = EngineHandle::start(
+        model,
+        tok.clone(),
+        EngineConfig {
+            ctx: 512,
+            block_tokens: 4,
+            ..Default::default()
+        },
+    );
+    let (_, text1, u1) = run_one(&engine, p1.clone(), 24);
+    assert_eq!(u1.cached_tokens, 0);
+    // The R1 prompt ends inside <think>: the answer is what follows </think> (or nothing).
+    let (_, answer) = split_reasoning(&text1, true);
+    let p2 = encode(&[
+        system,
+        user1,
+        ChatMessage::new(Role::Assistant, answer),
+        ChatMessage::new(Role::User, "And colorsys.rgb_to_hls?"),
+    ]);
+    let shared = p1.iter().zip(&p2).take_while(|(a, b)| a == b).count();
+    assert!(shared >= 20, "the turns share {shared} tokens");
+    let (_, _, u2) = run_one(&engine, p2, 4);
+    assert!(
+        u2.cached_tokens > 0 && u2.cached_tokens <= shared,
+        "cached {} of {shared}",
+        u2.cached_tokens
+    );
+    assert!(
+        shared - u2.cached_tokens < 4 + 4,
+        "cached {} of {shared}",
+        u2.cached_tokens
+    );
+    engine.shutdown();
+}
