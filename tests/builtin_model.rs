@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use moela_engine::{argmax, perplexity};
+use moela_engine::{greedy_tokens, perplexity};
 use moela_loader::Checkpoint;
-use moela_model::{ForwardOptions, Logits, Model, SeqInput};
+use moela_model::Model;
 use moela_text::{ChatMessage, RenderOptions, Role, Tokenizer};
 use serde_json::Value;
 
@@ -27,24 +27,7 @@ fn ids(v: &Value) -> Vec<u32> {
 }
 
 fn greedy(m: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut cache = m.new_cache();
-    let mut next = prompt.to_vec();
-    let mut out = Vec::new();
-    while out.len() < n {
-        let mut s = [SeqInput {
-            tokens: &next,
-            cache: &mut cache,
-            logits: Logits::Last,
-        }];
-        let logits = m
-            .forward(&mut s, &ForwardOptions::default())
-            .unwrap()
-            .remove(0);
-        let t = argmax(&logits);
-        out.push(t);
-        next = vec![t];
-    }
-    out
+    greedy_tokens(m, prompt, n).unwrap()
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use moela_engine::{argmax, token_nll};
+use moela_engine::{greedy_tokens, token_nll};
 use moela_loader::Checkpoint;
 use moela_model::{AttentionMode, ForwardOptions, Logits, Model, SeqInput};
 use serde_json::Value;
@@ -134,23 +134,7 @@ fn greedy_continuation_matches_reference_token_by_token() {
         let prompt = ids(&c.golden["greedy_prompt"]);
         let want = ids(&c.golden["greedy_tokens"]);
         let m = &c.model;
-        let mut cache = m.new_cache();
-        let mut next = prompt.clone();
-        let mut got = Vec::new();
-        while got.len() < want.len() {
-            let mut s = [SeqInput {
-                tokens: &next,
-                cache: &mut cache,
-                logits: Logits::Last,
-            }];
-            let logits = m
-                .forward(&mut s, &ForwardOptions::default())
-                .unwrap()
-                .remove(0);
-            let t = argmax(&logits);
-            got.push(t);
-            next = vec![t];
-        }
+        let got = greedy_tokens(m, &prompt, want.len()).unwrap();
         assert_eq!(got, want, "{case}");
     }
 }

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use moela_engine::{argmax, token_nll};
+use moela_engine::{greedy_tokens, token_nll};
 use moela_loader::{Checkpoint, GgufModel, LoadOptions, ModelFiles};
 use moela_model::{ForwardOptions, Logits, Model, SeqInput};
 use serde_json::Value;
@@ -189,23 +189,7 @@ fn greedy_continuation_matches_reference_token_by_token() {
         let g = golden(case);
         let prompt = ids(&g["greedy_prompt"]);
         let want = ids(&g["greedy_tokens"]);
-        let mut cache = m.new_cache();
-        let mut next = prompt.clone();
-        let mut got = Vec::new();
-        while got.len() < want.len() {
-            let mut s = [SeqInput {
-                tokens: &next,
-                cache: &mut cache,
-                logits: Logits::Last,
-            }];
-            let logits = m
-                .forward(&mut s, &ForwardOptions::default())
-                .unwrap()
-                .remove(0);
-            let t = argmax(&logits);
-            got.push(t);
-            next = vec![t];
-        }
+        let got = greedy_tokens(&m, &prompt, want.len()).unwrap();
         assert_eq!(got, want, "{case}");
     }
 }

@@ -169,6 +169,25 @@ pub fn generate(
     })
 }
 
+/// The greedy continuation of `prompt`: `n` tokens, each fed back alone (as the reference decodes).
+pub fn greedy_tokens(model: &Model, prompt: &[u32], n: usize) -> Result<Vec<u32>, EngineError> {
+    let mut cache = model.new_cache();
+    let mut next = prompt.to_vec();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let mut s = [SeqInput {
+            tokens: &next,
+            cache: &mut cache,
+            logits: Logits::Last,
+        }];
+        let logits = model.forward(&mut s, &ForwardOptions::default())?.remove(0);
+        let t = crate::sampler::argmax(&logits);
+        out.push(t);
+        next = vec![t];
+    }
+    Ok(out)
+}
+
 /// Per-token negative log-likelihood: `nll[i] = -log p(tokens[i+1] | tokens[..=i])`.
 ///
 /// Texts longer than `ctx` are scored in windows of `ctx` tokens that overlap by one token, so

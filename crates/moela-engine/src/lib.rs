@@ -9,8 +9,8 @@ pub mod stop;
 
 pub use bench::{peak_rss_bytes, run_bench, BenchConfig, BenchResult};
 pub use generate::{
-    generate, perplexity, prefill, token_nll, EngineError, FinishReason, GenerateOutput,
-    GenerateRequest,
+    generate, greedy_tokens, perplexity, prefill, token_nll, EngineError, FinishReason,
+    GenerateOutput, GenerateRequest,
 };
 pub use sampler::{argmax, Rng, Sampler, SamplingParams};
 pub use scheduler::{

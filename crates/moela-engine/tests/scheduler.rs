@@ -32,7 +32,15 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> Request {
 }
 
 /// Collects a request's events: (token ids, text, finish reason).
-fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> (Vec<u32>, String, String) {
+fn collect(rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> (Vec<u32>, String, String) {
+    let (ids, text, reason, _) = collect_all(rx);
+    (ids, text, reason)
+}
+
+/// Collects a request's events: (token ids, text, finish reason, usage).
+fn collect_all(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+) -> (Vec<u32>, String, String, moela_engine::Usage) {
     let (mut ids, mut text) = (Vec::new(), String::new());
     while let Some(ev) = rx.blocking_recv() {
         match ev {
@@ -43,10 +51,10 @@ fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> (Vec<u32>, St
             Event::Done {
                 tail,
                 finish_reason,
-                ..
+                usage,
             } => {
                 text.push_str(&tail);
-                return (ids, text, finish_reason.as_str().to_string());
+                return (ids, text, finish_reason.as_str().to_string(), usage);
             }
             Event::Error(e) => panic!("{e}"),
         }
@@ -196,22 +204,8 @@ fn run_one(
     prompt: Vec<u32>,
     max_tokens: usize,
 ) -> (Vec<u32>, String, moela_engine::Usage) {
-    let mut rx = engine.submit(request(prompt, max_tokens)).unwrap();
-    let (mut ids, mut text) = (Vec::new(), String::new());
-    while let Some(ev) = rx.blocking_recv() {
-        match ev {
-            Event::Token(t) => {
-                ids.push(t.id);
-                text.push_str(&t.text);
-            }
-            Event::Done { tail, usage, .. } => {
-                text.push_str(&tail);
-                return (ids, text, usage);
-            }
-            Event::Error(e) => panic!("{e}"),
-        }
-    }
-    panic!("no Done");
+    let (ids, text, _, usage) = collect_all(engine.submit(request(prompt, max_tokens)).unwrap());
+    (ids, text, usage)
 }
 
 #[test]
