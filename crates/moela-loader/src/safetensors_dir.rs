@@ -11,7 +11,6 @@ use moela_kernels::{DType, QMat, Storage, FP8_BLOCK};
 use moela_model::{Config, Model, ModelError, WeightSource};
 use safetensors::{Dtype, SafeTensors};
 
-use crate::dtype::{bf16_from_le, f16_from_le, f32_from_le, fp8_block_dequant};
 use crate::error::LoadError;
 use crate::progress::LoadProgress;
 
@@ -206,12 +205,17 @@ impl Checkpoint {
         LoadError::Model { path, source }
     }
 
-    fn bytes(&self, t: &TensorInfo) -> &[u8] {
-        &self.shards[t.shard].map[t.start..t.end]
-    }
-
     /// Tensor `name` as f32, shape-checked, FP8 block-dequantized when stored so.
     pub fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let t = self.checked(name, shape)?;
+        // Any tensor is a [outer, last] matrix for conversion purposes.
+        let cols = shape.last().copied().unwrap_or(1);
+        let rows = shape.iter().product::<usize>() / cols.max(1);
+        Ok(self.stored_matrix(name, t, rows, cols)?.to_f32().data)
+    }
+
+    /// The info of tensor `name`, checked to have `shape`.
+    fn checked(&self, name: &str, shape: &[usize]) -> Result<&TensorInfo, ModelError> {
         let t = self
             .tensors
             .get(name)
@@ -223,45 +227,45 @@ impl Checkpoint {
                 found: t.shape.clone(),
             });
         }
-        let b = self.bytes(t);
-        let mut out = Vec::with_capacity(b.len());
-        match t.dtype.as_str() {
-            "F32" => f32_from_le(b, &mut out),
-            "F16" => f16_from_le(b, &mut out),
-            "BF16" => bf16_from_le(b, &mut out),
-            "F8_E4M3" => return self.fp8_tensor(name, t),
-            other => {
-                return Err(ModelError::Tensor {
-                    name: name.into(),
-                    msg: format!("unsupported dtype {other} (expected F32, F16, BF16 or F8_E4M3)"),
-                })
-            }
-        }
-        Ok(out)
+        Ok(t)
     }
 
-    fn fp8_tensor(&self, name: &str, t: &TensorInfo) -> Result<Vec<f32>, ModelError> {
-        let [rows, cols] = t.shape[..] else {
-            return Err(ModelError::Tensor {
-                name: name.into(),
-                msg: "FP8 tensor is not a matrix".into(),
-            });
-        };
-        let block = self.config.fp8_block.unwrap_or([128, 128]);
-        let sname = format!("{}_scale_inv", name);
-        let s = self.tensors.get(&sname).ok_or_else(|| ModelError::Tensor {
+    /// Tensor `t` (called `name`) as a `[rows, cols]` matrix in its stored type, mapped without
+    /// copying; FP8 weights carry their `weight_scale_inv` block scales.
+    fn stored_matrix(
+        &self,
+        name: &str,
+        t: &TensorInfo,
+        rows: usize,
+        cols: usize,
+    ) -> Result<QMat, ModelError> {
+        let err = |msg: String| ModelError::Tensor {
             name: name.into(),
-            msg: format!("FP8 weight without its block scales `{sname}`"),
+            msg,
+        };
+        let dtype = stored_dtype(&t.dtype).ok_or_else(|| {
+            err(format!(
+                "unsupported dtype {} (expected F32, F16, BF16 or F8_E4M3)",
+                t.dtype
+            ))
         })?;
-        let sshape = vec![rows.div_ceil(block[0]), cols.div_ceil(block[1])];
-        if s.dtype != "F32" && s.dtype != "BF16" {
-            return Err(ModelError::Tensor {
-                name: sname,
-                msg: format!("scale dtype {} (expected F32)", s.dtype),
-            });
-        }
-        let scales = self.tensor_f32(&sname, &sshape)?;
-        Ok(fp8_block_dequant(self.bytes(t), rows, cols, &scales, block))
+        let scales = if dtype == DType::F8E4M3Block128 {
+            let sname = format!("{name}_scale_inv");
+            if !self.tensors.contains_key(&sname) {
+                return Err(err(format!(
+                    "FP8 weight without its block scales `{sname}`"
+                )));
+            }
+            Some(self.tensor_f32(
+                &sname,
+                &[rows.div_ceil(FP8_BLOCK), cols.div_ceil(FP8_BLOCK)],
+            )?)
+        } else {
+            None
+        };
+        let storage = Storage::mapped(self.shards[t.shard].map.clone(), t.start, t.end - t.start)
+            .map_err(|e| err(e.to_string()))?;
+        QMat::from_storage(dtype, rows, cols, storage, scales).map_err(|e| err(e.to_string()))
     }
 }
 
@@ -310,46 +314,8 @@ impl WeightSource for Source<'_> {
     /// The stored bytes, mapped without copying (FP8 with its block scales), optionally
     /// quantized.
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
-        let ck = self.ckpt;
-        let t = ck
-            .tensors
-            .get(name)
-            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-        if t.shape != [rows, cols] {
-            return Err(ModelError::Shape {
-                name: name.into(),
-                expected: vec![rows, cols],
-                found: t.shape.clone(),
-            });
-        }
-        let err = |msg: String| ModelError::Tensor {
-            name: name.into(),
-            msg,
-        };
-        let dtype = stored_dtype(&t.dtype).ok_or_else(|| {
-            err(format!(
-                "unsupported dtype {} (expected F32, F16, BF16 or F8_E4M3)",
-                t.dtype
-            ))
-        })?;
-        let scales = if dtype == DType::F8E4M3Block128 {
-            let sname = format!("{name}_scale_inv");
-            if !ck.tensors.contains_key(&sname) {
-                return Err(err(format!(
-                    "FP8 weight without its block scales `{sname}`"
-                )));
-            }
-            Some(ck.tensor_f32(
-                &sname,
-                &[rows.div_ceil(FP8_BLOCK), cols.div_ceil(FP8_BLOCK)],
-            )?)
-        } else {
-            None
-        };
-        let storage = Storage::mapped(ck.shards[t.shard].map.clone(), t.start, t.end - t.start)
-            .map_err(|e| err(e.to_string()))?;
-        let m = QMat::from_storage(dtype, rows, cols, storage, scales)
-            .map_err(|e| err(e.to_string()))?;
+        let t = self.ckpt.checked(name, &[rows, cols])?;
+        let m = self.ckpt.stored_matrix(name, t, rows, cols)?;
         requantize(m, name, self.quant)
     }
 }
