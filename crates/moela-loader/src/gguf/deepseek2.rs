@@ -138,26 +138,7 @@ pub fn deepseek2_config_json(f: &GgufFile) -> Result<Value, GgufError> {
 
     let rope_scaling = rope_scaling(f)?;
 
-    let vocab_size = match f.tensor("token_embd.weight") {
-        Some(t) => match t.dims.as_slice() {
-            [_, v] => usize::try_from(*v).map_err(|_| GgufError::Tensor {
-                path: f.path().to_path_buf(),
-                name: t.name.clone(),
-                msg: format!("vocabulary size {v} does not fit in usize"),
-            })?,
-            other => {
-                return Err(GgufError::Tensor {
-                    path: f.path().to_path_buf(),
-                    name: t.name.clone(),
-                    msg: format!("expected 2 dims {{hidden, vocab}}, found {other:?}"),
-                })
-            }
-        },
-        None => match usize_opt("vocab_size")? {
-            Some(v) => v,
-            None => f.get_array("tokenizer.ggml.tokens")?.items.len(),
-        },
-    };
+    let vocab_size = vocab_size(f, &key("vocab_size"))?;
 
     let mut c = Map::new();
     let (class, model_type) = if v3 {
@@ -269,6 +250,29 @@ fn rope_scaling(f: &GgufFile) -> Result<Value, GgufError> {
             &type_key,
             format!("unsupported rope scaling type {other:?} (expected yarn, linear or none)"),
         )),
+    }
+}
+
+/// The vocabulary size: the embedding's rows, else the `{arch}.vocab_size` key (`size_key`), else
+/// the token list's length.
+pub(crate) fn vocab_size(f: &GgufFile, size_key: &str) -> Result<usize, GgufError> {
+    match f.tensor("token_embd.weight") {
+        Some(t) => match t.dims.as_slice() {
+            [_, v] => usize::try_from(*v).map_err(|_| GgufError::Tensor {
+                path: f.path().to_path_buf(),
+                name: t.name.clone(),
+                msg: format!("vocabulary size {v} does not fit in usize"),
+            }),
+            other => Err(GgufError::Tensor {
+                path: f.path().to_path_buf(),
+                name: t.name.clone(),
+                msg: format!("expected 2 dims {{hidden, vocab}}, found {other:?}"),
+            }),
+        },
+        None => match f.opt_usize(size_key)? {
+            Some(v) => Ok(v),
+            None => Ok(f.get_array("tokenizer.ggml.tokens")?.items.len()),
+        },
     }
 }
 

@@ -4,6 +4,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::deepseek2::vocab_size;
 use super::{GgufError, GgufFile};
 
 /// The dense architectures whose files we read.
@@ -90,26 +91,7 @@ pub fn dense_config_json(f: &GgufFile) -> Result<Value, GgufError> {
             ))
         }
     };
-    let vocab_size = match f.tensor("token_embd.weight") {
-        Some(t) => match t.dims.as_slice() {
-            [_, v] => usize::try_from(*v).map_err(|_| GgufError::Tensor {
-                path: f.path().to_path_buf(),
-                name: t.name.clone(),
-                msg: format!("vocabulary size {v} does not fit in usize"),
-            })?,
-            other => {
-                return Err(GgufError::Tensor {
-                    path: f.path().to_path_buf(),
-                    name: t.name.clone(),
-                    msg: format!("expected 2 dims {{hidden, vocab}}, found {other:?}"),
-                })
-            }
-        },
-        None => match usize_opt("vocab_size")? {
-            Some(v) => v,
-            None => f.get_array("tokenizer.ggml.tokens")?.items.len(),
-        },
-    };
+    let vocab_size = vocab_size(f, &key("vocab_size"))?;
 
     let mut c = Map::new();
     let class = if arch == "qwen2" {
