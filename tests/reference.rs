@@ -2,20 +2,15 @@
 //! (`tools/make_model_fixtures.py`, float64) — per-token NLL within 1e-4 across 127 tokens,
 //! identical greedy continuations, in both MLA forms and when decoding token by token.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use moela_engine::{greedy_tokens, token_nll};
+use common::{case_dir, floats, ids, max_abs_diff, nll_from_logits};
+use moela_engine::greedy_tokens;
 use moela_loader::Checkpoint;
 use moela_model::{AttentionMode, ForwardOptions, Logits, Model, SeqInput};
 use serde_json::Value;
 
 const CASES: &[&str] = &["v2_lite", "v2", "v3", "v3_fp8", "v2_lite_plain_rope"];
-
-fn case_dir(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(case)
-}
 
 struct Case {
     name: String,
@@ -35,31 +30,6 @@ fn load(case: &str) -> Case {
     }
 }
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
-/// NLL of token i+1 given 0..=i from `[n, vocab]` logits, in f64.
-fn nll_from_logits(logits: &[f32], tokens: &[u32], vocab: usize) -> Vec<f64> {
-    logits
-        .chunks_exact(vocab)
-        .zip(&tokens[1..])
-        .map(|(row, &next)| token_nll(row, next))
-        .collect()
-}
-
 fn prefill_logits(m: &Model, tokens: &[u32], mode: AttentionMode) -> Vec<f32> {
     let mut cache = m.new_cache();
     let mut s = [SeqInput {
@@ -70,14 +40,6 @@ fn prefill_logits(m: &Model, tokens: &[u32], mode: AttentionMode) -> Vec<f32> {
     m.forward(&mut s, &ForwardOptions { attention: mode })
         .unwrap()
         .remove(0)
-}
-
-fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 fn check_nll(c: &Case, mode: AttentionMode) -> f64 {

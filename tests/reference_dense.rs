@@ -4,9 +4,10 @@
 //! stream per layer, chunked prefill and batching, and the same models read from llama.cpp-style
 //! GGUF files (permuted Llama q/k rows, `rope_freqs`).
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use moela_engine::{greedy_tokens, token_nll};
+use common::{case_dir, floats, golden, ids, max_abs_diff, nll_from_logits};
+use moela_engine::greedy_tokens;
 use moela_loader::{Checkpoint, GgufModel, LoadOptions, ModelFiles};
 use moela_model::{ForwardOptions, Logits, Model, SeqInput};
 use serde_json::Value;
@@ -35,54 +36,11 @@ const CASES: &[(&str, &str)] = &[
 /// The cases that also ship `model.gguf`.
 const GGUF_CASES: &[&str] = &["qwen2", "llama", "llama_mqa_bias"];
 
-fn case_dir(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(case)
-}
-
-fn golden(case: &str) -> Value {
-    let text = std::fs::read_to_string(case_dir(case).join("golden.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
 fn load(case: &str) -> Model {
     Checkpoint::open(&case_dir(case))
         .unwrap()
         .load_model(false)
         .unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
-fn nll_from_logits(logits: &[f32], tokens: &[u32], vocab: usize) -> Vec<f64> {
-    logits
-        .chunks_exact(vocab)
-        .zip(&tokens[1..])
-        .map(|(row, &next)| token_nll(row, next))
-        .collect()
-}
-
-fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
 }
 
 /// Logits of every token, prefilled in chunks of the given sizes (the rest in one last chunk).
