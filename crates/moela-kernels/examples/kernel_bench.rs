@@ -118,10 +118,18 @@ fn main() {
         "n=128 GFLOP/s (1)",
         "n=128 GFLOP/s (2)"
     );
-    for dtype in DType::ALL {
+    // Each type in the file layout, then Q8_0/Q4_0 in the packed layout the engine runs on.
+    let cases = DType::ALL
+        .into_iter()
+        .map(|d| (d, false))
+        .chain([(DType::Q8_0, true), (DType::Q4_0, true)]);
+    for (dtype, packed) in cases {
         for &(rows, cols) in &shapes {
-            let w = QMat::from_f32(dtype, rows, cols, &data(rows * cols, (rows + cols) as u64))
+            let mut w = QMat::from_f32(dtype, rows, cols, &data(rows * cols, (rows + cols) as u64))
                 .unwrap();
+            if packed {
+                w = w.packed_for_matmul();
+            }
             let mb = w.nbytes() as f64 / 1e6;
             // Enough distinct copies (clones own their bytes) that a full cycle does not fit in
             // the 32 MB L3.
@@ -152,7 +160,11 @@ fn main() {
             }
             println!(
                 "{:<6} {:>11} {:>9.1} | {:>16.1} {:>16.1} | {:>18.1} {:>18.1}",
-                dtype.name(),
+                if w.is_packed() {
+                    format!("{}x8", dtype.name())
+                } else {
+                    dtype.name().to_string()
+                },
                 format!("{rows}x{cols}"),
                 mb,
                 gbs[0],

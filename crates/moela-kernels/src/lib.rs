@@ -21,6 +21,7 @@ pub mod fp;
 mod kernels;
 pub mod mmap;
 pub mod ops;
+mod pack;
 pub mod parallel;
 pub mod qmat;
 pub mod quant;

@@ -12,3 +12,15 @@ pub fn map_readonly(file: &File) -> std::io::Result<Mmap> {
     // page during inference takes a page fault (millions for a multi-GB model).
     unsafe { memmap2::MmapOptions::new().populate().map(file) }
 }
+
+/// Drops this process's pages of `len` bytes at `offset` (rounded out to whole pages) once
+/// their contents were copied elsewhere: they leave the resident set, and a later read would
+/// fault them in again from the file. Errors are ignored (only memory use is at stake).
+pub fn release(map: &Mmap, offset: usize, len: usize) {
+    #[cfg(unix)]
+    // SAFETY: the mapping is private and never written, so dropping its pages loses nothing:
+    // any later access re-reads the unchanged file contents (the `Mmap` stays valid).
+    let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
+    #[cfg(not(unix))]
+    let _ = (map, offset, len);
+}

@@ -58,6 +58,7 @@ pub fn matmul(x: &[f32], n: usize, w: &Mat, y: &mut [f32]) {
         cols: w.cols,
         row_bytes: w.cols * 4,
         scales: &[],
+        packed: false,
     };
     kernels::gemm(kernels::best(), &wr, x, n, y);
 }

@@ -65,6 +65,8 @@ pub struct QMat {
     data: Storage,
     /// FP8 only: `[ceil(rows/128), ceil(cols/128)]` block scales.
     scales: Option<Vec<f32>>,
+    /// Rows interleaved by 8 (see `pack`) rather than the file layout.
+    packed: bool,
 }
 
 /// Number of FP8 block scales a `[rows, cols]` matrix needs.
@@ -119,6 +121,7 @@ impl QMat {
             cols,
             data: Storage::Owned(bytes),
             scales,
+            packed: false,
         })
     }
 
@@ -177,7 +180,64 @@ impl QMat {
             cols,
             data,
             scales,
+            packed: false,
         })
+    }
+
+    /// This matrix in the layout the matmul kernels of this CPU run fastest on: `Q4_0` and
+    /// `Q8_0` with a multiple of 8 rows get their rows interleaved by 8 (see `pack`; the
+    /// size is unchanged) when the active kernels are x86 SIMD ones; everything else is
+    /// returned as is. Results equal the file layout's up to float summation order.
+    ///
+    /// A mapped source's pages are handed back to the kernel after the copy, so a packed
+    /// model's resident size stays the file's.
+    pub fn packed_for_matmul(self) -> QMat {
+        if kernels::packed_kernels_pay() {
+            self.into_packed()
+        } else {
+            self
+        }
+    }
+
+    /// [`QMat::packed_for_matmul`] whatever the CPU (packable matrices only).
+    pub(crate) fn into_packed(self) -> QMat {
+        if self.packed || !crate::pack::packable(self.dtype, self.rows) {
+            return self;
+        }
+        let bytes = crate::pack::pack(self.dtype, self.rows, self.row_bytes(), self.bytes());
+        if let Storage::Mapped { map, offset, len } = &self.data {
+            crate::mmap::release(map, *offset, *len);
+        }
+        QMat {
+            data: Storage::Owned(bytes),
+            packed: true,
+            ..self
+        }
+    }
+
+    /// Whether the rows are interleaved (see [`QMat::packed_for_matmul`]).
+    pub fn is_packed(&self) -> bool {
+        self.packed
+    }
+
+    /// The bytes in the file layout (row-major blocks), unpacking if needed.
+    pub fn file_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        if !self.packed {
+            return std::borrow::Cow::Borrowed(self.bytes());
+        }
+        let rb = self.row_bytes();
+        let mut out = vec![0u8; self.rows * rb];
+        for (r, row) in out.chunks_exact_mut(rb).enumerate() {
+            self.file_row(r, row);
+        }
+        std::borrow::Cow::Owned(out)
+    }
+
+    /// Row `i` of a packed matrix in the file layout.
+    fn file_row(&self, i: usize, out: &mut [u8]) {
+        let group = crate::pack::PACK_ROWS * self.row_bytes();
+        let g = &self.bytes()[i / crate::pack::PACK_ROWS * group..][..group];
+        crate::pack::unpack_row(self.dtype, g, i % crate::pack::PACK_ROWS, out);
     }
 
     /// Bytes of one row.
@@ -215,6 +275,7 @@ impl QMat {
             cols: self.cols,
             row_bytes: self.row_bytes(),
             scales: self.scales.as_deref().unwrap_or(&[]),
+            packed: self.packed,
         }
     }
 
@@ -257,7 +318,15 @@ impl QMat {
         assert!(i < self.rows, "row {i} of {}", self.rows);
         assert_eq!(out.len(), self.cols, "dequantize_row: output length");
         let rb = self.row_bytes();
-        let b = &self.bytes()[i * rb..(i + 1) * rb];
+        let unpacked;
+        let b = if self.packed {
+            let mut row = vec![0u8; rb];
+            self.file_row(i, &mut row);
+            unpacked = row;
+            &unpacked[..]
+        } else {
+            &self.bytes()[i * rb..(i + 1) * rb]
+        };
         match self.dtype {
             DType::F8E4M3Block128 => {
                 let scb = self.cols.div_ceil(FP8_BLOCK);

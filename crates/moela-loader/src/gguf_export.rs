@@ -244,7 +244,7 @@ pub fn export_deepseek2(
         for part in &p.parts {
             let bytes: Vec<u8> = match part {
                 Part::Vector(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                Part::Matrix(m) if m.dtype == p.dtype => m.bytes().to_vec(),
+                Part::Matrix(m) if m.dtype == p.dtype => m.file_bytes().into_owned(),
                 Part::Matrix(m) => convert(p.dtype, &m.to_f32(), &p.name, out)?,
                 Part::Owned(m) => convert(p.dtype, m, &p.name, out)?,
             };

@@ -118,6 +118,8 @@ impl Req<'_> {
     fn vec(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
         self.src.load(name, &[len])
     }
+    /// A matrix in the layout this CPU's kernels run fastest on
+    /// ([`QMat::packed_for_matmul`]).
     fn mat(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
         let m = self.src.matrix(name, rows, cols)?;
         if (m.rows, m.cols) != (rows, cols) {
@@ -127,7 +129,7 @@ impl Req<'_> {
                 found: vec![m.rows, m.cols],
             });
         }
-        Ok(m)
+        Ok(m.packed_for_matmul())
     }
     /// A matrix that must be computed in f32 (the router, as the reference does).
     fn f32_mat(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {

@@ -63,6 +63,7 @@ struct Ctx {
     x: *const f32,
     qs: *const i8,
     d: *const f32,
+    s: *const i32,
     bs: *const i16,
     sc: *const f32,
     sc_cols: usize,
@@ -77,6 +78,7 @@ fn ctx(t: &Task<'_>) -> Ctx {
         x: std::ptr::null(),
         qs: std::ptr::null(),
         d: std::ptr::null(),
+        s: std::ptr::null(),
         bs: std::ptr::null(),
         sc: t.scales.as_ptr(),
         sc_cols: t.cols.div_ceil(FP8_BLOCK),
@@ -84,7 +86,7 @@ fn ctx(t: &Task<'_>) -> Ctx {
     };
     match t.acts {
         Acts::F32(x) => c.x = x.as_ptr(),
-        Acts::Q8 { qs, d } => (c.qs, c.d) = (qs.as_ptr(), d.as_ptr()),
+        Acts::Q8 { qs, d, s } => (c.qs, c.d, c.s) = (qs.as_ptr(), d.as_ptr(), s.as_ptr()),
         Acts::Q8K { qs, d, bsums } => (c.qs, c.d, c.bs) = (qs.as_ptr(), d.as_ptr(), bsums.as_ptr()),
     }
     c
@@ -101,6 +103,7 @@ fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
         x: x.as_ptr(),
         qs: std::ptr::null(),
         d: std::ptr::null(),
+        s: std::ptr::null(),
         bs: std::ptr::null(),
         sc: std::ptr::null(),
         sc_cols: 0,
@@ -118,7 +121,7 @@ fn gemm_plain(t: &mut Task<'_>) {
     // SAFETY: the CPU features were checked just above; `validate` checked that every pointer
     // in `c` covers the rows, tokens and scales the micro-kernels read, and that `t.out` holds
     // `nr * nt` values.
-    unsafe { plain::gemm_impl(&c, t.dtype, t.nr, t.nt, t.out) }
+    unsafe { plain::gemm_impl(&c, t.dtype, t.packed, t.nr, t.nt, t.out) }
 }
 
 fn gemm_vnni(t: &mut Task<'_>) {
@@ -129,7 +132,7 @@ fn gemm_vnni(t: &mut Task<'_>) {
     );
     let c = ctx(t);
     // SAFETY: as in `gemm_plain`, with the VNNI features checked too.
-    unsafe { vnni::gemm_impl(&c, t.dtype, t.nr, t.nt, t.out) }
+    unsafe { vnni::gemm_impl(&c, t.dtype, t.packed, t.nr, t.nt, t.out) }
 }
 
 /// Walks the task in micro-tiles: `$mrb` rows at a time (then single rows), tokens in runs of
@@ -537,6 +540,180 @@ macro_rules! int_kernels {
             }
         }
 
+        /// Packed (`pack`) `Q8_0` (`Q8`) or `Q4_0` weights: rows `r..r+8·G` (whole groups) ×
+        /// tokens `t..t+NR`, stored straight into `out` (token stride `nr`). One 32-bit lane
+        /// per row: each step multiplies 4 quant bytes of 8 rows by 4 broadcast activation
+        /// bytes. Unsigned weight operands: `Q4_0` nibbles (the −8 comes back as −8·Σa per
+        /// block); `Q8_0` with VNNI as w + 128 (−128·Σa), without VNNI through |w| and
+        /// sign(a, w).
+        ///
+        /// # Safety
+        /// A validated packed task `c` of `nr` rows (`r + 8·G ≤ nr`, `t + NR ≤` its tokens),
+        /// `out` holding `nr ×` its tokens; CPU has `$feat`.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        pub(super) unsafe fn micro_packed<const Q8: bool, const G: usize, const NR: usize>(
+            c: &Ctx,
+            r: usize,
+            t: usize,
+            nr: usize,
+            out: *mut f32,
+        ) {
+            // SAFETY: a group is 8 rows of `rb` bytes holding cols/32 packed blocks of
+            // 8·(18|34) bytes; each token holds cols i8 plus cols/32 scales and sums
+            // (validated); block indices stay below cols/32; outputs t+j < tokens, r+8g+8 ≤ nr.
+            unsafe {
+                let nb = c.cols / QK;
+                let ts = if Q8 { 34 } else { 18 };
+                let gp: [*const u8; G] = std::array::from_fn(|g| c.w.add((r + 8 * g) * c.rb));
+                let ap: [*const i8; NR] = std::array::from_fn(|j| c.qs.add((t + j) * c.cols));
+                let dp: [*const f32; NR] = std::array::from_fn(|j| c.d.add((t + j) * nb));
+                let sp: [*const i32; NR] = std::array::from_fn(|j| c.s.add((t + j) * nb));
+                let m4 = _mm256_set1_epi8(0x0F);
+                let ones = _mm256_set1_epi16(1);
+                let flip = _mm256_set1_epi8(-128);
+                let offset = if Q8 { if $vnni { -128 } else { 0 } } else { -8 };
+                let mut facc = [[_mm256_setzero_ps(); NR]; G];
+                for b in 0..nb {
+                    // Two independent integer chains per output (even/odd steps), so the
+                    // multiply-add latency overlaps; summed before the float scale.
+                    let mut iacc = [[_mm256_setzero_si256(); NR]; G];
+                    let mut iacc2 = [[_mm256_setzero_si256(); NR]; G];
+                    if offset != 0 {
+                        for j in 0..NR {
+                            let corr = _mm256_set1_epi32(offset * *sp[j].add(b));
+                            for g in 0..G {
+                                iacc[g][j] = corr;
+                            }
+                        }
+                    }
+                    let blk: [*const u8; G] = std::array::from_fn(|g| gp[g].add(b * 8 * ts));
+                    let act = |j: usize, k: usize| {
+                        _mm256_set1_epi32(std::ptr::read_unaligned(
+                            ap[j].add(b * QK + k) as *const i32
+                        ))
+                    };
+                    if Q8 {
+                        // One step: quant bytes 4·ch.. of the 8 rows into `$chain`.
+                        macro_rules! q8_step {
+                            ($chain:ident, $ch:expr) => {{
+                                let ch = $ch;
+                                let w: [__m256i; G] = std::array::from_fn(|g| {
+                                    _mm256_loadu_si256(blk[g].add(16 + 32 * ch) as *const __m256i)
+                                });
+                                let u: [__m256i; G] = std::array::from_fn(|g| {
+                                    if $vnni {
+                                        _mm256_xor_si256(w[g], flip)
+                                    } else {
+                                        _mm256_abs_epi8(w[g])
+                                    }
+                                });
+                                for j in 0..NR {
+                                    let a = act(j, 4 * ch);
+                                    for g in 0..G {
+                                        $chain[g][j] = if $vnni {
+                                            _mm256_dpbusd_epi32($chain[g][j], u[g], a)
+                                        } else {
+                                            let s = _mm256_sign_epi8(a, w[g]);
+                                            let p = _mm256_madd_epi16(
+                                                _mm256_maddubs_epi16(u[g], s),
+                                                ones,
+                                            );
+                                            _mm256_add_epi32($chain[g][j], p)
+                                        };
+                                    }
+                                }
+                            }};
+                        }
+                        for ch in 0..4 {
+                            q8_step!(iacc, 2 * ch);
+                            q8_step!(iacc2, 2 * ch + 1);
+                        }
+                    } else {
+                        for ch in 0..4 {
+                            let v: [__m256i; G] = std::array::from_fn(|g| {
+                                _mm256_loadu_si256(blk[g].add(16 + 32 * ch) as *const __m256i)
+                            });
+                            let lo: [__m256i; G] = std::array::from_fn(|g| _mm256_and_si256(v[g], m4));
+                            let hi: [__m256i; G] = std::array::from_fn(|g| {
+                                _mm256_and_si256(_mm256_srli_epi16(v[g], 4), m4)
+                            });
+                            for j in 0..NR {
+                                let (alo, ahi) = (act(j, 4 * ch), act(j, 16 + 4 * ch));
+                                for g in 0..G {
+                                    if $vnni {
+                                        iacc[g][j] = _mm256_dpbusd_epi32(iacc[g][j], lo[g], alo);
+                                        iacc2[g][j] = _mm256_dpbusd_epi32(iacc2[g][j], hi[g], ahi);
+                                    } else {
+                                        // Pair sums ≤ 2·15·127, two of them fit i16.
+                                        let p = _mm256_add_epi16(
+                                            _mm256_maddubs_epi16(lo[g], alo),
+                                            _mm256_maddubs_epi16(hi[g], ahi),
+                                        );
+                                        iacc[g][j] =
+                                            _mm256_add_epi32(iacc[g][j], _mm256_madd_epi16(p, ones));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for g in 0..G {
+                        let ws = _mm256_cvtph_ps(_mm_loadu_si128(blk[g] as *const __m128i));
+                        for j in 0..NR {
+                            let scale = _mm256_mul_ps(ws, _mm256_broadcast_ss(&*dp[j].add(b)));
+                            let i = _mm256_add_epi32(iacc[g][j], iacc2[g][j]);
+                            facc[g][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), scale, facc[g][j]);
+                        }
+                    }
+                }
+                for g in 0..G {
+                    for j in 0..NR {
+                        _mm256_storeu_ps(out.add((t + j) * nr + r + 8 * g), facc[g][j]);
+                    }
+                }
+            }
+        }
+
+        /// Walks a packed task in tiles of 8, 16 or 32 rows × runs of up to 4 tokens.
+        ///
+        /// # Safety
+        /// As [`micro_packed`] for every tile: a validated packed task, `out.len() ≥ nr·nt`.
+        #[target_feature(enable = $feat)]
+        unsafe fn gemm_packed<const Q8: bool>(c: &Ctx, nr: usize, nt: usize, out: &mut [f32]) {
+            let o = out.as_mut_ptr();
+            let mut r = 0;
+            while r < nr {
+                // Groups per tile: more for a single token (more independent streams and
+                // chains), fewer without VNNI (16 vector registers).
+                let g = match (nt, $vnni) {
+                    (1, true) if nr - r >= 32 => 4,
+                    (_, true) if nr - r >= 16 => 2,
+                    (1, false) if nr - r >= 16 => 2,
+                    _ => 1,
+                };
+                let mut t = 0;
+                while t < nt {
+                    let step = (nt - t).min(4);
+                    // SAFETY: forwarded; the tile lies inside the task's rows and tokens.
+                    unsafe {
+                        match (g, step) {
+                            (4, _) => micro_packed::<Q8, 4, 1>(c, r, t, nr, o),
+                            (2, 4) => micro_packed::<Q8, 2, 4>(c, r, t, nr, o),
+                            (2, 3) => micro_packed::<Q8, 2, 3>(c, r, t, nr, o),
+                            (2, 2) => micro_packed::<Q8, 2, 2>(c, r, t, nr, o),
+                            (2, _) => micro_packed::<Q8, 2, 1>(c, r, t, nr, o),
+                            (_, 4) => micro_packed::<Q8, 1, 4>(c, r, t, nr, o),
+                            (_, 3) => micro_packed::<Q8, 1, 3>(c, r, t, nr, o),
+                            (_, 2) => micro_packed::<Q8, 1, 2>(c, r, t, nr, o),
+                            (_, _) => micro_packed::<Q8, 1, 1>(c, r, t, nr, o),
+                        }
+                    }
+                    t += step;
+                }
+                r += 8 * g;
+            }
+        }
+
         /// # Safety
         /// `c` must describe a task that passed `Task::validate`, `out.len() ≥ nr·nt`, and the CPU must
         /// support avx2, fma and f16c.
@@ -544,6 +721,7 @@ macro_rules! int_kernels {
         pub(super) unsafe fn gemm_impl(
             c: &Ctx,
             dtype: DType,
+            packed: bool,
             nr: usize,
             nt: usize,
             out: &mut [f32],
@@ -552,6 +730,8 @@ macro_rules! int_kernels {
             // `0..nr` and tokens `0..nt` of `c`.
             unsafe {
                 match dtype {
+                    DType::Q8_0 if packed => gemm_packed::<true>(c, nr, nt, out),
+                    DType::Q4_0 if packed => gemm_packed::<false>(c, nr, nt, out),
                     DType::F32 => drive!(c, nr, nt, out, micro_f32, 2 => [2, 1], 1 => [4, 3, 2, 1]),
                     DType::F16 => drive!(c, nr, nt, out, micro_f16, 2 => [2, 1], 1 => [4, 3, 2, 1]),
                     DType::BF16 => drive!(c, nr, nt, out, micro_bf16, 2 => [2, 1], 1 => [4, 3, 2, 1]),

@@ -22,6 +22,7 @@ pub(crate) mod neon;
 use std::sync::OnceLock;
 
 use crate::dtype::{DType, FP8_BLOCK};
+use crate::pack::PACK_ROWS;
 use crate::parallel::{num_threads, pool, SendPtr};
 use crate::quant::{QK, QK_K};
 
@@ -94,8 +95,13 @@ impl Isa {
 pub(crate) enum Acts<'a> {
     /// Plain f32, token stride `cols`.
     F32(&'a [f32]),
-    /// Per 32 values: f32 scale `d` and 32 × i8 (token strides `cols` and `cols/32`).
-    Q8 { qs: &'a [i8], d: &'a [f32] },
+    /// Per 32 values: f32 scale `d`, 32 × i8 and their sum `s` (token strides `cols`,
+    /// `cols/32`, `cols/32`).
+    Q8 {
+        qs: &'a [i8],
+        d: &'a [f32],
+        s: &'a [i32],
+    },
     /// Per 256 values: f32 `d`, 256 × i8, 16 sums of 16 (strides `cols`, `cols/256`, `cols/16`).
     Q8K {
         qs: &'a [i8],
@@ -120,6 +126,8 @@ pub(crate) struct Task<'a> {
     pub scales: &'a [f32],
     /// Output, token-major: `out[t * nr + r]`.
     pub out: &'a mut [f32],
+    /// Rows interleaved by 8 (`pack`); then `r0` and `nr` are multiples of 8.
+    pub packed: bool,
 }
 
 impl Task<'_> {
@@ -138,9 +146,11 @@ impl Task<'_> {
             (DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3Block128, Acts::F32(x)) => {
                 assert!(x.len() >= nt * cols, "task: activations")
             }
-            (DType::Q8_0 | DType::Q4_0, Acts::Q8 { qs, d }) => {
+            (DType::Q8_0 | DType::Q4_0, Acts::Q8 { qs, d, s }) => {
                 assert!(
-                    qs.len() >= nt * cols && d.len() >= nt * (cols / QK),
+                    qs.len() >= nt * cols
+                        && d.len() >= nt * (cols / QK)
+                        && s.len() >= nt * (cols / QK),
                     "task: activations"
                 )
             }
@@ -151,6 +161,14 @@ impl Task<'_> {
                 "task: activations"
             ),
             _ => panic!("task: activations do not match weight type {}", self.dtype),
+        }
+        if self.packed {
+            assert!(
+                crate::pack::packable(self.dtype, PACK_ROWS)
+                    && nr.is_multiple_of(PACK_ROWS)
+                    && self.r0.is_multiple_of(PACK_ROWS),
+                "task: packed rows"
+            );
         }
         if self.dtype == DType::F8E4M3Block128 && nr > 0 {
             let need = (self.r0 + nr).div_ceil(FP8_BLOCK) * cols.div_ceil(FP8_BLOCK);
@@ -203,6 +221,11 @@ pub(crate) fn kernel_set(isa: Isa) -> Option<&'static KernelSet> {
     }
 }
 
+/// Whether the active kernels have fast paths for packed (row-interleaved) weights.
+pub(crate) fn packed_kernels_pay() -> bool {
+    matches!(best().isa, Isa::Avx2 | Isa::Avx2Vnni)
+}
+
 /// The kernel set for the best ISA (chosen once).
 pub(crate) fn best() -> &'static KernelSet {
     static BEST: OnceLock<&'static KernelSet> = OnceLock::new();
@@ -218,6 +241,7 @@ pub(crate) struct WeightRef<'a> {
     pub cols: usize,
     pub row_bytes: usize,
     pub scales: &'a [f32],
+    pub packed: bool,
 }
 
 /// Quantized activations owned for the duration of one matmul (or several, see
@@ -227,6 +251,7 @@ pub(crate) enum ActBuf {
     Q8 {
         qs: Vec<i8>,
         d: Vec<f32>,
+        s: Vec<i32>,
     },
     Q8K {
         qs: Vec<i8>,
@@ -239,11 +264,12 @@ impl ActBuf {
     fn view<'a>(&'a self, x: &'a [f32], t0: usize, nt: usize, cols: usize) -> Acts<'a> {
         match self {
             ActBuf::None => Acts::F32(&x[t0 * cols..(t0 + nt) * cols]),
-            ActBuf::Q8 { qs, d } => {
+            ActBuf::Q8 { qs, d, s } => {
                 let nb = cols / QK;
                 Acts::Q8 {
                     qs: &qs[t0 * cols..(t0 + nt) * cols],
                     d: &d[t0 * nb..(t0 + nt) * nb],
+                    s: &s[t0 * nb..(t0 + nt) * nb],
                 }
             }
             ActBuf::Q8K { qs, d, bsums } => {
@@ -343,7 +369,11 @@ fn quantize_acts(ks: &KernelSet, dtype: DType, x: &[f32], n: usize, cols: usize)
                 };
                 (ks.quant_q8)(&x[t * cols..(t + 1) * cols], q, dd);
             });
-            ActBuf::Q8 { qs, d }
+            let s = qs
+                .chunks_exact(QK)
+                .map(|b| b.iter().map(|&v| v as i32).sum())
+                .collect();
+            ActBuf::Q8 { qs, d, s }
         }
         DType::Q4_K | DType::Q6_K => {
             let (nb, ns) = (cols / QK_K, cols / 16);
@@ -437,15 +467,16 @@ pub(crate) fn gemm_prepared(
 fn gemm_acts(ks: &KernelSet, w: &WeightRef<'_>, x: &[f32], acts: &ActBuf, n: usize, y: &mut [f32]) {
     let (rows, cols) = (w.rows, w.cols);
 
-    // Plan: token blocks of ≤ 64, then enough row chunks (multiples of 4 rows, so FP8 micro
-    // tiles never straddle a 128-row scale block) for ~8 tasks per thread.
+    // Plan: token blocks of ≤ 64, then enough row chunks (multiples of 8 rows: whole packed
+    // groups, and FP8 micro tiles never straddle a 128-row scale block) for ~8 tasks per
+    // thread.
     let n_tc = n.div_ceil(TOKEN_BLOCK);
     let tok_chunk = n.div_ceil(n_tc);
     let work = rows * cols * n;
     let threads = num_threads();
     let want_tasks = if work < 1 << 15 { 1 } else { threads * 8 };
     let row_tasks = want_tasks.div_ceil(n_tc).max(1);
-    let row_chunk = rows.div_ceil(row_tasks).next_multiple_of(4).max(4);
+    let row_chunk = rows.div_ceil(row_tasks).next_multiple_of(PACK_ROWS);
     let n_rc = rows.div_ceil(row_chunk);
 
     let yp = SendPtr(y.as_mut_ptr());
@@ -467,6 +498,7 @@ fn gemm_acts(ks: &KernelSet, w: &WeightRef<'_>, x: &[f32], acts: &ActBuf, n: usi
             nt,
             scales: w.scales,
             out: &mut out,
+            packed: w.packed,
         };
         (ks.gemm)(&mut task);
         for t in 0..nt {

@@ -26,6 +26,10 @@ pub(crate) static KERNELS: KernelSet = KernelSet {
 };
 
 fn gemm(t: &mut Task<'_>) {
+    if t.packed {
+        // Never chosen on this ISA (`packed_kernels_pay`); correct all the same.
+        return scalar::gemm(t);
+    }
     t.validate();
     let (nr, nt, cols) = (t.nr, t.nt, t.cols);
     for tok in 0..nt {
@@ -46,7 +50,7 @@ fn gemm(t: &mut Task<'_>) {
                         _ => unreachable!("validated"),
                     }
                 }
-                Acts::Q8 { qs, d } => {
+                Acts::Q8 { qs, d, .. } => {
                     let nb = cols / QK;
                     let (qs, d) = (&qs[tok * cols..][..cols], &d[tok * nb..][..nb]);
                     match t.dtype {

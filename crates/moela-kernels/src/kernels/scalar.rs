@@ -6,6 +6,7 @@
 use super::{Acts, Task};
 use crate::dtype::{DType, FP8_BLOCK};
 use crate::fp::{bf16_to_f32, f16_to_f32, fp8_e4m3_to_f32};
+use crate::pack::{unpack_row, PACK_ROWS};
 use crate::quant::{
     q4_k_scales_mins, q6_k_value, quantize_block_q8_act, quantize_block_q8_k, Q4_0_BYTES,
     Q4_K_BYTES, Q6_K_BYTES, Q8_0_BYTES, QK, QK_K,
@@ -18,10 +19,18 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 
 pub(crate) fn gemm(t: &mut Task<'_>) {
     t.validate();
-    let (nr, nt, cols) = (t.nr, t.nt, t.cols);
+    let (nr, nt, cols, rb) = (t.nr, t.nt, t.cols, t.row_bytes);
+    // Packed rows are unpacked one at a time: the oracle computes on the file layout.
+    let mut row = vec![0u8; if t.packed { rb } else { 0 }];
     for tok in 0..nt {
         for r in 0..nr {
-            let w = &t.w[r * t.row_bytes..(r + 1) * t.row_bytes];
+            let w = if t.packed {
+                let group = &t.w[r / PACK_ROWS * PACK_ROWS * rb..][..PACK_ROWS * rb];
+                unpack_row(t.dtype, group, r % PACK_ROWS, &mut row);
+                &row[..]
+            } else {
+                &t.w[r * rb..(r + 1) * rb]
+            };
             t.out[tok * nr + r] = match t.acts {
                 Acts::F32(x) => {
                     let x = &x[tok * cols..(tok + 1) * cols];
@@ -37,7 +46,7 @@ pub(crate) fn gemm(t: &mut Task<'_>) {
                         _ => unreachable!("validated"),
                     }
                 }
-                Acts::Q8 { qs, d } => {
+                Acts::Q8 { qs, d, .. } => {
                     let nb = cols / QK;
                     let (qs, d) = (&qs[tok * cols..][..cols], &d[tok * nb..][..nb]);
                     match t.dtype {

@@ -70,15 +70,24 @@ fn check_fast_vs_scalar(dtype: DType, rows: usize, cols: usize, n: usize) {
     for isa in fast_isas() {
         let mut got = vec![f32::NAN; n * rows];
         q.matmul_with(isa, &x, n, &mut got);
-        for i in 0..n * rows {
-            let tol = 2e-5 * bound[i] + 1e-6;
-            assert!(
-                (got[i] as f64 - want[i] as f64).abs() <= tol,
-                "{dtype} {isa:?} rows {rows} cols {cols} n {n}: out[{i}] = {} vs scalar {} (tol {tol:e})",
-                got[i],
-                want[i]
-            );
-        }
+        assert_within_order_error(&got, &want, &bound, || {
+            format!("{dtype} {isa:?} rows {rows} cols {cols} n {n}")
+        });
+    }
+}
+
+/// Each `got[i]` within the float summation-order tolerance of `want[i]` (relative to
+/// `bound[i]`, see [`abs_products`]).
+fn assert_within_order_error(got: &[f32], want: &[f32], bound: &[f64], what: impl Fn() -> String) {
+    for i in 0..want.len() {
+        let tol = 2e-5 * bound[i] + 1e-6;
+        assert!(
+            (got[i] as f64 - want[i] as f64).abs() <= tol,
+            "{}: out[{i}] = {} vs {} (tol {tol:e})",
+            what(),
+            got[i],
+            want[i]
+        );
     }
 }
 
@@ -143,10 +152,8 @@ fn q6_k_fast_matches_scalar() {
     check_all_shapes(DType::Q6_K, &[512, 256]);
 }
 
-#[test]
-fn q8_0_weights_with_minus_128_match_scalar() {
-    // ggml never writes −128, but a file may hold it; the |w| side of vpmaddubsw handles it.
-    let (rows, cols, n) = (5, 64, 3);
+/// `Q8_0` weights where every fifth quant is −128.
+fn q8_0_with_minus_128(rows: usize, cols: usize) -> QMat {
     let mut bytes = vec![0u8; rows * cols / 32 * 34];
     for (i, b) in bytes.iter_mut().enumerate() {
         *b = match i % 34 {
@@ -157,6 +164,14 @@ fn q8_0_weights_with_minus_128_match_scalar() {
         };
     }
     let q = QMat::from_storage(DType::Q8_0, rows, cols, Storage::Owned(bytes), None).unwrap();
+    q
+}
+
+#[test]
+fn q8_0_weights_with_minus_128_match_scalar() {
+    // ggml never writes −128, but a file may hold it; the |w| side of vpmaddubsw handles it.
+    let (rows, cols, n) = (5, 64, 3);
+    let q = q8_0_with_minus_128(rows, cols);
     let x = data(n * cols, 9, 1.0);
     let mut want = vec![0.0; n * rows];
     q.matmul_with(Isa::Scalar, &x, n, &mut want);
@@ -173,6 +188,58 @@ fn q8_0_weights_with_minus_128_match_scalar() {
 }
 
 use crate::qmat::Storage;
+
+/// Packed (row-interleaved) weights on every ISA, scalar included, against the file layout's
+/// scalar result.
+fn check_packed(q: &QMat, n: usize, seed: u64) {
+    let (rows, cols) = (q.rows, q.cols);
+    let x = data(n * cols, seed, 1.0);
+    let bound = abs_products(&q.to_f32().data, &x, rows, cols, n);
+    let mut want = vec![0.0; n * rows];
+    q.matmul_with(Isa::Scalar, &x, n, &mut want);
+    let p = q.clone().into_packed();
+    assert!(p.is_packed());
+    assert_eq!(p.to_f32().data, q.to_f32().data, "packed dequantization");
+    assert_eq!(p.file_bytes(), q.bytes(), "packed file bytes");
+    for isa in Isa::available() {
+        let mut got = vec![f32::NAN; n * rows];
+        p.matmul_with(isa, &x, n, &mut got);
+        assert_within_order_error(&got, &want, &bound, || {
+            format!("packed {} {isa:?} rows {rows} cols {cols} n {n}", q.dtype)
+        });
+    }
+}
+
+#[test]
+fn packed_q8_0_and_q4_0_match_file_layout() {
+    for dtype in [DType::Q8_0, DType::Q4_0] {
+        for (k, &cols) in [96, 32, 64, 160].iter().enumerate() {
+            for rows in [8, 16, 24, 40] {
+                for n in [1, 2, 3, 4, 5, 7, 8, 16, 33] {
+                    if k == 0 || (rows / 8 + n) % 3 == 0 {
+                        let w = data(rows * cols, (rows * 31 + cols) as u64, 0.05);
+                        let q = QMat::from_f32(dtype, rows, cols, &w).unwrap();
+                        check_packed(&q, n, (n * 7 + cols) as u64);
+                    }
+                }
+            }
+        }
+        let w = data(512 * 64, 5, 0.05);
+        let q = QMat::from_f32(dtype, 512, 64, &w).unwrap();
+        for n in [1, 3, 8, 70] {
+            check_packed(&q, n, n as u64);
+        }
+    }
+}
+
+#[test]
+fn packed_q8_0_with_minus_128_matches() {
+    let (rows, cols) = (16, 64);
+    let q = q8_0_with_minus_128(rows, cols);
+    for n in [1, 4, 6] {
+        check_packed(&q, n, 11);
+    }
+}
 
 #[test]
 fn activation_quantizers_are_bit_identical() {
