@@ -163,8 +163,7 @@ fn q8_0_with_minus_128(rows: usize, cols: usize) -> QMat {
             j => (j * 37 % 256) as u8,
         };
     }
-    let q = QMat::from_storage(DType::Q8_0, rows, cols, Storage::Owned(bytes), None).unwrap();
-    q
+    QMat::from_storage(DType::Q8_0, rows, cols, Storage::Owned(bytes), None).unwrap()
 }
 
 #[test]
