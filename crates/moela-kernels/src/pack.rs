@@ -46,8 +46,9 @@ pub(crate) fn pack(dtype: DType, rows: usize, row_bytes: usize, src: &[u8]) -> V
             for i in 0..PACK_ROWS {
                 let blk = &rows_src[i * row_bytes + b * ts..][..ts];
                 pb[2 * i..2 * i + 2].copy_from_slice(&blk[..2]);
-                for (k, &q) in blk[2..].iter().enumerate() {
-                    pb[quant_offset(i, k)] = q;
+                for (c, q) in blk[2..].chunks_exact(4).enumerate() {
+                    let at = quant_offset(i, 4 * c);
+                    pb[at..at + 4].copy_from_slice(q);
                 }
             }
         }

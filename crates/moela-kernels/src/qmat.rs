@@ -279,6 +279,33 @@ impl QMat {
         }
     }
 
+    /// [`QMat::matmul`] with rows `r0..r0 + nr` only: `y[n, nr]` (e.g. one head's block of a
+    /// per-head stacked matrix). A packed matrix needs `r0` and `nr` in whole groups of 8.
+    pub fn matmul_rows(&self, r0: usize, nr: usize, x: &[f32], n: usize, y: &mut [f32]) {
+        assert!(
+            r0 + nr <= self.rows,
+            "matmul_rows: rows {r0}+{nr} of {}",
+            self.rows
+        );
+        assert!(
+            !self.packed
+                || (r0.is_multiple_of(crate::pack::PACK_ROWS)
+                    && nr.is_multiple_of(crate::pack::PACK_ROWS)),
+            "matmul_rows: packed rows {r0}+{nr} are not whole groups"
+        );
+        assert!(
+            self.dtype != DType::F8E4M3Block128,
+            "matmul_rows: fp8 scales are per 128 rows"
+        );
+        let rb = self.row_bytes();
+        let w = WeightRef {
+            bytes: &self.bytes()[r0 * rb..(r0 + nr) * rb],
+            rows: nr,
+            ..self.weight_ref()
+        };
+        kernels::gemm(kernels::best(), &w, x, n, y)
+    }
+
     /// `y[n, rows] = x[n, cols] · selfᵀ`. Quantized types first quantize `x` once (to `Q8`
     /// blocks for `Q8_0`/`Q4_0`, `Q8_K` for `Q4_K`/`Q6_K`). Runs on the worker pool with the
     /// best kernels this CPU supports.

@@ -285,6 +285,30 @@ impl WeightSource for GgufSource<'_> {
         }
     }
 
+    fn kv_b_split(
+        &mut self,
+        layer: usize,
+        cfg: &Config,
+    ) -> Result<Option<(QMat, QMat)>, ModelError> {
+        let name = format!("model.layers.{layer}.self_attn.kv_b_proj.weight");
+        let Some(GgufTarget::KvB { fused, k_b, v_b }) = hf_name_to_gguf(&name) else {
+            return Ok(None);
+        };
+        let f = &self.g.file;
+        if f.tensor(&fused).is_some() || f.tensor(&k_b).is_none() || f.tensor(&v_b).is_none() {
+            return Ok(None);
+        }
+        let (h, r) = (cfg.num_attention_heads, cfg.kv_lora_rank);
+        let uk_t = self
+            .g
+            .matrix_at(&k_b, None, &name, h * r, cfg.qk_nope_head_dim)?;
+        let uv = self.g.matrix_at(&v_b, None, &name, h * cfg.v_head_dim, r)?;
+        Ok(Some((
+            requantize(uk_t, &name, self.quant)?,
+            requantize(uv, &name, self.quant)?,
+        )))
+    }
+
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
         let m = match Self::target(name)? {
             GgufTarget::Whole(g) => {

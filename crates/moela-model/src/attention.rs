@@ -2,7 +2,7 @@
 //! the standard (decompressed) form — the executable spec — and the absorbed form.
 
 use moela_kernels::ops::dot;
-use moela_kernels::{parallel_chunks, softmax_in_place, Mat};
+use moela_kernels::{parallel_chunks, softmax_in_place, Mat, QMat};
 
 use crate::cache::LayerView;
 
@@ -60,12 +60,14 @@ pub(crate) fn mla(
     q: &[f32],
     cache: &LayerView<'_>,
     kv_b: &Mat,
+    uk_t: &QMat,
+    uv: &QMat,
     d: &MlaDims,
     mode: AttentionMode,
 ) -> Vec<f32> {
     let n = q.len() / (d.heads * d.qk());
     match mode.resolve(d, n) {
-        AttentionMode::Absorbed => mla_absorbed(q, cache, kv_b, d),
+        AttentionMode::Absorbed => mla_absorbed(q, cache, uk_t, uv, d),
         _ => mla_standard(q, cache, kv_b, d),
     }
 }
@@ -109,26 +111,27 @@ pub(crate) fn mla_standard(q: &[f32], cache: &LayerView<'_>, kv_b: &Mat, d: &Mla
 
 /// Absorbed form: fold W_UK into the query and W_UV after the weighted sum, so attention is
 /// MQA over the cached latents with one `rank + rope`-wide key (DeepSeek-V2 paper §2.1.2).
-pub(crate) fn mla_absorbed(q: &[f32], cache: &LayerView<'_>, kv_b: &Mat, d: &MlaDims) -> Vec<f32> {
+pub(crate) fn mla_absorbed(
+    q: &[f32],
+    cache: &LayerView<'_>,
+    uk_t: &QMat,
+    uv: &QMat,
+    d: &MlaDims,
+) -> Vec<f32> {
     let (h, qk) = (d.heads, d.qk());
     let n = q.len() / (h * qk);
     let len = cache.len;
     let start = len - n;
     let mut out = vec![0.0f32; n * h * d.v];
     let work = n * h * (len * (2 * d.rank + d.rope) + d.rank * (d.nope + d.v));
-    // One task per (query token, head).
+    // One task per (query token, head); the per-head products run inline in the task.
     parallel_chunks(&mut out, d.v, work, |i, o| {
         let (t, hh) = (i / h, i % h);
         let visible = start + t + 1;
         let qh = &q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
-        let base = hh * (d.nope + d.v);
-        // q_lat = Σ_d q_nope[d] · W_UK[h, d, :]
+        // q_lat = W_UK[h]ᵀ · q_nope
         let mut q_lat = vec![0.0f32; d.rank];
-        for (dd, &qv) in qh[..d.nope].iter().enumerate() {
-            for (a, &w) in q_lat.iter_mut().zip(kv_b.row(base + dd)) {
-                *a += qv * w;
-            }
-        }
+        uk_t.matmul_rows(hh * d.rank, d.rank, &qh[..d.nope], 1, &mut q_lat);
         let mut scores = vec![0.0f32; visible];
         for (u, s) in scores.iter_mut().enumerate() {
             let row = cache.row(u);
@@ -141,9 +144,8 @@ pub(crate) fn mla_absorbed(q: &[f32], cache: &LayerView<'_>, kv_b: &Mat, d: &Mla
                 *a += p * c;
             }
         }
-        for j in 0..d.v {
-            o[j] = dot(kv_b.row(base + d.nope + j), &o_lat);
-        }
+        // o = W_UV[h] · o_lat
+        uv.matmul_rows(hh * d.v, d.v, &o_lat, 1, o);
     });
     out
 }

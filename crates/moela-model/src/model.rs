@@ -303,7 +303,15 @@ impl Attend for MlaAttention {
             cache.write(s.cache, step.layer, &rows[t0 * lat..(t0 + n) * lat]);
             let qs = &q[t0 * h * qk..(t0 + n) * h * qk];
             let view = cache.view(s.cache, step.layer, s.cache.len() + n);
-            o.extend(mla(qs, &view, &a.kv_b, &dims, step.opts.attention));
+            o.extend(mla(
+                qs,
+                &view,
+                &a.kv_b,
+                &a.uk_t,
+                &a.uv,
+                &dims,
+                step.opts.attention,
+            ));
             t0 += n;
         }
         a.o.forward(&o)

@@ -23,6 +23,18 @@ pub trait WeightSource {
             msg: e.to_string(),
         })
     }
+    /// `kv_b_proj` of MLA layer `layer` as stored split for the absorbed form, when the
+    /// source has it that way (llama.cpp's `attn_k_b`/`attn_v_b`): W_UK transposed per head
+    /// `[heads·kv_lora_rank, qk_nope]` and W_UV `[heads·v_head, kv_lora_rank]`, in their stored
+    /// types. `None` (the default) derives both from `kv_b_proj`.
+    fn kv_b_split(
+        &mut self,
+        layer: usize,
+        cfg: &Config,
+    ) -> Result<Option<(QMat, QMat)>, ModelError> {
+        let _ = (layer, cfg);
+        Ok(None)
+    }
 }
 
 /// A SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))`.
@@ -51,9 +63,15 @@ pub struct MlaAttention {
     /// `[kv_lora_rank + qk_rope_head_dim, hidden]`: rows 0..r give the latent, the rest the rope key.
     pub kv_a: QMat,
     pub kv_a_norm: Vec<f32>, // [kv_lora_rank]
-    /// `[heads·(qk_nope + v_head), kv_lora_rank]`: per head, W_UK rows then W_UV rows. Kept in
-    /// f32: the absorbed form reads it row by row (it is small).
+    /// `[heads·(qk_nope + v_head), kv_lora_rank]`: per head, W_UK rows then W_UV rows, in f32
+    /// (the decompressing form, the executable spec).
     pub kv_b: Mat,
+    /// The absorbed form's view of `kv_b`: W_UK transposed per head
+    /// `[heads·kv_lora_rank, qk_nope]` and W_UV `[heads·v_head, kv_lora_rank]`, in the stored
+    /// type (from the file's split tensors, or transposed from a float `kv_b`; FP8 becomes F32
+    /// and fused quantized `kv_b` Q8_0).
+    pub uk_t: QMat,
+    pub uv: QMat,
     pub o: QMat, // [hidden, heads·v_head]
 }
 
@@ -150,8 +168,53 @@ impl Req<'_> {
             Ok(None)
         }
     }
-    /// MLA weights of the layer at `p` (`model.layers.{l}`).
-    fn mla(&mut self, cfg: &Config, p: &str) -> Result<MlaAttention, ModelError> {
+    /// W_UK transposed per head and W_UV (see [`MlaAttention::uk_t`]) from the source's split
+    /// tensors, or from `kv_b` (`[heads·(nope + v), rank]`, stored as `dtype`).
+    fn absorbed(
+        &mut self,
+        cfg: &Config,
+        layer: usize,
+        kv_b: &Mat,
+        dtype: DType,
+    ) -> Result<(QMat, QMat), ModelError> {
+        if let Some((uk_t, uv)) = self.src.kv_b_split(layer, cfg)? {
+            return Ok((uk_t.packed_for_matmul(), uv.packed_for_matmul()));
+        }
+        let (h, r) = (cfg.num_attention_heads, cfg.kv_lora_rank);
+        let (dn, dv) = (cfg.qk_nope_head_dim, cfg.v_head_dim);
+        let mut uk_t = vec![0.0f32; h * r * dn];
+        let mut uv = Vec::with_capacity(h * dv * r);
+        for hh in 0..h {
+            let base = hh * (dn + dv);
+            for i in 0..dn {
+                for (j, &w) in kv_b.row(base + i).iter().enumerate() {
+                    uk_t[(hh * r + j) * dn + i] = w;
+                }
+            }
+            for i in 0..dv {
+                uv.extend_from_slice(kv_b.row(base + dn + i));
+            }
+        }
+        // Transposing is exact in a float type; FP8 block scales and quantized blocks do not
+        // survive it, so those become F32 and Q8_0.
+        let dt = match dtype {
+            DType::F32 | DType::F16 | DType::BF16 => dtype,
+            DType::F8E4M3Block128 => DType::F32,
+            _ => DType::Q8_0,
+        };
+        let name = format!("model.layers.{layer}.self_attn.kv_b_proj.weight");
+        let q = |rows: usize, cols: usize, data: &[f32]| {
+            QMat::from_f32(dt, rows, cols, data)
+                .map(QMat::packed_for_matmul)
+                .map_err(|e| ModelError::Tensor {
+                    name: name.clone(),
+                    msg: e.to_string(),
+                })
+        };
+        Ok((q(h * r, dn, &uk_t)?, q(h * dv, r, &uv)?))
+    }
+    /// MLA weights of layer `layer` at `p` (`model.layers.{layer}`).
+    fn mla(&mut self, cfg: &Config, layer: usize, p: &str) -> Result<MlaAttention, ModelError> {
         let d = cfg.hidden_size;
         let h = cfg.num_attention_heads;
         let q = match cfg.q_lora_rank {
@@ -170,6 +233,13 @@ impl Req<'_> {
                 )?,
             },
         };
+        let kv_b_q = self.mat(
+            &format!("{p}.self_attn.kv_b_proj.weight"),
+            h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
+            cfg.kv_lora_rank,
+        )?;
+        let kv_b = kv_b_q.to_f32();
+        let (uk_t, uv) = self.absorbed(cfg, layer, &kv_b, kv_b_q.dtype)?;
         Ok(MlaAttention {
             q,
             kv_a: self.mat(
@@ -181,13 +251,9 @@ impl Req<'_> {
                 &format!("{p}.self_attn.kv_a_layernorm.weight"),
                 cfg.kv_lora_rank,
             )?,
-            kv_b: self
-                .mat(
-                    &format!("{p}.self_attn.kv_b_proj.weight"),
-                    h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
-                    cfg.kv_lora_rank,
-                )?
-                .to_f32(),
+            kv_b,
+            uk_t,
+            uv,
             o: self.mat(
                 &format!("{p}.self_attn.o_proj.weight"),
                 d,
@@ -237,7 +303,7 @@ impl Weights {
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let attn = if cfg.model_type.is_mla() {
-                LayerAttention::Mla(req.mla(cfg, &p)?)
+                LayerAttention::Mla(req.mla(cfg, l, &p)?)
             } else {
                 LayerAttention::Gqa(req.gqa(cfg, &p)?)
             };
