@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use moela_engine::{generate, perplexity, EngineError, GenerateRequest, SamplingParams};
 use moela_kernels::DType;
 use moela_loader::{LoadOptions, ModelFiles};
-use moela_model::Model;
+use moela_model::{KvType, Model};
 use moela_text::{split_reasoning, ChatMessage, RenderOptions, Role, Tokenizer};
 
 #[derive(Parser)]
@@ -56,6 +56,9 @@ struct ModelArgs {
     /// Quantize weights while loading: q4_0, q8_0, q4_k, q6_k, f16, bf16 or f32.
     #[arg(long, value_parser = parse_dtype)]
     quant: Option<DType>,
+    /// KV cache type: f16 or f32 (default: f32 for safetensors checkpoints, f16 for GGUF).
+    #[arg(long)]
+    kv_type: Option<KvType>,
 }
 
 fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
@@ -293,6 +296,7 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
     let opts = LoadOptions {
         progress: std::io::stderr().is_terminal(),
         quant: args.quant,
+        kv_type: args.kv_type,
     };
     let model = files.load_model(&opts)?;
     Ok(Loaded {
@@ -663,7 +667,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     };
     let r = moela_engine::run_bench(&m.model, &cfg).map_err(engine_error)?;
     let c = &m.model.config;
-    let kv_bytes_per_token = c.num_hidden_layers * c.latent_dim() * std::mem::size_of::<f32>();
+    let kv_bytes_per_token = c.num_hidden_layers * c.latent_dim() * m.model.kv_type().size();
     let rss = moela_engine::peak_rss_bytes();
     let threads = moela_kernels::num_threads();
     if a.json {
@@ -725,6 +729,7 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     let opts = LoadOptions {
         progress: std::io::stderr().is_terminal(),
         quant: None,
+        kv_type: None,
     };
     let model = files.load_model(&opts)?;
     let name = a

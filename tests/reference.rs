@@ -107,7 +107,7 @@ fn greedy_continuation_matches_reference_token_by_token() {
 #[test]
 fn gguf_export_round_trips() {
     use moela_kernels::DType;
-    use moela_loader::{export_deepseek2, GgufModel, LoadOptions};
+    use moela_loader::{export_deepseek2, GgufModel};
     for case in ["v2_lite", "v3_fp8", "v2_lite_plain_rope"] {
         let c = load(case);
         let dir = case_dir(case);
@@ -123,7 +123,7 @@ fn gguf_export_round_trips() {
             export_deepseek2(&c.model, &tok, Some(&cfg), dtype, case, &path).unwrap();
             let g = GgufModel::open(&path).unwrap();
             assert_eq!(g.config.num_hidden_layers, c.model.config.num_hidden_layers);
-            let m = g.load_model_with(&LoadOptions::default()).unwrap();
+            let m = g.load_model_with(&common::exact_cache()).unwrap();
             let logits = prefill_logits(&m, &tokens, AttentionMode::Auto);
             let got = nll_from_logits(&logits, &tokens, v);
             if dtype == DType::F32 {

@@ -277,7 +277,7 @@ fn gguf_files_compute_what_the_checkpoints_do() {
             ),
             "{case}"
         );
-        let m = g.load_model_with(&LoadOptions::default()).unwrap();
+        let m = g.load_model_with(&common::exact_cache()).unwrap();
         let gold = golden(case);
         let tokens = ids(&gold["nll_tokens"]);
         let d = prefill_logits(&m, &tokens)
@@ -322,8 +322,8 @@ fn q8_0_on_load_stays_close() {
         let files = ModelFiles::open(&case_dir(case)).unwrap();
         let m = files
             .load_model(&LoadOptions {
-                progress: false,
                 quant: Some(DType::Q8_0),
+                ..LoadOptions::default()
             })
             .unwrap();
         let g = golden(case);

@@ -51,3 +51,12 @@ pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f64::max)
 }
+
+/// Load options with an f32 KV cache (GGUF files default to f16): tests that check a file's
+/// numbers against the checkpoint's use it, so only the file is under test.
+pub fn exact_cache() -> moela_loader::LoadOptions {
+    moela_loader::LoadOptions {
+        kv_type: Some(moela_model::KvType::F32),
+        ..moela_loader::LoadOptions::default()
+    }
+}

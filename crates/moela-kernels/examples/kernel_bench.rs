@@ -125,20 +125,26 @@ fn main() {
         .chain([(DType::Q8_0, true), (DType::Q4_0, true)]);
     for (dtype, packed) in cases {
         for &(rows, cols) in &shapes {
-            let mut w = QMat::from_f32(dtype, rows, cols, &data(rows * cols, (rows + cols) as u64))
-                .unwrap();
-            if packed {
-                w = w.packed_for_matmul();
-            }
+            let file_layout =
+                QMat::from_f32(dtype, rows, cols, &data(rows * cols, (rows + cols) as u64))
+                    .unwrap();
+            // Packed matrices share their bytes when cloned: pack every copy on its own.
+            let copy = || {
+                if packed {
+                    file_layout.clone().packed_for_matmul()
+                } else {
+                    file_layout.clone()
+                }
+            };
+            let w = copy();
             let mb = w.nbytes() as f64 / 1e6;
-            // Enough distinct copies (clones own their bytes) that a full cycle does not fit in
-            // the 32 MB L3.
+            // Enough distinct copies that a full cycle does not fit in the 32 MB L3.
             let copies = if hot {
                 1
             } else {
                 ((160e6 / w.nbytes() as f64).ceil() as usize).max(1)
             };
-            let ws: Vec<QMat> = (0..copies).map(|_| w.clone()).collect();
+            let ws: Vec<QMat> = (0..copies).map(|_| copy()).collect();
             let x1 = data(cols, 7);
             let x128 = data(128 * cols, 8);
             let mut y1 = vec![0.0; rows];

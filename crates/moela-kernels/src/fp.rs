@@ -101,6 +101,20 @@ pub fn nearest_int(x: f32) -> i32 {
     x.round_ties_even() as i32
 }
 
+/// f16 bits → f32 for a whole slice (`src` and `dst` of equal length; SIMD where available).
+pub fn f16_slice_to_f32(src: &[u16], dst: &mut [f32]) {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    let h: &[half::f16] = src.reinterpret_cast();
+    h.convert_to_f32_slice(dst);
+}
+
+/// f32 → f16 bits for a whole slice, round to nearest even (SIMD where available).
+pub fn f32_slice_to_f16(src: &[f32], dst: &mut [u16]) {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    let h: &mut [half::f16] = dst.reinterpret_cast_mut();
+    h.convert_from_f32_slice(src);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,8 +14,11 @@
 //! equals the file layout's, and the quant bytes keep their meaning (`Q4_0` byte `k` holds
 //! values `k` and `k + 16`).
 
+use std::sync::Arc;
+
 use crate::dtype::DType;
 use crate::parallel::parallel_chunks;
+use crate::qmat::Storage;
 
 /// Rows per interleaved group.
 pub const PACK_ROWS: usize = 8;
@@ -31,15 +34,41 @@ pub(crate) fn quant_offset(i: usize, k: usize) -> usize {
     2 * PACK_ROWS + (k / 4) * 4 * PACK_ROWS + 4 * i + k % 4
 }
 
-/// The packed form of row-major `src` (`rows` rows of `row_bytes`, `dtype` blocks).
-pub(crate) fn pack(dtype: DType, rows: usize, row_bytes: usize, src: &[u8]) -> Vec<u8> {
+/// The packed form of row-major `src` (`rows` rows of `row_bytes`, `dtype` blocks), in
+/// huge-page-backed memory when available.
+pub(crate) fn pack(dtype: DType, rows: usize, row_bytes: usize, src: &[u8]) -> Storage {
+    match crate::mmap::anon_huge(src.len()) {
+        Some(mut m) => {
+            pack_into(dtype, rows, row_bytes, src, &mut m);
+            match m.make_read_only() {
+                Ok(m) => Storage::Mapped {
+                    map: Arc::new(m),
+                    offset: 0,
+                    len: src.len(),
+                },
+                Err(_) => Storage::Owned(packed_vec(dtype, rows, row_bytes, src)),
+            }
+        }
+        None => Storage::Owned(packed_vec(dtype, rows, row_bytes, src)),
+    }
+}
+
+/// [`pack`] into a plain vector (when anonymous mappings are unavailable).
+fn packed_vec(dtype: DType, rows: usize, row_bytes: usize, src: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; src.len()];
+    pack_into(dtype, rows, row_bytes, src, &mut out);
+    out
+}
+
+/// Writes the packed form of `src` into `out` (same length).
+fn pack_into(dtype: DType, rows: usize, row_bytes: usize, src: &[u8], out: &mut [u8]) {
     assert!(packable(dtype, rows), "pack: {dtype} with {rows} rows");
     assert_eq!(src.len(), rows * row_bytes, "pack: source length");
+    assert_eq!(out.len(), src.len(), "pack: output length");
     let ts = dtype.type_size();
     let nb = row_bytes / ts;
     let group = PACK_ROWS * row_bytes;
-    let mut out = vec![0u8; src.len()];
-    parallel_chunks(&mut out, group, src.len(), |g, dst| {
+    parallel_chunks(out, group, src.len(), |g, dst| {
         let rows_src = &src[g * group..(g + 1) * group];
         for b in 0..nb {
             let pb = &mut dst[b * PACK_ROWS * ts..(b + 1) * PACK_ROWS * ts];
@@ -53,7 +82,6 @@ pub(crate) fn pack(dtype: DType, rows: usize, row_bytes: usize, src: &[u8]) -> V
             }
         }
     });
-    out
 }
 
 /// Row `i` (0..8) of one packed group, in the file layout, into `out` (`row_bytes` long).
@@ -79,7 +107,8 @@ mod tests {
             let rb = dtype.row_bytes(cols).unwrap();
             let src: Vec<u8> = (0..rows * rb).map(|i| (i * 7 + i / 13) as u8).collect();
             let p = pack(dtype, rows, rb, &src);
-            assert_ne!(p, src);
+            let p = p.bytes();
+            assert_ne!(p, &src[..]);
             let mut row = vec![0u8; rb];
             for r in 0..rows {
                 unpack_row(dtype, &p[r / 8 * 8 * rb..][..8 * rb], r % 8, &mut row);

@@ -209,7 +209,7 @@ impl QMat {
             crate::mmap::release(map, *offset, *len);
         }
         QMat {
-            data: Storage::Owned(bytes),
+            data: bytes,
             packed: true,
             ..self
         }
@@ -330,6 +330,21 @@ impl QMat {
     /// [`QMat::matmul`] on an input from [`QMat::prepare`] (or [`PreparedInput::new`]).
     pub fn matmul_prepared(&self, input: &PreparedInput<'_>, y: &mut [f32]) {
         kernels::gemm_prepared(kernels::best(), &self.weight_ref(), input, y)
+    }
+
+    /// The products `y = x · wᵀ` of every `(w, x, y)` in one pool dispatch (inputs from
+    /// [`QMat::prepare`]; each `y` is `[x.n(), w.rows]`). For many small products, e.g. the
+    /// experts of one MoE step.
+    pub fn matmul_batch(items: &mut [(&QMat, &PreparedInput<'_>, &mut [f32])]) {
+        let mut batch: Vec<kernels::BatchItem<'_>> = items
+            .iter_mut()
+            .map(|(w, x, y)| kernels::BatchItem {
+                w: w.weight_ref(),
+                x,
+                y,
+            })
+            .collect();
+        kernels::gemm_batch(kernels::best(), &mut batch)
     }
 
     /// `x · selfᵀ` for `x` of shape `[n, cols]`; returns `[n, rows]`.

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use moela_kernels::{DType, Mat, QMat, Storage};
-use moela_model::{Config, Model, ModelError, RopeScaling, WeightSource};
+use moela_model::{Config, KvType, Model, ModelError, RopeScaling, WeightSource};
 
 use crate::error::LoadError;
 use crate::gguf::{
@@ -82,12 +82,13 @@ impl GgufModel {
             quant: opts.quant,
         };
         let mut bar = LoadProgress::new(opts.progress);
-        Model::load(self.config.clone(), &mut src, &mut |d, t| bar.update(d, t)).map_err(|source| {
-            LoadError::Model {
+        let mut m = Model::load(self.config.clone(), &mut src, &mut |d, t| bar.update(d, t))
+            .map_err(|source| LoadError::Model {
                 path: self.path.clone(),
                 source,
-            }
-        })
+            })?;
+        m.set_kv_type(opts.kv_type.unwrap_or(KvType::F16));
+        Ok(m)
     }
 
     /// A stored tensor (or one expert's slice of a stacked tensor) as a `[rows, cols]` matrix.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use moela_kernels::mmap::{map_readonly, Mmap};
 use moela_kernels::{DType, QMat, Storage, FP8_BLOCK};
-use moela_model::{Config, Model, ModelError, WeightSource};
+use moela_model::{Config, KvType, Model, ModelError, WeightSource};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::LoadError;
@@ -22,6 +22,9 @@ pub struct LoadOptions {
     /// Quantize weight matrices to this type while loading (routers and matrices whose
     /// width is not a multiple of the block size stay as stored).
     pub quant: Option<DType>,
+    /// KV cache element type; `None`: F32 for safetensors checkpoints (exact, as the
+    /// reference), F16 for GGUF files (as llama.cpp).
+    pub kv_type: Option<KvType>,
 }
 
 /// One tensor as stored.
@@ -170,7 +173,7 @@ impl Checkpoint {
     pub fn load_model(&self, progress: bool) -> Result<Model, LoadError> {
         self.load_model_with(&LoadOptions {
             progress,
-            quant: None,
+            ..LoadOptions::default()
         })
     }
 
@@ -189,8 +192,10 @@ impl Checkpoint {
             quant: opts.quant,
         };
         let mut bar = LoadProgress::new(opts.progress);
-        Model::load(self.config.clone(), &mut src, &mut |d, t| bar.update(d, t))
-            .map_err(|source| self.model_error(source))
+        let mut m = Model::load(self.config.clone(), &mut src, &mut |d, t| bar.update(d, t))
+            .map_err(|source| self.model_error(source))?;
+        m.set_kv_type(opts.kv_type.unwrap_or(KvType::F32));
+        Ok(m)
     }
 
     /// Attaches the file that holds the offending tensor (or the directory) to a model error.

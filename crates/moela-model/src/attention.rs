@@ -79,6 +79,7 @@ pub(crate) fn mla_standard(q: &[f32], cache: &LayerView<'_>, kv_b: &Mat, d: &Mla
     let len = cache.len;
     let start = len - n;
     // c_n of every cached token: [len, rank]
+    let cache = cache.f32_rows();
     let mut c = Vec::with_capacity(len * d.rank);
     for u in 0..len {
         c.extend_from_slice(&cache.row(u)[..d.rank]);
@@ -120,6 +121,10 @@ pub(crate) fn mla_absorbed(
 ) -> Vec<f32> {
     let (h, qk) = (d.heads, d.qk());
     let n = q.len() / (h * qk);
+    if n == 1 {
+        return mla_absorbed_one(q, cache, uk_t, uv, d);
+    }
+    let rows = cache.f32_rows();
     let len = cache.len;
     let start = len - n;
     let mut out = vec![0.0f32; n * h * d.v];
@@ -134,18 +139,93 @@ pub(crate) fn mla_absorbed(
         uk_t.matmul_rows(hh * d.rank, d.rank, &qh[..d.nope], 1, &mut q_lat);
         let mut scores = vec![0.0f32; visible];
         for (u, s) in scores.iter_mut().enumerate() {
-            let row = cache.row(u);
+            let row = rows.row(u);
             *s = (dot(&q_lat, &row[..d.rank]) + dot(&qh[d.nope..], &row[d.rank..])) * d.scale;
         }
         softmax_in_place(&mut scores);
         let mut o_lat = vec![0.0f32; d.rank];
         for (u, &p) in scores.iter().enumerate() {
-            for (a, &c) in o_lat.iter_mut().zip(&cache.row(u)[..d.rank]) {
-                *a += p * c;
-            }
+            axpy(&mut o_lat, p, &rows.row(u)[..d.rank]);
         }
         // o = W_UV[h] · o_lat
         uv.matmul_rows(hh * d.v, d.v, &o_lat, 1, o);
+    });
+    out
+}
+
+/// `acc += p · x`.
+#[inline]
+fn axpy(acc: &mut [f32], p: f32, x: &[f32]) {
+    for (a, &c) in acc.iter_mut().zip(x) {
+        *a += p * c;
+    }
+}
+
+/// Cache rows per task in [`mla_absorbed_one`].
+const ROWS_PER_TASK: usize = 64;
+
+/// [`mla_absorbed`] for one query token (decode), cache-row outer: each cached row is read
+/// (and converted, for an f16 cache) once for all heads instead of once per head, and the work
+/// splits over row ranges, so long contexts stream the cache once per step.
+fn mla_absorbed_one(
+    q: &[f32],
+    cache: &LayerView<'_>,
+    uk_t: &QMat,
+    uv: &QMat,
+    d: &MlaDims,
+) -> Vec<f32> {
+    let (h, qk, r) = (d.heads, d.qk(), d.rank);
+    let len = cache.len;
+    // q_lat[h] = W_UK[h]ᵀ · q_nope[h]
+    let mut q_lat = vec![0.0f32; h * r];
+    parallel_chunks(&mut q_lat, r, h * r * d.nope, |hh, ql| {
+        uk_t.matmul_rows(hh * r, r, &q[hh * qk..hh * qk + d.nope], 1, ql);
+    });
+    // scores[u, h]
+    let mut scores = vec![0.0f32; len * h];
+    let work = len * h * (r + d.rope);
+    parallel_chunks(&mut scores, ROWS_PER_TASK * h, work, |ci, s| {
+        let mut buf = cache.row_buf();
+        for (k, su) in s.chunks_exact_mut(h).enumerate() {
+            let row = cache.row(ci * ROWS_PER_TASK + k, &mut buf);
+            for (hh, sv) in su.iter_mut().enumerate() {
+                let q_pe = &q[hh * qk + d.nope..(hh + 1) * qk];
+                *sv =
+                    (dot(&q_lat[hh * r..(hh + 1) * r], &row[..r]) + dot(q_pe, &row[r..])) * d.scale;
+            }
+        }
+    });
+    let mut col = vec![0.0f32; len];
+    for hh in 0..h {
+        for (u, c) in col.iter_mut().enumerate() {
+            *c = scores[u * h + hh];
+        }
+        softmax_in_place(&mut col);
+        for (u, &c) in col.iter().enumerate() {
+            scores[u * h + hh] = c;
+        }
+    }
+    // o_lat[h] = Σ_u p[u, h] · c_u, as per-task partial sums
+    let tasks = len.div_ceil(ROWS_PER_TASK);
+    let mut partial = vec![0.0f32; tasks * h * r];
+    parallel_chunks(&mut partial, h * r, len * h * r, |ci, acc| {
+        let mut buf = cache.row_buf();
+        let u0 = ci * ROWS_PER_TASK;
+        for u in u0..(u0 + ROWS_PER_TASK).min(len) {
+            let c = &cache.row(u, &mut buf)[..r];
+            for (hh, a) in acc.chunks_exact_mut(r).enumerate() {
+                axpy(a, scores[u * h + hh], c);
+            }
+        }
+    });
+    let (o_lat, rest) = partial.split_at_mut(h * r);
+    for p in rest.chunks_exact(h * r) {
+        axpy(o_lat, 1.0, p);
+    }
+    // out[h] = W_UV[h] · o_lat[h]
+    let mut out = vec![0.0f32; h * d.v];
+    parallel_chunks(&mut out, d.v, h * d.v * r, |hh, o| {
+        uv.matmul_rows(hh * d.v, d.v, &o_lat[hh * r..(hh + 1) * r], 1, o);
     });
     out
 }

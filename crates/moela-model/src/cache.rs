@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use moela_kernels::fp::{f16_slice_to_f32, f32_slice_to_f16};
+
 use crate::error::ModelError;
 
 /// Tokens per block unless configured otherwise.
@@ -18,9 +20,53 @@ pub const DEFAULT_BLOCK_TOKENS: usize = 16;
 
 type BlockId = usize;
 
+/// The element type of cached rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KvType {
+    /// Exact: what the reference computes with.
+    #[default]
+    F32,
+    /// Half the memory (as llama.cpp's default cache); rows are rounded to f16 when written.
+    F16,
+}
+
+impl KvType {
+    /// Bytes per cached value.
+    pub fn size(self) -> usize {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        }
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<KvType, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(KvType::F32),
+            "f16" => Ok(KvType::F16),
+            _ => Err(format!("unknown KV cache type `{s}` (expected f32 or f16)")),
+        }
+    }
+}
+
+/// A block's rows: `[layers, block_tokens, latent_dim]`.
+enum BlockData {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+}
+
+/// One layer's rows of one block.
+#[derive(Clone, Copy)]
+enum RowsRef<'a> {
+    F32(&'a [f32]),
+    F16(&'a [u16]),
+}
+
 struct Block {
-    /// `[layers, block_tokens, latent_dim]`; allocated on first use, kept for reuse.
-    data: Vec<f32>,
+    /// Allocated on first use, kept for reuse.
+    data: BlockData,
     /// Sequences and the prefix index holding this block.
     refs: usize,
     /// Prefix-index key when the block is full and indexed.
@@ -42,6 +88,7 @@ struct PoolInner {
 pub struct KvPool {
     layers: usize,
     latent_dim: usize,
+    kv_type: KvType,
     block_tokens: usize,
     /// Block limit; `None` grows without bound (single-sequence use).
     max_blocks: Option<usize>,
@@ -72,6 +119,7 @@ impl KvPool {
     pub fn new(
         layers: usize,
         latent_dim: usize,
+        kv_type: KvType,
         block_tokens: usize,
         max_blocks: Option<usize>,
         prefix_caching: bool,
@@ -79,6 +127,7 @@ impl KvPool {
         Arc::new(KvPool {
             layers,
             latent_dim,
+            kv_type,
             block_tokens: block_tokens.max(1),
             max_blocks,
             prefix_caching,
@@ -99,9 +148,13 @@ impl KvPool {
         self.latent_dim
     }
 
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
+    }
+
     /// Bytes of one block.
     pub fn block_bytes(&self) -> usize {
-        self.layers * self.block_tokens * self.latent_dim * std::mem::size_of::<f32>()
+        self.layers * self.block_tokens * self.latent_dim * self.kv_type.size()
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolInner> {
@@ -189,8 +242,12 @@ impl KvPool {
         let id = if let Some(id) = g.free.pop() {
             id
         } else if self.max_blocks.is_none_or(|m| g.blocks.len() < m) {
+            let len = self.layers * self.block_tokens * self.latent_dim;
             g.blocks.push(Block {
-                data: vec![0.0; self.layers * self.block_tokens * self.latent_dim],
+                data: match self.kv_type {
+                    KvType::F32 => BlockData::F32(vec![0.0; len]),
+                    KvType::F16 => BlockData::F16(vec![0; len]),
+                },
                 refs: 0,
                 key: None,
                 tokens: Vec::new(),
@@ -305,17 +362,70 @@ pub(crate) struct BatchCache<'a> {
 
 /// Read access to one sequence's rows of one layer.
 pub(crate) struct LayerView<'a> {
-    blocks: Vec<&'a [f32]>,
+    blocks: Vec<RowsRef<'a>>,
     bt: usize,
     lat: usize,
     pub(crate) len: usize,
 }
 
 impl LayerView<'_> {
-    /// Row `u`: `[latent_dim]` = c_n then k_pe.
+    /// Row `u` (`[latent_dim]`: c_n then k_pe for MLA) as f32: the stored row itself, or
+    /// converted into `buf` (`latent_dim` long).
+    #[inline]
+    pub(crate) fn row<'b>(&'b self, u: usize, buf: &'b mut [f32]) -> &'b [f32] {
+        let at = (u % self.bt) * self.lat;
+        match self.blocks[u / self.bt] {
+            RowsRef::F32(b) => &b[at..at + self.lat],
+            RowsRef::F16(b) => {
+                f16_slice_to_f32(&b[at..at + self.lat], buf);
+                buf
+            }
+        }
+    }
+
+    /// A scratch row for [`LayerView::row`].
+    pub(crate) fn row_buf(&self) -> Vec<f32> {
+        vec![0.0; self.lat]
+    }
+
+    /// Every row as f32, for loops that read each row many times (once per head): the
+    /// stored rows of an f32 cache, or an f16 cache's rows converted once.
+    pub(crate) fn f32_rows(&self) -> Rows<'_> {
+        if self.blocks.iter().all(|b| matches!(b, RowsRef::F32(_))) {
+            return Rows::Stored(self);
+        }
+        let mut data = vec![0.0f32; self.len * self.lat];
+        for (u, out) in data.chunks_exact_mut(self.lat).enumerate() {
+            let at = (u % self.bt) * self.lat;
+            match self.blocks[u / self.bt] {
+                RowsRef::F32(b) => out.copy_from_slice(&b[at..at + self.lat]),
+                RowsRef::F16(b) => f16_slice_to_f32(&b[at..at + self.lat], out),
+            }
+        }
+        Rows::Converted {
+            data,
+            lat: self.lat,
+        }
+    }
+}
+
+/// Rows of a [`LayerView`] as f32 (see [`LayerView::f32_rows`]).
+pub(crate) enum Rows<'a> {
+    Stored(&'a LayerView<'a>),
+    Converted { data: Vec<f32>, lat: usize },
+}
+
+impl Rows<'_> {
+    /// Row `u`.
     #[inline]
     pub(crate) fn row(&self, u: usize) -> &[f32] {
-        &self.blocks[u / self.bt][(u % self.bt) * self.lat..][..self.lat]
+        match self {
+            Rows::Stored(v) => match v.blocks[u / v.bt] {
+                RowsRef::F32(b) => &b[(u % v.bt) * v.lat..][..v.lat],
+                RowsRef::F16(_) => unreachable!("stored rows are f32"),
+            },
+            Rows::Converted { data, lat } => &data[u * lat..(u + 1) * lat],
+        }
     }
 }
 
@@ -367,7 +477,10 @@ impl<'a> BatchCache<'a> {
             let u = seq.len + i;
             let b = &mut self.guard.blocks[seq.blocks[u / bt]];
             let off = ((l * bt) + u % bt) * lat;
-            b.data[off..off + lat].copy_from_slice(row);
+            match &mut b.data {
+                BlockData::F32(d) => d[off..off + lat].copy_from_slice(row),
+                BlockData::F16(d) => f32_slice_to_f16(row, &mut d[off..off + lat]),
+            }
         }
     }
 
@@ -376,7 +489,13 @@ impl<'a> BatchCache<'a> {
         let (bt, lat) = (self.pool.block_tokens, self.pool.latent_dim);
         let blocks = seq.blocks[..upto.div_ceil(bt)]
             .iter()
-            .map(|&id| &self.guard.blocks[id].data[l * bt * lat..(l + 1) * bt * lat])
+            .map(|&id| {
+                let r = l * bt * lat..(l + 1) * bt * lat;
+                match &self.guard.blocks[id].data {
+                    BlockData::F32(d) => RowsRef::F32(&d[r]),
+                    BlockData::F16(d) => RowsRef::F16(&d[r]),
+                }
+            })
             .collect();
         LayerView {
             blocks,

@@ -119,6 +119,7 @@ fn gqa(q: &[f32], cache: &LayerView<'_>, d: &GqaDims, out: &mut [f32]) {
     let start = len - n;
     // One task per (token, head): its keys, softmax and weighted sum of values.
     let work = n * h * len * hd * 2;
+    let rows = cache.f32_rows();
     parallel_chunks(out, hd, work, |i, o| {
         let (t, hh) = (i / h, i % h);
         let pos = start + t;
@@ -126,12 +127,12 @@ fn gqa(q: &[f32], cache: &LayerView<'_>, d: &GqaDims, out: &mut [f32]) {
         let g = hh / group;
         let qh = &q[i * hd..(i + 1) * hd];
         let mut scores: Vec<f32> = (first..=pos)
-            .map(|u| dot(qh, &cache.row(u)[g * hd..(g + 1) * hd]) * d.scale)
+            .map(|u| dot(qh, &rows.row(u)[g * hd..(g + 1) * hd]) * d.scale)
             .collect();
         softmax_in_place(&mut scores);
         o.fill(0.0);
         for (u, &p) in (first..=pos).zip(&scores) {
-            let vu = &cache.row(u)[v_off + g * hd..v_off + (g + 1) * hd];
+            let vu = &rows.row(u)[v_off + g * hd..v_off + (g + 1) * hd];
             for (a, &b) in o.iter_mut().zip(vu) {
                 *a += p * b;
             }

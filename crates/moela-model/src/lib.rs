@@ -15,7 +15,7 @@ pub mod rope;
 pub mod weights;
 
 pub use attention::AttentionMode;
-pub use cache::{KvPool, PoolStats, SeqCache, DEFAULT_BLOCK_TOKENS};
+pub use cache::{KvPool, KvType, PoolStats, SeqCache, DEFAULT_BLOCK_TOKENS};
 pub use config::{
     Config, Llama3Rope, ModelType, RopeScaling, ScoringFunc, SlidingWindow, TopkMethod, Yarn,
 };

@@ -11,7 +11,7 @@ use moela_kernels::{add_in_place, rms_norm, rms_norm_in_place, QMat};
 use crate::attention::{mla, AttentionMode, MlaDims};
 use std::sync::Arc;
 
-use crate::cache::{BatchCache, KvPool, SeqCache, DEFAULT_BLOCK_TOKENS};
+use crate::cache::{BatchCache, KvPool, KvType, SeqCache, DEFAULT_BLOCK_TOKENS};
 use crate::config::Config;
 use crate::error::ModelError;
 use crate::moe::{mlp_forward, moe_forward};
@@ -91,6 +91,7 @@ pub struct Model {
     rope: Rope,
     /// Unbounded pool behind [`Model::new_cache`] (no prefix caching).
     pool: Arc<KvPool>,
+    kv_type: KvType,
 }
 
 impl Model {
@@ -106,6 +107,7 @@ impl Model {
         let pool = KvPool::new(
             config.num_hidden_layers,
             config.latent_dim(),
+            KvType::F32,
             DEFAULT_BLOCK_TOKENS,
             None,
             false,
@@ -115,7 +117,19 @@ impl Model {
             weights,
             rope,
             pool,
+            kv_type: KvType::F32,
         })
+    }
+
+    /// The element type of the caches this model makes (default F32, exact).
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
+    }
+
+    /// Sets the element type of the caches made from now on (its own pool is replaced).
+    pub fn set_kv_type(&mut self, kv_type: KvType) {
+        self.kv_type = kv_type;
+        self.pool = self.new_pool(DEFAULT_BLOCK_TOKENS, None, false);
     }
 
     /// An empty latent cache on the model's own unbounded pool.
@@ -134,6 +148,7 @@ impl Model {
         KvPool::new(
             self.config.num_hidden_layers,
             self.config.latent_dim(),
+            self.kv_type,
             block_tokens,
             max_blocks,
             prefix_caching,

@@ -1,6 +1,6 @@
 //! DeepSeekMoE: router (every `topk_method`), token bucketing by expert, shared experts.
 
-use moela_kernels::{silu, softmax_in_place};
+use moela_kernels::{silu, softmax_in_place, PreparedInput, QMat};
 
 use crate::config::{Config, ModelType, ScoringFunc, TopkMethod};
 use crate::weights::{Mlp, Moe};
@@ -87,12 +87,66 @@ pub fn route(cfg: &Config, logits: &[f32], bias: Option<&[f32]>) -> Route {
 
 /// SwiGLU over `[n, hidden]` rows: returns `[n, hidden]`.
 pub fn mlp_forward(m: &Mlp, x: &[f32]) -> Vec<f32> {
-    let mut g = m.gate.forward(x);
-    let u = m.up.forward(x);
-    for (a, b) in g.iter_mut().zip(&u) {
-        *a = silu(*a) * b;
+    mlps_forward(&[(m, x)]).remove(0)
+}
+
+/// Several SwiGLU MLPs, each on its own rows (`[n_i, hidden]`), in two pool dispatches: every
+/// gate and up projection, then every down projection.
+pub fn mlps_forward(jobs: &[(&Mlp, &[f32])]) -> Vec<Vec<f32>> {
+    let n_of = |m: &Mlp, x: &[f32]| x.len() / m.gate.cols;
+    // One quantization of each input serves gate and up (unless their types differ in kind).
+    let gate_in: Vec<PreparedInput<'_>> = jobs
+        .iter()
+        .map(|&(m, x)| m.gate.prepare(x, n_of(m, x)))
+        .collect();
+    let up_in: Vec<Option<PreparedInput<'_>>> = jobs
+        .iter()
+        .zip(&gate_in)
+        .map(|(&(m, x), g)| (!g.fits(m.up.dtype)).then(|| m.up.prepare(x, n_of(m, x))))
+        .collect();
+    let mut gate: Vec<Vec<f32>> = jobs
+        .iter()
+        .map(|&(m, x)| vec![0.0; n_of(m, x) * m.gate.rows])
+        .collect();
+    let mut up: Vec<Vec<f32>> = jobs
+        .iter()
+        .map(|&(m, x)| vec![0.0; n_of(m, x) * m.up.rows])
+        .collect();
+    {
+        let mut items: Vec<(&QMat, &PreparedInput<'_>, &mut [f32])> = Vec::new();
+        for (((&(m, _), gi), ui), (g, u)) in jobs
+            .iter()
+            .zip(&gate_in)
+            .zip(&up_in)
+            .zip(gate.iter_mut().zip(up.iter_mut()))
+        {
+            items.push((&m.gate, gi, g));
+            items.push((&m.up, ui.as_ref().unwrap_or(gi), u));
+        }
+        QMat::matmul_batch(&mut items);
     }
-    m.down.forward(&g)
+    for (g, u) in gate.iter_mut().zip(&up) {
+        for (a, b) in g.iter_mut().zip(u) {
+            *a = silu(*a) * b;
+        }
+    }
+    let down_in: Vec<PreparedInput<'_>> = jobs
+        .iter()
+        .zip(&gate)
+        .map(|(&(m, x), h)| m.down.prepare(h, n_of(m, x)))
+        .collect();
+    let mut out: Vec<Vec<f32>> = jobs
+        .iter()
+        .map(|&(m, x)| vec![0.0; n_of(m, x) * m.down.rows])
+        .collect();
+    let mut items: Vec<(&QMat, &PreparedInput<'_>, &mut [f32])> = jobs
+        .iter()
+        .zip(&down_in)
+        .zip(out.iter_mut())
+        .map(|((&(m, _), di), o)| (&m.down, di, &mut o[..]))
+        .collect();
+    QMat::matmul_batch(&mut items);
+    out
 }
 
 /// MoE over `[n, hidden]` rows: routes every token, runs each expert once on the tokens sent
@@ -109,21 +163,33 @@ pub fn moe_forward(cfg: &Config, moe: &Moe, x: &[f32]) -> Vec<f32> {
             buckets[ex].push((t, w));
         }
     }
-    let mut out = match &moe.shared {
-        Some(s) => mlp_forward(s, x),
+    // The shared experts and every routed expert with tokens, in one batch.
+    let gathered: Vec<(usize, Vec<f32>)> = buckets
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| !b.is_empty())
+        .map(|(ex, b)| {
+            let mut g = Vec::with_capacity(b.len() * d);
+            for &(t, _) in b {
+                g.extend_from_slice(&x[t * d..(t + 1) * d]);
+            }
+            (ex, g)
+        })
+        .collect();
+    let mut jobs: Vec<(&Mlp, &[f32])> = gathered
+        .iter()
+        .map(|(ex, g)| (&moe.experts[*ex], &g[..]))
+        .collect();
+    if let Some(s) = &moe.shared {
+        jobs.push((s, x));
+    }
+    let mut ys = mlps_forward(&jobs);
+    let mut out = match moe.shared {
+        Some(_) => ys.pop().unwrap_or_default(),
         None => vec![0.0; n * d],
     };
-    let mut gathered = Vec::new();
-    for (ex, bucket) in buckets.iter().enumerate() {
-        if bucket.is_empty() {
-            continue;
-        }
-        gathered.clear();
-        for &(t, _) in bucket {
-            gathered.extend_from_slice(&x[t * d..(t + 1) * d]);
-        }
-        let y = mlp_forward(&moe.experts[ex], &gathered);
-        for (j, &(t, w)) in bucket.iter().enumerate() {
+    for ((ex, _), y) in gathered.iter().zip(&ys) {
+        for (j, &(t, w)) in buckets[*ex].iter().enumerate() {
             for (o, v) in out[t * d..(t + 1) * d]
                 .iter_mut()
                 .zip(&y[j * d..(j + 1) * d])

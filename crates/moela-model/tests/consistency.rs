@@ -4,7 +4,8 @@
 //! transformers goldens in the workspace's `tests/reference.rs`.)
 
 use moela_model::{
-    AttentionMode, Config, ForwardOptions, Logits, Model, ModelError, SeqInput, WeightSource,
+    AttentionMode, Config, ForwardOptions, KvType, Logits, Model, ModelError, SeqInput,
+    WeightSource,
 };
 
 /// Deterministic pseudo-random weights of the requested shapes.
@@ -103,7 +104,28 @@ fn absorbed_mla_equals_standard() {
 
 #[test]
 fn incremental_decode_equals_prefill() {
-    let m = model(v3_config());
+    for kv in [KvType::F32, KvType::F16] {
+        incremental_decode_equals_prefill_with(kv);
+    }
+}
+
+#[test]
+fn f16_cache_stays_close_to_f32() {
+    let mut m = model(v3_config());
+    let toks = tokens(30, m.config.vocab_size);
+    let exact = run(&m, &toks, AttentionMode::Standard);
+    let f32_block = m.new_cache().pool().block_bytes();
+    m.set_kv_type(KvType::F16);
+    assert_eq!(m.new_cache().pool().block_bytes() * 2, f32_block);
+    let half = run(&m, &toks, AttentionMode::Standard);
+    let d = max_diff(&exact, &half);
+    assert!(d > 0.0 && d < 2e-2, "{d}");
+}
+
+fn incremental_decode_equals_prefill_with(kv: KvType) {
+    let mut m = model(v3_config());
+    m.set_kv_type(kv);
+    assert_eq!(m.new_cache().pool().kv_type(), kv);
     let toks = tokens(30, m.config.vocab_size);
     let full = run(&m, &toks, AttentionMode::Standard);
     let v = m.config.vocab_size;

@@ -465,27 +465,125 @@ pub(crate) fn gemm_prepared(
 }
 
 fn gemm_acts(ks: &KernelSet, w: &WeightRef<'_>, x: &[f32], acts: &ActBuf, n: usize, y: &mut [f32]) {
-    let (rows, cols) = (w.rows, w.cols);
-
-    // Plan: token blocks of ≤ 64, then enough row chunks (multiples of 8 rows: whole packed
-    // groups, and FP8 micro tiles never straddle a 128-row scale block) for ~8 tasks per
-    // thread.
-    let n_tc = n.div_ceil(TOKEN_BLOCK);
-    let tok_chunk = n.div_ceil(n_tc);
-    let work = rows * cols * n;
-    let threads = num_threads();
-    let want_tasks = if work < 1 << 15 { 1 } else { threads * 8 };
-    let row_tasks = want_tasks.div_ceil(n_tc).max(1);
-    let row_chunk = rows.div_ceil(row_tasks).next_multiple_of(PACK_ROWS);
-    let n_rc = rows.div_ceil(row_chunk);
-
+    let plan = Plan::new(w.rows, w.cols, n, num_threads() * 8);
     let yp = SendPtr(y.as_mut_ptr());
-    pool().run(n_rc * n_tc, |i| {
-        let (tc, rc) = (i / n_rc, i % n_rc);
-        let r0 = rc * row_chunk;
-        let nr = row_chunk.min(rows - r0);
-        let t0 = tc * tok_chunk;
-        let nt = tok_chunk.min(n - t0);
+    pool().run(plan.tasks(), |i| {
+        // SAFETY: `y` is `[n, rows]` (checked by the callers) and stays borrowed until `run`
+        // returns; tasks of one plan write disjoint outputs.
+        unsafe { plan.run_task(ks, w, x, acts, &yp, i) }
+    });
+}
+
+/// One product of a batch (see [`gemm_batch`]): `y[n, rows] = x · wᵀ`.
+pub(crate) struct BatchItem<'a> {
+    pub w: WeightRef<'a>,
+    pub x: &'a PreparedInput<'a>,
+    pub y: &'a mut [f32],
+}
+
+/// Several independent products in one pool dispatch (e.g. every active expert's gate and up
+/// projections of a decode step): tasks are cut per product as for one, in proportion to its
+/// work, and all of them share the workers. Saves a dispatch and a wait per product, and
+/// balances small products against each other.
+pub(crate) fn gemm_batch(ks: &KernelSet, items: &mut [BatchItem<'_>]) {
+    for it in items.iter() {
+        assert!(
+            it.x.fits(it.w.dtype),
+            "matmul batch: input prepared for other weights than {}",
+            it.w.dtype
+        );
+        assert_eq!(it.x.cols, it.w.cols, "matmul batch: input columns");
+        assert_eq!(it.y.len(), it.x.n * it.w.rows, "matmul batch: output length");
+    }
+    let work: Vec<usize> = items
+        .iter()
+        .map(|it| it.w.rows * it.w.cols * it.x.n)
+        .collect();
+    let total: usize = work.iter().sum::<usize>().max(1);
+    let budget = num_threads() * 8;
+    let plans: Vec<Plan> = items
+        .iter()
+        .zip(&work)
+        .map(|(it, &wk)| {
+            let want = (budget * wk).div_ceil(total).max(1);
+            Plan::new(it.w.rows, it.w.cols, it.x.n, want)
+        })
+        .collect();
+    let mut starts = Vec::with_capacity(plans.len() + 1);
+    starts.push(0usize);
+    for p in &plans {
+        starts.push(starts.last().copied().unwrap_or(0) + p.tasks());
+    }
+    let ys: Vec<SendPtr<f32>> = items.iter_mut().map(|it| SendPtr(it.y.as_mut_ptr())).collect();
+    let items = &*items;
+    pool().run(starts[plans.len()], |i| {
+        let j = starts.partition_point(|&s| s <= i) - 1;
+        let it = &items[j];
+        // SAFETY: each `y` is `[n, rows]` of its item (asserted above), borrowed mutably for
+        // this call; tasks of one plan write disjoint parts of their item's output.
+        unsafe { plans[j].run_task(ks, &it.w, it.x.x, &it.x.acts, &ys[j], i - starts[j]) }
+    });
+}
+
+/// How one product is cut into tasks: token blocks of ≤ 64, then row chunks (multiples of 8
+/// rows: whole packed groups, and FP8 micro tiles never straddle a 128-row scale block).
+struct Plan {
+    rows: usize,
+    cols: usize,
+    n: usize,
+    tok_chunk: usize,
+    n_tc: usize,
+    row_chunk: usize,
+    n_rc: usize,
+}
+
+impl Plan {
+    /// About `want_tasks` tasks (one for tiny products).
+    fn new(rows: usize, cols: usize, n: usize, want_tasks: usize) -> Plan {
+        let n_tc = n.div_ceil(TOKEN_BLOCK).max(1);
+        let tok_chunk = n.div_ceil(n_tc);
+        let want = if rows * cols * n < 1 << 15 { 1 } else { want_tasks };
+        let row_tasks = want.div_ceil(n_tc).max(1);
+        let row_chunk = rows.div_ceil(row_tasks).next_multiple_of(PACK_ROWS).max(PACK_ROWS);
+        let n_rc = rows.div_ceil(row_chunk);
+        Plan {
+            rows,
+            cols,
+            n,
+            tok_chunk,
+            n_tc,
+            row_chunk,
+            n_rc,
+        }
+    }
+
+    fn tasks(&self) -> usize {
+        if self.n == 0 || self.rows == 0 {
+            0
+        } else {
+            self.n_rc * self.n_tc
+        }
+    }
+
+    /// Computes task `i` into `y`.
+    ///
+    /// # Safety
+    /// `y` points to a `[n, rows]` output that no one else reads or writes during the call
+    /// except other tasks of this plan.
+    unsafe fn run_task(
+        &self,
+        ks: &KernelSet,
+        w: &WeightRef<'_>,
+        x: &[f32],
+        acts: &ActBuf,
+        y: &SendPtr<f32>,
+        i: usize,
+    ) {
+        let (tc, rc) = (i / self.n_rc, i % self.n_rc);
+        let r0 = rc * self.row_chunk;
+        let nr = self.row_chunk.min(self.rows - r0);
+        let t0 = tc * self.tok_chunk;
+        let nt = self.tok_chunk.min(self.n - t0);
         let mut out = vec![0.0f32; nr * nt];
         let mut task = Task {
             dtype: w.dtype,
@@ -493,8 +591,8 @@ fn gemm_acts(ks: &KernelSet, w: &WeightRef<'_>, x: &[f32], acts: &ActBuf, n: usi
             row_bytes: w.row_bytes,
             nr,
             r0,
-            cols,
-            acts: acts.view(x, t0, nt, cols),
+            cols: self.cols,
+            acts: acts.view(x, t0, nt, self.cols),
             nt,
             scales: w.scales,
             out: &mut out,
@@ -503,17 +601,17 @@ fn gemm_acts(ks: &KernelSet, w: &WeightRef<'_>, x: &[f32], acts: &ActBuf, n: usi
         (ks.gemm)(&mut task);
         for t in 0..nt {
             // SAFETY: this task alone writes y[(t0+t)*rows + r0 ..][..nr] (tasks partition
-            // rows × tokens), the range lies inside `y` (r0+nr ≤ rows, t0+t < n), and `y`
-            // stays mutably borrowed until `run` returns.
+            // rows × tokens), which lies inside the `[n, rows]` output (r0+nr ≤ rows,
+            // t0+t < n), per this function's contract.
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     out.as_ptr().add(t * nr),
-                    yp.get().add((t0 + t) * rows + r0),
+                    y.get().add((t0 + t) * self.rows + r0),
                     nr,
                 );
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]
