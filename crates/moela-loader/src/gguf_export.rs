@@ -184,7 +184,8 @@ pub fn export_deepseek2(
                     }
                 }
             }
-            (GgufTarget::KvB { k_b, v_b, .. }, TensorRef::F32Matrix(kv)) => {
+            (GgufTarget::KvB { k_b, v_b, .. }, TensorRef::Matrix(kv)) => {
+                let kv = kv.to_f32();
                 let d = KvBDims {
                     n_heads: c.num_attention_heads,
                     kv_lora_rank: c.kv_lora_rank,

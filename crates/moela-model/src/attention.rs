@@ -2,7 +2,7 @@
 //! the standard (decompressed) form — the executable spec — and the absorbed form.
 
 use moela_kernels::ops::dot;
-use moela_kernels::{parallel_chunks, softmax_in_place, Mat, QMat};
+use moela_kernels::{parallel_chunks, softmax_in_place, QMat};
 
 use crate::cache::LayerView;
 
@@ -59,7 +59,7 @@ impl AttentionMode {
 pub(crate) fn mla(
     q: &[f32],
     cache: &LayerView<'_>,
-    kv_b: &Mat,
+    kv_b: &QMat,
     uk_t: &QMat,
     uv: &QMat,
     d: &MlaDims,
@@ -73,7 +73,7 @@ pub(crate) fn mla(
 }
 
 /// Standard form: decompress every cached latent into per-head keys and values.
-pub(crate) fn mla_standard(q: &[f32], cache: &LayerView<'_>, kv_b: &Mat, d: &MlaDims) -> Vec<f32> {
+pub(crate) fn mla_standard(q: &[f32], cache: &LayerView<'_>, kv_b: &QMat, d: &MlaDims) -> Vec<f32> {
     let (h, qk) = (d.heads, d.qk());
     let n = q.len() / (h * qk);
     let len = cache.len;

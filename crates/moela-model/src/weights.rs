@@ -63,9 +63,9 @@ pub struct MlaAttention {
     /// `[kv_lora_rank + qk_rope_head_dim, hidden]`: rows 0..r give the latent, the rest the rope key.
     pub kv_a: QMat,
     pub kv_a_norm: Vec<f32>, // [kv_lora_rank]
-    /// `[heads·(qk_nope + v_head), kv_lora_rank]`: per head, W_UK rows then W_UV rows, in f32
-    /// (the decompressing form, the executable spec).
-    pub kv_b: Mat,
+    /// `[heads·(qk_nope + v_head), kv_lora_rank]`: per head, W_UK rows then W_UV rows, for
+    /// the decompressing form (the executable spec): F32, or Q8_0 in a quantized model.
+    pub kv_b: QMat,
     /// The absorbed form's view of `kv_b`: W_UK transposed per head
     /// `[heads·kv_lora_rank, qk_nope]` and W_UV `[heads·v_head, kv_lora_rank]`, in the stored
     /// type (from the file's split tensors, or transposed from a float `kv_b`; FP8 becomes F32
@@ -240,6 +240,19 @@ impl Req<'_> {
         )?;
         let kv_b = kv_b_q.to_f32();
         let (uk_t, uv) = self.absorbed(cfg, layer, &kv_b, kv_b_q.dtype)?;
+        // The decompressing form runs in f32 for float checkpoints (the executable spec); a
+        // quantized model's (whose absorbed weights are quantized) gets Q8_0, which keeps
+        // long prefills compute-cheap.
+        let kv_b = if uk_t.dtype.is_quantized() {
+            QMat::from_mat(DType::Q8_0, &kv_b)
+        } else {
+            QMat::from_mat(DType::F32, &kv_b)
+        }
+        .map(QMat::packed_for_matmul)
+        .map_err(|e| ModelError::Tensor {
+            name: format!("{p}.self_attn.kv_b_proj.weight"),
+            msg: e.to_string(),
+        })?;
         Ok(MlaAttention {
             q,
             kv_a: self.mat(
@@ -363,13 +376,12 @@ impl Weights {
 pub enum TensorRef<'a> {
     Vector(&'a [f32]),
     Matrix(&'a QMat),
-    F32Matrix(&'a Mat),
 }
 
 impl Weights {
     /// Every weight with its HF checkpoint name, in checkpoint order (embeddings, layers, head).
     pub fn named_tensors(&self) -> Vec<(String, TensorRef<'_>)> {
-        use TensorRef::{F32Matrix, Matrix, Vector};
+        use TensorRef::{Matrix, Vector};
         let mut v: Vec<(String, TensorRef<'_>)> =
             vec![("model.embed_tokens.weight".into(), Matrix(&self.embed))];
         fn mlp<'a>(v: &mut Vec<(String, TensorRef<'a>)>, p: &str, m: &'a Mlp) {
@@ -394,10 +406,7 @@ impl Weights {
                 format!("{p}.self_attn.kv_a_layernorm.weight"),
                 Vector(&a.kv_a_norm),
             ));
-            v.push((
-                format!("{p}.self_attn.kv_b_proj.weight"),
-                F32Matrix(&a.kv_b),
-            ));
+            v.push((format!("{p}.self_attn.kv_b_proj.weight"), Matrix(&a.kv_b)));
             v.push((format!("{p}.self_attn.o_proj.weight"), Matrix(&a.o)));
         }
         fn gqa<'a>(v: &mut Vec<(String, TensorRef<'a>)>, p: &str, a: &'a GqaAttention) {

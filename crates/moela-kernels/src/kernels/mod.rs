@@ -493,7 +493,11 @@ pub(crate) fn gemm_batch(ks: &KernelSet, items: &mut [BatchItem<'_>]) {
             it.w.dtype
         );
         assert_eq!(it.x.cols, it.w.cols, "matmul batch: input columns");
-        assert_eq!(it.y.len(), it.x.n * it.w.rows, "matmul batch: output length");
+        assert_eq!(
+            it.y.len(),
+            it.x.n * it.w.rows,
+            "matmul batch: output length"
+        );
     }
     let work: Vec<usize> = items
         .iter()
@@ -514,7 +518,10 @@ pub(crate) fn gemm_batch(ks: &KernelSet, items: &mut [BatchItem<'_>]) {
     for p in &plans {
         starts.push(starts.last().copied().unwrap_or(0) + p.tasks());
     }
-    let ys: Vec<SendPtr<f32>> = items.iter_mut().map(|it| SendPtr(it.y.as_mut_ptr())).collect();
+    let ys: Vec<SendPtr<f32>> = items
+        .iter_mut()
+        .map(|it| SendPtr(it.y.as_mut_ptr()))
+        .collect();
     let items = &*items;
     pool().run(starts[plans.len()], |i| {
         let j = starts.partition_point(|&s| s <= i) - 1;
@@ -542,9 +549,16 @@ impl Plan {
     fn new(rows: usize, cols: usize, n: usize, want_tasks: usize) -> Plan {
         let n_tc = n.div_ceil(TOKEN_BLOCK).max(1);
         let tok_chunk = n.div_ceil(n_tc);
-        let want = if rows * cols * n < 1 << 15 { 1 } else { want_tasks };
+        let want = if rows * cols * n < 1 << 15 {
+            1
+        } else {
+            want_tasks
+        };
         let row_tasks = want.div_ceil(n_tc).max(1);
-        let row_chunk = rows.div_ceil(row_tasks).next_multiple_of(PACK_ROWS).max(PACK_ROWS);
+        let row_chunk = rows
+            .div_ceil(row_tasks)
+            .next_multiple_of(PACK_ROWS)
+            .max(PACK_ROWS);
         let n_rc = rows.div_ceil(row_chunk);
         Plan {
             rows,
