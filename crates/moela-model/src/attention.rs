@@ -2,9 +2,9 @@
 //! the standard (decompressed) form — the executable spec — and the absorbed form.
 
 use moela_kernels::ops::dot;
-use moela_kernels::{parallel_chunks, softmax_in_place, QMat};
+use moela_kernels::{matmul, parallel_chunks, softmax_in_place, Mat, QMat};
 
-use crate::cache::LayerView;
+use crate::cache::{LayerView, Rows};
 
 /// Dimensions of one MLA computation.
 #[derive(Clone, Copy, Debug)]
@@ -72,19 +72,43 @@ pub(crate) fn mla(
     }
 }
 
-/// Standard form: decompress every cached latent into per-head keys and values.
+/// Query tokens from which the standard form runs as per-head matrix products.
+const STANDARD_GEMM_MIN_TOKENS: usize = 16;
+
+/// Standard form: decompress every cached latent into per-head keys and values. The
+/// per-(query, head) loop below is the executable spec; from [`STANDARD_GEMM_MIN_TOKENS`]
+/// query tokens the same formula runs as matrix products ([`mla_standard_gemm`]).
 pub(crate) fn mla_standard(q: &[f32], cache: &LayerView<'_>, kv_b: &QMat, d: &MlaDims) -> Vec<f32> {
+    if q.len() / (d.heads * d.qk()) >= STANDARD_GEMM_MIN_TOKENS {
+        return mla_standard_gemm(q, cache, kv_b, d);
+    }
+    mla_standard_loop(q, cache, kv_b, d)
+}
+
+/// The cached rows as f32 and every cached latent decompressed by `kv_b`:
+/// `[len, heads·(nope + v)]`.
+fn decompress<'a>(cache: &'a LayerView<'a>, kv_b: &QMat, d: &MlaDims) -> (Rows<'a>, Vec<f32>) {
+    let rows = cache.f32_rows();
+    let mut c = Vec::with_capacity(cache.len * d.rank);
+    for u in 0..cache.len {
+        c.extend_from_slice(&rows.row(u)[..d.rank]);
+    }
+    let kv = kv_b.forward(&c);
+    (rows, kv)
+}
+
+/// [`mla_standard`] as loops: one task per (query token, head).
+pub(crate) fn mla_standard_loop(
+    q: &[f32],
+    cache: &LayerView<'_>,
+    kv_b: &QMat,
+    d: &MlaDims,
+) -> Vec<f32> {
     let (h, qk) = (d.heads, d.qk());
     let n = q.len() / (h * qk);
     let len = cache.len;
     let start = len - n;
-    // c_n of every cached token: [len, rank]
-    let cache = cache.f32_rows();
-    let mut c = Vec::with_capacity(len * d.rank);
-    for u in 0..len {
-        c.extend_from_slice(&cache.row(u)[..d.rank]);
-    }
-    let kv = kv_b.forward(&c); // [len, heads·(nope + v)]
+    let (cache, kv) = decompress(cache, kv_b, d);
     let row = h * (d.nope + d.v);
     let mut out = vec![0.0f32; n * h * d.v];
     let work = n * h * len * (d.nope + d.rope + d.v);
@@ -107,6 +131,63 @@ pub(crate) fn mla_standard(q: &[f32], cache: &LayerView<'_>, kv_b: &QMat, d: &Ml
             }
         }
     });
+    out
+}
+
+/// [`mla_standard`] for many query tokens, head by head as matrix products on the worker
+/// pool: `S = Q_h · K_hᵀ · scale` (K_h = decompressed k_nope ‖ cached k_pe), causal mask,
+/// row softmax, `O_h = P · V_h`.
+pub(crate) fn mla_standard_gemm(
+    q: &[f32],
+    cache: &LayerView<'_>,
+    kv_b: &QMat,
+    d: &MlaDims,
+) -> Vec<f32> {
+    let (h, qk) = (d.heads, d.qk());
+    let n = q.len() / (h * qk);
+    let len = cache.len;
+    let start = len - n;
+    let (rows, kv) = decompress(cache, kv_b, d);
+    let stride = h * (d.nope + d.v);
+    let mut out = vec![0.0f32; n * h * d.v];
+    let mut k = Mat {
+        rows: len,
+        cols: qk,
+        data: vec![0.0; len * qk],
+    };
+    let mut vt = Mat {
+        rows: d.v,
+        cols: len,
+        data: vec![0.0; d.v * len],
+    };
+    let mut qh = vec![0.0f32; n * qk];
+    let mut s = vec![0.0f32; n * len];
+    let mut o = vec![0.0f32; n * d.v];
+    for hh in 0..h {
+        let base = hh * (d.nope + d.v);
+        for u in 0..len {
+            let kr = &mut k.data[u * qk..(u + 1) * qk];
+            kr[..d.nope].copy_from_slice(&kv[u * stride + base..][..d.nope]);
+            kr[d.nope..].copy_from_slice(&rows.row(u)[d.rank..]);
+            for (j, &v) in kv[u * stride + base + d.nope..][..d.v].iter().enumerate() {
+                vt.data[j * len + u] = v;
+            }
+        }
+        for t in 0..n {
+            qh[t * qk..(t + 1) * qk].copy_from_slice(&q[(t * h + hh) * qk..][..qk]);
+        }
+        matmul(&qh, n, &k, &mut s);
+        for (t, st) in s.chunks_exact_mut(len).enumerate() {
+            let visible = start + t + 1;
+            st[..visible].iter_mut().for_each(|x| *x *= d.scale);
+            softmax_in_place(&mut st[..visible]);
+            st[visible..].fill(0.0);
+        }
+        matmul(&s, n, &vt, &mut o);
+        for t in 0..n {
+            out[(t * h + hh) * d.v..][..d.v].copy_from_slice(&o[t * d.v..(t + 1) * d.v]);
+        }
+    }
     out
 }
 
