@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Side-by-side speed of Moela and llama.cpp on the same GGUF file (DeepSeek-V2-Lite shape, random
-# weights), same machine, one engine right after the other. See shared/benchmarks.md.
+# Side-by-side speed of Moela and llama.cpp on the same GGUF file (DeepSeek-V2-Lite or Qwen2-1.5B
+# shape, random weights), same machine, one engine right after the other. See shared/benchmarks.md.
 #
-#   bench/compare_llamacpp.sh [q4_0|q8_0|all]        (default: q4_0)
+#   bench/compare_llamacpp.sh [q4_0|q8_0|all] [deepseek2|qwen2|qwen2-untied]
+#                                                     (defaults: q4_0, deepseek2)
+#
+# Model shape (2nd argument, or BENCH_ARCH; files under $MOELA_BENCH_DIR/models/):
+#   deepseek2     DeepSeek-V2-Lite, 16 B MoE                    v2lite-TYPE.gguf
+#   qwen2         Qwen2-1.5B, tied embeddings                   qwen2-1.5b-TYPE.gguf
+#   qwen2-untied  R1-Distill-Qwen-1.5B (separate output.weight) qwen2-1.5b-untied-TYPE.gguf
 #
 # Steps: build llama.cpp if missing (bench/build_llamacpp.sh), make the bench model if missing
-# (bench/make_bench_model.py), `cargo build --release`, then for each file:
+# (bench/make_bench_model.py --arch ...), `cargo build --release`, then for each file:
 #   llama-bench -m FILE -t 2 -p 128,512 -n 32 -r REPS -o json            (prefill pp128/pp512, tg32 at depth 0)
 #   llama-bench -m FILE -t 2 -p 0 -n 32 -d DEPTH -r REPS -o json          (tg32 at depth DEPTH)
 #   moela bench --model FILE --threads 2 --prompt-tokens 128 --gen-tokens 32 --json      (x REPS, + 1 warm-up)
@@ -23,7 +29,9 @@
 #   MOELA_BIN        moela binary (default: target/release/moela, built here)
 #   MOELA_EXTRA      extra arguments for `moela bench` (e.g. "--ctx 4608")
 #   SKIP_MOELA=1 / SKIP_LLAMA=1   run only one side
-# Raw outputs go to $MOELA_BENCH_DIR/results/<timestamp>-<type>/.
+#   BENCH_ARCH       model shape when no 2nd argument is given (default deepseek2)
+# Raw outputs go to $MOELA_BENCH_DIR/results/<timestamp>-<type>/ (deepseek2) or
+# $MOELA_BENCH_DIR/results/<timestamp>-<file prefix>-<type>/ (other shapes).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -38,13 +46,24 @@ MOELA_EXTRA="${MOELA_EXTRA:-}"
 SKIP_MOELA="${SKIP_MOELA:-0}"
 SKIP_LLAMA="${SKIP_LLAMA:-0}"
 
+USAGE="usage: $0 [q4_0|q8_0|all] [deepseek2|qwen2|qwen2-untied]"
 WHICH="${1:-q4_0}"
 case "$WHICH" in
     q4_0|q8_0) TYPES=("$WHICH") ;;
     all) TYPES=(q4_0 q8_0) ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
-    *) echo "usage: $0 [q4_0|q8_0|all]" >&2; exit 2 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    *) echo "$USAGE" >&2; exit 2 ;;
 esac
+SHAPE="${2:-${BENCH_ARCH:-deepseek2}}"
+case "$SHAPE" in
+    deepseek2) PREFIX=v2lite; GEN_ARGS=(--arch deepseek2); LABEL="" ;;
+    qwen2) PREFIX=qwen2-1.5b; GEN_ARGS=(--arch qwen2); LABEL="qwen2-1.5b " ;;
+    qwen2-untied) PREFIX=qwen2-1.5b-untied; GEN_ARGS=(--arch qwen2 --untied-output); LABEL="qwen2-1.5b-untied " ;;
+    *) echo "$USAGE" >&2; exit 2 ;;
+esac
+# results dir suffix: unchanged (<type>) for deepseek2, <prefix>-<type> otherwise
+RES_PREFIX=""
+[[ "$SHAPE" == deepseek2 ]] || RES_PREFIX="$PREFIX-"
 
 log() { echo "[compare] $*" >&2; }
 
@@ -70,11 +89,11 @@ ensure_venv() {
     fi
 }
 for t in "${TYPES[@]}"; do
-    f="$DIR/models/v2lite-$t.gguf"
+    f="$DIR/models/$PREFIX-$t.gguf"
     if [[ ! -f "$f" ]]; then
         ensure_venv
         log "making $f"
-        nice -n 10 "$VENV/bin/python" "$HERE/make_bench_model.py" --type "$t" >&2
+        nice -n 10 "$VENV/bin/python" "$HERE/make_bench_model.py" "${GEN_ARGS[@]}" --type "$t" >&2
     fi
 done
 
@@ -112,8 +131,8 @@ fi
 # --- runs ----------------------------------------------------------------------------------------
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 for t in "${TYPES[@]}"; do
-    FILE="$DIR/models/v2lite-$t.gguf"
-    OUT="$DIR/results/$STAMP-$t"
+    FILE="$DIR/models/$PREFIX-$t.gguf"
+    OUT="$DIR/results/$STAMP-$RES_PREFIX$t"
     mkdir -p "$OUT"
     log "== $t: $FILE -> $OUT"
 
@@ -153,7 +172,7 @@ for t in "${TYPES[@]}"; do
     fi
 
     CPU="$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
-    python3 - "$OUT" "$FILE" "$t" "$MOELA_COMMIT" "$(nproc)" "$CPU" "$THREADS" "$REPS" "$DEPTH" \
+    python3 - "$OUT" "$FILE" "$LABEL$t" "$MOELA_COMMIT" "$(nproc)" "$CPU" "$THREADS" "$REPS" "$DEPTH" \
         "${TASKSET[*]:-none}" "$MOELA_NOTE" <<'PY' | tee "$OUT/table.md"
 import glob, json, os, statistics, sys
 out, file, qt, commit, nproc, cpu, threads, reps, depth, pin, note = sys.argv[1:]
