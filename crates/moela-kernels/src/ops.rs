@@ -1,7 +1,7 @@
 //! Reference f32 operations.
 
 use crate::dtype::DType;
-use crate::kernels::{self, WeightRef};
+use crate::kernels::{self, RowData, WeightRef};
 
 /// A dense row-major matrix `[rows, cols]`; a linear layer's weight is `[out, in]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,6 +61,31 @@ pub fn matmul(x: &[f32], n: usize, w: &Mat, y: &mut [f32]) {
         packed: false,
     };
     kernels::gemm(kernels::best(), &wr, x, n, y);
+}
+
+/// `y[n, rows] = x[n, cols] · rowsᵀ` for f32 or f16 rows (e.g. attention scores of `n`
+/// query heads against a block of cached keys), with the best kernel this CPU supports. Runs
+/// on the calling thread.
+pub fn rows_matmul(x: &[f32], n: usize, rows: RowData<'_>, y: &mut [f32]) {
+    assert_eq!(x.len(), n * rows.cols(), "rows_matmul: x is not [n, cols]");
+    assert_eq!(y.len(), n * rows.rows(), "rows_matmul: y is not [n, rows]");
+    (kernels::best().rows_dot)(x, n, rows, y)
+}
+
+/// `out[n, w] += p[n, rows] · rows[:, ..w]` for f32 or f16 rows, over their first
+/// `w = out.len() / n` columns (e.g. attention's weighted sum of cached latents for `n` query
+/// heads), with the best kernel this CPU supports. Runs on the calling thread.
+pub fn rows_weighted_sum(p: &[f32], n: usize, rows: RowData<'_>, out: &mut [f32]) {
+    assert_eq!(
+        p.len(),
+        n * rows.rows(),
+        "rows_weighted_sum: p is not [n, rows]"
+    );
+    assert!(
+        n > 0 && out.len().is_multiple_of(n) && out.len() / n <= rows.cols(),
+        "rows_weighted_sum: out is not [n, w ≤ cols]"
+    );
+    (kernels::best().weighted_sum)(p, n, rows, out)
 }
 
 /// The bytes of an f32 slice (little-endian targets only; see lib.rs).

@@ -2,7 +2,9 @@
 //! the standard (decompressed) form — the executable spec — and the absorbed form.
 
 use moela_kernels::ops::dot;
-use moela_kernels::{matmul, parallel_chunks, softmax_in_place, Mat, QMat};
+use moela_kernels::{
+    matmul, parallel_chunks, rows_matmul, rows_weighted_sum, softmax_in_place, Mat, QMat,
+};
 
 use crate::cache::{LayerView, Rows};
 
@@ -242,12 +244,13 @@ fn axpy(acc: &mut [f32], p: f32, x: &[f32]) {
     }
 }
 
-/// Cache rows per task in [`mla_absorbed_one`].
+/// Cache rows per task (at least) in [`mla_absorbed_one`].
 const ROWS_PER_TASK: usize = 64;
 
-/// [`mla_absorbed`] for one query token (decode), cache-row outer: each cached row is read
-/// (and converted, for an f16 cache) once for all heads instead of once per head, and the work
-/// splits over row ranges, so long contexts stream the cache once per step.
+/// [`mla_absorbed`] for one query token (decode), cache-block outer: the scores of all heads
+/// against a block of cached rows are one small matrix product, and the weighted sum of the
+/// block's latents one more, so each cached row is read (and widened, for an f16 cache) once
+/// per head group rather than once per head; tasks are ranges of blocks.
 fn mla_absorbed_one(
     q: &[f32],
     cache: &LayerView<'_>,
@@ -256,47 +259,62 @@ fn mla_absorbed_one(
     d: &MlaDims,
 ) -> Vec<f32> {
     let (h, qk, r) = (d.heads, d.qk(), d.rank);
+    let lat = r + d.rope;
     let len = cache.len;
-    // q_lat[h] = W_UK[h]ᵀ · q_nope[h]
+    // q_lat[h] = W_UK[h]ᵀ · q_nope[h], then [q_lat ‖ q_pe] per head.
     let mut q_lat = vec![0.0f32; h * r];
     parallel_chunks(&mut q_lat, r, h * r * d.nope, |hh, ql| {
         uk_t.matmul_rows(hh * r, r, &q[hh * qk..hh * qk + d.nope], 1, ql);
     });
+    let mut qc = vec![0.0f32; h * lat];
+    for (hh, row) in qc.chunks_exact_mut(lat).enumerate() {
+        row[..r].copy_from_slice(&q_lat[hh * r..(hh + 1) * r]);
+        row[r..].copy_from_slice(&q[hh * qk + d.nope..(hh + 1) * qk]);
+    }
+    let bt = cache.block_tokens();
+    let blocks_per_task = ROWS_PER_TASK.div_ceil(bt);
+    let task_rows = blocks_per_task * bt;
     // scores[u, h]
     let mut scores = vec![0.0f32; len * h];
-    let work = len * h * (r + d.rope);
-    parallel_chunks(&mut scores, ROWS_PER_TASK * h, work, |ci, s| {
-        let mut buf = cache.row_buf();
-        for (k, su) in s.chunks_exact_mut(h).enumerate() {
-            let row = cache.row(ci * ROWS_PER_TASK + k, &mut buf);
-            for (hh, sv) in su.iter_mut().enumerate() {
-                let q_pe = &q[hh * qk + d.nope..(hh + 1) * qk];
-                *sv =
-                    (dot(&q_lat[hh * r..(hh + 1) * r], &row[..r]) + dot(q_pe, &row[r..])) * d.scale;
+    parallel_chunks(&mut scores, task_rows * h, len * h * lat, |ti, s| {
+        let mut y = vec![0.0f32; h * bt];
+        for (k, b) in (ti * blocks_per_task..).take(blocks_per_task).enumerate() {
+            if b * bt >= len {
+                break;
+            }
+            let rows = cache.block(b);
+            let nr = rows.rows();
+            rows_matmul(&qc, h, rows, &mut y[..h * nr]);
+            for i in 0..nr {
+                for hh in 0..h {
+                    s[(k * bt + i) * h + hh] = y[hh * nr + i] * d.scale;
+                }
             }
         }
     });
-    let mut col = vec![0.0f32; len];
-    for hh in 0..h {
+    // probs[h, u]: one head per task.
+    let mut probs = vec![0.0f32; h * len];
+    parallel_chunks(&mut probs, len, len * h * 16, |hh, col| {
         for (u, c) in col.iter_mut().enumerate() {
             *c = scores[u * h + hh];
         }
-        softmax_in_place(&mut col);
-        for (u, &c) in col.iter().enumerate() {
-            scores[u * h + hh] = c;
-        }
-    }
-    // o_lat[h] = Σ_u p[u, h] · c_u, as per-task partial sums
-    let tasks = len.div_ceil(ROWS_PER_TASK);
+        softmax_in_place(col);
+    });
+    // o_lat[h] = Σ_u p[h, u] · c_u over the latent columns, as per-task partial sums.
+    let tasks = len.div_ceil(task_rows);
     let mut partial = vec![0.0f32; tasks * h * r];
-    parallel_chunks(&mut partial, h * r, len * h * r, |ci, acc| {
-        let mut buf = cache.row_buf();
-        let u0 = ci * ROWS_PER_TASK;
-        for u in u0..(u0 + ROWS_PER_TASK).min(len) {
-            let c = &cache.row(u, &mut buf)[..r];
-            for (hh, a) in acc.chunks_exact_mut(r).enumerate() {
-                axpy(a, scores[u * h + hh], c);
+    parallel_chunks(&mut partial, h * r, len * h * r, |ti, acc| {
+        let mut p = vec![0.0f32; h * bt];
+        for b in (ti * blocks_per_task..).take(blocks_per_task) {
+            if b * bt >= len {
+                break;
             }
+            let rows = cache.block(b);
+            let nr = rows.rows();
+            for hh in 0..h {
+                p[hh * nr..(hh + 1) * nr].copy_from_slice(&probs[hh * len + b * bt..][..nr]);
+            }
+            rows_weighted_sum(&p[..h * nr], h, rows, acc);
         }
     });
     let (o_lat, rest) = partial.split_at_mut(h * r);

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use moela_kernels::fp::{f16_slice_to_f32, f32_slice_to_f16};
+use moela_kernels::RowData;
 
 use crate::error::ModelError;
 
@@ -369,23 +370,24 @@ pub(crate) struct LayerView<'a> {
 }
 
 impl LayerView<'_> {
-    /// Row `u` (`[latent_dim]`: c_n then k_pe for MLA) as f32: the stored row itself, or
-    /// converted into `buf` (`latent_dim` long).
-    #[inline]
-    pub(crate) fn row<'b>(&'b self, u: usize, buf: &'b mut [f32]) -> &'b [f32] {
-        let at = (u % self.bt) * self.lat;
-        match self.blocks[u / self.bt] {
-            RowsRef::F32(b) => &b[at..at + self.lat],
-            RowsRef::F16(b) => {
-                f16_slice_to_f32(&b[at..at + self.lat], buf);
-                buf
-            }
-        }
+    /// Tokens per block.
+    pub(crate) fn block_tokens(&self) -> usize {
+        self.bt
     }
 
-    /// A scratch row for [`LayerView::row`].
-    pub(crate) fn row_buf(&self) -> Vec<f32> {
-        vec![0.0; self.lat]
+    /// Block `b`'s rows that hold tokens (all but the last block are full).
+    pub(crate) fn block(&self, b: usize) -> RowData<'_> {
+        let n = self.bt.min(self.len - b * self.bt);
+        match self.blocks[b] {
+            RowsRef::F32(d) => RowData::F32 {
+                data: &d[..n * self.lat],
+                cols: self.lat,
+            },
+            RowsRef::F16(d) => RowData::F16 {
+                data: &d[..n * self.lat],
+                cols: self.lat,
+            },
+        }
     }
 
     /// Every row as f32, for loops that read each row many times (once per head): the

@@ -21,7 +21,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Acts, Isa, KernelSet, Task};
+use super::{Acts, Isa, KernelSet, RowData, Task};
 use crate::dtype::{DType, FP8_BLOCK};
 use crate::fp::{bf16_to_f32, f16_to_f32, fp8_e4m3_to_f32};
 use crate::quant::{QK, QK_K};
@@ -44,6 +44,8 @@ pub(crate) static KERNELS: KernelSet = KernelSet {
     dot_f32,
     quant_q8,
     quant_q8k,
+    weighted_sum,
+    rows_dot,
 };
 
 pub(crate) static KERNELS_VNNI: KernelSet = KernelSet {
@@ -52,6 +54,8 @@ pub(crate) static KERNELS_VNNI: KernelSet = KernelSet {
     dot_f32,
     quant_q8,
     quant_q8k,
+    weighted_sum,
+    rows_dot,
 };
 
 /// Raw views of a validated task (strides in elements).
@@ -1059,6 +1063,158 @@ unsafe fn quant_q8k_impl(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i
                 bsums[16 * b + 2 * g + 1] = _mm_extract_epi32(h, 1) as i16;
             }
             d[b] = 1.0 / iscale;
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Weighted sums of rows (attention's probability-weighted values).
+
+fn weighted_sum(p: &[f32], n: usize, rows: RowData<'_>, out: &mut [f32]) {
+    // Only the first `w` columns (the output's width) are summed.
+    let (nr, stride) = (rows.rows(), rows.cols());
+    let cols = out.len().checked_div(n).unwrap_or(0);
+    assert!(p.len() >= n * nr && cols <= stride, "weighted_sum: lengths");
+    assert!(supported(), "avx2 kernels on a CPU without avx2/fma/f16c");
+    let (nt, ct) = (n / WS_HEADS * WS_HEADS, cols / WS_COLS * WS_COLS);
+    // SAFETY: features checked; the tiles read rows 0..nr, columns below ct and heads below
+    // nt, inside `rows`, `p` and `out` (lengths asserted).
+    unsafe { weighted_sum_tiles(p, nt, rows, ct, cols, out) };
+    // The rest (heads past a multiple of the tile, columns past a multiple of it), plainly.
+    for h in 0..n {
+        let c0 = if h < nt { ct } else { 0 };
+        for u in 0..nr {
+            let w = p[h * nr + u];
+            for c in c0..cols {
+                out[h * cols + c] += w * rows.at(u, c);
+            }
+        }
+    }
+}
+
+/// Heads and columns per [`weighted_sum_tiles`] tile.
+const WS_HEADS: usize = 8;
+const WS_COLS: usize = 16;
+
+/// Tiles of 8 heads × 16 columns: each row chunk is loaded (and widened) once for 8 heads,
+/// 16 independent accumulators.
+///
+/// # Safety
+/// `p` holds `nt · rows` weights, `out` `nt · w`, `ct ≤ w ≤` the row length; `nt` and `ct`
+/// multiples of the tile; CPU has avx2, fma and f16c.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weighted_sum_tiles(
+    p: &[f32],
+    nt: usize,
+    rows: RowData<'_>,
+    ct: usize,
+    w: usize,
+    out: &mut [f32],
+) {
+    let (nr, cols) = (rows.rows(), rows.cols());
+    // SAFETY: per the contract, every index below stays inside its slice.
+    unsafe {
+        for h0 in (0..nt).step_by(WS_HEADS) {
+            for c0 in (0..ct).step_by(WS_COLS) {
+                let mut acc = [[_mm256_setzero_ps(); 2]; WS_HEADS];
+                for u in 0..nr {
+                    let r: [__m256; 2] = match rows {
+                        RowData::F32 { data, .. } => std::array::from_fn(|k| {
+                            _mm256_loadu_ps(data.as_ptr().add(u * cols + c0 + 8 * k))
+                        }),
+                        RowData::F16 { data, .. } => std::array::from_fn(|k| {
+                            _mm256_cvtph_ps(_mm_loadu_si128(
+                                data.as_ptr().add(u * cols + c0 + 8 * k) as *const __m128i,
+                            ))
+                        }),
+                    };
+                    for (hh, a) in acc.iter_mut().enumerate() {
+                        let w = _mm256_broadcast_ss(p.get_unchecked((h0 + hh) * nr + u));
+                        a[0] = _mm256_fmadd_ps(w, r[0], a[0]);
+                        a[1] = _mm256_fmadd_ps(w, r[1], a[1]);
+                    }
+                }
+                for (hh, a) in acc.iter().enumerate() {
+                    for (k, v) in a.iter().enumerate() {
+                        let o = out.as_mut_ptr().add((h0 + hh) * w + c0 + 8 * k);
+                        _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), *v));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn rows_dot(x: &[f32], n: usize, rows: RowData<'_>, y: &mut [f32]) {
+    let (nr, cols) = (rows.rows(), rows.cols());
+    assert!(
+        x.len() >= n * cols && y.len() >= n * nr,
+        "rows_dot: lengths"
+    );
+    assert!(supported(), "avx2 kernels on a CPU without avx2/fma/f16c");
+    let (n4, r4, c8) = (n / 4 * 4, nr / 4 * 4, cols / 8 * 8);
+    // SAFETY: features checked; tiles read x rows below n4, cache rows below r4 and columns
+    // below c8, all inside the asserted lengths, and write y inside `n · nr`.
+    unsafe { rows_dot_tiles(x, n4, rows, r4, c8, y) };
+    // Everything outside the 4 × 4 tiles (and the columns past c8), the plain way.
+    for h in 0..n {
+        for u in 0..nr {
+            let in_tile = h < n4 && u < r4;
+            let c0 = if in_tile { c8 } else { 0 };
+            let mut s = if in_tile { y[h * nr + u] } else { 0.0 };
+            for c in c0..cols {
+                s += x[h * cols + c] * rows.at(u, c);
+            }
+            y[h * nr + u] = s;
+        }
+    }
+}
+
+/// Tiles of 4 queries × 4 rows over columns `0..c8`: each row vector is loaded (and
+/// widened) once for 4 queries, each query vector once for 4 rows.
+///
+/// # Safety
+/// `x` holds `n4 · cols` values, `rows` at least `r4` rows, `y` `n4 · rows` outputs; `n4`, `r4`
+/// multiples of 4, `c8 ≤ cols` a multiple of 8; CPU has avx2, fma and f16c.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_dot_tiles(
+    x: &[f32],
+    n4: usize,
+    rows: RowData<'_>,
+    r4: usize,
+    c8: usize,
+    y: &mut [f32],
+) {
+    let (nr, cols) = (rows.rows(), rows.cols());
+    // SAFETY: per the contract, every index below stays inside its slice.
+    unsafe {
+        for h0 in (0..n4).step_by(4) {
+            for u0 in (0..r4).step_by(4) {
+                let mut acc = [[_mm256_setzero_ps(); 4]; 4]; // [query][row]
+                for c in (0..c8).step_by(8) {
+                    let r: [__m256; 4] = match rows {
+                        RowData::F32 { data, .. } => std::array::from_fn(|k| {
+                            _mm256_loadu_ps(data.as_ptr().add((u0 + k) * cols + c))
+                        }),
+                        RowData::F16 { data, .. } => std::array::from_fn(|k| {
+                            _mm256_cvtph_ps(_mm_loadu_si128(
+                                data.as_ptr().add((u0 + k) * cols + c) as *const __m128i
+                            ))
+                        }),
+                    };
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let q = _mm256_loadu_ps(x.as_ptr().add((h0 + i) * cols + c));
+                        for k in 0..4 {
+                            a[k] = _mm256_fmadd_ps(q, r[k], a[k]);
+                        }
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    for (k, v) in a.iter().enumerate() {
+                        *y.get_unchecked_mut((h0 + i) * nr + u0 + k) = hsum(*v);
+                    }
+                }
+            }
         }
     }
 }

@@ -190,6 +190,49 @@ pub(crate) struct KernelSet {
     /// Quantizes one row (a multiple of 256 values) into `Q8_K` activations:
     /// `(x, qs, d, bsums)`.
     pub quant_q8k: QuantQ8kFn,
+    /// `out[n, cols] += p[n, rows] · rows` (see [`crate::ops::rows_weighted_sum`]).
+    pub weighted_sum: WeightedSumFn,
+    /// `y[n, rows] = x[n, cols] · rowsᵀ` (see [`crate::ops::rows_matmul`]).
+    pub rows_dot: RowsDotFn,
+}
+
+/// `(x, n, rows, y)`: see [`KernelSet::rows_dot`].
+pub(crate) type RowsDotFn = fn(&[f32], usize, RowData<'_>, &mut [f32]);
+
+/// `(p, n, rows, out)`: see [`KernelSet::weighted_sum`].
+pub(crate) type WeightedSumFn = fn(&[f32], usize, RowData<'_>, &mut [f32]);
+
+/// Rows of f32 or f16 values, `cols` each, row-major (e.g. one block of a KV cache).
+#[derive(Clone, Copy, Debug)]
+pub enum RowData<'a> {
+    F32 { data: &'a [f32], cols: usize },
+    F16 { data: &'a [u16], cols: usize },
+}
+
+impl RowData<'_> {
+    /// Values per row.
+    pub fn cols(&self) -> usize {
+        match *self {
+            RowData::F32 { cols, .. } | RowData::F16 { cols, .. } => cols,
+        }
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        match *self {
+            RowData::F32 { data, cols } => data.len().checked_div(cols).unwrap_or(0),
+            RowData::F16 { data, cols } => data.len().checked_div(cols).unwrap_or(0),
+        }
+    }
+
+    /// Value `(r, c)` as f32.
+    #[inline]
+    pub fn at(&self, r: usize, c: usize) -> f32 {
+        match *self {
+            RowData::F32 { data, cols } => data[r * cols + c],
+            RowData::F16 { data, cols } => crate::fp::f16_to_f32(data[r * cols + c]),
+        }
+    }
 }
 
 /// `(x, qs, d, bsums)`: see [`KernelSet::quant_q8k`].
@@ -201,6 +244,8 @@ static SCALAR: KernelSet = KernelSet {
     dot_f32: scalar::dot_f32_slices,
     quant_q8: scalar::quant_q8,
     quant_q8k: scalar::quant_q8k,
+    weighted_sum: scalar::weighted_sum,
+    rows_dot: scalar::rows_dot,
 };
 
 /// The kernel set for `isa`, or `None` if this CPU cannot run it.

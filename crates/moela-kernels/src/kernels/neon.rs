@@ -23,6 +23,8 @@ pub(crate) static KERNELS: KernelSet = KernelSet {
     dot_f32: dot_f32_slices,
     quant_q8: scalar::quant_q8,
     quant_q8k: scalar::quant_q8k,
+    weighted_sum: scalar::weighted_sum,
+    rows_dot: scalar::rows_dot,
 };
 
 fn gemm(t: &mut Task<'_>) {

@@ -3,7 +3,7 @@
 //! Each output is one row·token dot product. Integer formats compute exactly the integer block
 //! sums the SIMD kernels compute and scale them per block; floats are summed in f64.
 
-use super::{Acts, Task};
+use super::{Acts, RowData, Task};
 use crate::dtype::{DType, FP8_BLOCK};
 use crate::fp::{bf16_to_f32, f16_to_f32, fp8_e4m3_to_f32};
 use crate::pack::{unpack_row, PACK_ROWS};
@@ -203,5 +203,38 @@ pub(crate) fn quant_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i1
         .enumerate()
     {
         d[b] = quantize_block_q8_k(xb, qb, &mut bsums[16 * b..16 * b + 16]);
+    }
+}
+
+/// `out[n, cols] += p[n, rows] · rows`, in row order.
+pub(crate) fn weighted_sum(p: &[f32], n: usize, rows: RowData<'_>, out: &mut [f32]) {
+    // Only the first `w` columns (the output's width) are summed.
+    let (nr, stride) = (rows.rows(), rows.cols());
+    let cols = out.len().checked_div(n).unwrap_or(0);
+    assert!(p.len() >= n * nr && cols <= stride, "weighted_sum: lengths");
+    for h in 0..n {
+        let o = &mut out[h * cols..(h + 1) * cols];
+        for u in 0..nr {
+            let w = p[h * nr + u];
+            for (c, v) in o.iter_mut().enumerate() {
+                *v += w * rows.at(u, c);
+            }
+        }
+    }
+}
+
+/// `y[n, rows] = x[n, cols] · rowsᵀ`, each dot summed in f64.
+pub(crate) fn rows_dot(x: &[f32], n: usize, rows: RowData<'_>, y: &mut [f32]) {
+    let (nr, cols) = (rows.rows(), rows.cols());
+    assert!(
+        x.len() >= n * cols && y.len() >= n * nr,
+        "rows_dot: lengths"
+    );
+    for h in 0..n {
+        for u in 0..nr {
+            y[h * nr + u] = (0..cols)
+                .map(|c| x[h * cols + c] as f64 * rows.at(u, c) as f64)
+                .sum::<f64>() as f32;
+        }
     }
 }

@@ -554,3 +554,83 @@ fn dot_is_bit_identical_to_f32_matmul_on_every_isa() {
         );
     }
 }
+
+#[test]
+fn weighted_sum_matches_scalar() {
+    for (n, nr, cols) in [
+        (16, 16, 576),
+        (4, 3, 32),
+        (5, 7, 40),
+        (1, 1, 8),
+        (8, 33, 512),
+    ] {
+        let p = data(n * nr, (n + nr) as u64, 0.3);
+        let vals = data(nr * cols, cols as u64, 1.0);
+        let halfs: Vec<u16> = vals.iter().map(|&v| crate::fp::f32_to_f16(v)).collect();
+        // All columns, and a prefix (the rows' first `w` columns only).
+        for w in [cols, cols - cols / 4] {
+            let init = data(n * w, 3, 1.0);
+            for rows in [
+                RowData::F32 { data: &vals, cols },
+                RowData::F16 { data: &halfs, cols },
+            ] {
+                let mut want = init.clone();
+                scalar::weighted_sum(&p, n, rows, &mut want);
+                for isa in fast_isas() {
+                    let mut got = init.clone();
+                    (kernel_set(isa).unwrap().weighted_sum)(&p, n, rows, &mut got);
+                    for i in 0..n * w {
+                        let bound: f32 = (0..nr)
+                            .map(|u| (p[(i / w) * nr + u] * rows.at(u, i % w)).abs())
+                            .sum::<f32>()
+                            + init[i].abs();
+                        assert!(
+                            (got[i] - want[i]).abs() <= 1e-5 * bound + 1e-6,
+                            "{isa:?} n {n} rows {nr} cols {cols} w {w}: [{i}] {} vs {}",
+                            got[i],
+                            want[i]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn rows_dot_matches_scalar() {
+    for (n, nr, cols) in [
+        (16, 16, 576),
+        (4, 4, 8),
+        (5, 7, 40),
+        (1, 1, 3),
+        (8, 33, 193),
+    ] {
+        let x = data(n * cols, (n + cols) as u64, 1.0);
+        let vals = data(nr * cols, nr as u64, 1.0);
+        let halfs: Vec<u16> = vals.iter().map(|&v| crate::fp::f32_to_f16(v)).collect();
+        for rows in [
+            RowData::F32 { data: &vals, cols },
+            RowData::F16 { data: &halfs, cols },
+        ] {
+            let mut want = vec![0.0; n * nr];
+            scalar::rows_dot(&x, n, rows, &mut want);
+            for isa in fast_isas() {
+                let mut got = vec![f32::NAN; n * nr];
+                (kernel_set(isa).unwrap().rows_dot)(&x, n, rows, &mut got);
+                for i in 0..n * nr {
+                    let (h, u) = (i / nr, i % nr);
+                    let bound: f32 = (0..cols)
+                        .map(|c| (x[h * cols + c] * rows.at(u, c)).abs())
+                        .sum();
+                    assert!(
+                        (got[i] - want[i]).abs() <= 1e-5 * bound + 1e-6,
+                        "{isa:?} n {n} rows {nr} cols {cols}: [{i}] {} vs {}",
+                        got[i],
+                        want[i]
+                    );
+                }
+            }
+        }
+    }
+}
