@@ -3,7 +3,7 @@
 
 use moela_kernels::ops::dot;
 use moela_kernels::{
-    matmul, parallel_chunks, rows_matmul, rows_weighted_sum, softmax_in_place, Mat, QMat,
+    matmul, num_threads, parallel_chunks, rows_matmul, rows_weighted_sum, softmax_in_place, Mat, QMat,
 };
 
 use crate::cache::{LayerView, Rows};
@@ -271,8 +271,12 @@ fn mla_absorbed_one(
         row[..r].copy_from_slice(&q_lat[hh * r..(hh + 1) * r]);
         row[r..].copy_from_slice(&q[hh * qk + d.nope..(hh + 1) * qk]);
     }
+    // Tasks: ranges of whole blocks, at least ROWS_PER_TASK rows, about 4 per thread (each
+    // task of the weighted sum keeps an [h, rank] partial sum to add up at the end).
     let bt = cache.block_tokens();
-    let blocks_per_task = ROWS_PER_TASK.div_ceil(bt);
+    let blocks_per_task = ROWS_PER_TASK
+        .div_ceil(bt)
+        .max(len.div_ceil(bt).div_ceil(4 * num_threads()));
     let task_rows = blocks_per_task * bt;
     // scores[u, h]
     let mut scores = vec![0.0f32; len * h];
