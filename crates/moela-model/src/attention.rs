@@ -3,7 +3,8 @@
 
 use moela_kernels::ops::dot;
 use moela_kernels::{
-    matmul, num_threads, parallel_chunks, rows_matmul, rows_weighted_sum, softmax_in_place, Mat, QMat,
+    matmul, num_threads, parallel_chunks, rows_matmul, rows_weighted_sum, softmax_in_place, Mat,
+    QMat,
 };
 
 use crate::cache::{LayerView, Rows};
