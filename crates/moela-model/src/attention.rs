@@ -279,52 +279,65 @@ fn mla_absorbed_one(
         .div_ceil(bt)
         .max(len.div_ceil(bt).div_ceil(4 * num_threads()));
     let task_rows = blocks_per_task * bt;
-    // scores[u, h]
-    let mut scores = vec![0.0f32; len * h];
-    parallel_chunks(&mut scores, task_rows * h, len * h * lat, |ti, s| {
+    // Each task: scores of its rows for every head, a softmax local to the task (its max m
+    // and sum l per head) and the weighted latent sum acc; the tasks' parts are then combined
+    // with the usual rescaling by exp(m_task − m). Cached rows are read from memory once.
+    let tasks = len.div_ceil(task_rows);
+    let part_len = h * r + 2 * h;
+    let mut parts = vec![0.0f32; tasks * part_len];
+    parallel_chunks(&mut parts, part_len, len * h * (lat + r), |ti, part| {
+        let u0 = ti * task_rows;
+        let n_rows = task_rows.min(len - u0);
+        let mut sc = vec![0.0f32; h * n_rows]; // [h, task rows]
         let mut y = vec![0.0f32; h * bt];
-        for (k, b) in (ti * blocks_per_task..).take(blocks_per_task).enumerate() {
-            if b * bt >= len {
-                break;
-            }
+        let blocks = (ti * blocks_per_task..).take(n_rows.div_ceil(bt));
+        for b in blocks.clone() {
             let rows = cache.block(b);
             let nr = rows.rows();
             rows_matmul(&qc, h, rows, &mut y[..h * nr]);
-            for i in 0..nr {
-                for hh in 0..h {
-                    s[(k * bt + i) * h + hh] = y[hh * nr + i] * d.scale;
+            for hh in 0..h {
+                for i in 0..nr {
+                    sc[hh * n_rows + b * bt - u0 + i] = y[hh * nr + i] * d.scale;
                 }
             }
         }
-    });
-    // probs[h, u]: one head per task.
-    let mut probs = vec![0.0f32; h * len];
-    parallel_chunks(&mut probs, len, len * h * 16, |hh, col| {
-        for (u, c) in col.iter_mut().enumerate() {
-            *c = scores[u * h + hh];
-        }
-        softmax_in_place(col);
-    });
-    // o_lat[h] = Σ_u p[h, u] · c_u over the latent columns, as per-task partial sums.
-    let tasks = len.div_ceil(task_rows);
-    let mut partial = vec![0.0f32; tasks * h * r];
-    parallel_chunks(&mut partial, h * r, len * h * r, |ti, acc| {
-        let mut p = vec![0.0f32; h * bt];
-        for b in (ti * blocks_per_task..).take(blocks_per_task) {
-            if b * bt >= len {
-                break;
+        let (acc, ml) = part.split_at_mut(h * r);
+        let (m, l) = ml.split_at_mut(h);
+        for hh in 0..h {
+            let row = &mut sc[hh * n_rows..(hh + 1) * n_rows];
+            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for v in row.iter_mut() {
+                *v = (*v - mx).exp();
+                sum += *v;
             }
+            (m[hh], l[hh]) = (mx, sum);
+        }
+        for b in blocks {
             let rows = cache.block(b);
             let nr = rows.rows();
             for hh in 0..h {
-                p[hh * nr..(hh + 1) * nr].copy_from_slice(&probs[hh * len + b * bt..][..nr]);
+                let at = hh * n_rows + b * bt - u0;
+                y[hh * nr..(hh + 1) * nr].copy_from_slice(&sc[at..at + nr]);
             }
-            rows_weighted_sum(&p[..h * nr], h, rows, acc);
+            rows_weighted_sum(&y[..h * nr], h, rows, acc);
         }
     });
-    let (o_lat, rest) = partial.split_at_mut(h * r);
-    for p in rest.chunks_exact(h * r) {
-        axpy(o_lat, 1.0, p);
+    let mut o_lat = vec![0.0f32; h * r];
+    for hh in 0..h {
+        let part = |t: usize| &parts[t * part_len..(t + 1) * part_len];
+        let mx = (0..tasks)
+            .map(|t| part(t)[h * r + hh])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0.0f32;
+        let o = &mut o_lat[hh * r..(hh + 1) * r];
+        for t in 0..tasks {
+            let p = part(t);
+            let w = (p[h * r + hh] - mx).exp();
+            total += w * p[h * r + h + hh];
+            axpy(o, w, &p[hh * r..(hh + 1) * r]);
+        }
+        o.iter_mut().for_each(|v| *v /= total);
     }
     // out[h] = W_UV[h] · o_lat[h]
     let mut out = vec![0.0f32; h * d.v];
