@@ -139,6 +139,13 @@ fn gemm_vnni(t: &mut Task<'_>) {
     unsafe { vnni::gemm_impl(&c, t.dtype, t.packed, t.nr, t.nt, t.out) }
 }
 
+/// Every accumulator of an `MR × NR` micro-tile summed across its lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_tile<const MR: usize, const NR: usize>(acc: &[[__m256; NR]; MR]) -> [[f32; NR]; MR] {
+    std::array::from_fn(|i| std::array::from_fn(|j| hsum(acc[i][j])))
+}
+
 /// Walks the task in micro-tiles: `$mrb` rows at a time (then single rows), tokens in runs of
 /// the largest listed `NR` that fits.
 macro_rules! drive {
@@ -477,13 +484,7 @@ macro_rules! int_kernels {
                         }
                     }
                 }
-                let mut res = [[0.0f32; NR]; MR];
-                for i in 0..MR {
-                    for j in 0..NR {
-                        res[i][j] = hsum(acc[i][j]);
-                    }
-                }
-                res
+                hsum_tile(&acc)
             }
         }
 
@@ -534,13 +535,7 @@ macro_rules! int_kernels {
                         }
                     }
                 }
-                let mut res = [[0.0f32; NR]; MR];
-                for i in 0..MR {
-                    for j in 0..NR {
-                        res[i][j] = hsum(acc[i][j]);
-                    }
-                }
-                res
+                hsum_tile(&acc)
             }
         }
 
@@ -838,13 +833,7 @@ unsafe fn micro_q4_k<const MR: usize, const NR: usize>(
                 }
             }
         }
-        let mut res = [[0.0f32; NR]; MR];
-        for i in 0..MR {
-            for j in 0..NR {
-                res[i][j] = hsum(acc[i][j]);
-            }
-        }
-        res
+        hsum_tile(&acc)
     }
 }
 
@@ -921,13 +910,7 @@ unsafe fn micro_q6_k<const MR: usize, const NR: usize>(
                 }
             }
         }
-        let mut res = [[0.0f32; NR]; MR];
-        for i in 0..MR {
-            for j in 0..NR {
-                res[i][j] = hsum(acc[i][j]);
-            }
-        }
-        res
+        hsum_tile(&acc)
     }
 }
 
