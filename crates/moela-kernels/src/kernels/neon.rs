@@ -13,9 +13,9 @@
 
 use core::arch::aarch64::*;
 
-use super::{scalar, Acts, Isa, KernelSet, Task};
-use crate::dtype::{DType, FP8_BLOCK};
-use crate::quant::{QK, QK_K};
+use super::{scalar, Isa, KernelSet, Task};
+use crate::dtype::FP8_BLOCK;
+use crate::quant::QK;
 
 pub(crate) static KERNELS: KernelSet = KernelSet {
     isa: Isa::Neon,
@@ -27,54 +27,20 @@ pub(crate) static KERNELS: KernelSet = KernelSet {
     rows_dot: scalar::rows_dot,
 };
 
+/// The NEON dots (the K-quants use the scalar ones).
+static DOTS: scalar::RowDots = scalar::RowDots {
+    f32: dot_f32,
+    f16: dot_f16,
+    bf16: dot_bf16,
+    fp8: dot_fp8,
+    q8_0: dot_q8_0,
+    q4_0: dot_q4_0,
+    q4_k: scalar::dot_q4_k,
+    q6_k: scalar::dot_q6_k,
+};
+
 fn gemm(t: &mut Task<'_>) {
-    if t.packed {
-        // Never chosen on this ISA (`packed_kernels_pay`); correct all the same.
-        return scalar::gemm(t);
-    }
-    t.validate();
-    let (nr, nt, cols) = (t.nr, t.nt, t.cols);
-    for tok in 0..nt {
-        for r in 0..nr {
-            let w = &t.w[r * t.row_bytes..(r + 1) * t.row_bytes];
-            t.out[tok * nr + r] = match t.acts {
-                Acts::F32(x) => {
-                    let x = &x[tok * cols..(tok + 1) * cols];
-                    match t.dtype {
-                        DType::F32 => dot_f32(w, x),
-                        DType::F16 => dot_f16(w, x),
-                        DType::BF16 => dot_bf16(w, x),
-                        DType::F8E4M3Block128 => {
-                            let scb = cols.div_ceil(FP8_BLOCK);
-                            let srow = &t.scales[(t.r0 + r) / FP8_BLOCK * scb..][..scb];
-                            dot_fp8(w, srow, x)
-                        }
-                        _ => unreachable!("validated"),
-                    }
-                }
-                Acts::Q8 { qs, d, .. } => {
-                    let nb = cols / QK;
-                    let (qs, d) = (&qs[tok * cols..][..cols], &d[tok * nb..][..nb]);
-                    match t.dtype {
-                        DType::Q8_0 => dot_q8_0(w, qs, d),
-                        DType::Q4_0 => dot_q4_0(w, qs, d),
-                        _ => unreachable!("validated"),
-                    }
-                }
-                Acts::Q8K { qs, d, bsums } => {
-                    let nb = cols / QK_K;
-                    let qs = &qs[tok * cols..][..cols];
-                    let d = &d[tok * nb..][..nb];
-                    let bs = &bsums[tok * nb * 16..][..nb * 16];
-                    match t.dtype {
-                        DType::Q4_K => scalar::dot_q4_k(w, qs, d, bs),
-                        DType::Q6_K => scalar::dot_q6_k(w, qs, d, bs),
-                        _ => unreachable!("validated"),
-                    }
-                }
-            };
-        }
-    }
+    scalar::gemm_rows(t, &DOTS)
 }
 
 /// Sum of four lanes-wise accumulators.

@@ -17,10 +17,44 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 
+/// One row·token dot product per weight type: what a row-at-a-time kernel set provides to
+/// [`gemm_rows`] (this module's scalar dots, the NEON dots).
+pub(crate) struct RowDots {
+    pub f32: fn(&[u8], &[f32]) -> f32,
+    pub f16: fn(&[u8], &[f32]) -> f32,
+    pub bf16: fn(&[u8], &[f32]) -> f32,
+    /// `(w, srow, x)`: `srow[b]` scales columns `128b..128b+128`.
+    pub fp8: fn(&[u8], &[f32], &[f32]) -> f32,
+    pub q8_0: fn(&[u8], &[i8], &[f32]) -> f32,
+    pub q4_0: fn(&[u8], &[i8], &[f32]) -> f32,
+    pub q4_k: KQuantDot,
+    pub q6_k: KQuantDot,
+}
+
+/// `(w, qs, d, bsums)` → one K-quant row·token dot.
+pub(crate) type KQuantDot = fn(&[u8], &[i8], &[f32], &[i16]) -> f32;
+
+/// The scalar dots (the oracle).
+static DOTS: RowDots = RowDots {
+    f32: dot_f32,
+    f16: dot_f16,
+    bf16: dot_bf16,
+    fp8: dot_fp8,
+    q8_0: dot_q8_0,
+    q4_0: dot_q4_0,
+    q4_k: dot_q4_k,
+    q6_k: dot_q6_k,
+};
+
 pub(crate) fn gemm(t: &mut Task<'_>) {
+    gemm_rows(t, &DOTS)
+}
+
+/// A task one row·token dot at a time with `dots`.
+pub(crate) fn gemm_rows(t: &mut Task<'_>, dots: &RowDots) {
     t.validate();
     let (nr, nt, cols, rb) = (t.nr, t.nt, t.cols, t.row_bytes);
-    // Packed rows are unpacked one at a time: the oracle computes on the file layout.
+    // Packed rows are unpacked one at a time: the dots work on the file layout.
     let mut row = vec![0u8; if t.packed { rb } else { 0 }];
     for tok in 0..nt {
         for r in 0..nr {
@@ -35,13 +69,13 @@ pub(crate) fn gemm(t: &mut Task<'_>) {
                 Acts::F32(x) => {
                     let x = &x[tok * cols..(tok + 1) * cols];
                     match t.dtype {
-                        DType::F32 => dot_f32(w, x),
-                        DType::F16 => dot_f16(w, x),
-                        DType::BF16 => dot_bf16(w, x),
+                        DType::F32 => (dots.f32)(w, x),
+                        DType::F16 => (dots.f16)(w, x),
+                        DType::BF16 => (dots.bf16)(w, x),
                         DType::F8E4M3Block128 => {
                             let scb = cols.div_ceil(FP8_BLOCK);
                             let srow = &t.scales[(t.r0 + r) / FP8_BLOCK * scb..][..scb];
-                            dot_fp8(w, srow, x)
+                            (dots.fp8)(w, srow, x)
                         }
                         _ => unreachable!("validated"),
                     }
@@ -50,8 +84,8 @@ pub(crate) fn gemm(t: &mut Task<'_>) {
                     let nb = cols / QK;
                     let (qs, d) = (&qs[tok * cols..][..cols], &d[tok * nb..][..nb]);
                     match t.dtype {
-                        DType::Q8_0 => dot_q8_0(w, qs, d),
-                        DType::Q4_0 => dot_q4_0(w, qs, d),
+                        DType::Q8_0 => (dots.q8_0)(w, qs, d),
+                        DType::Q4_0 => (dots.q4_0)(w, qs, d),
                         _ => unreachable!("validated"),
                     }
                 }
@@ -61,8 +95,8 @@ pub(crate) fn gemm(t: &mut Task<'_>) {
                     let d = &d[tok * nb..][..nb];
                     let bs = &bsums[tok * nb * 16..][..nb * 16];
                     match t.dtype {
-                        DType::Q4_K => dot_q4_k(w, qs, d, bs),
-                        DType::Q6_K => dot_q6_k(w, qs, d, bs),
+                        DType::Q4_K => (dots.q4_k)(w, qs, d, bs),
+                        DType::Q6_K => (dots.q6_k)(w, qs, d, bs),
                         _ => unreachable!("validated"),
                     }
                 }
