@@ -3,43 +3,10 @@
 //! the same logits alone or inside a batch. (Agreement with the reference is tested against
 //! transformers goldens in the workspace's `tests/reference.rs`.)
 
-use moela_model::{
-    AttentionMode, Config, ForwardOptions, KvType, Logits, Model, ModelError, SeqInput,
-    WeightSource,
-};
+mod common;
 
-/// Deterministic pseudo-random weights of the requested shapes.
-struct RandomSource(u64);
-
-impl WeightSource for RandomSource {
-    fn load(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
-        let n: usize = shape.iter().product();
-        let norm = name.contains("norm");
-        Ok((0..n)
-            .map(|_| {
-                self.0 = self
-                    .0
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let u = ((self.0 >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
-                if norm {
-                    1.0 + u * 0.5
-                } else if name.contains("correction_bias") {
-                    u * 0.2
-                } else {
-                    u * 0.4
-                }
-            })
-            .collect())
-    }
-    fn contains(&self, _: &str) -> bool {
-        true
-    }
-}
-
-fn config(json: &str) -> Config {
-    Config::from_hf_json(json).unwrap()
-}
+use common::{config, max_diff, RandomSource};
+use moela_model::{AttentionMode, Config, ForwardOptions, KvType, Logits, Model, SeqInput};
 
 fn v3_config() -> Config {
     config(
@@ -64,7 +31,7 @@ fn v2_lite_config() -> Config {
 }
 
 fn model(cfg: Config) -> Model {
-    Model::load(cfg, &mut RandomSource(42), &mut |_, _| {}).unwrap()
+    Model::load(cfg, &mut RandomSource::new(42, 0.4), &mut |_, _| {}).unwrap()
 }
 
 fn tokens(n: usize, vocab: usize) -> Vec<u32> {
@@ -81,14 +48,6 @@ fn run(m: &Model, toks: &[u32], mode: AttentionMode) -> Vec<f32> {
     m.forward(&mut seqs, &ForwardOptions { attention: mode })
         .unwrap()
         .remove(0)
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]

@@ -4,40 +4,10 @@
 //! window's edge), and a sequence computes the same alone or in a batch. Agreement with
 //! transformers is tested on goldens in the workspace's `tests/reference_dense.rs`.
 
-use moela_model::{
-    Config, ForwardOptions, Logits, Model, ModelError, ModelType, RopeScaling, SeqInput,
-    WeightSource,
-};
+mod common;
 
-struct RandomSource(u64);
-
-impl WeightSource for RandomSource {
-    fn load(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
-        let n: usize = shape.iter().product();
-        let norm = name.contains("norm");
-        Ok((0..n)
-            .map(|_| {
-                self.0 = self
-                    .0
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let u = ((self.0 >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
-                if norm {
-                    1.0 + u * 0.5
-                } else {
-                    u * 0.6
-                }
-            })
-            .collect())
-    }
-    fn contains(&self, _: &str) -> bool {
-        true
-    }
-}
-
-fn config(json: &str) -> Config {
-    Config::from_hf_json(json).unwrap()
-}
+use common::{config, max_diff, RandomSource};
+use moela_model::{Config, ForwardOptions, Logits, Model, ModelType, RopeScaling, SeqInput};
 
 fn config_err(json: &str) -> String {
     Config::from_hf_json(json).unwrap_err().to_string()
@@ -257,14 +227,6 @@ fn run(m: &Model, toks: &[u32]) -> Vec<f32> {
         .remove(0)
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn decoding_token_by_token_equals_prefill_and_batching_is_transparent() {
     let swa = with(
@@ -272,7 +234,12 @@ fn decoding_token_by_token_equals_prefill_and_batching_is_transparent() {
         r#""use_sliding_window":true,"sliding_window":5,"max_window_layers":1"#,
     );
     for json in [with(QWEN2, ""), swa, with(LLAMA, "")] {
-        let m = Model::load(config(&json), &mut RandomSource(7), &mut |_, _| {}).unwrap();
+        let m = Model::load(
+            config(&json),
+            &mut RandomSource::new(7, 0.6),
+            &mut |_, _| {},
+        )
+        .unwrap();
         let v = m.config.vocab_size;
         let toks: Vec<u32> = (0..19).map(|i| ((i * 31 + 5) % v) as u32).collect();
         let all = run(&m, &toks);
@@ -320,7 +287,7 @@ fn decoding_token_by_token_equals_prefill_and_batching_is_transparent() {
 fn the_window_changes_what_a_layer_sees() {
     let full = Model::load(
         config(&with(QWEN2, "")),
-        &mut RandomSource(9),
+        &mut RandomSource::new(9, 0.6),
         &mut |_, _| {},
     )
     .unwrap();
@@ -329,7 +296,7 @@ fn the_window_changes_what_a_layer_sees() {
             QWEN2,
             r#""use_sliding_window":true,"sliding_window":4,"max_window_layers":0"#,
         )),
-        &mut RandomSource(9),
+        &mut RandomSource::new(9, 0.6),
         &mut |_, _| {},
     )
     .unwrap();

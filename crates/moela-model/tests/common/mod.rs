@@ -1,0 +1,54 @@
+//! Helpers shared by the model crate's tests: random weights, config parsing, comparisons.
+
+use moela_model::{Config, ModelError, WeightSource};
+
+/// Deterministic pseudo-random weights of the requested shapes: uniform in ±`scale`/2, norms
+/// around 1, MoE correction biases in ±0.1.
+pub struct RandomSource {
+    state: u64,
+    scale: f32,
+}
+
+impl RandomSource {
+    pub fn new(seed: u64, scale: f32) -> RandomSource {
+        RandomSource { state: seed, scale }
+    }
+}
+
+impl WeightSource for RandomSource {
+    fn load(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let n: usize = shape.iter().product();
+        let norm = name.contains("norm");
+        Ok((0..n)
+            .map(|_| {
+                self.state = self
+                    .state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let u = ((self.state >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
+                if norm {
+                    1.0 + u * 0.5
+                } else if name.contains("correction_bias") {
+                    u * 0.2
+                } else {
+                    u * self.scale
+                }
+            })
+            .collect())
+    }
+    fn contains(&self, _: &str) -> bool {
+        true
+    }
+}
+
+pub fn config(json: &str) -> Config {
+    Config::from_hf_json(json).unwrap()
+}
+
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
