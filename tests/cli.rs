@@ -1,59 +1,15 @@
 //! The `moela` binary end to end on the tiny reference checkpoints: every command's output
 //! shape, determinism, and one clear error line (never a panic) for each kind of bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
-fn fixture(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(case)
-}
-
-fn moela(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moela"))
-        .args(args)
-        .env_remove("MOELA_MODEL")
-        .output()
-        .unwrap()
-}
-
-fn moela_stdin(args: &[&str], input: &str) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_moela"))
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).unwrap()
-}
-
-/// The last line of stdout as JSON.
-fn last_json(o: &Output) -> Value {
-    let out = stdout(o);
-    let line = out.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
+mod common;
+use common::{case_dir, last_json, moela, moela_stdin, perplexity, stderr, stdout};
 
 /// A failed run: non-zero exit, one `error:` line that mentions every `needle`, no panic.
 fn assert_clean_error(o: &Output, needles: &[&str]) {
@@ -71,7 +27,7 @@ fn assert_clean_error(o: &Output, needles: &[&str]) {
 /// A copy of a fixture in a temporary directory, to break.
 fn copy_fixture(case: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(fixture(case)).unwrap() {
+    for e in std::fs::read_dir(case_dir(case)).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
     }
@@ -116,7 +72,7 @@ fn gen_args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 
 #[test]
 fn generate_json_reports_tokens_text_and_usage() {
-    let dir = fixture("v3");
+    let dir = case_dir("v3");
     let o = moela(&gen_args(
         dir.to_str().unwrap(),
         &["--max-tokens", "6", "--json"],
@@ -139,7 +95,7 @@ fn generate_json_reports_tokens_text_and_usage() {
 
 #[test]
 fn same_seed_same_output_different_seed_differs() {
-    let dir = fixture("v2");
+    let dir = case_dir("v2");
     let d = dir.to_str().unwrap();
     let run = |seed: &str| {
         let o = moela(&gen_args(
@@ -163,21 +119,9 @@ fn same_seed_same_output_different_seed_differs() {
 
 #[test]
 fn perplexity_json_has_one_nll_per_predicted_token() {
-    let dir = fixture("v2_lite");
-    let text = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        text.path(),
-        "The quick brown fox jumps over the lazy dog. 12345",
-    )
-    .unwrap();
-    let o = moela(&[
-        "perplexity",
-        "--model",
-        dir.to_str().unwrap(),
-        "--file",
-        text.path().to_str().unwrap(),
-        "--json",
-    ]);
+    let dir = case_dir("v2_lite");
+    let text = "The quick brown fox jumps over the lazy dog. 12345";
+    let o = perplexity(&dir, text, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let j = last_json(&o);
     let n = j["n_tokens"].as_u64().unwrap() as usize;
@@ -191,16 +135,7 @@ fn perplexity_json_has_one_nll_per_predicted_token() {
     let ppl = (nll.iter().sum::<f64>() / nll.len() as f64).exp();
     assert!((ppl - j["ppl"].as_f64().unwrap()).abs() < 1e-9 * ppl);
     // A short context scores the same tokens, in windows.
-    let o2 = moela(&[
-        "perplexity",
-        "--model",
-        dir.to_str().unwrap(),
-        "--file",
-        text.path().to_str().unwrap(),
-        "--json",
-        "--ctx",
-        "5",
-    ]);
+    let o2 = perplexity(&dir, text, &["--ctx", "5"]);
     let j2 = last_json(&o2);
     assert_eq!(j2["nll"].as_array().unwrap().len(), n - 1);
     // The first window sees the same tokens (kernels may tile differently: compare closely).
@@ -213,7 +148,7 @@ fn perplexity_json_has_one_nll_per_predicted_token() {
 
 #[test]
 fn chat_answers_each_stdin_line_and_exits_at_eof() {
-    let dir = fixture("v3");
+    let dir = case_dir("v3");
     let o = moela_stdin(
         &[
             "chat",
@@ -230,7 +165,7 @@ fn chat_answers_each_stdin_line_and_exits_at_eof() {
 
 #[test]
 fn inspect_summarizes_the_checkpoint() {
-    let dir = fixture("v3_fp8");
+    let dir = case_dir("v3_fp8");
     let o = moela(&["inspect", "--model", dir.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
@@ -371,7 +306,7 @@ fn missing_model_dir_is_named() {
 
 #[test]
 fn prompt_longer_than_context_is_refused() {
-    let dir = fixture("v2_lite");
+    let dir = case_dir("v2_lite");
     let o = moela(&gen_args(dir.to_str().unwrap(), &["--ctx", "4"]));
     assert_clean_error(&o, &["prompt is", "context holds 4"]);
 }

@@ -1,45 +1,16 @@
 //! The `moela` binary on the dense R1-distill architectures (tiny random Qwen2 and Llama
 //! checkpoints and GGUF files from `tools/make_dense_fixtures.py`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
+mod common;
+use common::{case_dir, last_json, moela, perplexity, stderr, stdout};
 use serde_json::Value;
-
-fn fixture(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/models")
-        .join(case)
-}
-
-fn moela(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_moela"))
-        .args(args)
-        .env_remove("MOELA_MODEL")
-        .output()
-        .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).unwrap()
-}
-
-fn last_json(o: &Output) -> Value {
-    let out = stdout(o);
-    let line = out.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
 
 /// The R1 template opens `<think>`, so `generate --json` reports the output as `reasoning`;
 /// the same from the HF directory and from the GGUF file.
 #[test]
 fn generate_json_splits_reasoning_for_checkpoint_and_gguf() {
     let mut outputs = Vec::new();
-    for path in [fixture("llama"), fixture("llama").join("model.gguf")] {
+    for path in [case_dir("llama"), case_dir("llama").join("model.gguf")] {
         let o = moela(&[
             "generate",
             "--model",
@@ -67,21 +38,8 @@ fn generate_json_splits_reasoning_for_checkpoint_and_gguf() {
 
 #[test]
 fn perplexity_runs_on_a_qwen2_checkpoint() {
-    let dir = fixture("qwen2");
-    let text = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        text.path(),
-        "The quick brown fox jumps over the lazy dog, again and again.",
-    )
-    .unwrap();
-    let o = moela(&[
-        "perplexity",
-        "--model",
-        dir.to_str().unwrap(),
-        "--file",
-        text.path().to_str().unwrap(),
-        "--json",
-    ]);
+    let text = "The quick brown fox jumps over the lazy dog, again and again.";
+    let o = perplexity(&case_dir("qwen2"), text, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(last_json(&o)["nll"]
         .as_array()
@@ -92,20 +50,20 @@ fn perplexity_runs_on_a_qwen2_checkpoint() {
 fn inspect_describes_gqa_models() {
     for (path, want) in [
         (
-            fixture("qwen2"),
+            case_dir("qwen2"),
             vec![
                 "qwen2",
                 "GQA, 4 query / 2 KV heads of 16",
                 "sliding window none",
             ],
         ),
-        (fixture("qwen2_swa"), vec!["sliding window 24 on 2 layers"]),
+        (case_dir("qwen2_swa"), vec!["sliding window 24 on 2 layers"]),
         (
-            fixture("llama"),
+            case_dir("llama"),
             vec!["llama", "Llama-3 factor 8", "KV cache"],
         ),
         (
-            fixture("llama").join("model.gguf"),
+            case_dir("llama").join("model.gguf"),
             vec!["llama", "8 per-frequency factors (GGUF rope_freqs)"],
         ),
     ] {
@@ -120,7 +78,7 @@ fn inspect_describes_gqa_models() {
 
 #[test]
 fn quantize_refuses_dense_models_clearly() {
-    let dir = fixture("qwen2");
+    let dir = case_dir("qwen2");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x.gguf");
     let o = moela(&[
@@ -140,7 +98,7 @@ fn quantize_refuses_dense_models_clearly() {
 
 #[test]
 fn bad_dense_configs_are_named() {
-    let src = fixture("qwen2");
+    let src = case_dir("qwen2");
     for (field, value, needle) in [
         (
             "num_key_value_heads",

@@ -1,7 +1,9 @@
-//! Helpers shared by the workspace's reference tests (each test binary uses a subset).
+//! Helpers shared by the workspace's tests (each test binary uses a subset): fixtures and
+//! goldens, and running the `moela` binary.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use moela_engine::token_nll;
 use serde_json::Value;
@@ -59,4 +61,63 @@ pub fn exact_cache() -> moela_loader::LoadOptions {
         kv_type: Some(moela_model::KvType::F32),
         ..moela_loader::LoadOptions::default()
     }
+}
+
+/// Runs the `moela` binary (without `$MOELA_MODEL`).
+pub fn moela(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_moela"))
+        .args(args)
+        .env_remove("MOELA_MODEL")
+        .output()
+        .unwrap()
+}
+
+/// Runs the `moela` binary with `input` on stdin.
+pub fn moela_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moela"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `moela perplexity --model MODEL --file <text> --json EXTRA...`.
+pub fn perplexity(model: &Path, text: &str, extra: &[&str]) -> Output {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), text).unwrap();
+    let mut args = vec![
+        "perplexity",
+        "--model",
+        model.to_str().unwrap(),
+        "--file",
+        file.path().to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    moela(&args)
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+/// The last line of stdout as JSON.
+pub fn last_json(o: &Output) -> Value {
+    let out = stdout(o);
+    let line = out.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
