@@ -10,20 +10,15 @@ use moela_model::Model;
 use moela_text::{ChatMessage, RenderOptions, Role, Tokenizer};
 use serde_json::Value;
 
+mod common;
+use common::ids;
+
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/moela-demo")
 }
 
 fn golden() -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir().join("golden.json")).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn greedy(m: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
