@@ -37,27 +37,22 @@ pub(crate) fn quant_offset(i: usize, k: usize) -> usize {
 /// The packed form of row-major `src` (`rows` rows of `row_bytes`, `dtype` blocks), in
 /// huge-page-backed memory when available.
 pub(crate) fn pack(dtype: DType, rows: usize, row_bytes: usize, src: &[u8]) -> Storage {
-    match crate::mmap::anon_huge(src.len()) {
-        Some(mut m) => {
-            pack_into(dtype, rows, row_bytes, src, &mut m);
-            match m.make_read_only() {
-                Ok(m) => Storage::Mapped {
-                    map: Arc::new(m),
-                    offset: 0,
-                    len: src.len(),
-                },
-                Err(_) => Storage::Owned(packed_vec(dtype, rows, row_bytes, src)),
-            }
+    let huge = crate::mmap::anon_huge(src.len()).and_then(|mut m| {
+        pack_into(dtype, rows, row_bytes, src, &mut m);
+        m.make_read_only().ok()
+    });
+    match huge {
+        Some(m) => Storage::Mapped {
+            map: Arc::new(m),
+            offset: 0,
+            len: src.len(),
+        },
+        None => {
+            let mut out = vec![0u8; src.len()];
+            pack_into(dtype, rows, row_bytes, src, &mut out);
+            Storage::Owned(out)
         }
-        None => Storage::Owned(packed_vec(dtype, rows, row_bytes, src)),
     }
-}
-
-/// [`pack`] into a plain vector (when anonymous mappings are unavailable).
-fn packed_vec(dtype: DType, rows: usize, row_bytes: usize, src: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; src.len()];
-    pack_into(dtype, rows, row_bytes, src, &mut out);
-    out
 }
 
 /// Writes the packed form of `src` into `out` (same length).

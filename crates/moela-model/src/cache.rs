@@ -58,13 +58,6 @@ enum BlockData {
     F16(Vec<u16>),
 }
 
-/// One layer's rows of one block.
-#[derive(Clone, Copy)]
-enum RowsRef<'a> {
-    F32(&'a [f32]),
-    F16(&'a [u16]),
-}
-
 struct Block {
     /// Allocated on first use, kept for reuse.
     data: BlockData,
@@ -363,7 +356,8 @@ pub(crate) struct BatchCache<'a> {
 
 /// Read access to one sequence's rows of one layer.
 pub(crate) struct LayerView<'a> {
-    blocks: Vec<RowsRef<'a>>,
+    /// One layer's rows of each block (`latent_dim` columns).
+    blocks: Vec<RowData<'a>>,
     bt: usize,
     lat: usize,
     pub(crate) len: usize,
@@ -377,15 +371,15 @@ impl LayerView<'_> {
 
     /// Block `b`'s rows that hold tokens (all but the last block are full).
     pub(crate) fn block(&self, b: usize) -> RowData<'_> {
-        let n = self.bt.min(self.len - b * self.bt);
+        let n = self.bt.min(self.len - b * self.bt) * self.lat;
         match self.blocks[b] {
-            RowsRef::F32(d) => RowData::F32 {
-                data: &d[..n * self.lat],
-                cols: self.lat,
+            RowData::F32 { data, cols } => RowData::F32 {
+                data: &data[..n],
+                cols,
             },
-            RowsRef::F16(d) => RowData::F16 {
-                data: &d[..n * self.lat],
-                cols: self.lat,
+            RowData::F16 { data, cols } => RowData::F16 {
+                data: &data[..n],
+                cols,
             },
         }
     }
@@ -393,15 +387,27 @@ impl LayerView<'_> {
     /// Every row as f32, for loops that read each row many times (once per head): the
     /// stored rows of an f32 cache, or an f16 cache's rows converted once.
     pub(crate) fn f32_rows(&self) -> Rows<'_> {
-        if self.blocks.iter().all(|b| matches!(b, RowsRef::F32(_))) {
-            return Rows::Stored(self);
+        let stored: Option<Vec<&[f32]>> = self
+            .blocks
+            .iter()
+            .map(|b| match *b {
+                RowData::F32 { data, .. } => Some(data),
+                RowData::F16 { .. } => None,
+            })
+            .collect();
+        if let Some(blocks) = stored {
+            return Rows::Stored {
+                blocks,
+                bt: self.bt,
+                lat: self.lat,
+            };
         }
         let mut data = vec![0.0f32; self.len * self.lat];
         for (u, out) in data.chunks_exact_mut(self.lat).enumerate() {
             let at = (u % self.bt) * self.lat;
             match self.blocks[u / self.bt] {
-                RowsRef::F32(b) => out.copy_from_slice(&b[at..at + self.lat]),
-                RowsRef::F16(b) => f16_slice_to_f32(&b[at..at + self.lat], out),
+                RowData::F32 { data, .. } => out.copy_from_slice(&data[at..at + self.lat]),
+                RowData::F16 { data, .. } => f16_slice_to_f32(&data[at..at + self.lat], out),
             }
         }
         Rows::Converted {
@@ -413,8 +419,15 @@ impl LayerView<'_> {
 
 /// Rows of a [`LayerView`] as f32 (see [`LayerView::f32_rows`]).
 pub(crate) enum Rows<'a> {
-    Stored(&'a LayerView<'a>),
-    Converted { data: Vec<f32>, lat: usize },
+    Stored {
+        blocks: Vec<&'a [f32]>,
+        bt: usize,
+        lat: usize,
+    },
+    Converted {
+        data: Vec<f32>,
+        lat: usize,
+    },
 }
 
 impl Rows<'_> {
@@ -422,10 +435,7 @@ impl Rows<'_> {
     #[inline]
     pub(crate) fn row(&self, u: usize) -> &[f32] {
         match self {
-            Rows::Stored(v) => match v.blocks[u / v.bt] {
-                RowsRef::F32(b) => &b[(u % v.bt) * v.lat..][..v.lat],
-                RowsRef::F16(_) => unreachable!("stored rows are f32"),
-            },
+            Rows::Stored { blocks, bt, lat } => &blocks[u / bt][(u % bt) * lat..][..*lat],
             Rows::Converted { data, lat } => &data[u * lat..(u + 1) * lat],
         }
     }
@@ -494,8 +504,14 @@ impl<'a> BatchCache<'a> {
             .map(|&id| {
                 let r = l * bt * lat..(l + 1) * bt * lat;
                 match &self.guard.blocks[id].data {
-                    BlockData::F32(d) => RowsRef::F32(&d[r]),
-                    BlockData::F16(d) => RowsRef::F16(&d[r]),
+                    BlockData::F32(d) => RowData::F32 {
+                        data: &d[r],
+                        cols: lat,
+                    },
+                    BlockData::F16(d) => RowData::F16 {
+                        data: &d[r],
+                        cols: lat,
+                    },
                 }
             })
             .collect();

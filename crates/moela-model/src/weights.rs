@@ -136,9 +136,8 @@ impl Req<'_> {
     fn vec(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
         self.src.load(name, &[len])
     }
-    /// A matrix in the layout this CPU's kernels run fastest on
-    /// ([`QMat::packed_for_matmul`]).
-    fn mat(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
+    /// A matrix as stored, shape-checked.
+    fn stored_mat(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
         let m = self.src.matrix(name, rows, cols)?;
         if (m.rows, m.cols) != (rows, cols) {
             return Err(ModelError::Shape {
@@ -147,11 +146,17 @@ impl Req<'_> {
                 found: vec![m.rows, m.cols],
             });
         }
-        Ok(m.packed_for_matmul())
+        Ok(m)
+    }
+    /// A matrix for the matmul kernels, in the layout this CPU runs fastest on
+    /// ([`QMat::packed_for_matmul`]).
+    fn mat(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
+        self.stored_mat(name, rows, cols)
+            .map(QMat::packed_for_matmul)
     }
     /// A matrix that must be computed in f32 (the router, as the reference does).
     fn f32_mat(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
-        let m = self.mat(name, rows, cols)?;
+        let m = self.stored_mat(name, rows, cols)?;
         if m.dtype == DType::F32 {
             return Ok(m);
         }
@@ -233,7 +238,7 @@ impl Req<'_> {
                 )?,
             },
         };
-        let kv_b_q = self.mat(
+        let kv_b_q = self.stored_mat(
             &format!("{p}.self_attn.kv_b_proj.weight"),
             h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
             cfg.kv_lora_rank,
@@ -310,7 +315,8 @@ impl Weights {
         let d = cfg.hidden_size;
         let mut req = Req { src };
         let total = cfg.num_hidden_layers + 2;
-        let embed = req.mat("model.embed_tokens.weight", cfg.vocab_size, d)?;
+        // A lookup table, unless tied to the head (then packed below).
+        let embed = req.stored_mat("model.embed_tokens.weight", cfg.vocab_size, d)?;
         progress(1, total);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
@@ -356,10 +362,16 @@ impl Weights {
             progress(l + 2, total);
         }
         let norm = req.vec("model.norm.weight", d)?;
-        let lm_head = if cfg.tie_word_embeddings && !req.src.contains("lm_head.weight") {
+        let tied = cfg.tie_word_embeddings && !req.src.contains("lm_head.weight");
+        let lm_head = if tied {
             None
         } else {
             Some(req.mat("lm_head.weight", cfg.vocab_size, d)?)
+        };
+        let embed = if tied {
+            embed.packed_for_matmul()
+        } else {
+            embed
         };
         progress(total, total);
         Ok(Weights {

@@ -1066,6 +1066,9 @@ fn weighted_sum(p: &[f32], n: usize, rows: RowData<'_>, out: &mut [f32]) {
     // The rest (heads past a multiple of the tile, columns past a multiple of it), plainly.
     for h in 0..n {
         let c0 = if h < nt { ct } else { 0 };
+        if c0 == cols {
+            continue;
+        }
         for u in 0..nr {
             let w = p[h * nr + u];
             for c in c0..cols {
@@ -1143,6 +1146,9 @@ fn rows_dot(x: &[f32], n: usize, rows: RowData<'_>, y: &mut [f32]) {
     for h in 0..n {
         for u in 0..nr {
             let in_tile = h < n4 && u < r4;
+            if in_tile && c8 == cols {
+                continue;
+            }
             let c0 = if in_tile { c8 } else { 0 };
             let mut s = if in_tile { y[h * nr + u] } else { 0.0 };
             for c in c0..cols {
