@@ -496,15 +496,7 @@ def run_case(case: Case, out_root: Path, tok_dir: Path) -> dict:
             counterfactual_max_abs_nll=differ,
             notes=case.notes,
         ),
-        nll_tokens=nll_tokens,
-        nll=[float(x) for x in nll],
-        mean_nll=float(nll.mean()),
-        greedy_prompt=prompt,
-        greedy_tokens=toks,
-        greedy_min_margin=float(min(margins)),
-        greedy_margins=[float(x) for x in margins],
-        last_logits=[float(x) for x in logits[-1]],
-        f32_reference_max_abs_diff=f32_diff,
+        **mmf.score_fields(nll_tokens, nll, prompt, toks, margins, logits, f32_diff),
         gguf=gguf_info,
         hidden_note=(f"F32 [16, hidden] tensors for positions 0..15 of nll_tokens: hidden.0 = embedding "
                      f"output, hidden.l = output of decoder layer l-1 (l = 1..{L - 1}); final_norm = "

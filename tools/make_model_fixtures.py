@@ -626,6 +626,23 @@ def greedy(model, prompt, n):
 
 
 @torch.no_grad()
+def score_fields(nll_tokens, nll, prompt, toks, margins, logits, f32_diff) -> dict:
+    """The golden fields every fixture script writes, in this order: per-token NLL of
+    `nll_tokens`, the greedy run from `prompt` with its margins, the last logits and the float32
+    reference's distance from the float64 one."""
+    return dict(
+        nll_tokens=nll_tokens,
+        nll=[float(x) for x in nll],
+        mean_nll=float(nll.mean()),
+        greedy_prompt=prompt,
+        greedy_tokens=toks,
+        greedy_min_margin=float(min(margins)),
+        greedy_margins=[float(x) for x in margins],
+        last_logits=[float(x) for x in logits[-1]],
+        f32_reference_max_abs_diff=f32_diff,
+    )
+
+
 def capture(model, ids):
     """Per-layer tensors for `ids` plus router decisions, via forward hooks."""
     store, hooks = {}, []
@@ -841,15 +858,7 @@ def run_case(case: Case, out_root: Path, tok_dir: Path) -> dict:
             from_pretrained_check=cross,
             notes=case.notes,
         ),
-        nll_tokens=nll_tokens,
-        nll=[float(x) for x in nll],
-        mean_nll=float(nll.mean()),
-        greedy_prompt=prompt,
-        greedy_tokens=toks,
-        greedy_min_margin=float(min(margins)),
-        greedy_margins=[float(x) for x in margins],
-        last_logits=[float(x) for x in logits[-1]],
-        f32_reference_max_abs_diff=f32_diff,
+        **score_fields(nll_tokens, nll, prompt, toks, margins, logits, f32_diff),
         routing=routing,
         hidden_note=hidden_note,
     )
