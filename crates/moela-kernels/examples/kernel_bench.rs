@@ -3,6 +3,8 @@
 //!
 //! `cargo run --release -p moela-kernels --example kernel_bench [-- --quick] [--scalar] [--isa avx2]`
 //!
+//! `--attention` runs only the decode attention kernels' table.
+//!
 //! `--hot` reuses one copy of each matrix (weights stay in cache: measures compute, not DRAM).
 //! `--isa NAME` forces a kernel level (`scalar`, `avx2`, `avx2+vnni`, `neon`); `--scalar` adds a
 //! scalar n = 1 row for the expert-shaped matrix.
@@ -13,7 +15,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use moela_kernels::{parallel_for, set_num_threads, DType, Isa, QMat};
+use moela_kernels::{
+    parallel_for, rows_matmul, rows_weighted_sum, set_num_threads, DType, Isa, QMat, RowData,
+};
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -76,6 +80,10 @@ fn main() {
     let with_scalar = args.iter().any(|a| a == "--scalar");
     let hot = args.iter().any(|a| a == "--hot");
     let budget = Duration::from_millis(if quick { 300 } else { 1000 });
+    if args.iter().any(|a| a == "--attention") {
+        attention_kernels(budget);
+        return;
+    }
     let isa = match args.iter().position(|a| a == "--isa") {
         Some(i) => {
             let name = args.get(i + 1).map(String::as_str).unwrap_or("");
@@ -191,5 +199,49 @@ fn main() {
             }
         }
     }
+    attention_kernels(budget);
     set_num_threads(0);
+}
+
+/// GMAC/s of the decode attention kernels on one thread, cache rows hot in L2: scores of 16
+/// heads against 64 latent rows of 576 (`rows_matmul`), then the weighted sum of the rows'
+/// first 512 columns (`rows_weighted_sum`), the V2-Lite shape, for an f32 and an f16 cache.
+fn attention_kernels(budget: Duration) {
+    let (heads, rows, cols, width) = (16usize, 64usize, 576usize, 512usize);
+    let q = data(heads * cols, 11);
+    let p = data(heads * rows, 12);
+    let f32_rows = data(rows * cols, 13);
+    let f16_rows: Vec<u16> = f32_rows
+        .iter()
+        .map(|&v| half::f16::from_f32(v).to_bits())
+        .collect();
+    println!();
+    println!("attention kernels, 1 thread (cache rows hot), GMAC/s: {heads} heads × {rows} rows");
+    for (name, r) in [
+        (
+            "f32",
+            RowData::F32 {
+                data: &f32_rows,
+                cols,
+            },
+        ),
+        (
+            "f16",
+            RowData::F16 {
+                data: &f16_rows,
+                cols,
+            },
+        ),
+    ] {
+        let mut y = vec![0.0; heads * rows];
+        let mut out = vec![0.0; heads * width];
+        let dot = time_it(budget, || rows_matmul(&q, heads, r, &mut y));
+        let sum = time_it(budget, || rows_weighted_sum(&p, heads, r, &mut out));
+        black_box((&y, &out));
+        println!(
+            "{name}: scores (×{cols}) {:.1}, weighted sum (×{width}) {:.1}",
+            (heads * rows * cols) as f64 / dot / 1e9,
+            (heads * rows * width) as f64 / sum / 1e9
+        );
+    }
 }
