@@ -82,15 +82,15 @@ impl Attend for GqaAttention {
         let w = 2 * kv * hd;
         let n_tok = step.positions.len();
         let mut rows = vec![0.0f32; n_tok * w]; // [T, 2·kv_heads·head_dim]
-        for (t, &pos) in step.positions.iter().enumerate() {
+        for t in 0..n_tok {
             for qh in q[t * h * hd..(t + 1) * h * hd].chunks_exact_mut(hd) {
-                step.rope.apply_half(qh, pos);
+                step.rope.apply_half(t, qh);
             }
             let row = &mut rows[t * w..(t + 1) * w];
             row[..kv * hd].copy_from_slice(&k[t * kv * hd..(t + 1) * kv * hd]);
             row[kv * hd..].copy_from_slice(&v[t * kv * hd..(t + 1) * kv * hd]);
             for kh in row[..kv * hd].chunks_exact_mut(hd) {
-                step.rope.apply_half(kh, pos);
+                step.rope.apply_half(t, kh);
             }
         }
         drop((k, v));

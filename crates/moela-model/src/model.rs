@@ -15,7 +15,7 @@ use crate::cache::{BatchCache, KvPool, KvType, SeqCache, DEFAULT_BLOCK_TOKENS};
 use crate::config::Config;
 use crate::error::ModelError;
 use crate::moe::{mlp_forward, moe_forward};
-use crate::rope::Rope;
+use crate::rope::{Rope, RopeTable};
 use crate::weights::{Ffn, LayerAttention, MlaAttention, QProj, WeightSource, Weights};
 
 /// Which logits a sequence wants back from a forward pass.
@@ -50,7 +50,8 @@ pub(crate) struct Step<'a> {
     /// The layer index (which rows of the cache are this layer's).
     pub layer: usize,
     pub config: &'a Config,
-    pub rope: &'a Rope,
+    /// RoPE's rotation of every new token row.
+    pub rope: &'a RopeTable,
     /// The position of every new token row (all sequences concatenated).
     pub positions: &'a [usize],
     pub opts: &'a ForwardOptions,
@@ -220,13 +221,14 @@ impl Model {
             .iter()
             .flat_map(|s| s.cache.len()..s.cache.len() + s.tokens.len())
             .collect();
+        let rope = self.rope.table(&positions);
         let mut x = vec![0.0f32; n_tok * d];
         for (l, layer) in self.weights.layers.iter().enumerate() {
             rms_norm(&h, &layer.attn_norm, c.rms_norm_eps, &mut x);
             let step = Step {
                 layer: l,
                 config: c,
-                rope: &self.rope,
+                rope: &rope,
                 positions: &positions,
                 opts,
             };
@@ -302,13 +304,13 @@ impl Attend for MlaAttention {
         // kv: [T, rank + rope] → normalized latent and rotated rope key, the cached row.
         let mut rows = a.kv_a.forward(x);
         let lat = r + dr;
-        for (t, &pos) in positions.iter().enumerate() {
+        for t in 0..positions.len() {
             let row = &mut rows[t * lat..(t + 1) * lat];
             rms_norm_in_place(&mut row[..r], &a.kv_a_norm, c.rms_norm_eps);
-            step.rope.apply(&mut row[r..], pos);
+            step.rope.apply(t, &mut row[r..]);
             for hh in 0..h {
                 let qh = &mut q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
-                step.rope.apply(&mut qh[c.qk_nope_head_dim..], pos);
+                step.rope.apply(t, &mut qh[c.qk_nope_head_dim..]);
             }
         }
         let mut o = Vec::with_capacity(positions.len() * h * c.v_head_dim);

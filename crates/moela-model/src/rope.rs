@@ -111,35 +111,31 @@ impl Rope {
         }
     }
 
-    /// `(cos, sin)` of pair `i` at `pos`, times the amplitude. The angle is formed in f32 as
-    /// the reference does, then evaluated precisely.
-    #[inline]
-    fn cos_sin(&self, f: f32, pos: usize) -> (f32, f32) {
-        let angle = (f * pos as f32) as f64;
-        let (s, c) = angle.sin_cos();
-        (c as f32 * self.amplitude, s as f32 * self.amplitude)
+    /// `(cos, sin)` of every pair at every position, times the amplitude: computed once per
+    /// forward pass and shared by all layers and heads. The angle is formed in f32 as the
+    /// reference does, then evaluated precisely.
+    pub fn table(&self, positions: &[usize]) -> RopeTable {
+        let half = self.inv_freq.len();
+        let mut cs = Vec::with_capacity(positions.len() * half);
+        for &pos in positions {
+            for &f in &self.inv_freq {
+                let angle = (f * pos as f32) as f64;
+                let (s, c) = angle.sin_cos();
+                cs.push((c as f32 * self.amplitude, s as f32 * self.amplitude));
+            }
+        }
+        RopeTable { half, cs }
     }
 
     /// Rotates each pair `(x[2i], x[2i+1])` of one `dim`-vector at position `pos` (DeepSeek).
     pub fn apply(&self, x: &mut [f32], pos: usize) {
-        for (i, &f) in self.inv_freq.iter().enumerate() {
-            let (c, s) = self.cos_sin(f, pos);
-            let (a, b) = (x[2 * i], x[2 * i + 1]);
-            x[2 * i] = a * c - b * s;
-            x[2 * i + 1] = a * s + b * c;
-        }
+        self.table(&[pos]).apply(0, x);
     }
 
     /// Rotates each pair `(x[i], x[i + dim/2])` of one `dim`-vector at position `pos`: the
     /// rotate-half layout of Qwen2 and Llama (`x·cos + rotate_half(x)·sin`).
     pub fn apply_half(&self, x: &mut [f32], pos: usize) {
-        let half = self.inv_freq.len();
-        for (i, &f) in self.inv_freq.iter().enumerate() {
-            let (c, s) = self.cos_sin(f, pos);
-            let (a, b) = (x[i], x[i + half]);
-            x[i] = a * c - b * s;
-            x[i + half] = b * c + a * s;
-        }
+        self.table(&[pos]).apply_half(0, x);
     }
 
     pub fn inv_freq(&self) -> &[f32] {
@@ -148,5 +144,36 @@ impl Rope {
 
     pub fn amplitude(&self) -> f32 {
         self.amplitude
+    }
+}
+
+/// [`Rope::table`]: the rotation of each of a forward pass's token rows.
+pub struct RopeTable {
+    half: usize,
+    cs: Vec<(f32, f32)>,
+}
+
+impl RopeTable {
+    fn row(&self, t: usize) -> &[(f32, f32)] {
+        &self.cs[t * self.half..(t + 1) * self.half]
+    }
+
+    /// [`Rope::apply`] at the position of token row `t`.
+    pub fn apply(&self, t: usize, x: &mut [f32]) {
+        for (i, &(c, s)) in self.row(t).iter().enumerate() {
+            let (a, b) = (x[2 * i], x[2 * i + 1]);
+            x[2 * i] = a * c - b * s;
+            x[2 * i + 1] = a * s + b * c;
+        }
+    }
+
+    /// [`Rope::apply_half`] at the position of token row `t`.
+    pub fn apply_half(&self, t: usize, x: &mut [f32]) {
+        let half = self.half;
+        for (i, &(c, s)) in self.row(t).iter().enumerate() {
+            let (a, b) = (x[i], x[i + half]);
+            x[i] = a * c - b * s;
+            x[i + half] = b * c + a * s;
+        }
     }
 }
