@@ -30,7 +30,7 @@ pub use dtype::{DType, KernelError, FP8_BLOCK};
 pub use kernels::{Isa, PreparedInput, RowData};
 pub use ops::{
     add_in_place, matmul, rms_norm, rms_norm_in_place, rows_matmul, rows_weighted_sum, silu,
-    softmax_in_place, Mat,
+    silu_mul, softmax_in_place, Mat,
 };
 pub use parallel::{
     in_pool_task, num_threads, parallel_chunks, parallel_for, pool, set_num_threads, ThreadPool,

@@ -125,6 +125,18 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
+/// `g[i] = silu(g[i]) · u[i]` (SwiGLU: the gate projection times the up projection) on the
+/// worker pool, with the best kernel this CPU supports.
+pub fn silu_mul(g: &mut [f32], u: &[f32]) {
+    assert_eq!(g.len(), u.len(), "silu_mul: lengths");
+    const CHUNK: usize = 4096;
+    let f = kernels::best().silu_mul;
+    // ~20 multiply-adds' worth of work per element.
+    crate::parallel_chunks(g, CHUNK, 20 * u.len(), |i, c| {
+        f(c, &u[i * CHUNK..][..c.len()])
+    });
+}
+
 /// Numerically stable softmax over the whole slice.
 pub fn softmax_in_place(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -1,6 +1,6 @@
 //! DeepSeekMoE: router (every `topk_method`), token bucketing by expert, shared experts.
 
-use moela_kernels::{silu, softmax_in_place, PreparedInput, QMat};
+use moela_kernels::{silu_mul, softmax_in_place, PreparedInput, QMat};
 
 use crate::config::{Config, ModelType, ScoringFunc, TopkMethod};
 use crate::weights::{Mlp, Moe};
@@ -126,9 +126,7 @@ pub fn mlps_forward(jobs: &[(&Mlp, &[f32])]) -> Vec<Vec<f32>> {
         QMat::matmul_batch(&mut items);
     }
     for (g, u) in gate.iter_mut().zip(&up) {
-        for (a, b) in g.iter_mut().zip(u) {
-            *a = silu(*a) * b;
-        }
+        silu_mul(g, u);
     }
     let down_in: Vec<PreparedInput<'_>> = jobs
         .iter()

@@ -194,6 +194,8 @@ pub(crate) struct KernelSet {
     pub weighted_sum: WeightedSumFn,
     /// `y[n, rows] = x[n, cols] · rowsᵀ` (see [`crate::ops::rows_matmul`]).
     pub rows_dot: RowsDotFn,
+    /// `g[i] = silu(g[i]) · u[i]` (SwiGLU's gate, see [`crate::ops::silu_mul`]).
+    pub silu_mul: fn(&mut [f32], &[f32]),
 }
 
 /// `(x, n, rows, y)`: see [`KernelSet::rows_dot`].
@@ -246,6 +248,7 @@ static SCALAR: KernelSet = KernelSet {
     quant_q8k: scalar::quant_q8k,
     weighted_sum: scalar::weighted_sum,
     rows_dot: scalar::rows_dot,
+    silu_mul: scalar::silu_mul,
 };
 
 /// The kernel set for `isa`, or `None` if this CPU cannot run it.

@@ -25,6 +25,7 @@ pub(crate) static KERNELS: KernelSet = KernelSet {
     quant_q8k: scalar::quant_q8k,
     weighted_sum: scalar::weighted_sum,
     rows_dot: scalar::rows_dot,
+    silu_mul: scalar::silu_mul,
 };
 
 /// The NEON dots (the K-quants use the scalar ones).

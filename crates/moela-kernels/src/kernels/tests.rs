@@ -634,3 +634,37 @@ fn rows_dot_matches_scalar() {
         }
     }
 }
+
+#[test]
+fn silu_mul_matches_scalar() {
+    // Ordinary gates at several lengths (tails past a multiple of 8), then the extremes:
+    // exp's clamps, zero, signed zeros.
+    let mut cases: Vec<(Vec<f32>, Vec<f32>)> = [1, 7, 8, 9, 33, 1000]
+        .into_iter()
+        .map(|n| (data(n, n as u64, 12.0), data(n, n as u64 + 1, 3.0)))
+        .collect();
+    let edge = vec![
+        -200.0, -88.5, -87.5, -86.0, -20.0, -1e-20, -0.0, 0.0, 1e-20, 0.5, 20.0, 86.0, 87.5, 88.5,
+        200.0, -3.0,
+    ];
+    cases.push((edge.clone(), vec![1.5; edge.len()]));
+    for (g, u) in cases {
+        let mut want = g.clone();
+        scalar::silu_mul(&mut want, &u);
+        for isa in fast_isas() {
+            let mut got = g.clone();
+            (kernel_set(isa).unwrap().silu_mul)(&mut got, &u);
+            for i in 0..g.len() {
+                assert!(
+                    // Past exp's clamp a gate far below −88 gives ~1e-35 instead of 0.
+                    (got[i] - want[i]).abs() <= 4.0 * f32::EPSILON * want[i].abs() + 1e-30,
+                    "{isa:?} silu({}) · {}: {} vs {}",
+                    g[i],
+                    u[i],
+                    got[i],
+                    want[i]
+                );
+            }
+        }
+    }
+}
