@@ -218,20 +218,8 @@ fn attention_kernels(budget: Duration) {
     println!();
     println!("attention kernels, 1 thread (cache rows hot), GMAC/s: {heads} heads × {rows} rows");
     for (name, r) in [
-        (
-            "f32",
-            RowData::F32 {
-                data: &f32_rows,
-                cols,
-            },
-        ),
-        (
-            "f16",
-            RowData::F16 {
-                data: &f16_rows,
-                cols,
-            },
-        ),
+        ("f32", RowData::f32(&f32_rows, cols)),
+        ("f16", RowData::f16(&f16_rows, cols)),
     ] {
         let mut y = vec![0.0; heads * rows];
         let mut out = vec![0.0; heads * width];

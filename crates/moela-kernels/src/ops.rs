@@ -137,15 +137,12 @@ pub fn silu_mul(g: &mut [f32], u: &[f32]) {
     });
 }
 
-/// Numerically stable softmax over the whole slice.
+/// Numerically stable softmax over the whole slice (its exponentials by the best kernel this
+/// CPU supports; runs on the calling thread).
 pub fn softmax_in_place(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f64;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v as f64;
-    }
-    let inv = (1.0 / sum) as f32;
+    let sum = (kernels::best().exp_sum)(x, max);
+    let inv = 1.0 / sum;
     for v in x.iter_mut() {
         *v *= inv;
     }

@@ -371,17 +371,7 @@ impl LayerView<'_> {
 
     /// Block `b`'s rows that hold tokens (all but the last block are full).
     pub(crate) fn block(&self, b: usize) -> RowData<'_> {
-        let n = self.bt.min(self.len - b * self.bt) * self.lat;
-        match self.blocks[b] {
-            RowData::F32 { data, cols } => RowData::F32 {
-                data: &data[..n],
-                cols,
-            },
-            RowData::F16 { data, cols } => RowData::F16 {
-                data: &data[..n],
-                cols,
-            },
-        }
+        self.blocks[b].first_rows(self.bt.min(self.len - b * self.bt))
     }
 
     /// Every row as f32, for loops that read each row many times (once per head): the
@@ -504,14 +494,8 @@ impl<'a> BatchCache<'a> {
             .map(|&id| {
                 let r = l * bt * lat..(l + 1) * bt * lat;
                 match &self.guard.blocks[id].data {
-                    BlockData::F32(d) => RowData::F32 {
-                        data: &d[r],
-                        cols: lat,
-                    },
-                    BlockData::F16(d) => RowData::F16 {
-                        data: &d[r],
-                        cols: lat,
-                    },
+                    BlockData::F32(d) => RowData::f32(&d[r], lat),
+                    BlockData::F16(d) => RowData::f16(&d[r], lat),
                 }
             })
             .collect();

@@ -6,10 +6,11 @@
 //! rotate-half layout; Qwen2's sliding window limits a layer to its last `window` keys.
 
 use moela_kernels::ops::dot;
-use moela_kernels::{add_in_place, matmul, parallel_chunks, softmax_in_place, Mat, QMat};
+use moela_kernels::{add_in_place, parallel_chunks, softmax_in_place, QMat};
 
 use crate::cache::{BatchCache, LayerView};
 use crate::model::{Attend, SeqInput, Step};
+use crate::tiled;
 use crate::weights::GqaAttention;
 
 /// `y[t, :] += b` for every row of `y` (`[n, b.len()]`).
@@ -114,75 +115,31 @@ impl Attend for GqaAttention {
     }
 }
 
-/// Query tokens from which [`gqa`] runs as matrix products ([`gqa_gemm`]).
-const GQA_GEMM_MIN_TOKENS: usize = 16;
+/// Query tokens from which [`gqa`] runs on the rows kernels ([`crate::tiled`]).
+const GQA_TILED_MIN_TOKENS: usize = 16;
 
 /// Causal attention of `n` new query tokens, the last `n` of the `cache` rows.
 ///
 /// `q`: `[n, heads, head_dim]` with RoPE applied; `cache`: `[len, 2·kv_heads·head_dim]` rows;
 /// writes `out`: `[n, heads, head_dim]`. The loops below are the spec; from
-/// [`GQA_GEMM_MIN_TOKENS`] query tokens the same formula runs as matrix products.
+/// [`GQA_TILED_MIN_TOKENS`] query tokens the same formula runs in tiles on the rows kernels.
 fn gqa(q: &[f32], cache: &LayerView<'_>, d: &GqaDims, out: &mut [f32]) {
-    if q.len() / (d.heads * d.head_dim) >= GQA_GEMM_MIN_TOKENS {
-        return gqa_gemm(q, cache, d, out);
+    if q.len() / (d.heads * d.head_dim) >= GQA_TILED_MIN_TOKENS {
+        let (h, hd, _, v_off) = d.layout();
+        let layout = tiled::Layout {
+            heads: h,
+            kv_heads: d.kv_heads,
+            key: 0,
+            dk: hd,
+            value: v_off,
+            dv: hd,
+            scale: d.scale,
+            window: d.window,
+        };
+        out.copy_from_slice(&tiled::attend(q, cache, &layout));
+        return;
     }
     gqa_loop(q, cache, d, out)
-}
-
-/// [`gqa`] per KV head as matrix products: the group's queries `[n·group, hd]` against the
-/// head's keys `[len, hd]`, masked (causal, sliding window) row softmax, then `· V`.
-fn gqa_gemm(q: &[f32], cache: &LayerView<'_>, d: &GqaDims, out: &mut [f32]) {
-    let (h, hd, group, v_off) = d.layout();
-    let n = q.len() / (h * hd);
-    let (len, start) = (cache.len, cache.len - n);
-    let rows = cache.f32_rows();
-    let mut k = Mat {
-        rows: len,
-        cols: hd,
-        data: vec![0.0; len * hd],
-    };
-    let mut vt = Mat {
-        rows: hd,
-        cols: len,
-        data: vec![0.0; hd * len],
-    };
-    let m = n * group;
-    let mut qg = vec![0.0f32; m * hd];
-    let mut s = vec![0.0f32; m * len];
-    let mut o = vec![0.0f32; m * hd];
-    for g in 0..d.kv_heads {
-        for u in 0..len {
-            let r = rows.row(u);
-            k.data[u * hd..(u + 1) * hd].copy_from_slice(&r[g * hd..(g + 1) * hd]);
-            for (j, &v) in r[v_off + g * hd..v_off + (g + 1) * hd].iter().enumerate() {
-                vt.data[j * len + u] = v;
-            }
-        }
-        // Row t·group + j: query head g·group + j of token t.
-        for t in 0..n {
-            for j in 0..group {
-                let hh = g * group + j;
-                qg[(t * group + j) * hd..][..hd].copy_from_slice(&q[(t * h + hh) * hd..][..hd]);
-            }
-        }
-        matmul(&qg, m, &k, &mut s);
-        for (i, sr) in s.chunks_exact_mut(len).enumerate() {
-            let pos = start + i / group;
-            let first = d.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            sr[..first].fill(0.0);
-            sr[pos + 1..].fill(0.0);
-            let vis = &mut sr[first..=pos];
-            vis.iter_mut().for_each(|x| *x *= d.scale);
-            softmax_in_place(vis);
-        }
-        matmul(&s, m, &vt, &mut o);
-        for t in 0..n {
-            for j in 0..group {
-                let hh = g * group + j;
-                out[(t * h + hh) * hd..][..hd].copy_from_slice(&o[(t * group + j) * hd..][..hd]);
-            }
-        }
-    }
 }
 
 /// [`gqa`] as loops: one task per (token, head).

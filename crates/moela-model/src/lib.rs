@@ -12,6 +12,7 @@ pub mod error;
 pub mod model;
 pub mod moe;
 pub mod rope;
+mod tiled;
 pub mod weights;
 
 pub use attention::AttentionMode;

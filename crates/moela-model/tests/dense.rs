@@ -241,7 +241,7 @@ fn decoding_token_by_token_equals_prefill_and_batching_is_transparent() {
         )
         .unwrap();
         let v = m.config.vocab_size;
-        let toks: Vec<u32> = (0..19).map(|i| ((i * 31 + 5) % v) as u32).collect();
+        let toks: Vec<u32> = (0..37).map(|i| ((i * 31 + 5) % v) as u32).collect();
         let all = run(&m, &toks);
         let mut cache = m.new_cache();
         for (i, t) in toks.iter().enumerate() {

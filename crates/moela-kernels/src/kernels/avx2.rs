@@ -47,6 +47,7 @@ pub(crate) static KERNELS: KernelSet = KernelSet {
     weighted_sum: weighted_sum::<false>,
     rows_dot: rows_dot::<false>,
     silu_mul,
+    exp_sum,
 };
 
 pub(crate) static KERNELS_VNNI: KernelSet = KernelSet {
@@ -58,6 +59,7 @@ pub(crate) static KERNELS_VNNI: KernelSet = KernelSet {
     weighted_sum: weighted_sum::<true>,
     rows_dot: rows_dot::<true>,
     silu_mul,
+    exp_sum,
 };
 
 /// Raw views of a validated task (strides in elements).
@@ -1104,10 +1106,15 @@ fn assert_features<const VL: bool>() {
 }
 
 fn weighted_sum<const VL: bool>(p: &[f32], n: usize, rows: RowData<'_>, out: &mut [f32]) {
-    // Only the first `w` columns (the output's width) are summed.
-    let (nr, stride) = (rows.rows(), rows.cols());
+    // Only the first `cols` columns (the output's width) are summed.
     let cols = out.len().checked_div(n).unwrap_or(0);
-    assert!(p.len() >= n * nr && cols <= stride, "weighted_sum: lengths");
+    assert!(
+        cols <= rows.cols(),
+        "weighted_sum: output wider than the rows"
+    );
+    let rows = rows.columns(0, cols);
+    let nr = rows.rows();
+    assert!(p.len() >= n * nr, "weighted_sum: lengths");
     assert_features::<VL>();
     let (nt, ct) = (n / WS_HEADS * WS_HEADS, cols / WS_COLS * WS_COLS);
     // SAFETY: features checked; the tiles read rows 0..nr, columns below ct and heads below
@@ -1154,7 +1161,7 @@ unsafe fn weighted_sum_tiles(
     w: usize,
     out: &mut [f32],
 ) {
-    let (nr, cols) = (rows.rows(), rows.cols());
+    let (nr, stride) = (rows.rows(), rows.stride());
     // SAFETY: per the contract, every index below stays inside its slice.
     unsafe {
         for h0 in (0..nt).step_by(WS_HEADS) {
@@ -1163,11 +1170,11 @@ unsafe fn weighted_sum_tiles(
                 for u in 0..nr {
                     let r: [__m256; 2] = match rows {
                         RowData::F32 { data, .. } => std::array::from_fn(|k| {
-                            _mm256_loadu_ps(data.as_ptr().add(u * cols + c0 + 8 * k))
+                            _mm256_loadu_ps(data.as_ptr().add(u * stride + c0 + 8 * k))
                         }),
                         RowData::F16 { data, .. } => std::array::from_fn(|k| {
                             _mm256_cvtph_ps(_mm_loadu_si128(
-                                data.as_ptr().add(u * cols + c0 + 8 * k) as *const __m128i,
+                                data.as_ptr().add(u * stride + c0 + 8 * k) as *const __m128i,
                             ))
                         }),
                     };
@@ -1238,7 +1245,7 @@ unsafe fn rows_dot_tiles(
     c8: usize,
     y: &mut [f32],
 ) {
-    let (nr, cols) = (rows.rows(), rows.cols());
+    let (nr, cols, stride) = (rows.rows(), rows.cols(), rows.stride());
     // SAFETY: per the contract, every index below stays inside its slice.
     unsafe {
         for h0 in (0..n4).step_by(4) {
@@ -1247,11 +1254,11 @@ unsafe fn rows_dot_tiles(
                 for c in (0..c8).step_by(8) {
                     let r: [__m256; 4] = match rows {
                         RowData::F32 { data, .. } => std::array::from_fn(|k| {
-                            _mm256_loadu_ps(data.as_ptr().add((u0 + k) * cols + c))
+                            _mm256_loadu_ps(data.as_ptr().add((u0 + k) * stride + c))
                         }),
                         RowData::F16 { data, .. } => std::array::from_fn(|k| {
                             _mm256_cvtph_ps(_mm_loadu_si128(
-                                data.as_ptr().add((u0 + k) * cols + c) as *const __m128i
+                                data.as_ptr().add((u0 + k) * stride + c) as *const __m128i,
                             ))
                         }),
                     };
@@ -1278,10 +1285,11 @@ unsafe fn rows_dot_tiles(
 /// `e^x` in 8 lanes: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2` (ln 2 split in two parts for an
 /// exact reduction), `e^r` by its degree-7 Taylor polynomial (truncation below 2⁻²⁷ relative),
 /// `2ⁿ` built in the exponent bits. `x` is clamped to `[-87, 88]`, where `2ⁿ` stays a normal
-/// float: beyond it the true value is below 2⁻¹²⁵ or above 2¹²⁶.
+/// float; below −87 the result is 0 (the true value is under 2⁻¹²⁵, and `e^−∞` must be 0).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn exp8(x: __m256) -> __m256 {
+    let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(-87.0));
     let x = _mm256_min_ps(
         _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
         _mm256_set1_ps(88.0),
@@ -1309,7 +1317,7 @@ fn exp8(x: __m256) -> __m256 {
         _mm256_cvtps_epi32(n),
         _mm256_set1_epi32(127),
     ));
-    _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
+    _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(bits)), keep)
 }
 
 fn silu_mul(g: &mut [f32], u: &[f32]) {
@@ -1338,4 +1346,28 @@ unsafe fn silu_mul_impl(g: &mut [f32], u: &[f32]) {
         }
     }
     super::scalar::silu_mul(&mut g[n8..], &u[n8..]);
+}
+
+fn exp_sum(x: &mut [f32], shift: f32) -> f32 {
+    assert!(supported(), "avx2 kernels on a CPU without avx2/fma/f16c");
+    // SAFETY: features checked.
+    unsafe { exp_sum_impl(x, shift) }
+}
+
+/// # Safety
+/// CPU has avx2, fma and f16c.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn exp_sum_impl(x: &mut [f32], shift: f32) -> f32 {
+    let n8 = x.len() / 8 * 8;
+    let s = _mm256_set1_ps(shift);
+    let mut acc = _mm256_setzero_ps();
+    for i in (0..n8).step_by(8) {
+        // SAFETY: i + 8 ≤ n8 ≤ x.len().
+        unsafe {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), s));
+            _mm256_storeu_ps(x.as_mut_ptr().add(i), e);
+            acc = _mm256_add_ps(acc, e);
+        }
+    }
+    hsum(acc) + super::scalar::exp_sum(&mut x[n8..], shift)
 }

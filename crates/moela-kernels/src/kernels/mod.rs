@@ -196,6 +196,8 @@ pub(crate) struct KernelSet {
     pub rows_dot: RowsDotFn,
     /// `g[i] = silu(g[i]) · u[i]` (SwiGLU's gate, see [`crate::ops::silu_mul`]).
     pub silu_mul: fn(&mut [f32], &[f32]),
+    /// `x[i] = e^(x[i] − shift)`, returning the sum of the results (softmax's inner step).
+    pub exp_sum: fn(&mut [f32], f32) -> f32,
 }
 
 /// `(x, n, rows, y)`: see [`KernelSet::rows_dot`].
@@ -204,14 +206,42 @@ pub(crate) type RowsDotFn = fn(&[f32], usize, RowData<'_>, &mut [f32]);
 /// `(p, n, rows, out)`: see [`KernelSet::weighted_sum`].
 pub(crate) type WeightedSumFn = fn(&[f32], usize, RowData<'_>, &mut [f32]);
 
-/// Rows of f32 or f16 values, `cols` each, row-major (e.g. one block of a KV cache).
+/// Rows of f32 or f16 values, `cols` each, `stride` apart (e.g. one block of a KV cache, or
+/// one head's columns of it): row `r` is `data[r·stride ..][..cols]`. Build with
+/// [`RowData::f32`] / [`RowData::f16`], narrow with [`RowData::columns`].
 #[derive(Clone, Copy, Debug)]
 pub enum RowData<'a> {
-    F32 { data: &'a [f32], cols: usize },
-    F16 { data: &'a [u16], cols: usize },
+    F32 {
+        data: &'a [f32],
+        cols: usize,
+        stride: usize,
+    },
+    F16 {
+        data: &'a [u16],
+        cols: usize,
+        stride: usize,
+    },
 }
 
-impl RowData<'_> {
+impl<'a> RowData<'a> {
+    /// Contiguous f32 rows of `cols` values.
+    pub fn f32(data: &'a [f32], cols: usize) -> Self {
+        RowData::F32 {
+            data,
+            cols,
+            stride: cols,
+        }
+    }
+
+    /// Contiguous f16 rows (bit patterns) of `cols` values.
+    pub fn f16(data: &'a [u16], cols: usize) -> Self {
+        RowData::F16 {
+            data,
+            cols,
+            stride: cols,
+        }
+    }
+
     /// Values per row.
     pub fn cols(&self) -> usize {
         match *self {
@@ -219,20 +249,83 @@ impl RowData<'_> {
         }
     }
 
-    /// Number of rows.
-    pub fn rows(&self) -> usize {
+    /// Elements from one row's start to the next's.
+    pub fn stride(&self) -> usize {
         match *self {
-            RowData::F32 { data, cols } => data.len().checked_div(cols).unwrap_or(0),
-            RowData::F16 { data, cols } => data.len().checked_div(cols).unwrap_or(0),
+            RowData::F32 { stride, .. } | RowData::F16 { stride, .. } => stride,
         }
+    }
+
+    fn len(&self) -> usize {
+        match *self {
+            RowData::F32 { data, .. } => data.len(),
+            RowData::F16 { data, .. } => data.len(),
+        }
+    }
+
+    /// Number of rows: those whose `cols` values lie inside the data.
+    pub fn rows(&self) -> usize {
+        let (len, cols, stride) = (self.len(), self.cols(), self.stride());
+        if cols == 0 || stride == 0 || len < cols {
+            return 0;
+        }
+        (len - cols) / stride + 1
     }
 
     /// Value `(r, c)` as f32.
     #[inline]
     pub fn at(&self, r: usize, c: usize) -> f32 {
         match *self {
-            RowData::F32 { data, cols } => data[r * cols + c],
-            RowData::F16 { data, cols } => crate::fp::f16_to_f32(data[r * cols + c]),
+            RowData::F32 { data, stride, .. } => data[r * stride + c],
+            RowData::F16 { data, stride, .. } => crate::fp::f16_to_f32(data[r * stride + c]),
+        }
+    }
+
+    /// The first `n` rows (at most all of them).
+    pub fn first_rows(self, n: usize) -> Self {
+        let n = n.min(self.rows());
+        let end = if n == 0 {
+            0
+        } else {
+            (n - 1) * self.stride() + self.cols()
+        };
+        match self {
+            RowData::F32 { data, cols, stride } => RowData::F32 {
+                data: &data[..end],
+                cols,
+                stride,
+            },
+            RowData::F16 { data, cols, stride } => RowData::F16 {
+                data: &data[..end],
+                cols,
+                stride,
+            },
+        }
+    }
+
+    /// Columns `c0..c0 + w` of every row.
+    ///
+    /// # Panics
+    /// If they are not inside the rows.
+    pub fn columns(self, c0: usize, w: usize) -> Self {
+        let (rows, cols) = (self.rows(), self.cols());
+        assert!(c0 + w <= cols, "RowData::columns: {c0}+{w} past {cols}");
+        let (start, end) = if rows == 0 {
+            (0, 0)
+        } else {
+            (c0, (rows - 1) * self.stride() + c0 + w)
+        };
+        match self {
+            RowData::F32 { data, stride, .. } => RowData::F32 {
+                data: &data[start..end],
+                cols: w,
+                stride,
+            },
+            RowData::F16 { data, stride, .. } => RowData::F16 {
+                data: &data[start..end],
+                cols: w,
+                stride,
+            },
         }
     }
 }
@@ -249,6 +342,7 @@ static SCALAR: KernelSet = KernelSet {
     weighted_sum: scalar::weighted_sum,
     rows_dot: scalar::rows_dot,
     silu_mul: scalar::silu_mul,
+    exp_sum: scalar::exp_sum,
 };
 
 /// The kernel set for `isa`, or `None` if this CPU cannot run it.

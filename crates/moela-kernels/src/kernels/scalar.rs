@@ -242,10 +242,12 @@ pub(crate) fn quant_q8k(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i1
 
 /// `out[n, cols] += p[n, rows] · rows`, in row order.
 pub(crate) fn weighted_sum(p: &[f32], n: usize, rows: RowData<'_>, out: &mut [f32]) {
-    // Only the first `w` columns (the output's width) are summed.
-    let (nr, stride) = (rows.rows(), rows.cols());
-    let cols = out.len().checked_div(n).unwrap_or(0);
-    assert!(p.len() >= n * nr && cols <= stride, "weighted_sum: lengths");
+    // Only the first `cols` columns (the output's width) are summed.
+    let (nr, cols) = (rows.rows(), out.len().checked_div(n).unwrap_or(0));
+    assert!(
+        p.len() >= n * nr && cols <= rows.cols(),
+        "weighted_sum: lengths"
+    );
     for h in 0..n {
         let o = &mut out[h * cols..(h + 1) * cols];
         for u in 0..nr {
@@ -279,4 +281,14 @@ pub(crate) fn silu_mul(g: &mut [f32], u: &[f32]) {
     for (a, &b) in g.iter_mut().zip(u) {
         *a = crate::ops::silu(*a) * b;
     }
+}
+
+/// `x[i] = e^(x[i] − shift)`; returns their sum (accumulated in f64).
+pub(crate) fn exp_sum(x: &mut [f32], shift: f32) -> f32 {
+    let mut sum = 0.0f64;
+    for v in x.iter_mut() {
+        *v = (*v - shift).exp();
+        sum += *v as f64;
+    }
+    sum as f32
 }

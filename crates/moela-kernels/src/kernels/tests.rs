@@ -567,13 +567,18 @@ fn weighted_sum_matches_scalar() {
         let p = data(n * nr, (n + nr) as u64, 0.3);
         let vals = data(nr * cols, cols as u64, 1.0);
         let halfs: Vec<u16> = vals.iter().map(|&v| crate::fp::f32_to_f16(v)).collect();
-        // All columns, and a prefix (the rows' first `w` columns only).
-        for w in [cols, cols - cols / 4] {
-            let init = data(n * w, 3, 1.0);
-            for rows in [
-                RowData::F32 { data: &vals, cols },
-                RowData::F16 { data: &halfs, cols },
-            ] {
+        // Whole rows and a window of their columns (stride > cols), each summed over all
+        // their columns and over a prefix (the first `w` columns only).
+        let c0 = cols / 8;
+        for rows in [
+            RowData::f32(&vals, cols),
+            RowData::f16(&halfs, cols),
+            RowData::f32(&vals, cols).columns(c0, cols - c0),
+            RowData::f16(&halfs, cols).columns(c0, cols - c0),
+        ] {
+            let vc = rows.cols();
+            for w in [vc, vc - vc / 4] {
+                let init = data(n * w, 3, 1.0);
                 let mut want = init.clone();
                 scalar::weighted_sum(&p, n, rows, &mut want);
                 for isa in fast_isas() {
@@ -586,7 +591,7 @@ fn weighted_sum_matches_scalar() {
                             + init[i].abs();
                         assert!(
                             (got[i] - want[i]).abs() <= 1e-5 * bound + 1e-6,
-                            "{isa:?} n {n} rows {nr} cols {cols} w {w}: [{i}] {} vs {}",
+                            "{isa:?} n {n} rows {nr} cols {vc} w {w}: [{i}] {} vs {}",
                             got[i],
                             want[i]
                         );
@@ -606,13 +611,18 @@ fn rows_dot_matches_scalar() {
         (1, 1, 3),
         (8, 33, 193),
     ] {
-        let x = data(n * cols, (n + cols) as u64, 1.0);
         let vals = data(nr * cols, nr as u64, 1.0);
         let halfs: Vec<u16> = vals.iter().map(|&v| crate::fp::f32_to_f16(v)).collect();
+        // Whole rows and a window of their columns (stride > cols).
+        let c0 = cols / 3;
         for rows in [
-            RowData::F32 { data: &vals, cols },
-            RowData::F16 { data: &halfs, cols },
+            RowData::f32(&vals, cols),
+            RowData::f16(&halfs, cols),
+            RowData::f32(&vals, cols).columns(c0, cols - c0),
+            RowData::f16(&halfs, cols).columns(c0, cols - c0),
         ] {
+            let vc = rows.cols();
+            let x = data(n * vc, (n + vc) as u64, 1.0);
             let mut want = vec![0.0; n * nr];
             scalar::rows_dot(&x, n, rows, &mut want);
             for isa in fast_isas() {
@@ -620,12 +630,10 @@ fn rows_dot_matches_scalar() {
                 (kernel_set(isa).unwrap().rows_dot)(&x, n, rows, &mut got);
                 for i in 0..n * nr {
                     let (h, u) = (i / nr, i % nr);
-                    let bound: f32 = (0..cols)
-                        .map(|c| (x[h * cols + c] * rows.at(u, c)).abs())
-                        .sum();
+                    let bound: f32 = (0..vc).map(|c| (x[h * vc + c] * rows.at(u, c)).abs()).sum();
                     assert!(
                         (got[i] - want[i]).abs() <= 1e-5 * bound + 1e-6,
-                        "{isa:?} n {n} rows {nr} cols {cols}: [{i}] {} vs {}",
+                        "{isa:?} n {n} rows {nr} cols {vc}: [{i}] {} vs {}",
                         got[i],
                         want[i]
                     );
@@ -667,4 +675,54 @@ fn silu_mul_matches_scalar() {
             }
         }
     }
+}
+
+#[test]
+fn row_views_keep_rows_and_values() {
+    let v: Vec<f32> = (0..50).map(|i| i as f32).collect(); // 5 rows of 10
+    let all = RowData::f32(&v, 10);
+    assert_eq!((all.rows(), all.cols(), all.stride()), (5, 10, 10));
+    let win = all.columns(3, 4);
+    assert_eq!((win.rows(), win.cols(), win.stride()), (5, 4, 10));
+    assert_eq!(win.at(4, 3), 46.0);
+    let top = win.first_rows(2);
+    assert_eq!((top.rows(), top.at(1, 0)), (2, 13.0));
+    assert_eq!(all.first_rows(9).rows(), 5);
+    assert_eq!(all.first_rows(0).columns(2, 3).rows(), 0);
+}
+
+#[test]
+fn exp_sum_matches_scalar() {
+    let mut edge = vec![
+        f32::NEG_INFINITY,
+        -200.0,
+        -87.5,
+        -86.9,
+        -1e-20,
+        0.0,
+        1e-20,
+        3.0,
+    ];
+    edge.extend(data(37, 5, 20.0));
+    for shift in [0.0, 2.5, -10.0] {
+        let mut want = edge.clone();
+        let want_sum = scalar::exp_sum(&mut want, shift);
+        for isa in fast_isas() {
+            let mut got = edge.clone();
+            let sum = (kernel_set(isa).unwrap().exp_sum)(&mut got, shift);
+            for i in 0..edge.len() {
+                // Below e^−87 the kernels flush to 0.
+                assert!(
+                    (got[i] - want[i]).abs() <= 4.0 * f32::EPSILON * want[i] + 2e-38,
+                    "{isa:?} exp({} − {shift}): {} vs {}",
+                    edge[i],
+                    got[i],
+                    want[i]
+                );
+            }
+            assert!((sum - want_sum).abs() <= 1e-6 * want_sum, "{isa:?} sum");
+            assert_eq!(got[0], 0.0, "{isa:?} e^−∞");
+        }
+    }
+    assert_eq!(scalar::exp_sum(&mut [f32::NEG_INFINITY], 0.0), 0.0);
 }

@@ -1,0 +1,114 @@
+//! Causal attention of many query tokens over a layer's cache blocks, run on the rows kernels
+//! (`rows_matmul` for scores, `rows_weighted_sum` for values) straight from the cached rows —
+//! f32 or f16, no copies, no transposes. Serves GQA prefill (keys and values are per-head
+//! column windows of the cached row) and absorbed MLA over a few query tokens (keys are the
+//! whole latent ‖ rope row, values its latent part), whose plain loops stay as the spec.
+//!
+//! Tasks are (KV head, tile of query tokens): the tile's queries of that head's group are one
+//! `[m, dk]` matrix; its scores against every visible key are kept (`[m, span]`), each row's
+//! softmax is taken exactly over its visible keys, then the value rows are summed block by block.
+
+use moela_kernels::{parallel_chunks, rows_matmul, rows_weighted_sum, softmax_in_place};
+
+use crate::cache::LayerView;
+
+/// Where a layer's keys and values sit in its cached rows, and which heads read them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Layout {
+    /// Query heads; head `h` reads KV head `h / (heads / kv_heads)`.
+    pub heads: usize,
+    pub kv_heads: usize,
+    /// Column of KV head 0's key (head `g`'s starts `g · dk` later) and the key width, which
+    /// is also the query width.
+    pub key: usize,
+    pub dk: usize,
+    /// Column of KV head 0's value (head `g`'s starts `g · dv` later) and its width.
+    pub value: usize,
+    pub dv: usize,
+    pub scale: f32,
+    /// Keys visible to a query: the last `window` positions (itself included), or all.
+    pub window: Option<usize>,
+}
+
+/// Query tokens per task.
+const TILE_TOKENS: usize = 16;
+
+/// Attention of `n` new query tokens, the last `n` of the `cache` rows: `q` is
+/// `[n, heads, dk]`, the result `[n, heads, dv]`.
+pub(crate) fn attend(q: &[f32], cache: &LayerView<'_>, l: &Layout) -> Vec<f32> {
+    let (h, dk, dv) = (l.heads, l.dk, l.dv);
+    let group = h / l.kv_heads;
+    let n = q.len() / (h * dk);
+    let (len, start) = (cache.len, cache.len - n);
+    let bt = cache.block_tokens();
+    let first = |pos: usize| l.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    let tiles = n.div_ceil(TILE_TOKENS);
+    let part = TILE_TOKENS * group * dv;
+    let mut parts = vec![0.0f32; l.kv_heads * tiles * part];
+    // About half of all (query, key) pairs are visible.
+    let work = n * h * len * (dk + dv) / 2;
+    parallel_chunks(&mut parts, part, work, |i, o| {
+        let (g, t0) = (i / tiles, (i % tiles) * TILE_TOKENS);
+        let nt = TILE_TOKENS.min(n - t0);
+        let m = nt * group;
+        // Row r = t·group + j: query head g·group + j of token t0 + t.
+        let mut qt = vec![0.0f32; m * dk];
+        for (r, row) in qt.chunks_exact_mut(dk).enumerate() {
+            let (t, j) = (t0 + r / group, r % group);
+            row.copy_from_slice(&q[(t * h + g * group + j) * dk..][..dk]);
+        }
+        // Row r's visible keys are lo_r..=pos_r; the tile's span is lo..hi.
+        let visible = |r: usize| {
+            let pos = start + t0 + r / group;
+            first(pos)..pos + 1
+        };
+        let (lo, hi) = (visible(0).start, visible(m - 1).end);
+        let span = hi - lo;
+        let mut s = vec![0.0f32; m * span];
+        let mut y = vec![0.0f32; m * bt];
+        let blocks = lo / bt..hi.div_ceil(bt);
+        for b in blocks.clone() {
+            let keys = cache.block(b).columns(l.key + g * dk, dk);
+            let (u0, nr) = (b * bt, keys.rows());
+            rows_matmul(&qt, m, keys, &mut y[..m * nr]);
+            for r in 0..m {
+                let vis = visible(r);
+                for u in vis.start.max(u0)..vis.end.min(u0 + nr) {
+                    s[r * span + u - lo] = y[r * nr + u - u0] * l.scale;
+                }
+            }
+        }
+        for r in 0..m {
+            let vis = visible(r);
+            softmax_in_place(&mut s[r * span + vis.start - lo..r * span + vis.end - lo]);
+        }
+        let out = &mut o[..m * dv];
+        for b in blocks {
+            let values = cache.block(b).columns(l.value + g * dv, dv);
+            let (u0, nr) = (b * bt, values.rows());
+            let p = &mut y[..m * nr];
+            for r in 0..m {
+                let vis = visible(r);
+                for (k, pu) in p[r * nr..(r + 1) * nr].iter_mut().enumerate() {
+                    let u = u0 + k;
+                    *pu = if vis.contains(&u) {
+                        s[r * span + u - lo]
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            rows_weighted_sum(p, m, values, out);
+        }
+    });
+    let mut out = vec![0.0f32; n * h * dv];
+    for (i, o) in parts.chunks_exact(part).enumerate() {
+        let (g, t0) = (i / tiles, (i % tiles) * TILE_TOKENS);
+        let m = TILE_TOKENS.min(n - t0) * group;
+        for (r, row) in o[..m * dv].chunks_exact(dv).enumerate() {
+            let (t, j) = (t0 + r / group, r % group);
+            out[(t * h + g * group + j) * dv..][..dv].copy_from_slice(row);
+        }
+    }
+    out
+}
