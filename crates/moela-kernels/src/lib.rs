@@ -29,8 +29,8 @@ pub mod quant;
 pub use dtype::{DType, KernelError, FP8_BLOCK};
 pub use kernels::{Isa, PreparedInput, RowData};
 pub use ops::{
-    add_in_place, matmul, rms_norm, rms_norm_in_place, rows_matmul, rows_weighted_sum, silu,
-    silu_mul, softmax_in_place, Mat,
+    add_in_place, exp_sum, matmul, rms_norm, rms_norm_in_place, rows_matmul, rows_weighted_sum,
+    silu, silu_mul, softmax_in_place, Mat,
 };
 pub use parallel::{
     in_pool_task, num_threads, parallel_chunks, parallel_for, pool, set_num_threads, ThreadPool,

@@ -137,11 +137,17 @@ pub fn silu_mul(g: &mut [f32], u: &[f32]) {
     });
 }
 
+/// `x[i] = e^(x[i] − shift)`, returning their sum, with the best kernel this CPU supports
+/// (runs on the calling thread).
+pub fn exp_sum(x: &mut [f32], shift: f32) -> f32 {
+    (kernels::best().exp_sum)(x, shift)
+}
+
 /// Numerically stable softmax over the whole slice (its exponentials by the best kernel this
 /// CPU supports; runs on the calling thread).
 pub fn softmax_in_place(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum = (kernels::best().exp_sum)(x, max);
+    let sum = exp_sum(x, max);
     let inv = 1.0 / sum;
     for v in x.iter_mut() {
         *v *= inv;

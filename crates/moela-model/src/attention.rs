@@ -3,11 +3,12 @@
 
 use moela_kernels::ops::dot;
 use moela_kernels::{
-    matmul, num_threads, parallel_chunks, rows_matmul, rows_weighted_sum, softmax_in_place, Mat,
-    QMat,
+    exp_sum, matmul, num_threads, parallel_chunks, rows_matmul, rows_weighted_sum,
+    softmax_in_place, Mat, QMat,
 };
 
 use crate::cache::{LayerView, Rows};
+use crate::tiled;
 
 /// Dimensions of one MLA computation.
 #[derive(Clone, Copy, Debug)]
@@ -196,6 +197,8 @@ pub(crate) fn mla_standard_gemm(
 
 /// Absorbed form: fold W_UK into the query and W_UV after the weighted sum, so attention is
 /// MQA over the cached latents with one `rank + rope`-wide key (DeepSeek-V2 paper §2.1.2).
+/// One token (decode) splits the cache over the workers ([`mla_absorbed_one`]); more run in
+/// tiles of query tokens on the rows kernels ([`crate::tiled`]).
 pub(crate) fn mla_absorbed(
     q: &[f32],
     cache: &LayerView<'_>,
@@ -203,37 +206,66 @@ pub(crate) fn mla_absorbed(
     uv: &QMat,
     d: &MlaDims,
 ) -> Vec<f32> {
-    let (h, qk) = (d.heads, d.qk());
+    let qc = absorb_queries(q, uk_t, d);
+    let o_lat = if q.len() == d.heads * d.qk() {
+        mla_absorbed_one(&qc, cache, d)
+    } else {
+        let layout = tiled::Layout {
+            heads: d.heads,
+            kv_heads: 1,
+            key: 0,
+            dk: d.rank + d.rope,
+            value: 0,
+            dv: d.rank,
+            scale: d.scale,
+            window: None,
+        };
+        tiled::attend(&qc, cache, &layout)
+    };
+    expand_values(&o_lat, uv, d)
+}
+
+/// `[n, heads, rank + rope]`: per token and head `W_UK[h]ᵀ · q_nope ‖ q_pe`.
+fn absorb_queries(q: &[f32], uk_t: &QMat, d: &MlaDims) -> Vec<f32> {
+    let (h, qk, r) = (d.heads, d.qk(), d.rank);
     let n = q.len() / (h * qk);
-    if n == 1 {
-        return mla_absorbed_one(q, cache, uk_t, uv, d);
-    }
-    let rows = cache.f32_rows();
-    let len = cache.len;
-    let start = len - n;
-    let mut out = vec![0.0f32; n * h * d.v];
-    let work = n * h * (len * (2 * d.rank + d.rope) + d.rank * (d.nope + d.v));
-    // One task per (query token, head); the per-head products run inline in the task.
-    parallel_chunks(&mut out, d.v, work, |i, o| {
-        let (t, hh) = (i / h, i % h);
-        let visible = start + t + 1;
-        let qh = &q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
-        // q_lat = W_UK[h]ᵀ · q_nope
-        let mut q_lat = vec![0.0f32; d.rank];
-        uk_t.matmul_rows(hh * d.rank, d.rank, &qh[..d.nope], 1, &mut q_lat);
-        let mut scores = vec![0.0f32; visible];
-        for (u, s) in scores.iter_mut().enumerate() {
-            let row = rows.row(u);
-            *s = (dot(&q_lat, &row[..d.rank]) + dot(&qh[d.nope..], &row[d.rank..])) * d.scale;
-        }
-        softmax_in_place(&mut scores);
-        let mut o_lat = vec![0.0f32; d.rank];
-        for (u, &p) in scores.iter().enumerate() {
-            axpy(&mut o_lat, p, &rows.row(u)[..d.rank]);
-        }
-        // o = W_UV[h] · o_lat
-        uv.matmul_rows(hh * d.v, d.v, &o_lat, 1, o);
+    // Per head, all tokens at once: [h][n, rank].
+    let mut q_lat = vec![0.0f32; h * n * r];
+    parallel_chunks(&mut q_lat, n * r, n * h * r * d.nope, |hh, ql| {
+        let x: Vec<f32> = (0..n)
+            .flat_map(|t| &q[(t * h + hh) * qk..][..d.nope])
+            .copied()
+            .collect();
+        uk_t.matmul_rows(hh * r, r, &x, n, ql);
     });
+    let lat = r + d.rope;
+    let mut qc = vec![0.0f32; n * h * lat];
+    for (i, row) in qc.chunks_exact_mut(lat).enumerate() {
+        let (t, hh) = (i / h, i % h);
+        row[..r].copy_from_slice(&q_lat[(hh * n + t) * r..][..r]);
+        row[r..].copy_from_slice(&q[i * qk + d.nope..(i + 1) * qk]);
+    }
+    qc
+}
+
+/// `[n, heads, v]`: per token and head `W_UV[h] · o_lat` of the attended latents
+/// `o_lat: [n, heads, rank]`.
+fn expand_values(o_lat: &[f32], uv: &QMat, d: &MlaDims) -> Vec<f32> {
+    let (h, r, v) = (d.heads, d.rank, d.v);
+    let n = o_lat.len() / (h * r);
+    let mut per_head = vec![0.0f32; h * n * v]; // [h][n, v]
+    parallel_chunks(&mut per_head, n * v, n * h * v * r, |hh, o| {
+        let x: Vec<f32> = (0..n)
+            .flat_map(|t| &o_lat[(t * h + hh) * r..][..r])
+            .copied()
+            .collect();
+        uv.matmul_rows(hh * v, v, &x, n, o);
+    });
+    let mut out = vec![0.0f32; n * h * v];
+    for (i, row) in out.chunks_exact_mut(v).enumerate() {
+        let (t, hh) = (i / h, i % h);
+        row.copy_from_slice(&per_head[(hh * n + t) * v..][..v]);
+    }
     out
 }
 
@@ -251,27 +283,12 @@ const ROWS_PER_TASK: usize = 64;
 /// [`mla_absorbed`] for one query token (decode), cache-block outer: the scores of all heads
 /// against a block of cached rows are one small matrix product, and the weighted sum of the
 /// block's latents one more, so each cached row is read (and widened, for an f16 cache) once
-/// per head group rather than once per head; tasks are ranges of blocks.
-fn mla_absorbed_one(
-    q: &[f32],
-    cache: &LayerView<'_>,
-    uk_t: &QMat,
-    uv: &QMat,
-    d: &MlaDims,
-) -> Vec<f32> {
-    let (h, qk, r) = (d.heads, d.qk(), d.rank);
+/// per head group rather than once per head; tasks are ranges of blocks. `qc`: the absorbed
+/// query `[heads, rank + rope]`; returns the attended latents `[heads, rank]`.
+fn mla_absorbed_one(qc: &[f32], cache: &LayerView<'_>, d: &MlaDims) -> Vec<f32> {
+    let (h, r) = (d.heads, d.rank);
     let lat = r + d.rope;
     let len = cache.len;
-    // q_lat[h] = W_UK[h]ᵀ · q_nope[h], then [q_lat ‖ q_pe] per head.
-    let mut q_lat = vec![0.0f32; h * r];
-    parallel_chunks(&mut q_lat, r, h * r * d.nope, |hh, ql| {
-        uk_t.matmul_rows(hh * r, r, &q[hh * qk..hh * qk + d.nope], 1, ql);
-    });
-    let mut qc = vec![0.0f32; h * lat];
-    for (hh, row) in qc.chunks_exact_mut(lat).enumerate() {
-        row[..r].copy_from_slice(&q_lat[hh * r..(hh + 1) * r]);
-        row[r..].copy_from_slice(&q[hh * qk + d.nope..(hh + 1) * qk]);
-    }
     // Tasks: ranges of whole blocks, at least ROWS_PER_TASK rows, about 4 per thread (each
     // task of the weighted sum keeps an [h, rank] partial sum to add up at the end).
     let bt = cache.block_tokens();
@@ -294,7 +311,7 @@ fn mla_absorbed_one(
         for b in blocks.clone() {
             let rows = cache.block(b);
             let nr = rows.rows();
-            rows_matmul(&qc, h, rows, &mut y[..h * nr]);
+            rows_matmul(qc, h, rows, &mut y[..h * nr]);
             for hh in 0..h {
                 for i in 0..nr {
                     sc[hh * n_rows + b * bt - u0 + i] = y[hh * nr + i] * d.scale;
@@ -306,12 +323,7 @@ fn mla_absorbed_one(
         for hh in 0..h {
             let row = &mut sc[hh * n_rows..(hh + 1) * n_rows];
             let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
-            for v in row.iter_mut() {
-                *v = (*v - mx).exp();
-                sum += *v;
-            }
-            (m[hh], l[hh]) = (mx, sum);
+            (m[hh], l[hh]) = (mx, exp_sum(row, mx));
         }
         for b in blocks {
             let rows = cache.block(b);
@@ -339,10 +351,5 @@ fn mla_absorbed_one(
         }
         o.iter_mut().for_each(|v| *v /= total);
     }
-    // out[h] = W_UV[h] · o_lat[h]
-    let mut out = vec![0.0f32; h * d.v];
-    parallel_chunks(&mut out, d.v, h * d.v * r, |hh, o| {
-        uv.matmul_rows(hh * d.v, d.v, &o_lat[hh * r..(hh + 1) * r], 1, o);
-    });
-    out
+    o_lat
 }
