@@ -98,25 +98,42 @@ pub(crate) fn f32_bytes(v: &[f32]) -> &[u8] {
 /// RMSNorm of each `dim`-row of `x` into `out`: `x · rsqrt(mean(x²) + eps) · w`.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let dim = w.len();
-    for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-        let ms = xr.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / dim as f64;
-        let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
-        for i in 0..dim {
-            or[i] = xr[i] * inv * w[i];
+    assert_eq!(x.len(), out.len(), "rms_norm: lengths");
+    let chunk = dim * NORM_ROWS_PER_TASK;
+    crate::parallel_chunks(out, chunk, 4 * x.len(), |i, oc| {
+        for (xr, or) in x[i * chunk..]
+            .chunks_exact(dim)
+            .zip(oc.chunks_exact_mut(dim))
+        {
+            let inv = rms_inverse(xr, eps);
+            for i in 0..dim {
+                or[i] = xr[i] * inv * w[i];
+            }
         }
-    }
+    });
+}
+
+/// Rows per pool task in [`rms_norm`] and [`rms_norm_in_place`].
+const NORM_ROWS_PER_TASK: usize = 16;
+
+/// `1 / sqrt(mean(x²) + eps)`, the mean taken in f64.
+fn rms_inverse(x: &[f32], eps: f32) -> f32 {
+    let ms = x.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / x.len() as f64;
+    (1.0 / (ms + eps as f64).sqrt()) as f32
 }
 
 /// In-place RMSNorm of each `w.len()`-row of `x`.
 pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
     let dim = w.len();
-    for xr in x.chunks_exact_mut(dim) {
-        let ms = xr.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / dim as f64;
-        let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
-        for i in 0..dim {
-            xr[i] = xr[i] * inv * w[i];
+    let work = 4 * x.len();
+    crate::parallel_chunks(x, dim * NORM_ROWS_PER_TASK, work, |_, xc| {
+        for xr in xc.chunks_exact_mut(dim) {
+            let inv = rms_inverse(xr, eps);
+            for i in 0..dim {
+                xr[i] = xr[i] * inv * w[i];
+            }
         }
-    }
+    });
 }
 
 /// `x / (1 + e^-x)`.

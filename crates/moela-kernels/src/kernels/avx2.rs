@@ -1212,6 +1212,9 @@ fn rows_dot<const VL: bool>(x: &[f32], n: usize, rows: RowData<'_>, y: &mut [f32
             plain::rows_dot_tiles(x, n4, rows, r4, c8, y)
         }
     };
+    if n4 == n && r4 == nr && c8 == cols {
+        return;
+    }
     // Everything outside the 4 × 4 tiles (and the columns past c8), the plain way.
     for h in 0..n {
         for u in 0..nr {
