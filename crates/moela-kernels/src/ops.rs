@@ -173,9 +173,14 @@ pub fn softmax_in_place(x: &mut [f32]) {
 
 /// `a += b` elementwise.
 pub fn add_in_place(a: &mut [f32], b: &[f32]) {
-    for (x, y) in a.iter_mut().zip(b) {
-        *x += *y;
-    }
+    const CHUNK: usize = 16384;
+    let n = a.len().min(b.len());
+    // Long rows (a prefill's residual stream) go to the pool.
+    crate::parallel_chunks(&mut a[..n], CHUNK, n, |i, c| {
+        for (x, y) in c.iter_mut().zip(&b[i * CHUNK..]) {
+            *x += *y;
+        }
+    });
 }
 
 #[cfg(test)]

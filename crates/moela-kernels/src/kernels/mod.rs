@@ -499,22 +499,27 @@ fn quantize_acts(ks: &KernelSet, dtype: DType, x: &[f32], n: usize, cols: usize)
             let nb = cols / QK;
             let mut qs = vec![0i8; n * cols];
             let mut d = vec![0f32; n * nb];
-            let (qp, dp) = (SendPtr(qs.as_mut_ptr()), SendPtr(d.as_mut_ptr()));
+            let mut s = vec![0i32; n * nb];
+            let (qp, dp, sp) = (
+                SendPtr(qs.as_mut_ptr()),
+                SendPtr(d.as_mut_ptr()),
+                SendPtr(s.as_mut_ptr()),
+            );
             per_token(n, cols, |t| {
-                // SAFETY: token `t` owns `qs[t*cols..][..cols]` and `d[t*nb..][..nb]`; tokens
-                // are disjoint and both vectors outlive this call.
-                let (q, dd) = unsafe {
+                // SAFETY: token `t` owns `qs[t*cols..][..cols]`, `d[t*nb..][..nb]` and
+                // `s[t*nb..][..nb]`; tokens are disjoint and the vectors outlive this call.
+                let (q, dd, ss) = unsafe {
                     (
                         std::slice::from_raw_parts_mut(qp.get().add(t * cols), cols),
                         std::slice::from_raw_parts_mut(dp.get().add(t * nb), nb),
+                        std::slice::from_raw_parts_mut(sp.get().add(t * nb), nb),
                     )
                 };
                 (ks.quant_q8)(&x[t * cols..(t + 1) * cols], q, dd);
+                for (sb, b) in ss.iter_mut().zip(q.chunks_exact(QK)) {
+                    *sb = b.iter().map(|&v| v as i32).sum();
+                }
             });
-            let s = qs
-                .chunks_exact(QK)
-                .map(|b| b.iter().map(|&v| v as i32).sum())
-                .collect();
             ActBuf::Q8 { qs, d, s }
         }
         DType::Q4_K | DType::Q6_K => {
