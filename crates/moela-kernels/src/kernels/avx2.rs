@@ -21,7 +21,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Acts, Isa, KernelSet, RowData, Task};
+use super::{Acts, Isa, KernelSet, OutTile, RowData, Task};
 use crate::dtype::{DType, FP8_BLOCK};
 use crate::fp::{bf16_to_f32, f16_to_f32, fp8_e4m3_to_f32};
 use crate::quant::{QK, QK_K};
@@ -127,8 +127,8 @@ fn gemm_plain(t: &mut Task<'_>) {
     assert!(supported(), "avx2 kernels on a CPU without avx2/fma/f16c");
     let c = ctx(t);
     // SAFETY: the CPU features were checked just above; `validate` checked that every pointer
-    // in `c` covers the rows, tokens and scales the micro-kernels read, and that `t.out` holds
-    // `nr * nt` values.
+    // in `c` covers the rows, tokens and scales the micro-kernels read, and that `t.out` is the
+    // task's `[nt, nr]` tile.
     unsafe { plain::gemm_impl(&c, t.dtype, t.packed, t.nr, t.nt, t.out) }
 }
 
@@ -178,7 +178,7 @@ macro_rules! drive {
                     let res = $micro::<$mr, $n>($c, $r, $t);
                     for i in 0..$mr {
                         for j in 0..$n {
-                            $out[($t + j) * $nr + $r + i] = res[i][j];
+                            $out.set($t + j, $r + i, res[i][j]);
                         }
                     }
                     break 'pick $n;
@@ -546,7 +546,7 @@ macro_rules! int_kernels {
         }
 
         /// Packed (`pack`) `Q8_0` (`Q8`) or `Q4_0` weights: rows `r..r+8·G` (whole groups) ×
-        /// tokens `t..t+NR`, stored straight into `out` (token stride `nr`). One 32-bit lane
+        /// tokens `t..t+NR`, stored straight into the task's output tile. One 32-bit lane
         /// per row: each step multiplies 4 quant bytes of 8 rows by 4 broadcast activation
         /// bytes. Unsigned weight operands: `Q4_0` nibbles (the −8 comes back as −8·Σa per
         /// block); `Q8_0` with VNNI as w + 128 (−128·Σa), without VNNI through |w| and
@@ -554,15 +554,14 @@ macro_rules! int_kernels {
         ///
         /// # Safety
         /// A validated packed task `c` of `nr` rows (`r + 8·G ≤ nr`, `t + NR ≤` its tokens),
-        /// `out` holding `nr ×` its tokens; CPU has `$feat`.
+        /// `out` its output tile; CPU has `$feat`.
         #[inline]
         #[target_feature(enable = $feat)]
         pub(super) unsafe fn micro_packed<const Q8: bool, const G: usize, const NR: usize>(
             c: &Ctx,
             r: usize,
             t: usize,
-            nr: usize,
-            out: *mut f32,
+            out: &OutTile,
         ) {
             // SAFETY: a group is 8 rows of `rb` bytes holding cols/32 packed blocks of
             // 8·(18|34) bytes; each token holds cols i8 plus cols/32 scales and sums
@@ -673,7 +672,7 @@ macro_rules! int_kernels {
                 }
                 for g in 0..G {
                     for j in 0..NR {
-                        _mm256_storeu_ps(out.add((t + j) * nr + r + 8 * g), facc[g][j]);
+                        _mm256_storeu_ps(out.at(t + j, r + 8 * g), facc[g][j]);
                     }
                 }
             }
@@ -682,10 +681,11 @@ macro_rules! int_kernels {
         /// Walks a packed task in tiles of 8, 16 or 32 rows × runs of up to 4 tokens.
         ///
         /// # Safety
-        /// As [`micro_packed`] for every tile: a validated packed task, `out.len() ≥ nr·nt`.
+        /// As [`micro_packed`] for every tile: a validated packed task, `out` its `[nt, nr]`
+        /// tile.
         #[target_feature(enable = $feat)]
-        unsafe fn gemm_packed<const Q8: bool>(c: &Ctx, nr: usize, nt: usize, out: &mut [f32]) {
-            let o = out.as_mut_ptr();
+        unsafe fn gemm_packed<const Q8: bool>(c: &Ctx, nr: usize, nt: usize, out: OutTile) {
+            let o = &out;
             let mut r = 0;
             while r < nr {
                 // Groups per tile: more for a single token (more independent streams and
@@ -702,15 +702,15 @@ macro_rules! int_kernels {
                     // SAFETY: forwarded; the tile lies inside the task's rows and tokens.
                     unsafe {
                         match (g, step) {
-                            (4, _) => micro_packed::<Q8, 4, 1>(c, r, t, nr, o),
-                            (2, 4) => micro_packed::<Q8, 2, 4>(c, r, t, nr, o),
-                            (2, 3) => micro_packed::<Q8, 2, 3>(c, r, t, nr, o),
-                            (2, 2) => micro_packed::<Q8, 2, 2>(c, r, t, nr, o),
-                            (2, _) => micro_packed::<Q8, 2, 1>(c, r, t, nr, o),
-                            (_, 4) => micro_packed::<Q8, 1, 4>(c, r, t, nr, o),
-                            (_, 3) => micro_packed::<Q8, 1, 3>(c, r, t, nr, o),
-                            (_, 2) => micro_packed::<Q8, 1, 2>(c, r, t, nr, o),
-                            (_, _) => micro_packed::<Q8, 1, 1>(c, r, t, nr, o),
+                            (4, _) => micro_packed::<Q8, 4, 1>(c, r, t, o),
+                            (2, 4) => micro_packed::<Q8, 2, 4>(c, r, t, o),
+                            (2, 3) => micro_packed::<Q8, 2, 3>(c, r, t, o),
+                            (2, 2) => micro_packed::<Q8, 2, 2>(c, r, t, o),
+                            (2, _) => micro_packed::<Q8, 2, 1>(c, r, t, o),
+                            (_, 4) => micro_packed::<Q8, 1, 4>(c, r, t, o),
+                            (_, 3) => micro_packed::<Q8, 1, 3>(c, r, t, o),
+                            (_, 2) => micro_packed::<Q8, 1, 2>(c, r, t, o),
+                            (_, _) => micro_packed::<Q8, 1, 1>(c, r, t, o),
                         }
                     }
                     t += step;
@@ -720,8 +720,8 @@ macro_rules! int_kernels {
         }
 
         /// # Safety
-        /// `c` must describe a task that passed `Task::validate`, `out.len() ≥ nr·nt`, and the CPU must
-        /// support avx2, fma and f16c.
+        /// `c` must describe a task that passed `Task::validate`, `out` be its `[nt, nr]`
+        /// tile, and the CPU must support `$feat`.
         #[target_feature(enable = $feat)]
         pub(super) unsafe fn gemm_impl(
             c: &Ctx,
@@ -729,7 +729,7 @@ macro_rules! int_kernels {
             packed: bool,
             nr: usize,
             nt: usize,
-            out: &mut [f32],
+            out: OutTile,
         ) {
             // SAFETY: forwarded from this function's contract: the micro-kernels only read rows
             // `0..nr` and tokens `0..nt` of `c`.

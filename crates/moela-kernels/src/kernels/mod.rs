@@ -110,6 +110,48 @@ pub(crate) enum Acts<'a> {
     },
 }
 
+/// A task's `[nt, nr]` outputs inside a larger output: token `t`'s row `r` at `ptr + t·ld + r`.
+/// Tasks of one product write disjoint tiles of one `[n, rows]` buffer straight from the
+/// kernels (no per-task buffer to copy out).
+#[derive(Clone, Copy)]
+pub(crate) struct OutTile {
+    ptr: *mut f32,
+    ld: usize,
+    nr: usize,
+    nt: usize,
+}
+
+impl OutTile {
+    /// # Safety
+    /// For as long as the tile is used, `ptr + t·ld + r` for every `t < nt`, `r < nr` must be
+    /// valid for writes and written or read through nothing else.
+    pub unsafe fn new(ptr: *mut f32, ld: usize, nr: usize, nt: usize) -> OutTile {
+        OutTile { ptr, ld, nr, nt }
+    }
+
+    /// Writes output `(t, r)`.
+    #[inline]
+    pub fn set(&self, t: usize, r: usize, v: f32) {
+        assert!(
+            t < self.nt && r < self.nr,
+            "output ({t}, {r}) outside the tile"
+        );
+        // SAFETY: inside the tile (just checked), which `new`'s contract makes writable.
+        unsafe { *self.ptr.add(t * self.ld + r) = v }
+    }
+
+    /// Pointer to output `(t, r)`, for vector stores of at most `nr − r` values.
+    ///
+    /// # Safety
+    /// `t < nt` and `r < nr`.
+    #[inline]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the SIMD stores are x86's
+    pub unsafe fn at(&self, t: usize, r: usize) -> *mut f32 {
+        // SAFETY: inside the tile per the caller's contract.
+        unsafe { self.ptr.add(t * self.ld + r) }
+    }
+}
+
 /// One unit of work: weight rows `r0..r0+nr` against `nt` tokens.
 pub(crate) struct Task<'a> {
     pub dtype: DType,
@@ -124,8 +166,8 @@ pub(crate) struct Task<'a> {
     pub nt: usize,
     /// FP8 only: the whole `[ceil(rows/128), ceil(cols/128)]` scale grid.
     pub scales: &'a [f32],
-    /// Output, token-major: `out[t * nr + r]`.
-    pub out: &'a mut [f32],
+    /// Where the `[nt, nr]` outputs go.
+    pub out: OutTile,
     /// Rows interleaved by 8 (`pack`); then `r0` and `nr` are multiples of 8.
     pub packed: bool,
 }
@@ -141,7 +183,7 @@ impl Task<'_> {
             "task: row bytes"
         );
         assert!(self.w.len() >= nr * self.row_bytes, "task: weight bytes");
-        assert!(self.out.len() >= nr * nt, "task: output length");
+        assert!(self.out.nr == nr && self.out.nt == nt, "task: output tile");
         match (self.dtype, self.acts) {
             (DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3Block128, Acts::F32(x)) => {
                 assert!(x.len() >= nt * cols, "task: activations")
@@ -745,7 +787,10 @@ impl Plan {
         let nr = self.row_chunk.min(self.rows - r0);
         let t0 = tc * self.tok_chunk;
         let nt = self.tok_chunk.min(self.n - t0);
-        let mut out = vec![0.0f32; nr * nt];
+        // SAFETY: this task alone writes y[(t0+t)*rows + r0 ..][..nr] for t < nt (tasks
+        // partition rows × tokens), inside the `[n, rows]` output (r0+nr ≤ rows, t0+nt ≤ n)
+        // that this function's contract hands to the plan's tasks.
+        let out = unsafe { OutTile::new(y.get().add(t0 * self.rows + r0), self.rows, nr, nt) };
         let mut task = Task {
             dtype: w.dtype,
             w: &w.bytes[r0 * w.row_bytes..(r0 + nr) * w.row_bytes],
@@ -756,22 +801,10 @@ impl Plan {
             acts: acts.view(x, t0, nt, self.cols),
             nt,
             scales: w.scales,
-            out: &mut out,
+            out,
             packed: w.packed,
         };
         (ks.gemm)(&mut task);
-        for t in 0..nt {
-            // SAFETY: this task alone writes y[(t0+t)*rows + r0 ..][..nr] (tasks partition
-            // rows × tokens), which lies inside the `[n, rows]` output (r0+nr ≤ rows,
-            // t0+t < n), per this function's contract.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    out.as_ptr().add(t * nr),
-                    y.get().add((t0 + t) * self.rows + r0),
-                    nr,
-                );
-            }
-        }
     }
 }
 

@@ -65,7 +65,7 @@ pub(crate) fn gemm_rows(t: &mut Task<'_>, dots: &RowDots) {
             } else {
                 &t.w[r * rb..(r + 1) * rb]
             };
-            t.out[tok * nr + r] = match t.acts {
+            let v = match t.acts {
                 Acts::F32(x) => {
                     let x = &x[tok * cols..(tok + 1) * cols];
                     match t.dtype {
@@ -101,6 +101,7 @@ pub(crate) fn gemm_rows(t: &mut Task<'_>, dots: &RowDots) {
                     }
                 }
             };
+            t.out.set(tok, r, v);
         }
     }
 }
