@@ -3,8 +3,7 @@
 
 use moela_kernels::ops::dot;
 use moela_kernels::{
-    exp_sum, matmul, num_threads, parallel_chunks, rows_matmul, rows_weighted_sum,
-    softmax_in_place, Mat, QMat,
+    exp_sum, num_threads, parallel_chunks, rows_matmul, rows_weighted_sum, softmax_in_place, QMat,
 };
 
 use crate::cache::{LayerView, Rows};
@@ -76,15 +75,15 @@ pub(crate) fn mla(
     }
 }
 
-/// Query tokens from which the standard form runs as per-head matrix products.
-const STANDARD_GEMM_MIN_TOKENS: usize = 16;
+/// Query tokens from which the standard form runs on the rows kernels.
+const STANDARD_TILED_MIN_TOKENS: usize = 16;
 
 /// Standard form: decompress every cached latent into per-head keys and values. The
-/// per-(query, head) loop below is the executable spec; from [`STANDARD_GEMM_MIN_TOKENS`]
-/// query tokens the same formula runs as matrix products ([`mla_standard_gemm`]).
+/// per-(query, head) loop below is the executable spec; from [`STANDARD_TILED_MIN_TOKENS`]
+/// query tokens the same formula runs in tiles ([`mla_standard_tiled`]).
 pub(crate) fn mla_standard(q: &[f32], cache: &LayerView<'_>, kv_b: &QMat, d: &MlaDims) -> Vec<f32> {
-    if q.len() / (d.heads * d.qk()) >= STANDARD_GEMM_MIN_TOKENS {
-        return mla_standard_gemm(q, cache, kv_b, d);
+    if q.len() / (d.heads * d.qk()) >= STANDARD_TILED_MIN_TOKENS {
+        return mla_standard_tiled(q, cache, kv_b, d);
     }
     mla_standard_loop(q, cache, kv_b, d)
 }
@@ -138,61 +137,45 @@ pub(crate) fn mla_standard_loop(
     out
 }
 
-/// [`mla_standard`] for many query tokens, head by head as matrix products on the worker
-/// pool: `S = Q_h · K_hᵀ · scale` (K_h = decompressed k_nope ‖ cached k_pe), causal mask,
-/// row softmax, `O_h = P · V_h`.
-pub(crate) fn mla_standard_gemm(
+/// Rows per block of [`mla_standard_tiled`]'s decompressed keys and values.
+const DECOMPRESSED_BLOCK: usize = 64;
+
+/// [`mla_standard`] for many query tokens on the rows kernels ([`crate::tiled`]): every
+/// cached latent decompressed once into a row of per-head `[k_nope ‖ k_pe | v]`, then causal
+/// attention with one KV head per query head.
+pub(crate) fn mla_standard_tiled(
     q: &[f32],
     cache: &LayerView<'_>,
     kv_b: &QMat,
     d: &MlaDims,
 ) -> Vec<f32> {
-    let (h, qk) = (d.heads, d.qk());
-    let n = q.len() / (h * qk);
-    let len = cache.len;
-    let start = len - n;
+    let (h, qk, nv) = (d.heads, d.qk(), d.nope + d.v);
     let (rows, kv) = decompress(cache, kv_b, d);
-    let stride = h * (d.nope + d.v);
-    let mut out = vec![0.0f32; n * h * d.v];
-    let mut k = Mat {
-        rows: len,
-        cols: qk,
-        data: vec![0.0; len * qk],
-    };
-    let mut vt = Mat {
-        rows: d.v,
-        cols: len,
-        data: vec![0.0; d.v * len],
-    };
-    let mut qh = vec![0.0f32; n * qk];
-    let mut s = vec![0.0f32; n * len];
-    let mut o = vec![0.0f32; n * d.v];
-    for hh in 0..h {
-        let base = hh * (d.nope + d.v);
-        for u in 0..len {
-            let kr = &mut k.data[u * qk..(u + 1) * qk];
-            kr[..d.nope].copy_from_slice(&kv[u * stride + base..][..d.nope]);
-            kr[d.nope..].copy_from_slice(&rows.row(u)[d.rank..]);
-            for (j, &v) in kv[u * stride + base + d.nope..][..d.v].iter().enumerate() {
-                vt.data[j * len + u] = v;
-            }
-        }
-        for t in 0..n {
-            qh[t * qk..(t + 1) * qk].copy_from_slice(&q[(t * h + hh) * qk..][..qk]);
-        }
-        matmul(&qh, n, &k, &mut s);
-        for (t, st) in s.chunks_exact_mut(len).enumerate() {
-            let visible = start + t + 1;
-            st[..visible].iter_mut().for_each(|x| *x *= d.scale);
-            softmax_in_place(&mut st[..visible]);
-            st[visible..].fill(0.0);
-        }
-        matmul(&s, n, &vt, &mut o);
-        for t in 0..n {
-            out[(t * h + hh) * d.v..][..d.v].copy_from_slice(&o[t * d.v..(t + 1) * d.v]);
+    let head = qk + d.v; // [k_nope ‖ k_pe | v] per head
+    let mut kvr = vec![0.0f32; cache.len * h * head];
+    for (u, row) in kvr.chunks_exact_mut(h * head).enumerate() {
+        let k_pe = &rows.row(u)[d.rank..];
+        for (hh, hr) in row.chunks_exact_mut(head).enumerate() {
+            let src = &kv[(u * h + hh) * nv..][..nv];
+            hr[..d.nope].copy_from_slice(&src[..d.nope]);
+            hr[d.nope..qk].copy_from_slice(k_pe);
+            hr[qk..].copy_from_slice(&src[d.nope..]);
         }
     }
-    out
+    let view = LayerView::of_rows(&kvr, h * head, DECOMPRESSED_BLOCK);
+    let layout = tiled::Layout {
+        heads: h,
+        kv_heads: h,
+        key: 0,
+        key_step: head,
+        dk: qk,
+        value: qk,
+        value_step: head,
+        dv: d.v,
+        scale: d.scale,
+        window: None,
+    };
+    tiled::attend(q, &view, &layout)
 }
 
 /// Absorbed form: fold W_UK into the query and W_UV after the weighted sum, so attention is
@@ -214,8 +197,10 @@ pub(crate) fn mla_absorbed(
             heads: d.heads,
             kv_heads: 1,
             key: 0,
+            key_step: 0,
             dk: d.rank + d.rope,
             value: 0,
+            value_step: 0,
             dv: d.rank,
             scale: d.scale,
             window: None,

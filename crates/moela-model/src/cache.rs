@@ -363,6 +363,22 @@ pub(crate) struct LayerView<'a> {
     pub(crate) len: usize,
 }
 
+impl<'a> LayerView<'a> {
+    /// A view of `data`'s rows (`lat` f32 each) cut into blocks of `bt`, for attention over
+    /// rows built outside the cache (e.g. decompressed MLA keys and values).
+    pub(crate) fn of_rows(data: &'a [f32], lat: usize, bt: usize) -> LayerView<'a> {
+        LayerView {
+            blocks: data
+                .chunks(bt * lat)
+                .map(|b| RowData::f32(b, lat))
+                .collect(),
+            bt,
+            lat,
+            len: data.len() / lat,
+        }
+    }
+}
+
 impl LayerView<'_> {
     /// Tokens per block.
     pub(crate) fn block_tokens(&self) -> usize {

@@ -1,8 +1,9 @@
 //! Causal attention of many query tokens over a layer's cache blocks, run on the rows kernels
 //! (`rows_matmul` for scores, `rows_weighted_sum` for values) straight from the cached rows —
 //! f32 or f16, no copies, no transposes. Serves GQA prefill (keys and values are per-head
-//! column windows of the cached row) and absorbed MLA over a few query tokens (keys are the
-//! whole latent ‖ rope row, values its latent part), whose plain loops stay as the spec.
+//! column windows of the cached row), absorbed MLA over a few query tokens (keys are the
+//! whole latent ‖ rope row, values its latent part) and standard MLA over many (rows of
+//! decompressed per-head keys and values); their plain loops stay as the spec.
 //!
 //! Tasks are (KV head, tile of query tokens): the tile's queries of that head's group are one
 //! `[m, dk]` matrix; its scores against every visible key are kept (`[m, span]`), each row's
@@ -18,12 +19,14 @@ pub(crate) struct Layout {
     /// Query heads; head `h` reads KV head `h / (heads / kv_heads)`.
     pub heads: usize,
     pub kv_heads: usize,
-    /// Column of KV head 0's key (head `g`'s starts `g · dk` later) and the key width, which
-    /// is also the query width.
+    /// Column of KV head 0's key, the step to the next head's, and the key width (also the
+    /// query width).
     pub key: usize,
+    pub key_step: usize,
     pub dk: usize,
-    /// Column of KV head 0's value (head `g`'s starts `g · dv` later) and its width.
+    /// Column of KV head 0's value, the step to the next head's, and the value width.
     pub value: usize,
+    pub value_step: usize,
     pub dv: usize,
     pub scale: f32,
     /// Keys visible to a query: the last `window` positions (itself included), or all.
@@ -68,7 +71,7 @@ pub(crate) fn attend(q: &[f32], cache: &LayerView<'_>, l: &Layout) -> Vec<f32> {
         let mut y = vec![0.0f32; m * bt];
         let blocks = lo / bt..hi.div_ceil(bt);
         for b in blocks.clone() {
-            let keys = cache.block(b).columns(l.key + g * dk, dk);
+            let keys = cache.block(b).columns(l.key + g * l.key_step, dk);
             let (u0, nr) = (b * bt, keys.rows());
             rows_matmul(&qt, m, keys, &mut y[..m * nr]);
             for r in 0..m {
@@ -84,7 +87,7 @@ pub(crate) fn attend(q: &[f32], cache: &LayerView<'_>, l: &Layout) -> Vec<f32> {
         }
         let out = &mut o[..m * dv];
         for b in blocks {
-            let values = cache.block(b).columns(l.value + g * dv, dv);
+            let values = cache.block(b).columns(l.value + g * l.value_step, dv);
             let (u0, nr) = (b * bt, values.rows());
             let p = &mut y[..m * nr];
             for r in 0..m {
