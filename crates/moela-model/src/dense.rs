@@ -5,8 +5,7 @@
 //! `h` reads KV head `h / (heads / kv_heads)` (transformers' `repeat_kv`). RoPE is the
 //! rotate-half layout; Qwen2's sliding window limits a layer to its last `window` keys.
 
-use moela_kernels::ops::dot;
-use moela_kernels::{add_in_place, parallel_chunks, softmax_in_place, QMat};
+use moela_kernels::{add_in_place, QMat};
 
 use crate::cache::{BatchCache, LayerView};
 use crate::model::{Attend, SeqInput, Step};
@@ -115,37 +114,32 @@ impl Attend for GqaAttention {
     }
 }
 
-/// Query tokens from which [`gqa`] runs on the rows kernels ([`crate::tiled`]).
-const GQA_TILED_MIN_TOKENS: usize = 16;
-
-/// Causal attention of `n` new query tokens, the last `n` of the `cache` rows.
+/// Causal attention of `n` new query tokens, the last `n` of the `cache` rows, in tiles on
+/// the rows kernels ([`crate::tiled`]); [`gqa_loop`] is the spec it is tested against.
 ///
 /// `q`: `[n, heads, head_dim]` with RoPE applied; `cache`: `[len, 2·kv_heads·head_dim]` rows;
-/// writes `out`: `[n, heads, head_dim]`. The loops below are the spec; from
-/// [`GQA_TILED_MIN_TOKENS`] query tokens the same formula runs in tiles on the rows kernels.
+/// writes `out`: `[n, heads, head_dim]`.
 fn gqa(q: &[f32], cache: &LayerView<'_>, d: &GqaDims, out: &mut [f32]) {
-    if q.len() / (d.heads * d.head_dim) >= GQA_TILED_MIN_TOKENS {
-        let (h, hd, _, v_off) = d.layout();
-        let layout = tiled::Layout {
-            heads: h,
-            kv_heads: d.kv_heads,
-            key: 0,
-            key_step: hd,
-            dk: hd,
-            value: v_off,
-            value_step: hd,
-            dv: hd,
-            scale: d.scale,
-            window: d.window,
-        };
-        out.copy_from_slice(&tiled::attend(q, cache, &layout));
-        return;
-    }
-    gqa_loop(q, cache, d, out)
+    let (h, hd, _, v_off) = d.layout();
+    let layout = tiled::Layout {
+        heads: h,
+        kv_heads: d.kv_heads,
+        key: 0,
+        key_step: hd,
+        dk: hd,
+        value: v_off,
+        value_step: hd,
+        dv: hd,
+        scale: d.scale,
+        window: d.window,
+    };
+    out.copy_from_slice(&tiled::attend(q, cache, &layout));
 }
 
 /// [`gqa`] as loops: one task per (token, head).
+#[cfg(test)]
 fn gqa_loop(q: &[f32], cache: &LayerView<'_>, d: &GqaDims, out: &mut [f32]) {
+    use moela_kernels::{ops::dot, parallel_chunks, softmax_in_place};
     let (h, hd, group, v_off) = d.layout();
     let n = q.len() / (h * hd);
     let (len, start) = (cache.len, cache.len - n);
@@ -170,4 +164,57 @@ fn gqa_loop(q: &[f32], cache: &LayerView<'_>, d: &GqaDims, out: &mut [f32]) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The tiles equal the loops: one and many new tokens, with and without earlier cached
+    /// tokens, full attention and a sliding window, groups of 1, 3 and 6 heads.
+    #[test]
+    fn tiled_gqa_equals_the_loops() {
+        for (heads, kv_heads) in [(2, 2), (6, 2), (12, 2)] {
+            for window in [None, Some(5)] {
+                for (past, n) in [(0, 1), (9, 1), (0, 20), (17, 35)] {
+                    let hd = 8;
+                    let d = GqaDims {
+                        heads,
+                        kv_heads,
+                        head_dim: hd,
+                        scale: 0.3,
+                        window,
+                    };
+                    let len = past + n;
+                    let rows = data(len * 2 * kv_heads * hd, (len + heads) as u64);
+                    let cache = LayerView::of_rows(&rows, 2 * kv_heads * hd, 16);
+                    let q = data(n * heads * hd, n as u64);
+                    let (mut want, mut got) = (vec![0.0; q.len()], vec![0.0; q.len()]);
+                    gqa_loop(&q, &cache, &d, &mut want);
+                    gqa(&q, &cache, &d, &mut got);
+                    let diff = want
+                        .iter()
+                        .zip(&got)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0.0, f32::max);
+                    assert!(
+                        diff < 1e-5,
+                        "heads {heads}/{kv_heads} window {window:?} past {past} n {n}: {diff}"
+                    );
+                }
+            }
+        }
+    }
 }

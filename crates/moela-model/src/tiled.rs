@@ -36,6 +36,10 @@ pub(crate) struct Layout {
 /// Query tokens per task.
 const TILE_TOKENS: usize = 16;
 
+/// A task's query rows are padded with zero rows to a multiple of this, so that the rows
+/// kernels' tiles cover them (e.g. one decode token's group of 6 heads runs as 8).
+const ROW_PAD: usize = 8;
+
 /// Attention of `n` new query tokens, the last `n` of the `cache` rows: `q` is
 /// `[n, heads, dk]`, the result `[n, heads, dv]`.
 pub(crate) fn attend(q: &[f32], cache: &LayerView<'_>, l: &Layout) -> Vec<f32> {
@@ -46,7 +50,7 @@ pub(crate) fn attend(q: &[f32], cache: &LayerView<'_>, l: &Layout) -> Vec<f32> {
     let bt = cache.block_tokens();
     let first = |pos: usize| l.window.map_or(0, |w| (pos + 1).saturating_sub(w));
     let tiles = n.div_ceil(TILE_TOKENS);
-    let part = TILE_TOKENS * group * dv;
+    let part = (TILE_TOKENS * group).next_multiple_of(ROW_PAD) * dv;
     let mut parts = vec![0.0f32; l.kv_heads * tiles * part];
     // About half of all (query, key) pairs are visible.
     let work = n * h * len * (dk + dv) / 2;
@@ -54,9 +58,10 @@ pub(crate) fn attend(q: &[f32], cache: &LayerView<'_>, l: &Layout) -> Vec<f32> {
         let (g, t0) = (i / tiles, (i % tiles) * TILE_TOKENS);
         let nt = TILE_TOKENS.min(n - t0);
         let m = nt * group;
-        // Row r = t·group + j: query head g·group + j of token t0 + t.
-        let mut qt = vec![0.0f32; m * dk];
-        for (r, row) in qt.chunks_exact_mut(dk).enumerate() {
+        let mp = m.next_multiple_of(ROW_PAD);
+        // Row r = t·group + j: query head g·group + j of token t0 + t (rows m.. stay 0).
+        let mut qt = vec![0.0f32; mp * dk];
+        for (r, row) in qt.chunks_exact_mut(dk).take(m).enumerate() {
             let (t, j) = (t0 + r / group, r % group);
             row.copy_from_slice(&q[(t * h + g * group + j) * dk..][..dk]);
         }
@@ -68,12 +73,12 @@ pub(crate) fn attend(q: &[f32], cache: &LayerView<'_>, l: &Layout) -> Vec<f32> {
         let (lo, hi) = (visible(0).start, visible(m - 1).end);
         let span = hi - lo;
         let mut s = vec![0.0f32; m * span];
-        let mut y = vec![0.0f32; m * bt];
+        let mut y = vec![0.0f32; mp * bt];
         let blocks = lo / bt..hi.div_ceil(bt);
         for b in blocks.clone() {
             let keys = cache.block(b).columns(l.key + g * l.key_step, dk);
             let (u0, nr) = (b * bt, keys.rows());
-            rows_matmul(&qt, m, keys, &mut y[..m * nr]);
+            rows_matmul(&qt, mp, keys, &mut y[..mp * nr]);
             for r in 0..m {
                 let vis = visible(r);
                 for u in vis.start.max(u0)..vis.end.min(u0 + nr) {
@@ -85,11 +90,12 @@ pub(crate) fn attend(q: &[f32], cache: &LayerView<'_>, l: &Layout) -> Vec<f32> {
             let vis = visible(r);
             softmax_in_place(&mut s[r * span + vis.start - lo..r * span + vis.end - lo]);
         }
-        let out = &mut o[..m * dv];
+        let out = &mut o[..mp * dv];
         for b in blocks {
             let values = cache.block(b).columns(l.value + g * l.value_step, dv);
             let (u0, nr) = (b * bt, values.rows());
-            let p = &mut y[..m * nr];
+            let p = &mut y[..mp * nr];
+            p[m * nr..].fill(0.0);
             for r in 0..m {
                 let vis = visible(r);
                 for (k, pu) in p[r * nr..(r + 1) * nr].iter_mut().enumerate() {
@@ -101,7 +107,7 @@ pub(crate) fn attend(q: &[f32], cache: &LayerView<'_>, l: &Layout) -> Vec<f32> {
                     };
                 }
             }
-            rows_weighted_sum(p, m, values, out);
+            rows_weighted_sum(p, mp, values, out);
         }
     });
     let mut out = vec![0.0f32; n * h * dv];
