@@ -347,6 +347,40 @@ impl QMat {
         kernels::gemm_batch(kernels::best(), &mut batch)
     }
 
+    /// `x · wᵀ` for several matrices of one input width in one pool dispatch, quantizing `x`
+    /// once per activation format among them (e.g. attention's q, k and v projections).
+    /// Returns each product, `[n, w.rows]`.
+    pub fn forward_many<const N: usize>(ws: [&QMat; N], x: &[f32]) -> [Vec<f32>; N] {
+        let Some(cols) = ws.first().map(|w| w.cols) else {
+            return ws.map(|_| Vec::new());
+        };
+        assert!(
+            ws.iter().all(|w| w.cols == cols),
+            "forward_many: input widths differ"
+        );
+        let n = x.len().checked_div(cols).unwrap_or(0);
+        let mut inputs: Vec<PreparedInput<'_>> = Vec::new();
+        let which: Vec<usize> = ws
+            .iter()
+            .map(|w| match inputs.iter().position(|p| p.fits(w.dtype)) {
+                Some(i) => i,
+                None => {
+                    inputs.push(w.prepare(x, n));
+                    inputs.len() - 1
+                }
+            })
+            .collect();
+        let mut ys = ws.map(|w| vec![0.0; n * w.rows]);
+        let mut items: Vec<(&QMat, &PreparedInput<'_>, &mut [f32])> = ws
+            .iter()
+            .zip(&which)
+            .zip(ys.iter_mut())
+            .map(|((w, &i), y)| (*w, &inputs[i], &mut y[..]))
+            .collect();
+        QMat::matmul_batch(&mut items);
+        ys
+    }
+
     /// `x · selfᵀ` for `x` of shape `[n, cols]`; returns `[n, rows]`.
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
         let n = x.len().checked_div(self.cols).unwrap_or(0);
@@ -483,6 +517,25 @@ mod tests {
         (0..n)
             .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.1)
             .collect()
+    }
+
+    #[test]
+    fn forward_many_equals_one_product_each() {
+        // Mixed activation formats: Q8 (Q4_0, packed Q8_0), Q8_K (Q4_K) and plain f32.
+        let (cols, n) = (256, 5);
+        let ws = [
+            QMat::from_f32(DType::Q4_0, 16, cols, &data(16 * cols)).unwrap(),
+            QMat::from_f32(DType::Q8_0, 8, cols, &data(8 * cols))
+                .unwrap()
+                .packed_for_matmul(),
+            QMat::from_f32(DType::Q4_K, 3, cols, &data(3 * cols)).unwrap(),
+            QMat::from_f32(DType::F32, 7, cols, &data(7 * cols)).unwrap(),
+        ];
+        let x: Vec<f32> = data(n * cols + 3)[3..].to_vec();
+        let got = QMat::forward_many([&ws[0], &ws[1], &ws[2], &ws[3]], &x);
+        for (w, y) in ws.iter().zip(&got) {
+            assert_eq!(y, &w.forward(&x), "{}", w.dtype.name());
+        }
     }
 
     #[test]

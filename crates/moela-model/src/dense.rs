@@ -21,22 +21,6 @@ fn add_bias(y: &mut [f32], b: Option<&[f32]>) {
     }
 }
 
-/// `x · Wᵀ` for three matrices of the same input width, quantizing `x` once when their types
-/// share an activation format.
-fn project(x: &[f32], ws: [&QMat; 3]) -> [Vec<f32>; 3] {
-    let n = x.len() / ws[0].cols;
-    let prepared = ws[0].prepare(x, n);
-    ws.map(|w| {
-        let mut y = vec![0.0f32; n * w.rows];
-        if prepared.fits(w.dtype) {
-            w.matmul_prepared(&prepared, &mut y);
-        } else {
-            w.matmul(x, n, &mut y);
-        }
-        y
-    })
-}
-
 /// Sizes of one GQA computation.
 #[derive(Clone, Copy, Debug)]
 struct GqaDims {
@@ -74,7 +58,7 @@ impl Attend for GqaAttention {
         };
         let (h, kv, hd) = (d.heads, d.kv_heads, d.head_dim);
         // q: [T, heads, head_dim]; k, v: [T, kv_heads, head_dim]
-        let [mut q, mut k, mut v] = project(x, [&self.q, &self.k, &self.v]);
+        let [mut q, mut k, mut v] = QMat::forward_many([&self.q, &self.k, &self.v], x);
         add_bias(&mut q, self.q_bias.as_deref());
         add_bias(&mut k, self.k_bias.as_deref());
         add_bias(&mut v, self.v_bias.as_deref());

@@ -292,17 +292,22 @@ impl Attend for MlaAttention {
             c.kv_lora_rank,
             c.qk_rope_head_dim,
         );
+        // The query's first product and kv_a share the input: one dispatch.
+        let first = match &a.q {
+            QProj::Direct(w) => w,
+            QProj::LowRank { a, .. } => a,
+        };
+        let [q0, mut rows] = QMat::forward_many([first, &a.kv_a], x);
         // q: [T, heads, nope + rope]
         let mut q = match &a.q {
-            QProj::Direct(w) => w.forward(x),
-            QProj::LowRank { a, norm, b } => {
-                let mut ql = a.forward(x);
+            QProj::Direct(_) => q0,
+            QProj::LowRank { norm, b, .. } => {
+                let mut ql = q0;
                 rms_norm_in_place(&mut ql, norm, c.rms_norm_eps);
                 b.forward(&ql)
             }
         };
         // kv: [T, rank + rope] → normalized latent and rotated rope key, the cached row.
-        let mut rows = a.kv_a.forward(x);
         let lat = r + dr;
         for t in 0..positions.len() {
             let row = &mut rows[t * lat..(t + 1) * lat];
