@@ -592,8 +592,9 @@ fn quantize_acts(ks: &KernelSet, dtype: DType, x: &[f32], n: usize, cols: usize)
 }
 
 /// Tokens per task: activations of one token block stay in L2 while every row tile of a task
-/// sweeps over them.
-const TOKEN_BLOCK: usize = 64;
+/// sweeps over them (128 rather than 64: each weight tile is read half as often; Qwen2-1.5B
+/// Q4_0 pp128 best of 5 193.7 → 200.0 tok/s, pp512 unchanged).
+const TOKEN_BLOCK: usize = 128;
 
 /// `y[n, rows] = x[n, cols] · wᵀ` with kernel set `ks`.
 pub(crate) fn gemm(ks: &KernelSet, w: &WeightRef<'_>, x: &[f32], n: usize, y: &mut [f32]) {
@@ -721,7 +722,7 @@ pub(crate) fn gemm_batch(ks: &KernelSet, items: &mut [BatchItem<'_>]) {
     });
 }
 
-/// How one product is cut into tasks: token blocks of ≤ 64, then row chunks (multiples of 8
+/// How one product is cut into tasks: token blocks of ≤ `TOKEN_BLOCK`, then row chunks (multiples of 8
 /// rows: whole packed groups, and FP8 micro tiles never straddle a 128-row scale block).
 struct Plan {
     rows: usize,
