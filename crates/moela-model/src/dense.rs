@@ -167,12 +167,14 @@ mod tests {
     }
 
     /// The tiles equal the loops: one and many new tokens, with and without earlier cached
-    /// tokens, full attention and a sliding window, groups of 1, 3 and 6 heads.
+    /// tokens (up to 320 keys: several key chunks), full attention and sliding windows, groups
+    /// of 1, 3 and 6 heads.
     #[test]
     fn tiled_gqa_equals_the_loops() {
         for (heads, kv_heads) in [(2, 2), (6, 2), (12, 2)] {
-            for window in [None, Some(5)] {
-                for (past, n) in [(0, 1), (9, 1), (0, 20), (17, 35)] {
+            for window in [None, Some(5), Some(100)] {
+                // Past 256 keys a task runs its keys in more than one chunk.
+                for (past, n) in [(0, 1), (9, 1), (0, 20), (17, 35), (290, 1), (300, 20)] {
                     let hd = 8;
                     let d = GqaDims {
                         heads,

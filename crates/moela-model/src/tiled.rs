@@ -6,10 +6,11 @@
 //! decompressed per-head keys and values); their plain loops stay as the spec.
 //!
 //! Tasks are (KV head, tile of query tokens): the tile's queries of that head's group are one
-//! `[m, dk]` matrix; its scores against every visible key are kept (`[m, span]`), each row's
-//! softmax is taken exactly over its visible keys, then the value rows are summed block by block.
+//! `[m, dk]` matrix; it runs over the visible keys in chunks of [`KEY_CHUNK`]: the chunk's
+//! scores, each row's softmax over its visible keys carried from chunk to chunk (running max and
+//! sum), then the chunk's value rows summed block by block.
 
-use moela_kernels::{parallel_chunks, rows_matmul, rows_weighted_sum, softmax_in_place};
+use moela_kernels::{exp_sum, parallel_chunks, rows_matmul, rows_weighted_sum};
 
 use crate::cache::LayerView;
 
@@ -35,6 +36,11 @@ pub(crate) struct Layout {
 
 /// Query tokens per task.
 const TILE_TOKENS: usize = 16;
+
+/// Keys per pass of a task: scores are kept for one chunk of keys at a time and the softmax is
+/// carried across chunks (running max and sum, the partial output rescaled when the max
+/// rises), so a task's memory does not grow with the context.
+const KEY_CHUNK: usize = 256;
 
 /// A task's query rows are padded with zero rows to a multiple of this, so that the rows
 /// kernels' tiles cover them (e.g. one decode token's group of 6 heads runs as 8).
@@ -71,43 +77,67 @@ pub(crate) fn attend(q: &[f32], cache: &LayerView<'_>, l: &Layout) -> Vec<f32> {
             first(pos)..pos + 1
         };
         let (lo, hi) = (visible(0).start, visible(m - 1).end);
-        let span = hi - lo;
-        let mut s = vec![0.0f32; m * span];
+        let chunk_blocks = (KEY_CHUNK / bt).max(1);
+        let mut s = vec![0.0f32; m * chunk_blocks * bt]; // one chunk's scores, [m, keys]
         let mut y = vec![0.0f32; mp * bt];
-        let blocks = lo / bt..hi.div_ceil(bt);
-        for b in blocks.clone() {
-            let keys = cache.block(b).columns(l.key + g * l.key_step, dk);
-            let (u0, nr) = (b * bt, keys.rows());
-            rows_matmul(&qt, mp, keys, &mut y[..mp * nr]);
-            for r in 0..m {
-                let vis = visible(r);
-                for u in vis.start.max(u0)..vis.end.min(u0 + nr) {
-                    s[r * span + u - lo] = y[r * nr + u - u0] * l.scale;
-                }
-            }
-        }
-        for r in 0..m {
-            let vis = visible(r);
-            softmax_in_place(&mut s[r * span + vis.start - lo..r * span + vis.end - lo]);
-        }
+        let (mut mx, mut sum) = (vec![f32::NEG_INFINITY; m], vec![0.0f32; m]);
         let out = &mut o[..mp * dv];
-        for b in blocks {
-            let values = cache.block(b).columns(l.value + g * l.value_step, dv);
-            let (u0, nr) = (b * bt, values.rows());
-            let p = &mut y[..mp * nr];
-            p[m * nr..].fill(0.0);
-            for r in 0..m {
-                let vis = visible(r);
-                for (k, pu) in p[r * nr..(r + 1) * nr].iter_mut().enumerate() {
-                    let u = u0 + k;
-                    *pu = if vis.contains(&u) {
-                        s[r * span + u - lo]
-                    } else {
-                        0.0
-                    };
+        let blocks = lo / bt..hi.div_ceil(bt);
+        for c in blocks.clone().step_by(chunk_blocks) {
+            let chunk = c..(c + chunk_blocks).min(blocks.end);
+            let (k0, k1) = (chunk.start * bt, (chunk.end * bt).min(len));
+            let w = k1 - k0;
+            for b in chunk.clone() {
+                let keys = cache.block(b).columns(l.key + g * l.key_step, dk);
+                let (u0, nr) = (b * bt, keys.rows());
+                rows_matmul(&qt, mp, keys, &mut y[..mp * nr]);
+                for r in 0..m {
+                    let vis = visible(r);
+                    for u in vis.start.max(u0)..vis.end.min(u0 + nr) {
+                        s[r * w + u - k0] = y[r * nr + u - u0] * l.scale;
+                    }
                 }
             }
-            rows_weighted_sum(p, mp, values, out);
+            // The softmax carried across chunks: a higher max rescales what was summed so far.
+            for r in 0..m {
+                let vis = visible(r);
+                let (a, e) = (vis.start.max(k0), vis.end.min(k1));
+                if a >= e {
+                    continue;
+                }
+                let row = &mut s[r * w + a - k0..r * w + e - k0];
+                let cm = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                if cm > mx[r] {
+                    if mx[r] > f32::NEG_INFINITY {
+                        let f = (mx[r] - cm).exp();
+                        sum[r] *= f;
+                        out[r * dv..(r + 1) * dv].iter_mut().for_each(|v| *v *= f);
+                    }
+                    mx[r] = cm;
+                }
+                sum[r] += exp_sum(row, mx[r]);
+            }
+            for b in chunk {
+                let values = cache.block(b).columns(l.value + g * l.value_step, dv);
+                let (u0, nr) = (b * bt, values.rows());
+                let p = &mut y[..mp * nr];
+                p[m * nr..].fill(0.0);
+                for r in 0..m {
+                    let vis = visible(r);
+                    for (k, pu) in p[r * nr..(r + 1) * nr].iter_mut().enumerate() {
+                        let u = u0 + k;
+                        *pu = if vis.contains(&u) {
+                            s[r * w + u - k0]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+                rows_weighted_sum(p, mp, values, out);
+            }
+        }
+        for (row, &total) in out.chunks_exact_mut(dv).zip(&sum) {
+            row.iter_mut().for_each(|v| *v /= total);
         }
     });
     let mut out = vec![0.0f32; n * h * dv];
