@@ -26,6 +26,10 @@ impl MlaDims {
     }
 }
 
+/// The most memory [`AttentionMode::Auto`] lets the standard form's decompressed keys and
+/// values take (V2-Lite at 4096 cached tokens: 84 MB; V3's 128 heads at 128K: 21 GB).
+pub const MAX_DECOMPRESSED_BYTES: usize = 256 << 20;
+
 /// Which MLA form to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum AttentionMode {
@@ -37,14 +41,17 @@ pub enum AttentionMode {
 }
 
 impl AttentionMode {
-    /// Resolves `Auto` for `n_new` query tokens: absorbed costs ~`2r + dr` per (query, key) pair,
-    /// standard ~`r·(dn + dv)` per key to decompress plus `dn + dr + dv` per pair.
-    pub fn resolve(self, d: &MlaDims, n_new: usize) -> AttentionMode {
+    /// Resolves `Auto` for `n_new` query tokens over `len` cached ones: absorbed costs
+    /// ~`2r + dr` per (query, key) pair, standard ~`r·(dn + dv)` per key to decompress plus
+    /// `dn + dr + dv` per pair — and holds every key decompressed, so past
+    /// [`MAX_DECOMPRESSED_BYTES`] the absorbed form runs whatever the cost.
+    pub fn resolve(self, d: &MlaDims, n_new: usize, len: usize) -> AttentionMode {
         match self {
             AttentionMode::Auto => {
                 let absorbed = n_new * (2 * d.rank + d.rope);
                 let standard = d.rank * (d.nope + d.v) + n_new * (d.nope + d.rope + d.v);
-                if absorbed <= standard {
+                let decompressed = len * d.heads * (d.qk() + d.v) * std::mem::size_of::<f32>();
+                if absorbed <= standard || decompressed > MAX_DECOMPRESSED_BYTES {
                     AttentionMode::Absorbed
                 } else {
                     AttentionMode::Standard
@@ -69,7 +76,7 @@ pub(crate) fn mla(
     mode: AttentionMode,
 ) -> Vec<f32> {
     let n = q.len() / (d.heads * d.qk());
-    match mode.resolve(d, n) {
+    match mode.resolve(d, n, cache.len) {
         AttentionMode::Absorbed => mla_absorbed(q, cache, uk_t, uv, d),
         _ => mla_standard(q, cache, kv_b, d),
     }
@@ -337,4 +344,29 @@ fn mla_absorbed_one(qc: &[f32], cache: &LayerView<'_>, d: &MlaDims) -> Vec<f32> 
         o.iter_mut().for_each(|v| *v /= total);
     }
     o_lat
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_picks_by_cost_and_caps_the_decompressed_memory() {
+        // DeepSeek-V3's attention sizes.
+        let d = MlaDims {
+            heads: 128,
+            nope: 128,
+            rope: 64,
+            v: 128,
+            rank: 512,
+            scale: 0.1,
+        };
+        let auto = AttentionMode::Auto;
+        assert_eq!(auto.resolve(&d, 1, 100), AttentionMode::Absorbed);
+        assert_eq!(auto.resolve(&d, 512, 1000), AttentionMode::Standard);
+        // 128K cached tokens would decompress to 21 GB.
+        assert_eq!(auto.resolve(&d, 512, 131_072), AttentionMode::Absorbed);
+        let explicit = AttentionMode::Standard;
+        assert_eq!(explicit.resolve(&d, 512, 131_072), AttentionMode::Standard);
+    }
 }
