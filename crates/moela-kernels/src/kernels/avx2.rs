@@ -433,8 +433,8 @@ unsafe fn micro_fp8<const MR: usize, const NR: usize>(
 // Q8_0 and Q4_0 weights × Q8 activations, and the per-ISA entry points. Stamped out twice:
 // plain AVX2 (`vpmaddubsw` + `vpmaddwd`) and with AVX512-VNNI/VL's 256-bit `vpdpbusd`, which
 // does both steps in one instruction. With AVX512-VL the compiler also has 32 vector registers
-// instead of 16 for the same 256-bit code, which the attention tiles (16 accumulators plus
-// their operands) need to run without spilling: 1.7× on Zen 4.
+// instead of 16 for the same 256-bit code, which lets the attention scores run 4 × 4 tiles (16
+// accumulators plus operands) without spilling; plain AVX2 runs them 4 × 2.
 
 /// `Σ u8·i8` over groups of 4 bytes into i32 lanes.
 macro_rules! dot_u8i8 {
@@ -756,7 +756,7 @@ macro_rules! int_kernels {
         /// # Safety
         /// As for the inner function, with the CPU supporting `$feat`.
         #[target_feature(enable = $feat)]
-        pub(super) unsafe fn weighted_sum_tiles(
+        pub(super) unsafe fn weighted_sum_tiles<const HT: usize, const CV: usize>(
             p: &[f32],
             nt: usize,
             rows: RowData<'_>,
@@ -765,7 +765,7 @@ macro_rules! int_kernels {
             out: &mut [f32],
         ) {
             // SAFETY: forwarded from this function's contract.
-            unsafe { super::weighted_sum_tiles(p, nt, rows, ct, w, out) }
+            unsafe { super::weighted_sum_tiles::<HT, CV>(p, nt, rows, ct, w, out) }
         }
 
         /// [`super::rows_dot_tiles`] compiled for `$feat`.
@@ -773,16 +773,16 @@ macro_rules! int_kernels {
         /// # Safety
         /// As for the inner function, with the CPU supporting `$feat`.
         #[target_feature(enable = $feat)]
-        pub(super) unsafe fn rows_dot_tiles(
+        pub(super) unsafe fn rows_dot_tiles<const QT: usize, const RT: usize>(
             x: &[f32],
-            n4: usize,
+            nq: usize,
             rows: RowData<'_>,
-            r4: usize,
+            nrt: usize,
             c8: usize,
             y: &mut [f32],
         ) {
             // SAFETY: forwarded from this function's contract.
-            unsafe { super::rows_dot_tiles(x, n4, rows, r4, c8, y) }
+            unsafe { super::rows_dot_tiles::<QT, RT>(x, nq, rows, nrt, c8, y) }
         }
     };
 }
@@ -1116,14 +1116,15 @@ fn weighted_sum<const VL: bool>(p: &[f32], n: usize, rows: RowData<'_>, out: &mu
     let nr = rows.rows();
     assert!(p.len() >= n * nr, "weighted_sum: lengths");
     assert_features::<VL>();
-    let (nt, ct) = (n / WS_HEADS * WS_HEADS, cols / WS_COLS * WS_COLS);
+    let (ht, cw) = WS_TILE;
+    let (nt, ct) = (n / ht * ht, cols / (8 * cw) * (8 * cw));
     // SAFETY: features checked; the tiles read rows 0..nr, columns below ct and heads below
     // nt, inside `rows`, `p` and `out` (lengths asserted).
     unsafe {
         if VL {
-            vnni::weighted_sum_tiles(p, nt, rows, ct, cols, out)
+            vnni::weighted_sum_tiles::<{ WS_TILE.0 }, { WS_TILE.1 }>(p, nt, rows, ct, cols, out)
         } else {
-            plain::weighted_sum_tiles(p, nt, rows, ct, cols, out)
+            plain::weighted_sum_tiles::<{ WS_TILE.0 }, { WS_TILE.1 }>(p, nt, rows, ct, cols, out)
         }
     };
     // The rest (heads past a multiple of the tile, columns past a multiple of it), plainly.
@@ -1141,19 +1142,20 @@ fn weighted_sum<const VL: bool>(p: &[f32], n: usize, rows: RowData<'_>, out: &mu
     }
 }
 
-/// Heads and columns per [`weighted_sum_tiles`] tile.
-const WS_HEADS: usize = 8;
-const WS_COLS: usize = 16;
+/// [`weighted_sum_tiles`]' tile, (heads, 8-column vectors): 4 × 2, 8 accumulators, in both
+/// builds (f16 rows on Zen 4, one core: 52 GMAC/s; 8 × 2 gave 44 with 32 registers and spilled
+/// to 33 with 16; 4 × 4 48, 2 × 4 52 with f16 but 44 with f32).
+const WS_TILE: (usize, usize) = (4, 2);
 
-/// Tiles of 8 heads × 16 columns: each row chunk is loaded (and widened) once for 8 heads,
-/// 16 independent accumulators.
+/// Tiles of `HT` heads × `8·CV` columns: each row chunk is loaded (and widened) once for `HT`
+/// heads, `HT·CV` independent accumulators.
 ///
 /// # Safety
 /// `p` holds `nt · rows` weights, `out` `nt · w`, `ct ≤ w ≤` the row length; `nt` and `ct`
 /// multiples of the tile; CPU has avx2, fma and f16c.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn weighted_sum_tiles(
+unsafe fn weighted_sum_tiles<const HT: usize, const CV: usize>(
     p: &[f32],
     nt: usize,
     rows: RowData<'_>,
@@ -1164,11 +1166,11 @@ unsafe fn weighted_sum_tiles(
     let (nr, stride) = (rows.rows(), rows.stride());
     // SAFETY: per the contract, every index below stays inside its slice.
     unsafe {
-        for h0 in (0..nt).step_by(WS_HEADS) {
-            for c0 in (0..ct).step_by(WS_COLS) {
-                let mut acc = [[_mm256_setzero_ps(); 2]; WS_HEADS];
+        for h0 in (0..nt).step_by(HT) {
+            for c0 in (0..ct).step_by(8 * CV) {
+                let mut acc = [[_mm256_setzero_ps(); CV]; HT];
                 for u in 0..nr {
-                    let r: [__m256; 2] = match rows {
+                    let r: [__m256; CV] = match rows {
                         RowData::F32 { data, .. } => std::array::from_fn(|k| {
                             _mm256_loadu_ps(data.as_ptr().add(u * stride + c0 + 8 * k))
                         }),
@@ -1180,8 +1182,9 @@ unsafe fn weighted_sum_tiles(
                     };
                     for (hh, a) in acc.iter_mut().enumerate() {
                         let w = _mm256_broadcast_ss(p.get_unchecked((h0 + hh) * nr + u));
-                        a[0] = _mm256_fmadd_ps(w, r[0], a[0]);
-                        a[1] = _mm256_fmadd_ps(w, r[1], a[1]);
+                        for k in 0..CV {
+                            a[k] = _mm256_fmadd_ps(w, r[k], a[k]);
+                        }
                     }
                 }
                 for (hh, a) in acc.iter().enumerate() {
@@ -1202,23 +1205,24 @@ fn rows_dot<const VL: bool>(x: &[f32], n: usize, rows: RowData<'_>, y: &mut [f32
         "rows_dot: lengths"
     );
     assert_features::<VL>();
-    let (n4, r4, c8) = (n / 4 * 4, nr / 4 * 4, cols / 8 * 8);
-    // SAFETY: features checked; tiles read x rows below n4, cache rows below r4 and columns
+    let (qt, rt) = if VL { RD_TILE_VL } else { RD_TILE };
+    let (nq, nrt, c8) = (n / qt * qt, nr / rt * rt, cols / 8 * 8);
+    // SAFETY: features checked; tiles read x rows below nq, cache rows below nrt and columns
     // below c8, all inside the asserted lengths, and write y inside `n · nr`.
     unsafe {
         if VL {
-            vnni::rows_dot_tiles(x, n4, rows, r4, c8, y)
+            vnni::rows_dot_tiles::<{ RD_TILE_VL.0 }, { RD_TILE_VL.1 }>(x, nq, rows, nrt, c8, y)
         } else {
-            plain::rows_dot_tiles(x, n4, rows, r4, c8, y)
+            plain::rows_dot_tiles::<{ RD_TILE.0 }, { RD_TILE.1 }>(x, nq, rows, nrt, c8, y)
         }
     };
-    if n4 == n && r4 == nr && c8 == cols {
+    if nq == n && nrt == nr && c8 == cols {
         return;
     }
-    // Everything outside the 4 × 4 tiles (and the columns past c8), the plain way.
+    // Everything outside the tiles (and the columns past c8), the plain way.
     for h in 0..n {
         for u in 0..nr {
-            let in_tile = h < n4 && u < r4;
+            let in_tile = h < nq && u < nrt;
             if in_tile && c8 == cols {
                 continue;
             }
@@ -1232,30 +1236,36 @@ fn rows_dot<const VL: bool>(x: &[f32], n: usize, rows: RowData<'_>, y: &mut [f32
     }
 }
 
-/// Tiles of 4 queries × 4 rows over columns `0..c8`: each row vector is loaded (and
-/// widened) once for 4 queries, each query vector once for 4 rows.
+/// [`rows_dot_tiles`]' tile, (queries, rows): 4 × 4 (16 accumulators) with AVX512-VL's 32
+/// vector registers, 4 × 2 in the 16 of plain AVX2 (f16 rows on Zen 4, one core: 55 and
+/// 50 GMAC/s; 4 × 4 spilled to 32 with 16 registers).
+const RD_TILE_VL: (usize, usize) = (4, 4);
+const RD_TILE: (usize, usize) = (4, 2);
+
+/// Tiles of `QT` queries × `RT` rows over columns `0..c8`: each row vector is loaded (and
+/// widened) once for `QT` queries, each query vector once for `RT` rows.
 ///
 /// # Safety
-/// `x` holds `n4 · cols` values, `rows` at least `r4` rows, `y` `n4 · rows` outputs; `n4`, `r4`
-/// multiples of 4, `c8 ≤ cols` a multiple of 8; CPU has avx2, fma and f16c.
+/// `x` holds `nq · cols` values, `rows` at least `nrt` rows, `y` `nq · rows` outputs; `nq`,
+/// `nrt` multiples of `QT`, `RT`; `c8 ≤ cols` a multiple of 8; CPU has avx2, fma and f16c.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_dot_tiles(
+unsafe fn rows_dot_tiles<const QT: usize, const RT: usize>(
     x: &[f32],
-    n4: usize,
+    nq: usize,
     rows: RowData<'_>,
-    r4: usize,
+    nrt: usize,
     c8: usize,
     y: &mut [f32],
 ) {
     let (nr, cols, stride) = (rows.rows(), rows.cols(), rows.stride());
     // SAFETY: per the contract, every index below stays inside its slice.
     unsafe {
-        for h0 in (0..n4).step_by(4) {
-            for u0 in (0..r4).step_by(4) {
-                let mut acc = [[_mm256_setzero_ps(); 4]; 4]; // [query][row]
+        for h0 in (0..nq).step_by(QT) {
+            for u0 in (0..nrt).step_by(RT) {
+                let mut acc = [[_mm256_setzero_ps(); RT]; QT]; // [query][row]
                 for c in (0..c8).step_by(8) {
-                    let r: [__m256; 4] = match rows {
+                    let r: [__m256; RT] = match rows {
                         RowData::F32 { data, .. } => std::array::from_fn(|k| {
                             _mm256_loadu_ps(data.as_ptr().add((u0 + k) * stride + c))
                         }),
@@ -1267,7 +1277,7 @@ unsafe fn rows_dot_tiles(
                     };
                     for (i, a) in acc.iter_mut().enumerate() {
                         let q = _mm256_loadu_ps(x.as_ptr().add((h0 + i) * cols + c));
-                        for k in 0..4 {
+                        for k in 0..RT {
                             a[k] = _mm256_fmadd_ps(q, r[k], a[k]);
                         }
                     }
