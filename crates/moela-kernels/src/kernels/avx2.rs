@@ -1094,6 +1094,22 @@ unsafe fn quant_q8k_impl(x: &[f32], qs: &mut [i8], d: &mut [f32], bsums: &mut [i
 // Weighted sums of rows (attention's probability-weighted values) and rows' dot products
 // (attention scores). `VL`: run the copy compiled with AVX512-VL (see `int_kernels!`).
 
+/// Eight values of `rows` from element `at` (`row · stride + column`) as f32.
+///
+/// # Safety
+/// `at + 8 ≤` the rows' data length.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8_row(rows: RowData<'_>, at: usize) -> __m256 {
+    // SAFETY: the 8 values at `at` lie inside the data (caller), 4 or 2 bytes each.
+    unsafe {
+        match rows {
+            RowData::F32 { data, .. } => load8_f32(data.as_ptr().add(at) as *const u8),
+            RowData::F16 { data, .. } => load8_f16(data.as_ptr().add(at) as *const u8),
+        }
+    }
+}
+
 fn assert_features<const VL: bool>() {
     if VL {
         assert!(
@@ -1170,16 +1186,8 @@ unsafe fn weighted_sum_tiles<const HT: usize, const CV: usize>(
             for c0 in (0..ct).step_by(8 * CV) {
                 let mut acc = [[_mm256_setzero_ps(); CV]; HT];
                 for u in 0..nr {
-                    let r: [__m256; CV] = match rows {
-                        RowData::F32 { data, .. } => std::array::from_fn(|k| {
-                            _mm256_loadu_ps(data.as_ptr().add(u * stride + c0 + 8 * k))
-                        }),
-                        RowData::F16 { data, .. } => std::array::from_fn(|k| {
-                            _mm256_cvtph_ps(_mm_loadu_si128(
-                                data.as_ptr().add(u * stride + c0 + 8 * k) as *const __m128i,
-                            ))
-                        }),
-                    };
+                    let r: [__m256; CV] =
+                        std::array::from_fn(|k| load8_row(rows, u * stride + c0 + 8 * k));
                     for (hh, a) in acc.iter_mut().enumerate() {
                         let w = _mm256_broadcast_ss(p.get_unchecked((h0 + hh) * nr + u));
                         for k in 0..CV {
@@ -1265,16 +1273,8 @@ unsafe fn rows_dot_tiles<const QT: usize, const RT: usize>(
             for u0 in (0..nrt).step_by(RT) {
                 let mut acc = [[_mm256_setzero_ps(); RT]; QT]; // [query][row]
                 for c in (0..c8).step_by(8) {
-                    let r: [__m256; RT] = match rows {
-                        RowData::F32 { data, .. } => std::array::from_fn(|k| {
-                            _mm256_loadu_ps(data.as_ptr().add((u0 + k) * stride + c))
-                        }),
-                        RowData::F16 { data, .. } => std::array::from_fn(|k| {
-                            _mm256_cvtph_ps(_mm_loadu_si128(
-                                data.as_ptr().add((u0 + k) * stride + c) as *const __m128i,
-                            ))
-                        }),
-                    };
+                    let r: [__m256; RT] =
+                        std::array::from_fn(|k| load8_row(rows, (u0 + k) * stride + c));
                     for (i, a) in acc.iter_mut().enumerate() {
                         let q = _mm256_loadu_ps(x.as_ptr().add((h0 + i) * cols + c));
                         for k in 0..RT {
