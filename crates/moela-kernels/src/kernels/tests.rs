@@ -555,6 +555,16 @@ fn dot_is_bit_identical_to_f32_matmul_on_every_isa() {
     }
 }
 
+/// The same rows as f32 and as f16, whole and from column `c0` on (a window: stride > cols).
+fn row_views<'a>(vals: &'a [f32], halfs: &'a [u16], cols: usize, c0: usize) -> [RowData<'a>; 4] {
+    [
+        RowData::f32(vals, cols),
+        RowData::f16(halfs, cols),
+        RowData::f32(vals, cols).columns(c0, cols - c0),
+        RowData::f16(halfs, cols).columns(c0, cols - c0),
+    ]
+}
+
 #[test]
 fn weighted_sum_matches_scalar() {
     for (n, nr, cols) in [
@@ -569,13 +579,7 @@ fn weighted_sum_matches_scalar() {
         let halfs: Vec<u16> = vals.iter().map(|&v| crate::fp::f32_to_f16(v)).collect();
         // Whole rows and a window of their columns (stride > cols), each summed over all
         // their columns and over a prefix (the first `w` columns only).
-        let c0 = cols / 8;
-        for rows in [
-            RowData::f32(&vals, cols),
-            RowData::f16(&halfs, cols),
-            RowData::f32(&vals, cols).columns(c0, cols - c0),
-            RowData::f16(&halfs, cols).columns(c0, cols - c0),
-        ] {
+        for rows in row_views(&vals, &halfs, cols, cols / 8) {
             let vc = rows.cols();
             for w in [vc, vc - vc / 4] {
                 let init = data(n * w, 3, 1.0);
@@ -614,13 +618,7 @@ fn rows_dot_matches_scalar() {
         let vals = data(nr * cols, nr as u64, 1.0);
         let halfs: Vec<u16> = vals.iter().map(|&v| crate::fp::f32_to_f16(v)).collect();
         // Whole rows and a window of their columns (stride > cols).
-        let c0 = cols / 3;
-        for rows in [
-            RowData::f32(&vals, cols),
-            RowData::f16(&halfs, cols),
-            RowData::f32(&vals, cols).columns(c0, cols - c0),
-            RowData::f16(&halfs, cols).columns(c0, cols - c0),
-        ] {
+        for rows in row_views(&vals, &halfs, cols, cols / 3) {
             let vc = rows.cols();
             let x = data(n * vc, (n + vc) as u64, 1.0);
             let mut want = vec![0.0; n * nr];
