@@ -97,23 +97,12 @@ pub(crate) fn f32_bytes(v: &[f32]) -> &[u8] {
 
 /// RMSNorm of each `dim`-row of `x` into `out`: `x · rsqrt(mean(x²) + eps) · w`.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let dim = w.len();
     assert_eq!(x.len(), out.len(), "rms_norm: lengths");
-    let chunk = dim * NORM_ROWS_PER_TASK;
-    crate::parallel_chunks(out, chunk, 4 * x.len(), |i, oc| {
-        for (xr, or) in x[i * chunk..]
-            .chunks_exact(dim)
-            .zip(oc.chunks_exact_mut(dim))
-        {
-            let inv = rms_inverse(xr, eps);
-            for i in 0..dim {
-                or[i] = xr[i] * inv * w[i];
-            }
-        }
-    });
+    out.copy_from_slice(x);
+    rms_norm_in_place(out, w, eps);
 }
 
-/// Rows per pool task in [`rms_norm`] and [`rms_norm_in_place`].
+/// Rows per pool task in [`rms_norm_in_place`].
 const NORM_ROWS_PER_TASK: usize = 16;
 
 /// `1 / sqrt(mean(x²) + eps)`, the mean taken in f64.

@@ -220,21 +220,11 @@ pub(crate) fn mla_absorbed(
 /// `[n, heads, rank + rope]`: per token and head `W_UK[h]ᵀ · q_nope ‖ q_pe`.
 fn absorb_queries(q: &[f32], uk_t: &QMat, d: &MlaDims) -> Vec<f32> {
     let (h, qk, r) = (d.heads, d.qk(), d.rank);
-    let n = q.len() / (h * qk);
-    // Per head, all tokens at once: [h][n, rank].
-    let mut q_lat = vec![0.0f32; h * n * r];
-    parallel_chunks(&mut q_lat, n * r, n * h * r * d.nope, |hh, ql| {
-        let x: Vec<f32> = (0..n)
-            .flat_map(|t| &q[(t * h + hh) * qk..][..d.nope])
-            .copied()
-            .collect();
-        uk_t.matmul_rows(hh * r, r, &x, n, ql);
-    });
+    let q_lat = per_head_products(q, h, qk, d.nope, uk_t, r);
     let lat = r + d.rope;
-    let mut qc = vec![0.0f32; n * h * lat];
+    let mut qc = vec![0.0f32; q_lat.len() / r * lat];
     for (i, row) in qc.chunks_exact_mut(lat).enumerate() {
-        let (t, hh) = (i / h, i % h);
-        row[..r].copy_from_slice(&q_lat[(hh * n + t) * r..][..r]);
+        row[..r].copy_from_slice(&q_lat[i * r..(i + 1) * r]);
         row[r..].copy_from_slice(&q[i * qk + d.nope..(i + 1) * qk]);
     }
     qc
@@ -243,22 +233,35 @@ fn absorb_queries(q: &[f32], uk_t: &QMat, d: &MlaDims) -> Vec<f32> {
 /// `[n, heads, v]`: per token and head `W_UV[h] · o_lat` of the attended latents
 /// `o_lat: [n, heads, rank]`.
 fn expand_values(o_lat: &[f32], uv: &QMat, d: &MlaDims) -> Vec<f32> {
-    let (h, r, v) = (d.heads, d.rank, d.v);
-    let n = o_lat.len() / (h * r);
-    let mut per_head = vec![0.0f32; h * n * v]; // [h][n, v]
-    parallel_chunks(&mut per_head, n * v, n * h * v * r, |hh, o| {
-        let x: Vec<f32> = (0..n)
-            .flat_map(|t| &o_lat[(t * h + hh) * r..][..r])
+    per_head_products(o_lat, d.heads, d.rank, d.rank, uv, d.v)
+}
+
+/// `y[t, h] = W[h] · x[t, h][..k]` for a matrix `w` stacking `out` rows per head: `x` is
+/// `[n, heads, stride]`, the result `[n, heads, out]`. One pool task per head, all tokens in one
+/// product.
+fn per_head_products(
+    x: &[f32],
+    heads: usize,
+    stride: usize,
+    k: usize,
+    w: &QMat,
+    out: usize,
+) -> Vec<f32> {
+    let n = x.len() / (heads * stride);
+    let mut per_head = vec![0.0f32; heads * n * out]; // [heads][n, out]
+    parallel_chunks(&mut per_head, n * out, n * heads * out * k, |hh, y| {
+        let xh: Vec<f32> = (0..n)
+            .flat_map(|t| &x[(t * heads + hh) * stride..][..k])
             .copied()
             .collect();
-        uv.matmul_rows(hh * v, v, &x, n, o);
+        w.matmul_rows(hh * out, out, &xh, n, y);
     });
-    let mut out = vec![0.0f32; n * h * v];
-    for (i, row) in out.chunks_exact_mut(v).enumerate() {
-        let (t, hh) = (i / h, i % h);
-        row.copy_from_slice(&per_head[(hh * n + t) * v..][..v]);
+    let mut result = vec![0.0f32; n * heads * out];
+    for (i, row) in result.chunks_exact_mut(out).enumerate() {
+        let (t, hh) = (i / heads, i % heads);
+        row.copy_from_slice(&per_head[(hh * n + t) * out..][..out]);
     }
-    out
+    result
 }
 
 /// `acc += p · x`.
