@@ -42,9 +42,10 @@ const TILE_TOKENS: usize = 16;
 /// rises), so a task's memory does not grow with the context.
 const KEY_CHUNK: usize = 256;
 
-/// A task's query rows are padded with zero rows to a multiple of this, so that the rows
-/// kernels' tiles cover them (e.g. one decode token's group of 6 heads runs as 8).
-const ROW_PAD: usize = 8;
+/// A task's query rows are padded with zero rows to a multiple of this, the height of the rows
+/// kernels' SIMD tiles (4 queries, 4 heads), whose remainders run plainly (e.g. one decode
+/// token's group of 6 heads runs as 8).
+const ROW_PAD: usize = 4;
 
 /// Attention of `n` new query tokens, the last `n` of the `cache` rows: `q` is
 /// `[n, heads, dk]`, the result `[n, heads, dv]`.
