@@ -9,7 +9,7 @@
 //! `--isa NAME` forces a kernel level (`scalar`, `avx2`, `avx2+vnni`, `neon`); `--scalar` adds a
 //! scalar n = 1 row for the expert-shaped matrix.
 //!
-//! The matvec cycles through enough copies of each matrix (≥ 160 MB) that weights come from
+//! The matvec cycles through enough copies of each matrix (≥ 640 MB, 20× the L3) that weights come from
 //! DRAM, not L3, as in a real decode step. A plain streaming read gives the roofline.
 
 use std::hint::black_box;
@@ -114,7 +114,20 @@ fn main() {
         );
     }
 
-    let shapes = [(4096usize, 4096usize), (1408, 2048)];
+    let shapes: Vec<(usize, usize)> = std::env::var("SHAPES")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .map(|p| {
+                    let mut it = p.split('x');
+                    (
+                        it.next().unwrap().parse().unwrap(),
+                        it.next().unwrap().parse().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or(vec![(4096usize, 4096usize), (1408, 2048)]);
     println!();
     println!(
         "{:<6} {:>11} {:>9} | {:>16} {:>16} | {:>18} {:>18}",
@@ -129,10 +142,13 @@ fn main() {
     // Each type in the file layout, then Q8_0/Q4_0 in the packed layout the engine runs on.
     let cases = DType::ALL
         .into_iter()
+        .filter(|_| std::env::var("ONLYPACKED").is_err())
+        .collect::<Vec<_>>()
+        .into_iter()
         .map(|d| (d, false))
         .chain([(DType::Q8_0, true), (DType::Q4_0, true)]);
     for (dtype, packed) in cases {
-        for &(rows, cols) in &shapes {
+        for &(rows, cols) in shapes.iter() {
             let file_layout =
                 QMat::from_f32(dtype, rows, cols, &data(rows * cols, (rows + cols) as u64))
                     .unwrap();
@@ -150,7 +166,7 @@ fn main() {
             let copies = if hot {
                 1
             } else {
-                ((160e6 / w.nbytes() as f64).ceil() as usize).max(1)
+                ((640e6 / w.nbytes() as f64).ceil() as usize).max(1)
             };
             let ws: Vec<QMat> = (0..copies).map(|_| copy()).collect();
             let x1 = data(cols, 7);

@@ -436,6 +436,10 @@ unsafe fn micro_fp8<const MR: usize, const NR: usize>(
 // instead of 16 for the same 256-bit code, which lets the attention scores run 4 × 4 tiles (16
 // accumulators plus operands) without spilling; plain AVX2 runs them 4 × 2.
 
+/// Packed groups at least this long (8 rows' bytes) make a single token's matvec read 4
+/// groups at once; shorter ones go one by one (see `gemm_packed`).
+pub(super) const LONG_GROUP_BYTES: usize = 32 << 10;
+
 /// `Σ u8·i8` over groups of 4 bytes into i32 lanes.
 macro_rules! dot_u8i8 {
     (false, $u:expr, $s:expr, $ones:expr) => {
@@ -688,12 +692,16 @@ macro_rules! int_kernels {
             let o = &out;
             let mut r = 0;
             while r < nr {
-                // Groups per tile: more for a single token (more independent streams and
-                // chains), fewer without VNNI (16 vector registers).
+                // Groups per tile: fewer without VNNI (16 vector registers). A single token
+                // is bound by DRAM: it takes 4 groups (4 streams, more chains) only when a
+                // group is long; short groups go one at a time, so a task reads its rows as
+                // one linear stream instead of 4 streams restarting every few KB, which the
+                // hardware prefetchers follow badly (Qwen2-1.5B Q4_0 decode +12 %).
+                let long = 8 * c.rb >= LONG_GROUP_BYTES;
                 let g = match (nt, $vnni) {
+                    (1, _) if !long => 1,
                     (1, true) if nr - r >= 32 => 4,
-                    (_, true) if nr - r >= 16 => 2,
-                    (1, false) if nr - r >= 16 => 2,
+                    (_, true) | (1, false) if nr - r >= 16 => 2,
                     _ => 1,
                 };
                 let mut t = 0;
