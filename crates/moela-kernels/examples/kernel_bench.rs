@@ -5,12 +5,17 @@
 //!
 //! `--attention` runs only the decode attention kernels' table.
 //!
+//! `--stream N` prints only the streaming read bandwidth (median of N passes over 1 GiB, all
+//! cores), the decode roofline `bench/roofline.sh` compares both engines with.
+//! `--shapes 4096x4096,1408x2048` sets the matrix shapes; `--packed-only` skips the file
+//! layouts.
+//!
 //! `--hot` reuses one copy of each matrix (weights stay in cache: measures compute, not DRAM).
 //! `--isa NAME` forces a kernel level (`scalar`, `avx2`, `avx2+vnni`, `neon`); `--scalar` adds a
 //! scalar n = 1 row for the expert-shaped matrix.
 //!
-//! The matvec cycles through enough copies of each matrix (≥ 640 MB, 20× the L3) that weights come from
-//! DRAM, not L3, as in a real decode step. A plain streaming read gives the roofline.
+//! The matvec cycles through enough copies of each matrix (≥ 640 MB, 20× the L3) that weights
+//! come from DRAM, not L3, as in a real decode step. A plain streaming read gives the roofline.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -45,33 +50,52 @@ fn time_it(budget: Duration, mut f: impl FnMut()) -> f64 {
     times[times.len() / 2]
 }
 
-/// Streaming read bandwidth (GB/s) over a buffer much larger than L3, split over `threads`.
-fn stream_read_gbs(threads: usize) -> f64 {
+/// Streaming read bandwidth (GB/s): `threads` threads each sum their half (or share) of a
+/// 1 GiB buffer (huge pages where the kernel allows), median of `reps` passes. This is the
+/// decode roofline: a bandwidth-bound matvec cannot read its weights faster.
+fn stream_read_gbs(threads: usize, reps: usize) -> f64 {
     set_num_threads(threads);
-    let buf: Vec<u64> = (0..(256usize << 20) / 8).map(|i| i as u64).collect();
-    let chunks = 64;
-    let per = buf.len() / chunks;
-    let secs = time_it(Duration::from_millis(1500), || {
-        let sums: Vec<std::sync::atomic::AtomicU64> = (0..chunks)
-            .map(|_| std::sync::atomic::AtomicU64::new(0))
-            .collect();
-        parallel_for(chunks, |c| {
-            let s = buf[c * per..(c + 1) * per]
-                .chunks_exact(8)
-                .fold([0u64; 8], |mut a, v| {
-                    for k in 0..8 {
-                        a[k] = a[k].wrapping_add(v[k]);
-                    }
-                    a
-                });
-            sums[c].store(
-                s.iter().fold(0, |x, y| x.wrapping_add(*y)),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        });
-        black_box(&sums);
-    });
-    (buf.len() * 8) as f64 / secs / 1e9
+    let len = 1usize << 30;
+    let mut map = memmap2::MmapMut::map_anon(len).expect("1 GiB anonymous map");
+    #[cfg(target_os = "linux")]
+    let _ = map.advise(memmap2::Advice::HugePage);
+    for (i, b) in map.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let per = len / threads;
+    let mut times: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let sums: Vec<std::sync::atomic::AtomicU64> = (0..threads)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect();
+            let t = Instant::now();
+            parallel_for(threads, |c| {
+                let s = map[c * per..(c + 1) * per]
+                    .chunks_exact(64)
+                    .fold([0u64; 8], |mut a, v| {
+                        for (k, w) in v.chunks_exact(8).enumerate() {
+                            a[k] = a[k].wrapping_add(u64::from_le_bytes(w.try_into().unwrap()));
+                        }
+                        a
+                    });
+                sums[c].store(
+                    s.iter().fold(0, |x, y| x.wrapping_add(*y)),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            });
+            let secs = t.elapsed().as_secs_f64();
+            black_box(&sums);
+            secs
+        })
+        .collect();
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    len as f64 / times[times.len() / 2] / 1e9
+}
+
+/// The value after flag `name`, if given.
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| a == name)?;
+    Some(args.get(i + 1).map(String::as_str).unwrap_or(""))
 }
 
 fn main() {
@@ -84,22 +108,30 @@ fn main() {
         attention_kernels(budget);
         return;
     }
-    let isa = match args.iter().position(|a| a == "--isa") {
-        Some(i) => {
-            let name = args.get(i + 1).map(String::as_str).unwrap_or("");
-            Isa::available()
-                .into_iter()
-                .find(|i| i.name() == name)
-                .unwrap_or_else(|| {
-                    panic!(
-                        "--isa {name}: not one of {:?}",
-                        Isa::available()
-                            .iter()
-                            .map(|i| i.name())
-                            .collect::<Vec<_>>()
-                    )
-                })
-        }
+    if let Some(reps) = flag(&args, "--stream") {
+        let reps = reps
+            .parse()
+            .unwrap_or_else(|_| panic!("--stream {reps}: not a count"));
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        println!(
+            "streaming read, {threads} thread(s): {:.1} GB/s",
+            stream_read_gbs(threads, reps)
+        );
+        return;
+    }
+    let isa = match flag(&args, "--isa") {
+        Some(name) => Isa::available()
+            .into_iter()
+            .find(|i| i.name() == name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "--isa {name}: not one of {:?}",
+                    Isa::available()
+                        .iter()
+                        .map(|i| i.name())
+                        .collect::<Vec<_>>()
+                )
+            }),
         None => Isa::active(),
     };
     println!(
@@ -110,24 +142,23 @@ fn main() {
     for threads in [1, 2] {
         println!(
             "streaming read, {threads} thread(s): {:.1} GB/s",
-            stream_read_gbs(threads)
+            stream_read_gbs(threads, 5)
         );
     }
 
-    let shapes: Vec<(usize, usize)> = std::env::var("SHAPES")
-        .ok()
-        .map(|v| {
-            v.split(',')
-                .map(|p| {
-                    let mut it = p.split('x');
-                    (
-                        it.next().unwrap().parse().unwrap(),
-                        it.next().unwrap().parse().unwrap(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or(vec![(4096usize, 4096usize), (1408, 2048)]);
+    let shapes: Vec<(usize, usize)> = match flag(&args, "--shapes") {
+        Some(list) => list
+            .split(',')
+            .map(|p| {
+                let (r, c) = p.split_once('x').unwrap_or((p, ""));
+                match (r.parse(), c.parse()) {
+                    (Ok(r), Ok(c)) => (r, c),
+                    _ => panic!("--shapes: {p:?} is not ROWSxCOLS"),
+                }
+            })
+            .collect(),
+        None => vec![(4096, 4096), (1408, 2048)],
+    };
     println!();
     println!(
         "{:<6} {:>11} {:>9} | {:>16} {:>16} | {:>18} {:>18}",
@@ -140,15 +171,17 @@ fn main() {
         "n=128 GFLOP/s (2)"
     );
     // Each type in the file layout, then Q8_0/Q4_0 in the packed layout the engine runs on.
-    let cases = DType::ALL
-        .into_iter()
-        .filter(|_| std::env::var("ONLYPACKED").is_err())
-        .collect::<Vec<_>>()
+    let file_layouts = if args.iter().any(|a| a == "--packed-only") {
+        vec![]
+    } else {
+        DType::ALL.to_vec()
+    };
+    let cases = file_layouts
         .into_iter()
         .map(|d| (d, false))
         .chain([(DType::Q8_0, true), (DType::Q4_0, true)]);
     for (dtype, packed) in cases {
-        for &(rows, cols) in shapes.iter() {
+        for &(rows, cols) in &shapes {
             let file_layout =
                 QMat::from_f32(dtype, rows, cols, &data(rows * cols, (rows + cols) as u64))
                     .unwrap();
