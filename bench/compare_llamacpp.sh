@@ -14,11 +14,11 @@
 # (bench/make_bench_model.py --arch ...), `cargo build --release`, then for each file:
 #   llama-bench -m FILE -t 2 -p 128,512 -n 32 -r REPS -o json            (prefill pp128/pp512, tg32 at depth 0)
 #   llama-bench -m FILE -t 2 -p 0 -n 32 -d DEPTH -r REPS -o json          (tg32 at depth DEPTH)
-#   moela bench --model FILE --threads 2 --prompt-tokens 128 --gen-tokens 32 --json      (x REPS, + 1 warm-up)
+#   moela bench --model FILE --threads 2 --prompt-tokens 128 --gen-tokens 32 -r REPS --json
 #   moela bench ... --prompt-tokens 512 ...
 #   moela bench ... --prompt-tokens 1 --gen-tokens 32                   (decode from an empty cache, as tg32)
 #   moela bench ... --prompt-tokens 128 --gen-tokens 32 --context DEPTH ...
-# and prints a markdown table (medians for Moela; llama-bench's mean over REPS, after its own warm-up).
+# and prints a markdown table (each engine's mean ± sd over REPS, after its own warm-up).
 #
 # Environment:
 #   MOELA_BENCH_DIR  scratch dir for llama.cpp, the venv and the models (default /work/scratch/bench)
@@ -151,18 +151,14 @@ for t in "${TYPES[@]}"; do
     if [[ -n "$MOELA" ]]; then
         run_moela() {  # name, extra args...
             local name="$1"; shift
-            local i
-            for i in $(seq 0 "$REPS"); do  # run 0 is the warm-up, discarded
-                # shellcheck disable=SC2086
-                if ! "${TASKSET[@]}" "$MOELA" bench --model "$FILE" --threads "$THREADS" "$@" --json $MOELA_EXTRA \
-                        > "$OUT/moela-$name-$i.json" 2> "$OUT/moela-$name-$i.err"; then
-                    log "moela bench $name run $i failed: $(tail -1 "$OUT/moela-$name-$i.err")"
-                    rm -f "$OUT/moela-$name-$i.json"
-                    return 0
-                fi
-            done
+            # shellcheck disable=SC2086
+            if ! "${TASKSET[@]}" "$MOELA" bench --model "$FILE" --threads "$THREADS" "$@" -r "$REPS" --json $MOELA_EXTRA \
+                    > "$OUT/moela-$name.json" 2> "$OUT/moela-$name.err"; then
+                log "moela bench $name failed: $(tail -1 "$OUT/moela-$name.err")"
+                rm -f "$OUT/moela-$name.json"
+            fi
         }
-        log "moela bench pp128/tg32 (1 warm-up + $REPS)"
+        log "moela bench pp128/tg32 (r=$REPS, after its warm-up)"
         run_moela pp128 --prompt-tokens 128 --gen-tokens 32
         log "moela bench pp512/tg32"
         run_moela pp512 --prompt-tokens 512 --gen-tokens 32
@@ -177,7 +173,7 @@ for t in "${TYPES[@]}"; do
     CPU="$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
     python3 - "$OUT" "$FILE" "$LABEL$t" "$MOELA_COMMIT" "$(nproc)" "$CPU" "$THREADS" "$REPS" "$DEPTH" \
         "${TASKSET[*]:-none}" "$MOELA_NOTE" <<'PY' | tee "$OUT/table.md"
-import glob, json, os, statistics, sys
+import json, os, sys
 out, file, qt, commit, nproc, cpu, threads, reps, depth, pin, note = sys.argv[1:]
 depth = int(depth)
 
@@ -198,21 +194,12 @@ def llama(n_prompt, n_gen, n_depth):
     return None, None
 
 def moela(name, key):
-    vals = []
-    for p in sorted(glob.glob(os.path.join(out, f"moela-{name}-*.json"))):
-        if p.endswith("-0.json"):
-            continue  # warm-up
-        try:
-            with open(p) as f:
-                txt = f.read().strip().splitlines()
-            obj = json.loads(txt[-1])
-            if obj.get(key) is not None:
-                vals.append(float(obj[key]))
-        except (OSError, ValueError, IndexError):
-            pass
-    if not vals:
-        return None, 0
-    return statistics.median(vals), len(vals)
+    try:
+        with open(os.path.join(out, f"moela-{name}.json")) as f:
+            obj = json.loads(f.read().strip().splitlines()[-1])
+        return float(obj[key]), obj.get(f"{key}_sd")
+    except (OSError, ValueError, IndexError, KeyError, TypeError):
+        return None, None
 
 def fmt(v, sd=None):
     if v is None:
@@ -234,8 +221,8 @@ print(f"- file: `{file}` ({size / 1e9:.2f} GB)")
 print(f"- llama.cpp build: {build}")
 print(f"- Moela commit: {commit}")
 print(f"- machine: {cpu}, nproc {nproc}; threads {threads}; pinned: {pin}; shared machine (quote ratios)")
-print(f"- llama.cpp: llama-bench mean ± sd over {reps} reps (after its warm-up); "
-      f"Moela: median over {reps} runs after 1 warm-up")
+print(f"- both: mean ± sd over {reps} reps after the engine's own warm-up "
+      f"(llama-bench -r {reps}; moela bench -r {reps})")
 print(f"- Moela 'ctx 0' decode follows a 1-token prompt; the next row decodes after its 128-token prompt "
       f"(llama.cpp's column repeats its tg32)")
 if note:
@@ -243,9 +230,9 @@ if note:
 print()
 print("| metric | llama.cpp | Moela | Moela / llama.cpp |")
 print("|---|---|---|---|")
-for name, (lv, lsd), (mv, _n) in rows:
+for name, (lv, lsd), (mv, msd) in rows:
     ratio = f"{mv / lv:.2f}×" if (lv and mv) else "—"
-    print(f"| {name} | {fmt(lv, lsd)} | {fmt(mv)} | {ratio} |")
+    print(f"| {name} | {fmt(lv, lsd)} | {fmt(mv, msd)} | {ratio} |")
 print()
 PY
     log "raw results in $OUT"

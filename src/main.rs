@@ -216,6 +216,12 @@ struct BenchArgs {
     /// Cache length when decoding starts (default: right after the prompt).
     #[arg(long, default_value_t = 0)]
     context: usize,
+    /// Timed runs of each measurement; the results are their mean (± sample sd).
+    #[arg(long, short = 'r', default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    repetitions: u64,
+    /// Skip the untimed warm-up (a prefill of the same length, one decoded token).
+    #[arg(long)]
+    no_warmup: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -664,12 +670,16 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         gen_tokens: a.gen_tokens,
         context: a.context,
         seed: 42,
+        repetitions: a.repetitions as usize,
+        warmup: !a.no_warmup,
     };
     let r = moela_engine::run_bench(&m.model, &cfg).map_err(engine_error)?;
     let c = &m.model.config;
     let kv_bytes_per_token = c.num_hidden_layers * c.latent_dim() * m.model.kv_type().size();
     let rss = moela_engine::peak_rss_bytes();
     let threads = moela_kernels::num_threads();
+    let (_, prefill_sd) = moela_engine::mean_sd(&r.prefill_samples);
+    let (_, decode_sd) = moela_engine::mean_sd(&r.decode_samples);
     if a.json {
         println!(
             "{}",
@@ -680,6 +690,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 "prompt_tokens": a.prompt_tokens,
                 "gen_tokens": a.gen_tokens,
                 "decode_context": r.decode_context,
+                "prefill_tok_s_sd": prefill_sd,
+                "decode_tok_s_sd": decode_sd,
+                "prefill_tok_s_samples": r.prefill_samples,
+                "decode_tok_s_samples": r.decode_samples,
+                "repetitions": a.repetitions,
+                "warmup": !a.no_warmup,
                 "load_s": load_s,
                 "peak_rss_bytes": rss,
                 "kv_bytes_per_token": kv_bytes_per_token,
@@ -690,12 +706,16 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     } else {
         println!("threads:      {threads}");
         println!("load:         {load_s:.2} s");
+        let runs = match a.repetitions {
+            1 => String::new(),
+            n => format!(", mean of {n} runs"),
+        };
         println!(
-            "prefill:      {:.2} tok/s ({} tokens, time to first token {:.1} ms)",
+            "prefill:      {:.2} ± {prefill_sd:.2} tok/s ({} tokens, time to first token {:.1} ms{runs})",
             r.prefill_tok_s, a.prompt_tokens, r.ttft_ms
         );
         println!(
-            "decode:       {:.2} tok/s ({} tokens at context {})",
+            "decode:       {:.2} ± {decode_sd:.2} tok/s ({} tokens at context {}{runs})",
             r.decode_tok_s, a.gen_tokens, r.decode_context
         );
         println!("peak RSS:     {}", rss.map_or("unknown".into(), bytes));

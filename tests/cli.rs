@@ -180,6 +180,46 @@ fn inspect_summarizes_the_checkpoint() {
     }
 }
 
+#[test]
+fn bench_json_reports_each_repetition_and_their_mean() {
+    let dir = case_dir("v2");
+    let o = moela(&[
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "3",
+        "-r",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j = last_json(&o);
+    for (mean, samples) in [
+        ("prefill_tok_s", "prefill_tok_s_samples"),
+        ("decode_tok_s", "decode_tok_s_samples"),
+    ] {
+        let xs: Vec<f64> = j[samples]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(xs.len(), 2, "{samples}: {j}");
+        assert!(xs.iter().all(|&x| x > 0.0), "{samples}: {j}");
+        let m = j[mean].as_f64().unwrap();
+        assert!((m - (xs[0] + xs[1]) / 2.0).abs() <= 1e-9 * m, "{mean}: {j}");
+    }
+    // The warm-up decodes one token before the timed ones.
+    assert_eq!(j["decode_context"], 9, "{j}");
+    assert_eq!(j["repetitions"], 2);
+    let o = moela(&["bench", "--model", dir.to_str().unwrap(), "-r", "0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("repetitions"), "{}", stderr(&o));
+}
+
 /// Edits the v2 fixture's config.json and expects a clean error naming `needles`.
 fn check_config_error(edit: impl FnOnce(&mut serde_json::Map<String, Value>), needles: &[&str]) {
     let dir = copy_fixture("v2");

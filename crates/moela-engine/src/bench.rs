@@ -17,10 +17,15 @@ pub struct BenchConfig {
     /// Tokens already in the cache when decoding starts (0 = decode right after the prompt).
     pub context: usize,
     pub seed: u64,
+    /// Timed runs of each measurement (at least 1); results are their mean.
+    pub repetitions: usize,
+    /// One untimed run first: a prefill of the same prompt length, and one decoded token
+    /// before the timed decode (as llama-bench does).
+    pub warmup: bool,
 }
 
-/// Measured speeds.
-#[derive(Clone, Copy, Debug, Default)]
+/// Measured speeds: means over the repetitions, with their samples.
+#[derive(Clone, Debug, Default)]
 pub struct BenchResult {
     pub prefill_tok_s: f64,
     /// Time to first token: the prefill of `prompt_tokens` plus choosing the token.
@@ -28,6 +33,24 @@ pub struct BenchResult {
     pub decode_tok_s: f64,
     /// Cache length when decoding started.
     pub decode_context: usize,
+    /// Each repetition's prefill and decode tok/s.
+    pub prefill_samples: Vec<f64>,
+    pub decode_samples: Vec<f64>,
+}
+
+/// Mean and sample standard deviation (0 for fewer than 2 samples).
+pub fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    if xs.is_empty() {
+        return (0.0, 0.0);
+    }
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
 }
 
 fn random_tokens(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
@@ -41,18 +64,26 @@ pub fn run_bench(model: &Model, cfg: &BenchConfig) -> Result<BenchResult, Engine
     let vocab = model.config.vocab_size;
     let mut rng = Rng::new(cfg.seed);
     let mut out = BenchResult::default();
+    let reps = cfg.repetitions.max(1);
     if cfg.prompt_tokens > 0 {
         let prompt = random_tokens(&mut rng, cfg.prompt_tokens, vocab);
-        let mut cache = model.new_cache();
-        let t = Instant::now();
-        let logits = prefill(model, &mut cache, &prompt)?;
-        let _first = argmax(&logits);
-        let s = t.elapsed().as_secs_f64();
-        out.prefill_tok_s = cfg.prompt_tokens as f64 / s;
-        out.ttft_ms = s * 1e3;
+        if cfg.warmup {
+            prefill(model, &mut model.new_cache(), &prompt)?;
+        }
+        let mut ttft = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let mut cache = model.new_cache();
+            let t = Instant::now();
+            let logits = prefill(model, &mut cache, &prompt)?;
+            let _first = argmax(&logits);
+            let s = t.elapsed().as_secs_f64();
+            out.prefill_samples.push(cfg.prompt_tokens as f64 / s);
+            ttft.push(s * 1e3);
+        }
+        out.prefill_tok_s = mean_sd(&out.prefill_samples).0;
+        out.ttft_ms = mean_sd(&ttft).0;
     }
     if cfg.gen_tokens > 0 {
-        let mut cache = model.new_cache();
         // The decode context: `context` tokens if given, else the prompt (not timed again).
         let ctx_len = if cfg.context > 0 {
             cfg.context
@@ -60,21 +91,32 @@ pub fn run_bench(model: &Model, cfg: &BenchConfig) -> Result<BenchResult, Engine
             cfg.prompt_tokens.max(1)
         };
         let warm = random_tokens(&mut rng, ctx_len, vocab);
-        let logits = prefill(model, &mut cache, &warm)?;
-        out.decode_context = cache.len();
-        let mut next = argmax(&logits);
-        let t = Instant::now();
-        for _ in 0..cfg.gen_tokens {
-            let tok = [next];
-            let mut s = [SeqInput {
-                tokens: &tok,
-                cache: &mut cache,
-                logits: Logits::Last,
-            }];
-            let logits = model.forward(&mut s, &ForwardOptions::default())?.remove(0);
-            next = argmax(&logits);
+        for _ in 0..reps {
+            let mut cache = model.new_cache();
+            let logits = prefill(model, &mut cache, &warm)?;
+            let mut next = argmax(&logits);
+            let mut step = |next: u32| -> Result<u32, EngineError> {
+                let tok = [next];
+                let mut s = [SeqInput {
+                    tokens: &tok,
+                    cache: &mut cache,
+                    logits: Logits::Last,
+                }];
+                let logits = model.forward(&mut s, &ForwardOptions::default())?.remove(0);
+                Ok(argmax(&logits))
+            };
+            if cfg.warmup {
+                next = step(next)?;
+            }
+            let t = Instant::now();
+            for _ in 0..cfg.gen_tokens {
+                next = step(next)?;
+            }
+            out.decode_samples
+                .push(cfg.gen_tokens as f64 / t.elapsed().as_secs_f64());
+            out.decode_context = ctx_len + usize::from(cfg.warmup);
         }
-        out.decode_tok_s = cfg.gen_tokens as f64 / t.elapsed().as_secs_f64();
+        out.decode_tok_s = mean_sd(&out.decode_samples).0;
     }
     Ok(out)
 }
