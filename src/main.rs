@@ -10,6 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use moela_engine::{generate, perplexity, EngineError, GenerateRequest, SamplingParams};
 use moela_kernels::DType;
 use moela_loader::{LoadOptions, ModelFiles};
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use moela_model::{KvType, Model};
 use moela_text::{split_reasoning, ChatMessage, RenderOptions, Role, Tokenizer};
 
