@@ -10,7 +10,7 @@ use crate::fp::{
 use crate::kernels::{self, Isa, PreparedInput, WeightRef};
 use crate::mmap::Mmap;
 use crate::ops::Mat;
-use crate::parallel::parallel_chunks;
+use crate::parallel::{parallel_chunks, SendPtr};
 use crate::quant;
 
 /// Where a matrix's bytes live.
@@ -336,15 +336,40 @@ impl QMat {
     /// [`QMat::prepare`]; each `y` is `[x.n(), w.rows]`). For many small products, e.g. the
     /// experts of one MoE step.
     pub fn matmul_batch(items: &mut [(&QMat, &PreparedInput<'_>, &mut [f32])]) {
-        let mut batch: Vec<kernels::BatchItem<'_>> = items
+        let mut batch: Vec<(WeightRef<'_>, &PreparedInput<'_>, &mut [f32])> = items
             .iter_mut()
-            .map(|(w, x, y)| kernels::BatchItem {
-                w: w.weight_ref(),
-                x,
-                y,
-            })
+            .map(|(w, x, y)| (w.weight_ref(), *x, &mut **y))
             .collect();
         kernels::gemm_batch(kernels::best(), &mut batch)
+    }
+
+    /// [`QMat::matmul_batch`] into new vectors: each product `x · wᵀ`, `[x.n(), w.rows]`. The
+    /// outputs are not zero-filled first (the kernels write every element).
+    pub fn forward_batch(items: &[(&QMat, &PreparedInput<'_>)]) -> Vec<Vec<f32>> {
+        let mut outs: Vec<Vec<f32>> = Vec::with_capacity(items.len());
+        let mut batch: Vec<kernels::BatchItem<'_>> = Vec::with_capacity(items.len());
+        for &(w, x) in items {
+            let len = x.n() * w.rows;
+            let mut v: Vec<f32> = Vec::with_capacity(len);
+            if cfg!(debug_assertions) {
+                // A missed element shows as NaN in tests.
+                v.resize(len, f32::NAN);
+            }
+            batch.push(kernels::BatchItem {
+                w: w.weight_ref(),
+                x,
+                y: SendPtr(v.as_mut_ptr()),
+            });
+            outs.push(v);
+        }
+        // SAFETY: each output has capacity for its `[n, rows]` product and is written only
+        // here; the vectors' buffers do not move while `batch` points into them.
+        unsafe { kernels::gemm_batch_into(kernels::best(), &batch) };
+        for (v, &(w, x)) in outs.iter_mut().zip(items) {
+            // SAFETY: `gemm_batch_into` wrote all `n · rows` elements of each output.
+            unsafe { v.set_len(x.n() * w.rows) };
+        }
+        outs
     }
 
     /// `x · wᵀ` for several matrices of one input width in one pool dispatch, quantizing `x`
@@ -370,22 +395,18 @@ impl QMat {
                 }
             })
             .collect();
-        let mut ys = ws.map(|w| vec![0.0; n * w.rows]);
-        let mut items: Vec<(&QMat, &PreparedInput<'_>, &mut [f32])> = ws
+        let items: Vec<(&QMat, &PreparedInput<'_>)> = ws
             .iter()
             .zip(&which)
-            .zip(ys.iter_mut())
-            .map(|((w, &i), y)| (*w, &inputs[i], &mut y[..]))
+            .map(|(w, &i)| (*w, &inputs[i]))
             .collect();
-        QMat::matmul_batch(&mut items);
-        ys
+        let mut ys = Self::forward_batch(&items).into_iter();
+        ws.map(|_| ys.next().unwrap_or_default())
     }
 
     /// `x · selfᵀ` for `x` of shape `[n, cols]`; returns `[n, rows]`.
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
-        let n = x.len().checked_div(self.cols).unwrap_or(0);
-        let mut y = vec![0.0; n * self.rows];
-        self.matmul(x, n, &mut y);
+        let [y] = Self::forward_many([self], x);
         y
     }
 
@@ -535,6 +556,27 @@ mod tests {
         let got = QMat::forward_many([&ws[0], &ws[1], &ws[2], &ws[3]], &x);
         for (w, y) in ws.iter().zip(&got) {
             assert_eq!(y, &w.forward(&x), "{}", w.dtype.name());
+        }
+    }
+
+    #[test]
+    fn forward_writes_every_output_element() {
+        // `forward` skips zero-filling its output (debug builds fill it with NaN instead), so
+        // an element the kernels missed would differ from the product into a zeroed slice.
+        let cols = 256;
+        for dtype in DType::ALL {
+            for rows in [8, 24, 33, 130] {
+                let q = QMat::from_f32(dtype, rows, cols, &data(rows * cols)).unwrap();
+                for w in [q.clone(), q.packed_for_matmul()] {
+                    for n in [0, 1, 3, 5, 17] {
+                        let x = data(n * cols + 1)[1..].to_vec();
+                        let mut y = vec![0.0; n * rows];
+                        w.matmul(&x, n, &mut y);
+                        let got = w.forward(&x);
+                        assert_eq!(got, y, "{} rows {rows} n {n}", dtype.name());
+                    }
+                }
+            }
         }
     }
 

@@ -104,47 +104,29 @@ pub fn mlps_forward(jobs: &[(&Mlp, &[f32])]) -> Vec<Vec<f32>> {
         .zip(&gate_in)
         .map(|(&(m, x), g)| (!g.fits(m.up.dtype)).then(|| m.up.prepare(x, n_of(m, x))))
         .collect();
-    let mut gate: Vec<Vec<f32>> = jobs
+    let items: Vec<(&QMat, &PreparedInput<'_>)> = jobs
         .iter()
-        .map(|&(m, x)| vec![0.0; n_of(m, x) * m.gate.rows])
+        .zip(&gate_in)
+        .zip(&up_in)
+        .flat_map(|((&(m, _), gi), ui)| [(&m.gate, gi), (&m.up, ui.as_ref().unwrap_or(gi))])
         .collect();
-    let mut up: Vec<Vec<f32>> = jobs
-        .iter()
-        .map(|&(m, x)| vec![0.0; n_of(m, x) * m.up.rows])
-        .collect();
-    {
-        let mut items: Vec<(&QMat, &PreparedInput<'_>, &mut [f32])> = Vec::new();
-        for (((&(m, _), gi), ui), (g, u)) in jobs
-            .iter()
-            .zip(&gate_in)
-            .zip(&up_in)
-            .zip(gate.iter_mut().zip(up.iter_mut()))
-        {
-            items.push((&m.gate, gi, g));
-            items.push((&m.up, ui.as_ref().unwrap_or(gi), u));
-        }
-        QMat::matmul_batch(&mut items);
-    }
-    for (g, u) in gate.iter_mut().zip(&up) {
-        silu_mul(g, u);
+    let mut gate_up = QMat::forward_batch(&items).into_iter();
+    let mut gate: Vec<Vec<f32>> = Vec::with_capacity(jobs.len());
+    while let (Some(mut g), Some(u)) = (gate_up.next(), gate_up.next()) {
+        silu_mul(&mut g, &u);
+        gate.push(g);
     }
     let down_in: Vec<PreparedInput<'_>> = jobs
         .iter()
         .zip(&gate)
         .map(|(&(m, x), h)| m.down.prepare(h, n_of(m, x)))
         .collect();
-    let mut out: Vec<Vec<f32>> = jobs
-        .iter()
-        .map(|&(m, x)| vec![0.0; n_of(m, x) * m.down.rows])
-        .collect();
-    let mut items: Vec<(&QMat, &PreparedInput<'_>, &mut [f32])> = jobs
+    let items: Vec<(&QMat, &PreparedInput<'_>)> = jobs
         .iter()
         .zip(&down_in)
-        .zip(out.iter_mut())
-        .map(|((&(m, _), di), o)| (&m.down, di, &mut o[..]))
+        .map(|(&(m, _), di)| (&m.down, di))
         .collect();
-    QMat::matmul_batch(&mut items);
-    out
+    QMat::forward_batch(&items)
 }
 
 /// MoE over `[n, hidden]` rows: routes every token, runs each expert once on the tokens sent

@@ -598,26 +598,51 @@ const TOKEN_BLOCK: usize = 128;
 
 /// `y[n, rows] = x[n, cols] · wᵀ` with kernel set `ks`.
 pub(crate) fn gemm(ks: &KernelSet, w: &WeightRef<'_>, x: &[f32], n: usize, y: &mut [f32]) {
+    assert_eq!(
+        y.len(),
+        n * w.rows,
+        "matmul: y is not [n, rows] = [{n}, {}]",
+        w.rows
+    );
+    // SAFETY: `y` holds the `[n, rows]` output (asserted) and is borrowed for the call.
+    unsafe { gemm_into(ks, w, x, n, SendPtr(y.as_mut_ptr())) }
+}
+
+/// [`gemm`] into a raw `[n, rows]` output, every element of which it writes.
+///
+/// # Safety
+/// `y` must be valid for writes of `n · rows` f32 that nothing else accesses during the call.
+pub(crate) unsafe fn gemm_into(
+    ks: &KernelSet,
+    w: &WeightRef<'_>,
+    x: &[f32],
+    n: usize,
+    y: SendPtr<f32>,
+) {
     let (rows, cols) = (w.rows, w.cols);
     assert_eq!(
         x.len(),
         n * cols,
         "matmul: x is not [n, cols] = [{n}, {cols}]"
     );
-    assert_eq!(
-        y.len(),
-        n * rows,
-        "matmul: y is not [n, rows] = [{n}, {rows}]"
-    );
     if n == 0 || rows == 0 {
         return;
     }
     if cols == 0 {
-        y.fill(0.0);
+        // SAFETY: `y` covers `n · rows` elements (this function's contract).
+        unsafe { std::ptr::write_bytes(y.get(), 0, n * rows) };
         return;
     }
     let acts = quantize_acts(ks, w.dtype, x, n, cols);
-    gemm_acts(ks, w, x, &acts, n, y);
+    let x = PreparedInput {
+        x,
+        n,
+        cols,
+        kind: act_kind(w.dtype),
+        acts,
+    };
+    // SAFETY: forwarded.
+    unsafe { gemm_batch_into(ks, &[BatchItem { w: *w, x: &x, y }]) }
 }
 
 /// [`gemm`] on activations prepared earlier.
@@ -627,67 +652,68 @@ pub(crate) fn gemm_prepared(
     p: &PreparedInput<'_>,
     y: &mut [f32],
 ) {
-    assert!(
-        p.fits(w.dtype),
-        "matmul: input prepared for other weights than {}",
-        w.dtype
-    );
-    assert_eq!(
-        p.cols, w.cols,
-        "matmul: input has {} columns, weights {}",
-        p.cols, w.cols
-    );
-    assert_eq!(
-        y.len(),
-        p.n * w.rows,
-        "matmul: y is not [n, rows] = [{}, {}]",
-        p.n,
-        w.rows
-    );
-    if p.n == 0 || w.rows == 0 {
-        return;
-    }
-    if w.cols == 0 {
-        y.fill(0.0);
-        return;
-    }
-    gemm_acts(ks, w, p.x, &p.acts, p.n, y);
+    gemm_batch(ks, &mut [(*w, p, y)]);
 }
 
-fn gemm_acts(ks: &KernelSet, w: &WeightRef<'_>, x: &[f32], acts: &ActBuf, n: usize, y: &mut [f32]) {
-    let plan = Plan::new(w.rows, w.cols, n, num_threads() * 8);
-    let yp = SendPtr(y.as_mut_ptr());
-    pool().run(plan.tasks(), |i| {
-        // SAFETY: `y` is `[n, rows]` (checked by the callers) and stays borrowed until `run`
-        // returns; tasks of one plan write disjoint outputs.
-        unsafe { plan.run_task(ks, w, x, acts, &yp, i) }
-    });
+/// [`gemm_batch_into`] on output slices, each `[x.n, w.rows]`.
+pub(crate) fn gemm_batch(
+    ks: &KernelSet,
+    items: &mut [(WeightRef<'_>, &PreparedInput<'_>, &mut [f32])],
+) {
+    let batch: Vec<BatchItem<'_>> = items
+        .iter_mut()
+        .map(|(w, x, y)| {
+            assert_eq!(
+                y.len(),
+                x.n * w.rows,
+                "matmul: y is not [n, rows] = [{}, {}]",
+                x.n,
+                w.rows
+            );
+            BatchItem {
+                w: *w,
+                x,
+                y: SendPtr(y.as_mut_ptr()),
+            }
+        })
+        .collect();
+    // SAFETY: each output is its item's `[n, rows]` slice (asserted), mutably borrowed for
+    // the call, so disjoint from the others.
+    unsafe { gemm_batch_into(ks, &batch) }
 }
 
-/// One product of a batch (see [`gemm_batch`]): `y[n, rows] = x · wᵀ`.
+/// One product of a batch (see [`gemm_batch_into`]): `y[n, rows] = x · wᵀ`, `y` a raw
+/// `[x.n, w.rows]` output.
 pub(crate) struct BatchItem<'a> {
     pub w: WeightRef<'a>,
     pub x: &'a PreparedInput<'a>,
-    pub y: &'a mut [f32],
+    pub y: SendPtr<f32>,
 }
 
 /// Several independent products in one pool dispatch (e.g. every active expert's gate and up
 /// projections of a decode step): tasks are cut per product as for one, in proportion to its
 /// work, and all of them share the workers. Saves a dispatch and a wait per product, and
-/// balances small products against each other.
-pub(crate) fn gemm_batch(ks: &KernelSet, items: &mut [BatchItem<'_>]) {
-    for it in items.iter() {
+/// balances small products against each other. Writes every element of every output.
+///
+/// # Safety
+/// Each item's `y` must be valid for writes of `x.n · w.rows` f32, disjoint from the others
+/// and unaccessed by anything else during the call.
+pub(crate) unsafe fn gemm_batch_into(ks: &KernelSet, items: &[BatchItem<'_>]) {
+    for it in items {
         assert!(
             it.x.fits(it.w.dtype),
             "matmul batch: input prepared for other weights than {}",
             it.w.dtype
         );
-        assert_eq!(it.x.cols, it.w.cols, "matmul batch: input columns");
         assert_eq!(
-            it.y.len(),
-            it.x.n * it.w.rows,
-            "matmul batch: output length"
+            it.x.cols, it.w.cols,
+            "matmul: input has {} columns, weights {}",
+            it.x.cols, it.w.cols
         );
+        if it.w.cols == 0 && it.x.n * it.w.rows > 0 {
+            // SAFETY: `y` covers `n · rows` elements (this function's contract).
+            unsafe { std::ptr::write_bytes(it.y.get(), 0, it.x.n * it.w.rows) };
+        }
     }
     let work: Vec<usize> = items
         .iter()
@@ -708,17 +734,12 @@ pub(crate) fn gemm_batch(ks: &KernelSet, items: &mut [BatchItem<'_>]) {
     for p in &plans {
         starts.push(starts.last().copied().unwrap_or(0) + p.tasks());
     }
-    let ys: Vec<SendPtr<f32>> = items
-        .iter_mut()
-        .map(|it| SendPtr(it.y.as_mut_ptr()))
-        .collect();
-    let items = &*items;
     pool().run(starts[plans.len()], |i| {
         let j = starts.partition_point(|&s| s <= i) - 1;
         let it = &items[j];
-        // SAFETY: each `y` is `[n, rows]` of its item (asserted above), borrowed mutably for
-        // this call; tasks of one plan write disjoint parts of their item's output.
-        unsafe { plans[j].run_task(ks, &it.w, it.x.x, &it.x.acts, &ys[j], i - starts[j]) }
+        // SAFETY: each `y` is a `[n, rows]` output of its item (this function's contract);
+        // tasks of one plan write disjoint parts of their item's output.
+        unsafe { plans[j].run_task(ks, &it.w, it.x.x, &it.x.acts, &it.y, i - starts[j]) }
     });
 }
 
