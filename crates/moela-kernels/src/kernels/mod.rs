@@ -506,6 +506,17 @@ pub struct PreparedInput<'a> {
 impl<'a> PreparedInput<'a> {
     /// Quantizes `x` (`[n, cols]`) for weights of type `dtype` (a no-op for float types).
     pub fn new(dtype: DType, x: &'a [f32], n: usize, cols: usize) -> PreparedInput<'a> {
+        Self::with_kernels(best(), dtype, x, n, cols)
+    }
+
+    /// [`PreparedInput::new`] with kernel set `ks`.
+    pub(crate) fn with_kernels(
+        ks: &KernelSet,
+        dtype: DType,
+        x: &'a [f32],
+        n: usize,
+        cols: usize,
+    ) -> PreparedInput<'a> {
         assert_eq!(
             x.len(),
             n * cols,
@@ -520,7 +531,7 @@ impl<'a> PreparedInput<'a> {
             n,
             cols,
             kind: act_kind(dtype),
-            acts: quantize_acts(best(), dtype, x, n, cols),
+            acts: quantize_acts(ks, dtype, x, n, cols),
         }
     }
 
@@ -619,28 +630,7 @@ pub(crate) unsafe fn gemm_into(
     n: usize,
     y: SendPtr<f32>,
 ) {
-    let (rows, cols) = (w.rows, w.cols);
-    assert_eq!(
-        x.len(),
-        n * cols,
-        "matmul: x is not [n, cols] = [{n}, {cols}]"
-    );
-    if n == 0 || rows == 0 {
-        return;
-    }
-    if cols == 0 {
-        // SAFETY: `y` covers `n · rows` elements (this function's contract).
-        unsafe { std::ptr::write_bytes(y.get(), 0, n * rows) };
-        return;
-    }
-    let acts = quantize_acts(ks, w.dtype, x, n, cols);
-    let x = PreparedInput {
-        x,
-        n,
-        cols,
-        kind: act_kind(w.dtype),
-        acts,
-    };
+    let x = PreparedInput::with_kernels(ks, w.dtype, x, n, w.cols);
     // SAFETY: forwarded.
     unsafe { gemm_batch_into(ks, &[BatchItem { w: *w, x: &x, y }]) }
 }
@@ -783,7 +773,7 @@ impl Plan {
     }
 
     fn tasks(&self) -> usize {
-        if self.n == 0 || self.rows == 0 {
+        if self.n == 0 || self.rows == 0 || self.cols == 0 {
             0
         } else {
             self.n_rc * self.n_tc
