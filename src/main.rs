@@ -10,11 +10,13 @@ use clap::{Args, Parser, Subcommand};
 use moela_engine::{generate, perplexity, EngineError, GenerateRequest, SamplingParams};
 use moela_kernels::DType;
 use moela_loader::{LoadOptions, ModelFiles};
-
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use moela_model::{KvType, Model};
 use moela_text::{split_reasoning, ChatMessage, RenderOptions, Role, Tokenizer};
+
+/// Activation buffers of several MB per layer are reused rather than returned to the kernel
+/// and faulted back in zeroed (see ARCHITECTURE.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -681,8 +683,6 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let kv_bytes_per_token = c.num_hidden_layers * c.latent_dim() * m.model.kv_type().size();
     let rss = moela_engine::peak_rss_bytes();
     let threads = moela_kernels::num_threads();
-    let (_, prefill_sd) = moela_engine::mean_sd(&r.prefill_samples);
-    let (_, decode_sd) = moela_engine::mean_sd(&r.decode_samples);
     if a.json {
         println!(
             "{}",
@@ -693,8 +693,8 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 "prompt_tokens": a.prompt_tokens,
                 "gen_tokens": a.gen_tokens,
                 "decode_context": r.decode_context,
-                "prefill_tok_s_sd": prefill_sd,
-                "decode_tok_s_sd": decode_sd,
+                "prefill_tok_s_sd": r.prefill_tok_s_sd,
+                "decode_tok_s_sd": r.decode_tok_s_sd,
                 "prefill_tok_s_samples": r.prefill_samples,
                 "decode_tok_s_samples": r.decode_samples,
                 "repetitions": a.repetitions,
@@ -714,12 +714,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             n => format!(", mean of {n} runs"),
         };
         println!(
-            "prefill:      {:.2} ± {prefill_sd:.2} tok/s ({} tokens, time to first token {:.1} ms{runs})",
-            r.prefill_tok_s, a.prompt_tokens, r.ttft_ms
+            "prefill:      {:.2} ± {:.2} tok/s ({} tokens, time to first token {:.1} ms{runs})",
+            r.prefill_tok_s, r.prefill_tok_s_sd, a.prompt_tokens, r.ttft_ms
         );
         println!(
-            "decode:       {:.2} ± {decode_sd:.2} tok/s ({} tokens at context {}{runs})",
-            r.decode_tok_s, a.gen_tokens, r.decode_context
+            "decode:       {:.2} ± {:.2} tok/s ({} tokens at context {}{runs})",
+            r.decode_tok_s, r.decode_tok_s_sd, a.gen_tokens, r.decode_context
         );
         println!("peak RSS:     {}", rss.map_or("unknown".into(), bytes));
         println!("KV cache:     {kv_bytes_per_token} B/token");

@@ -211,6 +211,10 @@ fn bench_json_reports_each_repetition_and_their_mean() {
         assert!(xs.iter().all(|&x| x > 0.0), "{samples}: {j}");
         let m = j[mean].as_f64().unwrap();
         assert!((m - (xs[0] + xs[1]) / 2.0).abs() <= 1e-9 * m, "{mean}: {j}");
+        // Sample sd of two values: |a − b| / √2.
+        let sd = j[format!("{mean}_sd")].as_f64().unwrap();
+        let want = (xs[0] - xs[1]).abs() / 2f64.sqrt();
+        assert!((sd - want).abs() <= 1e-9 * m, "{mean}_sd: {j}");
     }
     // The warm-up decodes one token before the timed ones.
     assert_eq!(j["decode_context"], 9, "{j}");

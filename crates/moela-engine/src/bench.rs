@@ -24,13 +24,16 @@ pub struct BenchConfig {
     pub warmup: bool,
 }
 
-/// Measured speeds: means over the repetitions, with their samples.
+/// Measured speeds: means over the repetitions, their sample standard deviations (0 for one
+/// repetition) and the samples.
 #[derive(Clone, Debug, Default)]
 pub struct BenchResult {
     pub prefill_tok_s: f64,
+    pub prefill_tok_s_sd: f64,
     /// Time to first token: the prefill of `prompt_tokens` plus choosing the token.
     pub ttft_ms: f64,
     pub decode_tok_s: f64,
+    pub decode_tok_s_sd: f64,
     /// Cache length when decoding started.
     pub decode_context: usize,
     /// Each repetition's prefill and decode tok/s.
@@ -39,7 +42,7 @@ pub struct BenchResult {
 }
 
 /// Mean and sample standard deviation (0 for fewer than 2 samples).
-pub fn mean_sd(xs: &[f64]) -> (f64, f64) {
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
     if xs.is_empty() {
         return (0.0, 0.0);
     }
@@ -80,7 +83,7 @@ pub fn run_bench(model: &Model, cfg: &BenchConfig) -> Result<BenchResult, Engine
             out.prefill_samples.push(cfg.prompt_tokens as f64 / s);
             ttft.push(s * 1e3);
         }
-        out.prefill_tok_s = mean_sd(&out.prefill_samples).0;
+        (out.prefill_tok_s, out.prefill_tok_s_sd) = mean_sd(&out.prefill_samples);
         out.ttft_ms = mean_sd(&ttft).0;
     }
     if cfg.gen_tokens > 0 {
@@ -114,9 +117,9 @@ pub fn run_bench(model: &Model, cfg: &BenchConfig) -> Result<BenchResult, Engine
             }
             out.decode_samples
                 .push(cfg.gen_tokens as f64 / t.elapsed().as_secs_f64());
-            out.decode_context = ctx_len + usize::from(cfg.warmup);
         }
-        out.decode_tok_s = mean_sd(&out.decode_samples).0;
+        out.decode_context = ctx_len + usize::from(cfg.warmup);
+        (out.decode_tok_s, out.decode_tok_s_sd) = mean_sd(&out.decode_samples);
     }
     Ok(out)
 }

@@ -7,7 +7,7 @@ pub mod sampler;
 pub mod scheduler;
 pub mod stop;
 
-pub use bench::{mean_sd, peak_rss_bytes, run_bench, BenchConfig, BenchResult};
+pub use bench::{peak_rss_bytes, run_bench, BenchConfig, BenchResult};
 pub use generate::{
     generate, greedy_tokens, perplexity, prefill, token_nll, EngineError, FinishReason,
     GenerateOutput, GenerateRequest,
