@@ -38,33 +38,31 @@ pub(crate) fn vnni_supported() -> bool {
     supported() && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
 }
 
-pub(crate) static KERNELS: KernelSet = KernelSet {
-    isa: Isa::Avx2,
-    gemm: gemm_plain,
-    dot_f32,
-    quant_q8,
-    quant_q8k,
-    weighted_sum: weighted_sum::<false>,
-    rows_dot: rows_dot::<false>,
-    silu_mul,
-    exp_sum,
-};
+pub(crate) mod amx;
 
-pub(crate) static KERNELS_VNNI: KernelSet = KernelSet {
-    isa: Isa::Avx2Vnni,
-    gemm: gemm_vnni,
-    dot_f32,
-    quant_q8,
-    quant_q8k,
-    weighted_sum: weighted_sum::<true>,
-    rows_dot: rows_dot::<true>,
-    silu_mul,
-    exp_sum,
-};
+/// The x86 kernel sets differ only in their GEMM and whether the 8-bit attention dots use
+/// `vpdpbusd`.
+const fn kernel_set<const VNNI: bool>(isa: Isa, gemm: fn(&mut Task<'_>)) -> KernelSet {
+    KernelSet {
+        isa,
+        gemm,
+        dot_f32,
+        quant_q8,
+        quant_q8k,
+        weighted_sum: weighted_sum::<VNNI>,
+        rows_dot: rows_dot::<VNNI>,
+        silu_mul,
+        exp_sum,
+    }
+}
+
+pub(crate) static KERNELS: KernelSet = kernel_set::<false>(Isa::Avx2, gemm_plain);
+pub(crate) static KERNELS_VNNI: KernelSet = kernel_set::<true>(Isa::Avx2Vnni, gemm_vnni);
+pub(crate) static KERNELS_AMX: KernelSet = kernel_set::<true>(Isa::Amx, gemm_amx);
 
 /// Raw views of a validated task (strides in elements).
 #[derive(Clone, Copy)]
-struct Ctx {
+pub(super) struct Ctx {
     w: *const u8,
     rb: usize,
     cols: usize,
@@ -141,6 +139,21 @@ fn gemm_vnni(t: &mut Task<'_>) {
     let c = ctx(t);
     // SAFETY: as in `gemm_plain`, with the VNNI features checked too.
     unsafe { vnni::gemm_impl(&c, t.dtype, t.packed, t.nr, t.nt, t.out) }
+}
+
+fn gemm_amx(t: &mut Task<'_>) {
+    t.validate();
+    assert!(amx::supported(), "amx kernels on a CPU or OS without AMX");
+    let c = ctx(t);
+    let tiles = t.packed && t.nt >= amx::MIN_TOKENS;
+    // SAFETY: as in `gemm_vnni`, with AMX (which implies the VNNI features) checked too.
+    unsafe {
+        match t.dtype {
+            DType::Q8_0 if tiles => amx::gemm_packed(&c, true, t.nr, t.nt, t.out),
+            DType::Q4_0 if tiles => amx::gemm_packed(&c, false, t.nr, t.nt, t.out),
+            _ => vnni::gemm_impl(&c, t.dtype, t.packed, t.nr, t.nt, t.out),
+        }
+    }
 }
 
 /// Every accumulator of an `MR × NR` micro-tile summed across its lanes.
@@ -688,7 +701,7 @@ macro_rules! int_kernels {
         /// As [`micro_packed`] for every tile: a validated packed task, `out` its `[nt, nr]`
         /// tile.
         #[target_feature(enable = $feat)]
-        unsafe fn gemm_packed<const Q8: bool>(c: &Ctx, nr: usize, nt: usize, out: OutTile) {
+        pub(super) unsafe fn gemm_packed<const Q8: bool>(c: &Ctx, nr: usize, nt: usize, out: OutTile) {
             let o = &out;
             let mut r = 0;
             while r < nr {

@@ -35,6 +35,9 @@ pub enum Isa {
     Avx2,
     /// [`Isa::Avx2`] plus AVX512-VNNI/VL's 256-bit `vpdpbusd` for the 8-bit dot products.
     Avx2Vnni,
+    /// [`Isa::Avx2Vnni`] plus Intel AMX (AMX-TILE/INT8, with AVX-512) for packed `Q8_0`/`Q4_0`
+    /// products of several tokens.
+    Amx,
     /// AArch64 NEON.
     Neon,
 }
@@ -48,6 +51,8 @@ impl Isa {
             Isa::Avx2 => avx2::supported(),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2Vnni => avx2::vnni_supported(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => avx2::amx::supported(),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => true,
             #[allow(unreachable_patterns)]
@@ -59,7 +64,7 @@ impl Isa {
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
         *BEST.get_or_init(|| {
-            [Isa::Avx2Vnni, Isa::Avx2, Isa::Neon]
+            [Isa::Amx, Isa::Avx2Vnni, Isa::Avx2, Isa::Neon]
                 .into_iter()
                 .find(|i| i.is_available())
                 .unwrap_or(Isa::Scalar)
@@ -73,7 +78,7 @@ impl Isa {
 
     /// Every level this CPU supports, scalar first.
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx2Vnni, Isa::Neon]
+        [Isa::Scalar, Isa::Avx2, Isa::Avx2Vnni, Isa::Amx, Isa::Neon]
             .into_iter()
             .filter(|i| i.is_available())
             .collect()
@@ -85,6 +90,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx2Vnni => "avx2+vnni",
+            Isa::Amx => "amx",
             Isa::Neon => "neon",
         }
     }
@@ -149,6 +155,22 @@ impl OutTile {
     pub unsafe fn at(&self, t: usize, r: usize) -> *mut f32 {
         // SAFETY: inside the tile per the caller's contract.
         unsafe { self.ptr.add(t * self.ld + r) }
+    }
+
+    /// The `nt × nr` part of this tile from output `(t0, r0)` on.
+    ///
+    /// # Safety
+    /// `t0 + nt` and `r0 + nr` within this tile's tokens and rows.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // split by the AMX kernels
+    pub unsafe fn sub(&self, t0: usize, r0: usize, nt: usize, nr: usize) -> OutTile {
+        debug_assert!(t0 + nt <= self.nt && r0 + nr <= self.nr);
+        OutTile {
+            // SAFETY: inside the tile per the caller's contract.
+            ptr: unsafe { self.ptr.add(t0 * self.ld + r0) },
+            ld: self.ld,
+            nr,
+            nt,
+        }
     }
 }
 
@@ -398,6 +420,8 @@ pub(crate) fn kernel_set(isa: Isa) -> Option<&'static KernelSet> {
         Isa::Avx2 => Some(&avx2::KERNELS),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Vnni => Some(&avx2::KERNELS_VNNI),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Amx => Some(&avx2::KERNELS_AMX),
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => Some(&neon::KERNELS),
         #[allow(unreachable_patterns)]
@@ -407,7 +431,7 @@ pub(crate) fn kernel_set(isa: Isa) -> Option<&'static KernelSet> {
 
 /// Whether the active kernels have fast paths for packed (row-interleaved) weights.
 pub(crate) fn packed_kernels_pay() -> bool {
-    matches!(best().isa, Isa::Avx2 | Isa::Avx2Vnni)
+    matches!(best().isa, Isa::Avx2 | Isa::Avx2Vnni | Isa::Amx)
 }
 
 /// The kernel set for the best ISA (chosen once).
@@ -733,8 +757,9 @@ pub(crate) unsafe fn gemm_batch_into(ks: &KernelSet, items: &[BatchItem<'_>]) {
     });
 }
 
-/// How one product is cut into tasks: token blocks of ≤ `TOKEN_BLOCK`, then row chunks (multiples of 8
-/// rows: whole packed groups, and FP8 micro tiles never straddle a 128-row scale block).
+/// How one product is cut into tasks: token blocks of ≤ `TOKEN_BLOCK`, then row chunks (multiples of 16
+/// rows where there are more: whole packed groups and whole 16-row AMX tiles, and FP8 micro tiles
+/// never straddle a 128-row scale block).
 struct Plan {
     rows: usize,
     cols: usize,
@@ -758,7 +783,7 @@ impl Plan {
         let row_tasks = want.div_ceil(n_tc).max(1);
         let row_chunk = rows
             .div_ceil(row_tasks)
-            .next_multiple_of(PACK_ROWS)
+            .next_multiple_of(2 * PACK_ROWS)
             .max(PACK_ROWS);
         let n_rc = rows.div_ceil(row_chunk);
         Plan {

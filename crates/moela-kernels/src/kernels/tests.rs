@@ -734,3 +734,29 @@ fn exp_sum_matches_scalar() {
     }
     assert_eq!(scalar::exp_sum(&mut [f32::NEG_INFINITY], 0.0), 0.0);
 }
+
+/// The AMX tiles: whole 16-row tiles plus a tail of 8 rows, odd and even block counts, token
+/// counts around the 16-token tile and the `MIN_TOKENS` switch.
+#[test]
+fn packed_tiles_match_at_tile_edges() {
+    #[cfg(target_os = "linux")]
+    if std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|s| s.contains(" amx_int8")) {
+        assert!(
+            Isa::Amx.is_available(),
+            "CPU lists amx_int8 but AMX kernels are off"
+        );
+    }
+    for dtype in [DType::Q8_0, DType::Q4_0] {
+        for (rows, cols) in [(48, 96), (40, 160), (16, 32)] {
+            let w = data(rows * cols, (rows + 3 * cols) as u64, 0.05);
+            let q = QMat::from_f32(dtype, rows, cols, &w).unwrap();
+            for n in [3, 4, 5, 15, 16, 17, 33, 40, 128] {
+                check_packed(&q, n, (n + rows) as u64);
+            }
+        }
+    }
+    let q = q8_0_with_minus_128(32, 64);
+    for n in [16, 21] {
+        check_packed(&q, n, 12);
+    }
+}
