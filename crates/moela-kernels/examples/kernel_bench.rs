@@ -10,6 +10,8 @@
 //! `--shapes 4096x4096,1408x2048` sets the matrix shapes; `--packed-only` skips the file
 //! layouts.
 //!
+//! `--tokens N` sets the GEMM's token count (default 128).
+//!
 //! `--hot` reuses one copy of each matrix (weights stay in cache: measures compute, not DRAM).
 //! `--isa NAME` forces a kernel level (`scalar`, `avx2`, `avx2+vnni`, `amx`, `neon`); `--scalar` adds a
 //! scalar n = 1 row for the expert-shaped matrix.
@@ -159,6 +161,12 @@ fn main() {
             .collect(),
         None => vec![(4096, 4096), (1408, 2048)],
     };
+    let nt: usize = match flag(&args, "--tokens") {
+        Some(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("--tokens {v}: not a count")),
+        None => 128,
+    };
     println!();
     println!(
         "{:<6} {:>11} {:>9} | {:>16} {:>16} | {:>18} {:>18}",
@@ -167,8 +175,8 @@ fn main() {
         "MB",
         "n=1 GB/s (1 thr)",
         "n=1 GB/s (2 thr)",
-        "n=128 GFLOP/s (1)",
-        "n=128 GFLOP/s (2)"
+        format!("n={nt} GFLOP/s (1)"),
+        format!("n={nt} GFLOP/s (2)")
     );
     // Each type in the file layout, then Q8_0/Q4_0 in the packed layout the engine runs on.
     let file_layouts = if args.iter().any(|a| a == "--packed-only") {
@@ -203,9 +211,9 @@ fn main() {
             };
             let ws: Vec<QMat> = (0..copies).map(|_| copy()).collect();
             let x1 = data(cols, 7);
-            let x128 = data(128 * cols, 8);
+            let xn = data(nt * cols, 8);
             let mut y1 = vec![0.0; rows];
-            let mut y128 = vec![0.0; 128 * rows];
+            let mut yn = vec![0.0; nt * rows];
             let mut gbs = [0.0; 2];
             let mut gflops = [0.0; 2];
             for (ti, threads) in [1usize, 2].into_iter().enumerate() {
@@ -216,10 +224,10 @@ fn main() {
                     k += 1;
                 });
                 gbs[ti] = w.nbytes() as f64 / secs / 1e9;
-                let secs = time_it(budget, || w.matmul_with(isa, &x128, 128, &mut y128));
-                gflops[ti] = 2.0 * (rows * cols * 128) as f64 / secs / 1e9;
+                let secs = time_it(budget, || w.matmul_with(isa, &xn, nt, &mut yn));
+                gflops[ti] = 2.0 * (rows * cols * nt) as f64 / secs / 1e9;
                 black_box(&y1);
-                black_box(&y128);
+                black_box(&yn);
             }
             println!(
                 "{:<6} {:>11} {:>9.1} | {:>16.1} {:>16.1} | {:>18.1} {:>18.1}",

@@ -736,7 +736,8 @@ fn exp_sum_matches_scalar() {
 }
 
 /// The AMX tiles: whole 16-row tiles plus a tail of 8 rows, odd and even block counts, token
-/// counts around the 16-token tile and the `MIN_TOKENS` switch.
+/// counts around the 16-token tile, the `MIN_TOKENS` switch and tails below and above
+/// `MIN_TAIL` (on the VNNI kernels / on a padded tile).
 #[test]
 fn packed_tiles_match_at_tile_edges() {
     #[cfg(target_os = "linux")]
@@ -750,7 +751,7 @@ fn packed_tiles_match_at_tile_edges() {
         for (rows, cols) in [(48, 96), (40, 160), (16, 32)] {
             let w = data(rows * cols, (rows + 3 * cols) as u64, 0.05);
             let q = QMat::from_f32(dtype, rows, cols, &w).unwrap();
-            for n in [3, 4, 5, 15, 16, 17, 33, 40, 128] {
+            for n in [3, 4, 5, 12, 13, 15, 16, 17, 23, 24, 29, 33, 40, 128] {
                 check_packed(&q, n, (n + rows) as u64);
             }
         }

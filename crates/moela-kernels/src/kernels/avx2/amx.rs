@@ -27,9 +27,14 @@ use crate::quant::QK;
 /// Tokens and rows of one tile.
 const T: usize = 16;
 
-/// Tasks with fewer tokens run on the VNNI kernels (a token or two are bound by memory, and
-/// building the weight tiles would cost more than it saves).
-pub(crate) const MIN_TOKENS: usize = 4;
+/// Tasks with fewer tokens run on the VNNI kernels: a padded tile costs as much as a full one
+/// and the weight tiles are built for it alone, which beats the VNNI kernels from about 13
+/// tokens on (`kernel_bench --tokens N`, 1408 × 2048).
+pub(crate) const MIN_TOKENS: usize = 13;
+
+/// A tail past a task's whole 16-token tiles goes on a padded tile from this many tokens on
+/// (the weight tiles are already built), on the VNNI kernels below.
+const MIN_TAIL: usize = 8;
 
 /// True when the CPU has AMX-TILE and AMX-INT8 (plus AVX-512 F/BW/VL/VNNI for the rest of
 /// the kernel) and the OS lets this process use the tile state (Linux: `arch_prctl`
@@ -139,31 +144,47 @@ fn lines(v: &mut Vec<Line>, n: usize) -> *mut u8 {
     v.as_mut_ptr() as *mut u8
 }
 
-/// A packed `Q8_0` (`q8`) or `Q4_0` task on the tile unit: every whole 16-row tile × all
-/// `nt` tokens; rows past the last whole tile (8 at most) on the VNNI kernels.
+/// A packed `Q8_0` (`q8`) or `Q4_0` task on the tile unit: every whole 16-row tile × the
+/// whole 16-token tiles, plus a last partial token tile of at least `MIN_TAIL` (padded);
+/// the rest (rows past the last whole row tile, fewer tail tokens) on the VNNI kernels.
 ///
 /// # Safety
 /// `c` a validated packed task of `nr` rows and `nt` tokens, `out` its `[nt, nr]` tile; the
 /// CPU and OS support AMX ([`supported`]).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(super) unsafe fn gemm_packed(c: &Ctx, q8: bool, nr: usize, nt: usize, out: OutTile) {
+pub(super) unsafe fn gemm_packed(c: &Ctx, q8: bool, nr: usize, out_nt: usize, out: OutTile) {
     let nr16 = nr / T * T;
-    if nr16 < nr {
-        // SAFETY: rows nr16..nr are whole packed groups of the same validated task; the
-        // shifted context and sub-tile cover exactly them.
-        unsafe {
-            let rest = Ctx {
-                w: c.w.add(nr16 * c.rb),
-                r0: c.r0 + nr16,
-                ..*c
-            };
-            let sub = out.sub(0, nr16, nt, nr - nr16);
-            if q8 {
-                vnni::gemm_packed::<true>(&rest, nr - nr16, nt, sub)
-            } else {
-                vnni::gemm_packed::<false>(&rest, nr - nr16, nt, sub)
-            }
+    let full = out_nt / T * T;
+    let nt = if out_nt - full >= MIN_TAIL || full == 0 {
+        out_nt
+    } else {
+        full
+    };
+    let rest = out_nt - nt;
+    // SAFETY: rows r.. and tokens t.. of the same validated task; the shifted context and
+    // sub-tile cover exactly those rows and tokens.
+    let on_vnni = |r: usize, nr: usize, t: usize, tn: usize| unsafe {
+        let nb = c.cols / QK;
+        let sub_c = Ctx {
+            w: c.w.add(r * c.rb),
+            r0: c.r0 + r,
+            qs: c.qs.add(t * c.cols),
+            d: c.d.add(t * nb),
+            s: c.s.add(t * nb),
+            ..*c
+        };
+        let sub = out.sub(t, r, tn, nr);
+        if q8 {
+            vnni::gemm_packed::<true>(&sub_c, nr, tn, sub)
+        } else {
+            vnni::gemm_packed::<false>(&sub_c, nr, tn, sub)
         }
+    };
+    if rest > 0 {
+        on_vnni(0, nr, nt, rest);
+    }
+    if nr16 < nr && nt > 0 {
+        on_vnni(nr16, nr - nr16, 0, nt);
     }
     if nr16 == 0 || nt == 0 {
         return;
@@ -173,7 +194,6 @@ pub(super) unsafe fn gemm_packed(c: &Ctx, q8: bool, nr: usize, nt: usize, out: O
         let s = &mut *s.borrow_mut();
         let bt = lines(&mut s.b, 8 * nb);
         let dw = lines(&mut s.dw, nb) as *mut f32;
-        let full = nt / T * T;
         let (pa, pd) = if full < nt {
             // The last token tile, padded with zero tokens.
             let m = nt - full;
@@ -269,8 +289,30 @@ unsafe fn build_weight_tiles(c: &Ctx, q8: bool, r: usize, nb: usize, bt: *mut u8
 #[repr(C, align(64))]
 struct Sums([[i32; 16]; 16]);
 
+/// Starts block `b`'s product in `tmm0` (`$c` = 0: activations `tmm2`, weights `tmm3`) or
+/// `tmm1` (`tmm4`, `tmm5`).
+macro_rules! start_product {
+    ($c:tt, $a:tt, $w:tt, $pa:expr, $pw:expr, $stride:expr) => {
+        asm!(
+            concat!("tilezero tmm", $c),
+            concat!("tileloadd tmm", $a, ", [{a} + {st}*1]"),
+            concat!("tileloadd tmm", $w, ", [{w} + {ws}*1]"),
+            concat!("tdpbssd tmm", $c, ", tmm", $a, ", tmm", $w),
+            a = in(reg) $pa,
+            w = in(reg) $pw,
+            st = in(reg) $stride,
+            ws = in(reg) 64usize,
+            options(nostack, readonly),
+        )
+    };
+}
+
 /// The 16 tokens at `a` (rows `stride` bytes apart, scales `da`, `nb` per token) against the
 /// row tile in `bt`/`dw`: 16 vectors of 16 outputs, token by token.
+///
+/// Blocks go in pairs on two accumulator tiles, software-pipelined: a pair's sums are stored
+/// only after the next pair's products have been started (the tile unit works in order, so
+/// storing a product right away would wait for it), and scaled while those run.
 ///
 /// # Safety
 /// Tiles configured by [`CONFIG`]; `a` holds 16 tokens of `nb` blocks `stride` bytes apart,
@@ -289,8 +331,17 @@ unsafe fn tile_products(
     let mut s0 = Sums([[0; 16]; 16]);
     let mut s1 = Sums([[0; 16]; 16]);
     // SAFETY: block b's activation tile is 16 rows of 32 bytes at a + 32b (stride apart),
-    // its weight tile 8 lines at bt + 512b; the sums go to s0/s1 (1 KB each, 64-byte rows).
+    // its weight tile 8 lines at bt + 512b (b < nb); the sums go to s0/s1 (1 KB each, 64-byte
+    // rows), each stored before it is read.
     unsafe {
+        let start = |b: usize| {
+            let (pa, pw) = (a.add(QK * b), bt.add(512 * b));
+            if b % 2 == 0 {
+                start_product!("0", "2", "3", pa, pw, stride);
+            } else {
+                start_product!("1", "4", "5", pa, pw, stride);
+            }
+        };
         let scale = |acc: &mut [__m512; 16], s: &Sums, b: usize| {
             let w = _mm512_load_ps(dw.add(16 * b));
             for (i, v) in acc.iter_mut().enumerate() {
@@ -299,50 +350,26 @@ unsafe fn tile_products(
                 *v = _mm512_fmadd_ps(sum, k, *v);
             }
         };
-        let mut b = 0;
-        // Two blocks per step on two accumulator tiles: the second product runs while the
-        // first one's sums are scaled.
-        while b + 2 <= nb {
-            asm!(
-                "tilezero tmm0",
-                "tileloadd tmm2, [{a0} + {st}*1]",
-                "tileloadd tmm3, [{b0} + {bs}*1]",
-                "tdpbssd tmm0, tmm2, tmm3",
-                "tilezero tmm1",
-                "tileloadd tmm4, [{a1} + {st}*1]",
-                "tileloadd tmm5, [{b1} + {bs}*1]",
-                "tdpbssd tmm1, tmm4, tmm5",
-                "tilestored [{c0} + {bs}*1], tmm0",
-                "tilestored [{c1} + {bs}*1], tmm1",
-                a0 = in(reg) a.add(QK * b),
-                a1 = in(reg) a.add(QK * (b + 1)),
-                b0 = in(reg) bt.add(512 * b),
-                b1 = in(reg) bt.add(512 * (b + 1)),
-                c0 = in(reg) s0.0.as_mut_ptr(),
-                c1 = in(reg) s1.0.as_mut_ptr(),
-                st = in(reg) stride,
-                bs = in(reg) 64usize,
-                options(nostack),
-            );
-            scale(&mut acc, &s0, b);
-            scale(&mut acc, &s1, b + 1);
-            b += 2;
+        for b in 0..nb.min(2) {
+            start(b);
         }
-        if b < nb {
-            asm!(
-                "tilezero tmm0",
-                "tileloadd tmm2, [{a0} + {st}*1]",
-                "tileloadd tmm3, [{b0} + {bs}*1]",
-                "tdpbssd tmm0, tmm2, tmm3",
-                "tilestored [{c0} + {bs}*1], tmm0",
-                a0 = in(reg) a.add(QK * b),
-                b0 = in(reg) bt.add(512 * b),
-                c0 = in(reg) s0.0.as_mut_ptr(),
-                st = in(reg) stride,
-                bs = in(reg) 64usize,
-                options(nostack),
-            );
+        let mut b = 0;
+        while b < nb {
+            let pair = nb - b >= 2;
+            asm!("tilestored [{c} + {cs}*1], tmm0", c = in(reg) s0.0.as_mut_ptr(),
+                cs = in(reg) 64usize, options(nostack));
+            if pair {
+                asm!("tilestored [{c} + {cs}*1], tmm1", c = in(reg) s1.0.as_mut_ptr(),
+                    cs = in(reg) 64usize, options(nostack));
+            }
+            for n in b + 2..nb.min(b + 4) {
+                start(n);
+            }
             scale(&mut acc, &s0, b);
+            if pair {
+                scale(&mut acc, &s1, b + 1);
+            }
+            b += 2;
         }
     }
     acc
