@@ -336,7 +336,7 @@ unsafe fn tile_products(
     unsafe {
         let start = |b: usize| {
             let (pa, pw) = (a.add(QK * b), bt.add(512 * b));
-            if b % 2 == 0 {
+            if b.is_multiple_of(2) {
                 start_product!("0", "2", "3", pa, pw, stride);
             } else {
                 start_product!("1", "4", "5", pa, pw, stride);
