@@ -340,10 +340,8 @@ macro_rules! float_micro {
                 }
                 let mut k = 0;
                 while k + 16 <= n8 {
-                    if NR == 1 {
-                        for p in wp {
-                            prefetch_ahead(p.add(k * $esize), 16 * $esize);
-                        }
+                    for p in wp {
+                        prefetch_ahead::<NR>(p.add(k * $esize), 16 * $esize);
                     }
                     step!(k, acc0);
                     step!(k + 8, acc1);
@@ -398,10 +396,8 @@ unsafe fn micro_fp8<const MR: usize, const NR: usize>(
             let kv = k0 + (k1 - k0) / 8 * 8;
             let k16 = k0 + (k1 - k0) / 16 * 16;
             let mut acc = [[_mm256_setzero_ps(); NR]; MR];
-            if NR == 1 {
-                for p in wp {
-                    prefetch_ahead(p.add(k0), k1 - k0);
-                }
+            for p in wp {
+                prefetch_ahead::<NR>(p.add(k0), k1 - k0);
             }
             let mut k = k0;
             while k < k16 {
@@ -465,14 +461,18 @@ unsafe fn micro_fp8<const MR: usize, const NR: usize>(
 /// and a core keeps too few of them in flight on the hardware prefetchers alone: a plain
 /// streaming read gets 13 GB/s per core on the Xeon (Emerald Rapids) this was tuned on. With
 /// each stream (a packed group, a row) prefetched 2 KB ahead, packed Q4_0 matvecs went from
-/// 17–19 to 26–30 GB/s on 2 threads (`kernel_bench`, 1408 × 2048 and 8960 × 1536), Q6_K
-/// from 16 to 28 (1024 bytes: the same within noise; 4–16 KB slightly less).
+/// 17–19 to 27–30 GB/s on 2 threads (`kernel_bench`, 1408 × 2048 and 8960 × 1536), Q6_K
+/// from 16 to 24 (1024 bytes: the same within noise; 4–16 KB slightly less).
 pub(super) const PREFETCH_AHEAD: usize = 2048;
 
-/// Prefetches the `len` bytes `PREFETCH_AHEAD` past `p`: the part of a weight stream that a
-/// one-token product will read that far ahead of the block at `p`.
+/// For a micro-tile of `NR` tokens: prefetches the `len` bytes `PREFETCH_AHEAD` past `p`, the
+/// part of a weight stream that a one-token product will read that far ahead of the block at
+/// `p`. Tiles of several tokens reuse each weight block from cache and prefetch nothing.
 #[inline(always)]
-fn prefetch_ahead(p: *const u8, len: usize) {
+fn prefetch_ahead<const NR: usize>(p: *const u8, len: usize) {
+    if NR != 1 {
+        return;
+    }
     let q = p.wrapping_add(PREFETCH_AHEAD);
     let mut off = 0;
     while off < len {
@@ -524,9 +524,7 @@ macro_rules! int_kernels {
                     let mut dw = [_mm256_setzero_ps(); MR];
                     for i in 0..MR {
                         let blk = wp[i].add(b * 34);
-                        if NR == 1 {
-                            prefetch_ahead(blk, 34);
-                        }
+                        prefetch_ahead::<NR>(blk, 34);
                         dw[i] = splat_f16(blk);
                         w[i] = _mm256_loadu_si256(blk.add(2) as *const __m256i);
                         aw[i] = _mm256_abs_epi8(w[i]);
@@ -572,9 +570,7 @@ macro_rules! int_kernels {
                     let mut dw = [_mm256_setzero_ps(); MR];
                     for i in 0..MR {
                         let blk = wp[i].add(b * 18);
-                        if NR == 1 {
-                            prefetch_ahead(blk, 18);
-                        }
+                        prefetch_ahead::<NR>(blk, 18);
                         dw[i] = splat_f16(blk);
                         // Low nibbles are elements 0..16, high nibbles 16..32: the 16 bytes
                         // in both halves, the upper half shifted right by 4.
@@ -647,10 +643,8 @@ macro_rules! int_kernels {
                         }
                     }
                     let blk: [*const u8; G] = std::array::from_fn(|g| gp[g].add(b * 8 * ts));
-                    if NR == 1 {
-                        for p in blk {
-                            prefetch_ahead(p, 8 * ts);
-                        }
+                    for p in blk {
+                        prefetch_ahead::<NR>(p, 8 * ts);
                     }
                     let act = |j: usize, k: usize| {
                         _mm256_set1_epi32(std::ptr::read_unaligned(
@@ -895,9 +889,7 @@ unsafe fn micro_q4_k<const MR: usize, const NR: usize>(
         for sb in 0..nsb {
             for i in 0..MR {
                 let blk = wp[i].add(sb * 144);
-                if NR == 1 {
-                    prefetch_ahead(blk, 144);
-                }
+                prefetch_ahead::<NR>(blk, 144);
                 let d = splat_f16(blk);
                 let dmin = splat_f16(blk.add(2));
                 let (sc, m) = q4_k_unpack(&*(blk.add(4) as *const [u8; 12]));
@@ -964,9 +956,7 @@ unsafe fn micro_q6_k<const MR: usize, const NR: usize>(
         for sb in 0..nsb {
             for i in 0..MR {
                 let blk = wp[i].add(sb * 210);
-                if NR == 1 {
-                    prefetch_ahead(blk, 210);
-                }
+                prefetch_ahead::<NR>(blk, 210);
                 let d = splat_f16(blk.add(208));
                 let scb = blk.add(192) as *const i8;
                 let mut isum = [_mm256_setzero_si256(); NR];
