@@ -25,7 +25,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Inference for DeepSeek MLA + MoE models"
 )]
 struct Cli {
-    /// Worker threads for compute (default: all cores).
+    /// Worker threads for compute, the calling thread included (default: the cores this
+    /// process may use: its CPU affinity mask, capped by a cgroup CPU quota).
     #[arg(long, global = true)]
     threads: Option<usize>,
     #[command(subcommand)]

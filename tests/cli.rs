@@ -224,6 +224,38 @@ fn bench_json_reports_each_repetition_and_their_mean() {
     assert!(stderr(&o).contains("repetitions"), "{}", stderr(&o));
 }
 
+#[test]
+fn default_thread_count_follows_the_affinity_mask() {
+    // `taskset -c 0` leaves one core to the process: the default (no `--threads`) must use 1,
+    // and an explicit count still wins over the mask.
+    let dir = case_dir("v2");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "-c",
+            "0",
+            env!("CARGO_BIN_EXE_moela"),
+            "bench",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt-tokens",
+            "4",
+            "--gen-tokens",
+            "2",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = std::process::Command::new("taskset")
+            .args(&args)
+            .env_remove("MOELA_MODEL")
+            .output()
+            .expect("taskset (util-linux) runs");
+        assert!(o.status.success(), "{}", stderr(&o));
+        last_json(&o)["threads"].as_u64().unwrap()
+    };
+    assert_eq!(run(&[]), 1);
+    assert_eq!(run(&["--threads", "3"]), 3);
+}
+
 /// Edits the v2 fixture's config.json and expects a clean error naming `needles`.
 fn check_config_error(edit: impl FnOnce(&mut serde_json::Map<String, Value>), needles: &[&str]) {
     let dir = copy_fixture("v2");

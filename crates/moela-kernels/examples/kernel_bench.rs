@@ -114,7 +114,7 @@ fn main() {
         let reps = reps
             .parse()
             .unwrap_or_else(|_| panic!("--stream {reps}: not a count"));
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = moela_kernels::available_cores();
         println!(
             "streaming read, {threads} thread(s): {:.1} GB/s",
             stream_read_gbs(threads, reps)
@@ -139,7 +139,7 @@ fn main() {
     println!(
         "kernels: {}; cores available: {}",
         isa.name(),
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        moela_kernels::available_cores()
     );
     for threads in [1, 2] {
         println!(

@@ -33,6 +33,7 @@ pub use ops::{
     silu, silu_mul, softmax_in_place, Mat,
 };
 pub use parallel::{
-    in_pool_task, num_threads, parallel_chunks, parallel_for, pool, set_num_threads, ThreadPool,
+    available_cores, core_count_queries, in_pool_task, num_threads, parallel_chunks, parallel_for,
+    pool, set_num_threads, ThreadPool,
 };
 pub use qmat::{fp8_scale_count, QMat, Storage};

@@ -23,15 +23,36 @@ use std::time::{Duration, Instant};
 
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 
+/// How many times the system was asked for the core count (at most once per process).
+static CORE_QUERIES: AtomicUsize = AtomicUsize::new(0);
+
 /// Sets the number of threads kernels use, the caller included (0 = all available cores).
 pub fn set_num_threads(n: usize) {
     THREADS.store(n, Ordering::Relaxed);
 }
 
-/// The number of threads kernels use, the caller included.
+/// The cores this process may use: the affinity mask, capped by a cgroup CPU quota (v1 or v2)
+/// when one is set, as `std::thread::available_parallelism` computes them on Linux. Asked of
+/// the system once per process (on Linux that is a `sched_getaffinity` call plus reads under
+/// `/proc` and `/sys/fs/cgroup`); every later call is a load.
+pub fn available_cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| {
+        CORE_QUERIES.fetch_add(1, Ordering::Relaxed);
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    })
+}
+
+/// How many times [`available_cores`] has asked the system: 0 before the first call, 1 after.
+pub fn core_count_queries() -> usize {
+    CORE_QUERIES.load(Ordering::Relaxed)
+}
+
+/// The number of threads kernels use, the caller included: the count set by
+/// [`set_num_threads`], else [`available_cores`]. Two atomic loads; no system call.
 pub fn num_threads() -> usize {
     match THREADS.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => available_cores(),
         n => n,
     }
 }
@@ -435,6 +456,21 @@ mod tests {
                 assert!(used >= 2, "{n} threads: the workers never joined in");
             }
         }
+    }
+
+    #[test]
+    fn core_count_is_asked_of_the_system_once() {
+        // Whatever other tests ran first, the default path (no count set) resolves from the
+        // cache: thousands of jobs and queries later the system has been asked at most once.
+        for _ in 0..2000 {
+            assert!(available_cores() >= 1);
+            parallel_for(3, |_| {});
+        }
+        assert_eq!(core_count_queries(), 1);
+        assert_eq!(
+            available_cores(),
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
     }
 
     #[test]
