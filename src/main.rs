@@ -228,6 +228,10 @@ struct BenchArgs {
     /// Skip the untimed warm-up (a prefill of the same length, one decoded token).
     #[arg(long)]
     no_warmup: bool,
+    /// Sequences decoded together (one token each per step, as the server's continuous
+    /// batching runs them); decode tok/s is their aggregate.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    batch: u64,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -678,6 +682,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         seed: 42,
         repetitions: a.repetitions as usize,
         warmup: !a.no_warmup,
+        batch: a.batch as usize,
     };
     let r = moela_engine::run_bench(&m.model, &cfg).map_err(engine_error)?;
     let c = &m.model.config;
@@ -700,6 +705,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 "decode_tok_s_samples": r.decode_samples,
                 "repetitions": a.repetitions,
                 "warmup": !a.no_warmup,
+                "batch": a.batch,
                 "load_s": load_s,
                 "peak_rss_bytes": rss,
                 "kv_bytes_per_token": kv_bytes_per_token,
@@ -718,8 +724,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             "prefill:      {:.2} ± {:.2} tok/s ({} tokens, time to first token {:.1} ms{runs})",
             r.prefill_tok_s, r.prefill_tok_s_sd, a.prompt_tokens, r.ttft_ms
         );
+        let batch = match a.batch {
+            1 => String::new(),
+            n => format!(" × {n} sequences"),
+        };
         println!(
-            "decode:       {:.2} ± {:.2} tok/s ({} tokens at context {}{runs})",
+            "decode:       {:.2} ± {:.2} tok/s ({} tokens{batch} at context {}{runs})",
             r.decode_tok_s, r.decode_tok_s_sd, a.gen_tokens, r.decode_context
         );
         println!("peak RSS:     {}", rss.map_or("unknown".into(), bytes));

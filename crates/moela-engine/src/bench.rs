@@ -22,6 +22,9 @@ pub struct BenchConfig {
     /// One untimed run first: a prefill of the same prompt length, and one decoded token
     /// before the timed decode (as llama-bench does).
     pub warmup: bool,
+    /// Sequences decoded together, one token each per step (each with its own cache and
+    /// context of random tokens); decode tok/s counts every sequence's tokens. At least 1.
+    pub batch: usize,
 }
 
 /// Measured speeds: means over the repetitions, their sample standard deviations (0 for one
@@ -93,30 +96,45 @@ pub fn run_bench(model: &Model, cfg: &BenchConfig) -> Result<BenchResult, Engine
         } else {
             cfg.prompt_tokens.max(1)
         };
-        let warm = random_tokens(&mut rng, ctx_len, vocab);
+        let batch = cfg.batch.max(1);
+        let warm: Vec<Vec<u32>> = (0..batch)
+            .map(|_| random_tokens(&mut rng, ctx_len, vocab))
+            .collect();
         for _ in 0..reps {
-            let mut cache = model.new_cache();
-            let logits = prefill(model, &mut cache, &warm)?;
-            let mut next = argmax(&logits);
-            let mut step = |next: u32| -> Result<u32, EngineError> {
-                let tok = [next];
-                let mut s = [SeqInput {
-                    tokens: &tok,
-                    cache: &mut cache,
-                    logits: Logits::Last,
-                }];
-                let logits = model.forward(&mut s, &ForwardOptions::default())?.remove(0);
-                Ok(argmax(&logits))
+            let mut caches = Vec::with_capacity(batch);
+            let mut next = Vec::with_capacity(batch);
+            for w in &warm {
+                let mut cache = model.new_cache();
+                next.push(argmax(&prefill(model, &mut cache, w)?));
+                caches.push(cache);
+            }
+            // One decode step: every sequence's last token in, every sequence's next token out.
+            let mut step = |next: &mut Vec<u32>| -> Result<(), EngineError> {
+                let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+                let mut s: Vec<SeqInput> = toks
+                    .iter()
+                    .zip(caches.iter_mut())
+                    .map(|(tok, cache)| SeqInput {
+                        tokens: tok,
+                        cache,
+                        logits: Logits::Last,
+                    })
+                    .collect();
+                let logits = model.forward(&mut s, &ForwardOptions::default())?;
+                for (n, l) in next.iter_mut().zip(&logits) {
+                    *n = argmax(l);
+                }
+                Ok(())
             };
             if cfg.warmup {
-                next = step(next)?;
+                step(&mut next)?;
             }
             let t = Instant::now();
             for _ in 0..cfg.gen_tokens {
-                next = step(next)?;
+                step(&mut next)?;
             }
             out.decode_samples
-                .push(cfg.gen_tokens as f64 / t.elapsed().as_secs_f64());
+                .push((batch * cfg.gen_tokens) as f64 / t.elapsed().as_secs_f64());
         }
         out.decode_context = ctx_len + usize::from(cfg.warmup);
         (out.decode_tok_s, out.decode_tok_s_sd) = mean_sd(&out.decode_samples);

@@ -600,7 +600,10 @@ impl Run {
                     max_tokens: plan.params.max_tokens.unwrap_or(ctx).min(ctx),
                     sampling,
                     stop: plan.params.stop.clone(),
-                    stop_token_ids: state.inner.stop_ids.clone(),
+                    stop_token_ids: match plan.params.ignore_eos {
+                        true => Vec::new(),
+                        false => state.inner.stop_ids.clone(),
+                    },
                     logprobs: plan.logprobs,
                     constraint: plan
                         .grammar

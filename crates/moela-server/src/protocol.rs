@@ -140,6 +140,7 @@ pub struct CommonFields {
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub response_format: Option<ResponseFormat>,
+    pub ignore_eos: Option<bool>,
 }
 
 /// Declares a request body: its own fields plus every [`CommonFields`] field, and `common()`.
@@ -179,6 +180,10 @@ macro_rules! request_body {
             pub stream_options: Option<StreamOptions>,
             #[serde(default)]
             pub response_format: Option<ResponseFormat>,
+            /// vLLM's and llama-server's extension: keep generating past end-of-sequence
+            /// tokens (until `max_tokens`, a stop string or the context limit). For benchmarks.
+            #[serde(default)]
+            pub ignore_eos: Option<bool>,
         }
 
         impl $name {
@@ -199,6 +204,7 @@ macro_rules! request_body {
                     stream: self.stream,
                     stream_options: self.stream_options.clone(),
                     response_format: self.response_format.clone(),
+                    ignore_eos: self.ignore_eos,
                 }
             }
         }
@@ -261,6 +267,8 @@ pub struct GenParams {
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
+    /// End-of-sequence tokens do not end generation.
+    pub ignore_eos: bool,
 }
 
 fn check_range(name: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<Option<f32>, ApiError> {
@@ -388,6 +396,7 @@ impl CommonFields {
             n,
             stream,
             include_usage,
+            ignore_eos: self.ignore_eos.unwrap_or(false),
         })
     }
 }

@@ -1059,3 +1059,50 @@ async fn full_queue_answers_429_with_retry_after_and_dropped_clients_free_the_en
     let r = chat(&s, json!({"messages": user("Hi"), "max_tokens": 2})).await;
     assert_eq!(r.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn ignore_eos_generates_past_the_end_of_sequence_token() {
+    let s = server();
+    let body = |seed: u64, ignore: bool| {
+        json!({"prompt": "Hello", "max_tokens": 48, "temperature": 2.0, "seed": seed,
+               "ignore_eos": ignore})
+        .to_string()
+    };
+    // A seed whose sample ends on EOS before max_tokens (the fixture has 512 tokens, so at
+    // temperature 2 some of the first seeds do); the same seed with ignore_eos runs to the end.
+    let mut found = None;
+    for seed in 0..64 {
+        let v = send(&s.app, post("/v1/completions", body(seed, false)))
+            .await
+            .json();
+        if v["choices"][0]["finish_reason"] == "stop" {
+            found = Some((seed, v));
+            break;
+        }
+    }
+    let (seed, stopped) = found.expect("some seed below 64 samples EOS within 48 tokens");
+    let stopped_n = stopped["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(stopped_n < 48, "{stopped}");
+    let r = send(&s.app, post("/v1/completions", body(seed, true))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 48, "{v}");
+    let (short, long) = (
+        stopped["choices"][0]["text"].as_str().unwrap(),
+        v["choices"][0]["text"].as_str().unwrap(),
+    );
+    assert!(
+        long.starts_with(short),
+        "{short:?} is not a prefix of {long:?}"
+    );
+    let bad = send(
+        &s.app,
+        post(
+            "/v1/completions",
+            json!({"prompt": "Hi", "ignore_eos": 1}).to_string(),
+        ),
+    )
+    .await;
+    bad.error(StatusCode::BAD_REQUEST);
+}

@@ -792,6 +792,11 @@ macro_rules! int_kernels {
                 match dtype {
                     DType::Q8_0 if packed => gemm_packed::<true>(c, nr, nt, out),
                     DType::Q4_0 if packed => gemm_packed::<false>(c, nr, nt, out),
+                    // Float tiles: 4 rows × 3 tokens (24 accumulators) where AVX512-VL gives
+                    // 32 vector registers, 2 × 2 in plain AVX2's 16.
+                    DType::F32 if $vnni => drive!(c, nr, nt, out, micro_f32, 4 => [3, 2, 1], 1 => [4, 3, 2, 1]),
+                    DType::F16 if $vnni => drive!(c, nr, nt, out, micro_f16, 4 => [3, 2, 1], 1 => [4, 3, 2, 1]),
+                    DType::BF16 if $vnni => drive!(c, nr, nt, out, micro_bf16, 4 => [3, 2, 1], 1 => [4, 3, 2, 1]),
                     DType::F32 => drive!(c, nr, nt, out, micro_f32, 2 => [2, 1], 1 => [4, 3, 2, 1]),
                     DType::F16 => drive!(c, nr, nt, out, micro_f16, 2 => [2, 1], 1 => [4, 3, 2, 1]),
                     DType::BF16 => drive!(c, nr, nt, out, micro_bf16, 2 => [2, 1], 1 => [4, 3, 2, 1]),
