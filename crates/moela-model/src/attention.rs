@@ -281,23 +281,43 @@ const ROWS_PER_TASK: usize = 64;
 /// per head group rather than once per head; tasks are ranges of blocks. `qc`: the absorbed
 /// query `[heads, rank + rope]`; returns the attended latents `[heads, rank]`.
 fn mla_absorbed_one(qc: &[f32], cache: &LayerView<'_>, d: &MlaDims) -> Vec<f32> {
+    mla_absorbed_decode(qc, std::slice::from_ref(cache), d)
+}
+
+/// Decode attention of several sequences at once: one query token each (`qc`:
+/// `[seqs, heads, rank + rope]`, absorbed), sequence `s` over `caches[s]`. Every sequence is
+/// cut into the tasks [`mla_absorbed_one`] would cut it into and all of them run as one pool
+/// job, so a batch of short contexts costs one dispatch, not one per sequence; each
+/// sequence's result is the same to the bit. Returns `[seqs, heads, rank]`.
+fn mla_absorbed_decode(qc: &[f32], caches: &[LayerView<'_>], d: &MlaDims) -> Vec<f32> {
     let (h, r) = (d.heads, d.rank);
     let lat = r + d.rope;
-    let len = cache.len;
-    // Tasks: ranges of whole blocks, at least ROWS_PER_TASK rows, about 4 per thread (each
-    // task of the weighted sum keeps an [h, rank] partial sum to add up at the end).
-    let bt = cache.block_tokens();
-    let blocks_per_task = ROWS_PER_TASK
-        .div_ceil(bt)
-        .max(len.div_ceil(bt).div_ceil(4 * num_threads()));
-    let task_rows = blocks_per_task * bt;
+    // Per sequence: blocks per task and the first task's index. Tasks are ranges of whole
+    // blocks, at least ROWS_PER_TASK rows, about 4 per thread (each task of the weighted sum
+    // keeps an [h, rank] partial sum to add up at the end).
+    let mut plan = Vec::with_capacity(caches.len());
+    let mut tasks = 0;
+    let mut work = 0;
+    for cache in caches {
+        let (len, bt) = (cache.len, cache.block_tokens());
+        let blocks_per_task = ROWS_PER_TASK
+            .div_ceil(bt)
+            .max(len.div_ceil(bt).div_ceil(4 * num_threads()));
+        plan.push((blocks_per_task, tasks));
+        tasks += len.div_ceil(blocks_per_task * bt);
+        work += len * h * (lat + r);
+    }
     // Each task: scores of its rows for every head, a softmax local to the task (its max m
     // and sum l per head) and the weighted latent sum acc; the tasks' parts are then combined
     // with the usual rescaling by exp(m_task − m). Cached rows are read from memory once.
-    let tasks = len.div_ceil(task_rows);
     let part_len = h * r + 2 * h;
     let mut parts = vec![0.0f32; tasks * part_len];
-    parallel_chunks(&mut parts, part_len, len * h * (lat + r), |ti, part| {
+    parallel_chunks(&mut parts, part_len, work, |task, part| {
+        let s = plan.partition_point(|&(_, first)| first <= task) - 1;
+        let (cache, (blocks_per_task, first)) = (&caches[s], plan[s]);
+        let q = &qc[s * h * lat..(s + 1) * h * lat];
+        let (ti, len, bt) = (task - first, cache.len, cache.block_tokens());
+        let task_rows = blocks_per_task * bt;
         let u0 = ti * task_rows;
         let n_rows = task_rows.min(len - u0);
         let mut sc = vec![0.0f32; h * n_rows]; // [h, task rows]
@@ -306,7 +326,7 @@ fn mla_absorbed_one(qc: &[f32], cache: &LayerView<'_>, d: &MlaDims) -> Vec<f32> 
         for b in blocks.clone() {
             let rows = cache.block(b);
             let nr = rows.rows();
-            rows_matmul(qc, h, rows, &mut y[..h * nr]);
+            rows_matmul(q, h, rows, &mut y[..h * nr]);
             for hh in 0..h {
                 for i in 0..nr {
                     sc[hh * n_rows + b * bt - u0 + i] = y[hh * nr + i] * d.scale;
@@ -330,23 +350,44 @@ fn mla_absorbed_one(qc: &[f32], cache: &LayerView<'_>, d: &MlaDims) -> Vec<f32> 
             rows_weighted_sum(&y[..h * nr], h, rows, acc);
         }
     });
-    let mut o_lat = vec![0.0f32; h * r];
-    for hh in 0..h {
+    let mut o_lat = vec![0.0f32; caches.len() * h * r];
+    for (s, o_seq) in o_lat.chunks_exact_mut(h * r).enumerate() {
+        let first = plan[s].1;
+        let last = plan.get(s + 1).map_or(tasks, |p| p.1);
         let part = |t: usize| &parts[t * part_len..(t + 1) * part_len];
-        let mx = (0..tasks)
-            .map(|t| part(t)[h * r + hh])
-            .fold(f32::NEG_INFINITY, f32::max);
-        let mut total = 0.0f32;
-        let o = &mut o_lat[hh * r..(hh + 1) * r];
-        for t in 0..tasks {
-            let p = part(t);
-            let w = (p[h * r + hh] - mx).exp();
-            total += w * p[h * r + h + hh];
-            axpy(o, w, &p[hh * r..(hh + 1) * r]);
+        for hh in 0..h {
+            let mx = (first..last)
+                .map(|t| part(t)[h * r + hh])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0.0f32;
+            let o = &mut o_seq[hh * r..(hh + 1) * r];
+            for t in first..last {
+                let p = part(t);
+                let w = (p[h * r + hh] - mx).exp();
+                total += w * p[h * r + h + hh];
+                axpy(o, w, &p[hh * r..(hh + 1) * r]);
+            }
+            o.iter_mut().for_each(|v| *v /= total);
         }
-        o.iter_mut().for_each(|v| *v /= total);
     }
     o_lat
+}
+
+/// Decode step of several sequences in the absorbed form: `q` holds one query token per
+/// sequence (`[seqs, heads, nope + rope]`, RoPE applied), whose latent is already the last
+/// row of its `caches[s]`. The W_UK and W_UV products run over all the sequences' tokens at
+/// once and the attention as one pool job ([`mla_absorbed_decode`]); each sequence's output
+/// equals [`mla_absorbed`] on it alone, to the bit. Returns `[seqs, heads, v]`.
+pub(crate) fn mla_absorbed_batch(
+    q: &[f32],
+    caches: &[LayerView<'_>],
+    uk_t: &QMat,
+    uv: &QMat,
+    d: &MlaDims,
+) -> Vec<f32> {
+    let qc = absorb_queries(q, uk_t, d);
+    let o_lat = mla_absorbed_decode(&qc, caches, d);
+    expand_values(&o_lat, uv, d)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 
 use moela_kernels::{add_in_place, rms_norm, rms_norm_in_place, QMat};
 
-use crate::attention::{mla, AttentionMode, MlaDims};
+use crate::attention::{mla, mla_absorbed_batch, AttentionMode, MlaDims};
 use std::sync::Arc;
 
 use crate::cache::{BatchCache, KvPool, KvType, SeqCache, DEFAULT_BLOCK_TOKENS};
@@ -317,6 +317,22 @@ impl Attend for MlaAttention {
                 let qh = &mut q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
                 step.rope.apply(t, &mut qh[c.qk_nope_head_dim..]);
             }
+        }
+        // A decode step of several sequences (one new token each, all in the absorbed form):
+        // one batched attention instead of three small dispatches per sequence.
+        let absorbed = |s: &SeqInput<'_>| {
+            step.opts.attention.resolve(&dims, 1, s.cache.len() + 1) == AttentionMode::Absorbed
+        };
+        if batch.len() > 1 && batch.iter().all(|s| s.tokens.len() == 1 && absorbed(s)) {
+            for (t, s) in batch.iter().enumerate() {
+                cache.write(s.cache, step.layer, &rows[t * lat..(t + 1) * lat]);
+            }
+            let views: Vec<_> = batch
+                .iter()
+                .map(|s| cache.view(s.cache, step.layer, s.cache.len() + 1))
+                .collect();
+            let o = mla_absorbed_batch(&q, &views, &a.uk_t, &a.uv, &dims);
+            return a.o.forward(&o);
         }
         let mut o = Vec::with_capacity(positions.len() * h * c.v_head_dim);
         let mut t0 = 0;

@@ -243,3 +243,77 @@ fn paged_pool_shares_prefixes_frees_on_drop_and_evicts() {
     drop(c);
     assert_eq!(pool.stats().used, 0);
 }
+
+#[test]
+fn batched_decode_steps_equal_solo_steps_to_the_bit() {
+    // Several sequences decoding one token each share one batched attention (absorbed form:
+    // one W_UK product, one pool job over every sequence's cache blocks, one W_UV product).
+    // Each must get exactly the logits it gets alone, with f32 and f16 caches and contexts on
+    // both sides of a cache-block boundary.
+    for kv in [KvType::F32, KvType::F16] {
+        for cfg in [v3_config(), v2_lite_config()] {
+            let mut m = model(cfg);
+            m.set_kv_type(kv);
+            let v = m.config.vocab_size;
+            let prompts: Vec<Vec<u32>> = [3usize, 15, 16, 17, 40]
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    tokens(n, v)
+                        .iter()
+                        .map(|t| (t + i as u32) % v as u32)
+                        .collect()
+                })
+                .collect();
+            let prefilled = || {
+                prompts
+                    .iter()
+                    .map(|p| {
+                        let mut c = m.new_cache();
+                        let mut s = [SeqInput {
+                            tokens: p,
+                            cache: &mut c,
+                            logits: Logits::None,
+                        }];
+                        m.forward(&mut s, &ForwardOptions::default()).unwrap();
+                        c
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let (mut solo, mut batched) = (prefilled(), prefilled());
+            for step in 0..3u32 {
+                let next: Vec<[u32; 1]> = (0..prompts.len() as u32)
+                    .map(|i| [(step * 11 + i * 5) % v as u32])
+                    .collect();
+                let want: Vec<Vec<f32>> = solo
+                    .iter_mut()
+                    .zip(&next)
+                    .map(|(c, t)| {
+                        let mut s = [SeqInput {
+                            tokens: t,
+                            cache: c,
+                            logits: Logits::Last,
+                        }];
+                        m.forward(&mut s, &ForwardOptions::default())
+                            .unwrap()
+                            .remove(0)
+                    })
+                    .collect();
+                let mut batch: Vec<SeqInput> = batched
+                    .iter_mut()
+                    .zip(&next)
+                    .map(|(c, t)| SeqInput {
+                        tokens: t,
+                        cache: c,
+                        logits: Logits::Last,
+                    })
+                    .collect();
+                let got = m.forward(&mut batch, &ForwardOptions::default()).unwrap();
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(g), bits(w), "{kv:?}, sequence {i}, step {step}");
+                }
+            }
+        }
+    }
+}
