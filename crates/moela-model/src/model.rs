@@ -246,9 +246,11 @@ impl Model {
             kv.commit(s.cache, s.tokens);
         }
         drop(kv);
-        // Logits for the rows each sequence asked for.
+        // Logits for the rows each sequence asked for: every sequence's rows in one product
+        // (a decode step of many sequences reads the head once, not once per sequence).
         let lm_head: &QMat = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
-        let mut out = Vec::with_capacity(batch.len());
+        let mut hn = Vec::new();
+        let mut counts = Vec::with_capacity(batch.len());
         let mut row0 = 0;
         for s in batch.iter() {
             let n = s.tokens.len();
@@ -257,11 +259,24 @@ impl Model {
                 Logits::Last => n.saturating_sub(1)..n,
                 Logits::All => 0..n,
             };
-            let mut hn = h[(row0 + rows.start) * d..(row0 + rows.end) * d].to_vec();
-            rms_norm_in_place(&mut hn, &self.weights.norm, c.rms_norm_eps);
-            out.push(lm_head.forward(&hn));
+            hn.extend_from_slice(&h[(row0 + rows.start) * d..(row0 + rows.end) * d]);
+            counts.push(rows.len());
             row0 += n;
         }
+        rms_norm_in_place(&mut hn, &self.weights.norm, c.rms_norm_eps);
+        let mut logits = match hn.is_empty() {
+            true => Vec::new(),
+            false => lm_head.forward(&hn),
+        };
+        // Split from the end, so a single sequence keeps the product's buffer as it is.
+        let v = lm_head.rows;
+        let mut out = Vec::with_capacity(batch.len());
+        let mut end = logits.len() / v.max(1);
+        for &n in counts.iter().rev() {
+            end -= n;
+            out.push(logits.split_off(end * v));
+        }
+        out.reverse();
         Ok(out)
     }
 }

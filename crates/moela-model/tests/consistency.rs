@@ -128,12 +128,18 @@ fn batched_sequences_equal_solo_runs() {
     let b: Vec<u32> = tokens(9, v).iter().map(|t| (t + 5) % v as u32).collect();
     let solo_a = run(&m, &a, AttentionMode::Auto);
     let solo_b = run(&m, &b, AttentionMode::Auto);
-    let (mut ca, mut cb) = (m.new_cache(), m.new_cache());
+    let (mut ca, mut cb, mut cc) = (m.new_cache(), m.new_cache(), m.new_cache());
+    // The head runs once over every row asked for; each sequence gets back its own rows.
     let mut batch = [
         SeqInput {
             tokens: &a,
             cache: &mut ca,
             logits: Logits::All,
+        },
+        SeqInput {
+            tokens: &b[..4],
+            cache: &mut cc,
+            logits: Logits::None,
         },
         SeqInput {
             tokens: &b,
@@ -142,8 +148,12 @@ fn batched_sequences_equal_solo_runs() {
         },
     ];
     let out = m.forward(&mut batch, &ForwardOptions::default()).unwrap();
+    assert_eq!(out.len(), 3);
+    assert_eq!(out[0].len(), a.len() * v);
+    assert!(out[1].is_empty());
+    assert_eq!(out[2].len(), v);
     assert!(max_diff(&out[0], &solo_a) < 1e-5);
-    assert!(max_diff(&out[1], &solo_b[(b.len() - 1) * v..]) < 1e-5);
+    assert!(max_diff(&out[2], &solo_b[(b.len() - 1) * v..]) < 1e-5);
 }
 
 #[test]
