@@ -3,7 +3,11 @@
 embedding (one row; also the output matrix when the file has no `output.weight`) and the
 routed experts (`*_exps`: expert_used_count of expert_count). Prints the figure in bytes.
 
-    bytes_per_token.py FILE.gguf        (needs the `gguf` package: bench/requirements.txt)
+    bytes_per_token.py FILE.gguf [N]    (needs the `gguf` package: bench/requirements.txt)
+
+With N, the bytes one decode step of N sequences reads (one token each, one step): embedding
+rows N times, routed experts by the expected number of distinct experts N tokens pick when
+each picks k of E uniformly at random, E * (1 - (1 - k/E)^N), everything else once.
 """
 import sys
 
@@ -11,9 +15,10 @@ from gguf import GGUFReader
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
     r = GGUFReader(sys.argv[1])
+    n = int(sys.argv[2]) if len(sys.argv) == 3 else 1
 
     def scalar(key):
         f = r.fields.get(key)
@@ -26,11 +31,11 @@ def main() -> None:
     for t in r.tensors:
         b = int(t.n_bytes)
         if t.name == "token_embd.weight":
-            total += b // int(t.shape[-1])  # one row
+            total += n * b // int(t.shape[-1])  # one row per sequence
             if "output.weight" not in names:
                 total += b  # tied: also the output matrix
         elif "_exps" in t.name:
-            total += b * used // experts
+            total += int(b * (1 - (1 - used / experts) ** n))
         else:
             total += b
     print(total)

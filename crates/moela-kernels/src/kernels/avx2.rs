@@ -340,8 +340,12 @@ macro_rules! float_micro {
                 }
                 let mut k = 0;
                 while k + 16 <= n8 {
+                    // Float rows are prefetched for tiles of several tokens too: a decode step
+                    // of a batch reads each small matrix once, from L3 or DRAM, at a few
+                    // tokens per weight (built-in model, 16 sequences, 1 thread: 2,260–2,360
+                    // -> 2,440–2,930 tok/s on an EPYC Zen 4).
                     for p in wp {
-                        prefetch_ahead::<NR>(p.add(k * $esize), 16 * $esize);
+                        prefetch_ahead::<1>(p.add(k * $esize), 16 * $esize);
                     }
                     step!(k, acc0);
                     step!(k + 8, acc1);
