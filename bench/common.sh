@@ -17,6 +17,10 @@ TASKSET=()
 if [[ -n "$PIN" ]] && command -v taskset >/dev/null 2>&1; then
     TASKSET=(taskset -c "$PIN")
 fi
+# Moela runs with its default thread count, as users run it: pinned to THREADS cores that
+# default is THREADS. Unpinned, the count is passed explicitly.
+MOELA_THREADS=()
+[[ ${#TASKSET[@]} -gt 0 ]] || MOELA_THREADS=(--threads "$THREADS")
 
 # The venv with bench/requirements.txt installed (created if missing).
 ensure_venv() {

@@ -14,7 +14,7 @@
 # (bench/make_bench_model.py --arch ...), `cargo build --release`, then for each file:
 #   llama-bench -m FILE -t 2 -p 128,512 -n 32 -r REPS -o json            (prefill pp128/pp512, tg32 at depth 0)
 #   llama-bench -m FILE -t 2 -p 0 -n 32 -d DEPTH -r REPS -o json          (tg32 at depth DEPTH)
-#   moela bench --model FILE --threads 2 --prompt-tokens 128 --gen-tokens 32 -r REPS --json
+#   moela bench --model FILE --prompt-tokens 128 --gen-tokens 32 -r REPS --json
 #   moela bench ... --prompt-tokens 512 ...
 #   moela bench ... --prompt-tokens 1 --gen-tokens 32                   (decode from an empty cache, as tg32)
 #   moela bench ... --prompt-tokens 128 --gen-tokens 32 --context DEPTH ...
@@ -135,7 +135,7 @@ for t in "${TYPES[@]}"; do
         run_moela() {  # name, extra args...
             local name="$1"; shift
             # shellcheck disable=SC2086
-            if ! "${TASKSET[@]}" "$MOELA" bench --model "$FILE" --threads "$THREADS" "$@" -r "$REPS" --json $MOELA_EXTRA \
+            if ! "${TASKSET[@]}" "$MOELA" bench --model "$FILE" "${MOELA_THREADS[@]}" "$@" -r "$REPS" --json $MOELA_EXTRA \
                     > "$OUT/moela-$name.json" 2> "$OUT/moela-$name.err"; then
                 log "moela bench $name failed: $(tail -1 "$OUT/moela-$name.err")"
                 rm -f "$OUT/moela-$name.json"

@@ -6,7 +6,7 @@
 #   bench/roofline.sh FILE.gguf [ROUNDS]         (default 3 rounds)
 #
 # Per round: streaming read (kernel_bench --stream 5: 1 GiB, all cores, median of 5), then
-#   moela bench --model FILE --threads T --prompt-tokens 1 --gen-tokens 32 --json
+#   moela bench --model FILE --prompt-tokens 1 --gen-tokens 32 --json
 #   streaming read again, then
 #   llama-bench -m FILE -t T -p 0 -n 32 -r 1 -o json
 #   and a third streaming read.
@@ -48,7 +48,7 @@ ROWS="$(mktemp)"
 trap 'rm -f "$ROWS"' EXIT
 for _ in $(seq "$ROUNDS"); do
     s1="$(stream)"
-    m="$("${TASKSET[@]}" "$MOELA" bench --model "$FILE" --threads "$THREADS" --prompt-tokens 1 --gen-tokens 32 --json 2>/dev/null | json_field decode_tok_s)"
+    m="$("${TASKSET[@]}" "$MOELA" bench --model "$FILE" "${MOELA_THREADS[@]}" --prompt-tokens 1 --gen-tokens 32 --json 2>/dev/null | json_field decode_tok_s)"
     s2="$(stream)"
     l="$(LD_LIBRARY_PATH="$LLAMA_BIN" "${TASKSET[@]}" "$LLAMA_BIN/llama-bench" -m "$FILE" -t "$THREADS" -p 0 -n 32 -r 1 -o json 2>/dev/null | json_field avg_ts)"
     s3="$(stream)"
