@@ -324,13 +324,7 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
 
 impl Loaded {
     fn stop_ids(&self) -> Vec<u32> {
-        let mut ids = self.tokenizer.eos_ids().to_vec();
-        for &e in &self.model.config.eos_token_ids {
-            if !ids.contains(&e) {
-                ids.push(e);
-            }
-        }
-        ids
+        moela_engine::stop_token_ids(&self.tokenizer, &self.model.config)
     }
 
     fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<(Vec<u32>, bool)> {
@@ -605,43 +599,35 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         human(total),
         human(active)
     );
-    let mut dtypes: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
-    for t in ck.tensors() {
-        let e = dtypes.entry(t.dtype.clone()).or_default();
-        e.0 += 1;
-        e.1 += t.shape.iter().product::<usize>() as u64;
-    }
-    let list: Vec<String> = dtypes
+    let list: Vec<String> = ck
+        .dtype_totals()
         .iter()
         .map(|(d, (n, el))| format!("{d} ×{n} ({})", human(*el)))
         .collect();
     println!("tensors:      {}", list.join(", "));
     println!("file size:    {}", bytes(ck.file_bytes()));
-    // Weights are used in place from the mapped file; kv_b_proj is also kept as f32 per layer.
-    if c.model_type.is_mla() {
-        let kv_b = c.num_hidden_layers
-            * c.num_attention_heads
-            * (c.qk_nope_head_dim + c.v_head_dim)
-            * c.kv_lora_rank
-            * 4;
-        println!(
+    let overflow = || {
+        anyhow::anyhow!("the config's cache sizes overflow (num_hidden_layers × per-layer width)")
+    };
+    // Weights are used in place from the mapped file; MLA also keeps kv_b_proj as f32 per layer.
+    match c.kv_b_f32_bytes().ok_or_else(overflow)? {
+        0 => println!(
+            "memory:       {} mapped weights (+ KV cache)",
+            bytes(ck.file_bytes())
+        ),
+        kv_b => println!(
             "memory:       {} mapped weights + {} f32 kv_b_proj (+ KV cache)",
             bytes(ck.file_bytes()),
             bytes(kv_b as u64)
-        );
-    } else {
-        println!(
-            "memory:       {} mapped weights (+ KV cache)",
-            bytes(ck.file_bytes())
-        );
+        ),
     }
-    let kv = c.num_hidden_layers * c.latent_dim();
     println!(
         "KV cache:     {} values/token ({} layers × {}): {} B/token as f32",
-        kv,
+        c.kv_values_per_token().ok_or_else(overflow)?,
         c.num_hidden_layers,
         c.latent_dim(),
-        kv * 4
+        c.kv_bytes_per_token(moela_model::KvType::F32)
+            .ok_or_else(overflow)?
     );
     Ok(())
 }
@@ -686,7 +672,9 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     };
     let r = moela_engine::run_bench(&m.model, &cfg).map_err(engine_error)?;
     let c = &m.model.config;
-    let kv_bytes_per_token = c.num_hidden_layers * c.latent_dim() * m.model.kv_type().size();
+    let kv_bytes_per_token = c
+        .kv_bytes_per_token(m.model.kv_type())
+        .ok_or_else(|| anyhow::anyhow!("the config's cache sizes overflow"))?;
     let rss = moela_engine::peak_rss_bytes();
     let threads = moela_kernels::num_threads();
     if a.json {

@@ -17,4 +17,4 @@ pub use scheduler::{
     Constraint, EngineConfig, EngineHandle, EngineStats, Event, Request, SubmitError, TokenEvent,
     TokenLogprob, Usage,
 };
-pub use stop::StopMatcher;
+pub use stop::{stop_token_ids, StopMatcher};

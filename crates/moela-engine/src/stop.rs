@@ -1,5 +1,17 @@
-//! Stop strings over streamed text: text that might be the start of a stop string is held
-//! back until it is known not to be one.
+//! Stop conditions: the token ids that end generation, and stop strings over streamed text
+//! (text that might be the start of a stop string is held back until it is known not to be one).
+
+/// The token ids that end generation: the tokenizer's end-of-sequence ids, then the model
+/// config's (`eos_token_id`, one or several) that the tokenizer does not already list.
+pub fn stop_token_ids(tokenizer: &moela_text::Tokenizer, config: &moela_model::Config) -> Vec<u32> {
+    let mut ids = tokenizer.eos_ids().to_vec();
+    for &e in &config.eos_token_ids {
+        if !ids.contains(&e) {
+            ids.push(e);
+        }
+    }
+    ids
+}
 
 /// Streams text through, ending at the first occurrence of any stop string.
 #[derive(Clone, Debug, Default)]

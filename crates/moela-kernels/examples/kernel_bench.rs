@@ -13,7 +13,7 @@
 //! `--tokens N` sets the GEMM's token count (default 128).
 //!
 //! `--hot` reuses one copy of each matrix (weights stay in cache: measures compute, not DRAM).
-//! `--isa NAME` forces a kernel level (`scalar`, `avx2`, `avx2+vnni`, `amx`, `neon`); `--scalar` adds a
+//! `--isa NAME` forces a kernel level (`scalar`, `avx2`, `avx512vnni`, `amx`, `neon`); `--scalar` adds a
 //! scalar n = 1 row for the expert-shaped matrix.
 //!
 //! The matvec cycles through enough copies of each matrix (≥ 640 MB, 20× the L3) that weights

@@ -93,6 +93,22 @@ impl ModelFiles {
         v
     }
 
+    /// Per stored element type: the number of tensors and their elements (`inspect`'s tally).
+    pub fn dtype_totals(&self) -> std::collections::BTreeMap<String, (usize, u64)> {
+        let mut totals: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
+        for t in self.tensors() {
+            let e = totals.entry(t.dtype).or_default();
+            e.0 += 1;
+            e.1 = e.1.saturating_add(
+                t.shape
+                    .iter()
+                    .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+                    .unwrap_or(u64::MAX),
+            );
+        }
+        totals
+    }
+
     /// Bytes of the checkpoint files.
     pub fn file_bytes(&self) -> u64 {
         match self {

@@ -192,13 +192,13 @@ fn fixture_tensor_values_decode_as_ggml_defines_them() {
             GgmlType::BF16 => bf16_from_le(bytes, &mut got),
             GgmlType::Q8_0 => {
                 for b in bytes.chunks_exact(34) {
-                    let d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                    let d = moela_kernels::fp::f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
                     got.extend(b[2..].iter().map(|&q| d * f32::from(q as i8)));
                 }
             }
             GgmlType::Q4_0 => {
                 for b in bytes.chunks_exact(18) {
-                    let d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                    let d = moela_kernels::fp::f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
                     let q = &b[2..];
                     got.extend(q.iter().map(|&x| d * (f32::from(x & 0x0f) - 8.0)));
                     got.extend(q.iter().map(|&x| d * (f32::from(x >> 4) - 8.0)));

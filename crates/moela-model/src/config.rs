@@ -639,6 +639,31 @@ impl Config {
         }
     }
 
+    /// Cache values one token occupies across all layers (`num_hidden_layers · latent_dim`);
+    /// `None` when the product overflows.
+    pub fn kv_values_per_token(&self) -> Option<usize> {
+        self.num_hidden_layers.checked_mul(self.latent_dim())
+    }
+
+    /// Cache bytes one token occupies across all layers with values of `kv`; `None` on overflow.
+    pub fn kv_bytes_per_token(&self, kv: crate::cache::KvType) -> Option<usize> {
+        self.kv_values_per_token()?.checked_mul(kv.size())
+    }
+
+    /// Bytes of the f32 `kv_b_proj` copies an MLA model keeps beside its mapped weights (one
+    /// `[heads·(nope + v), kv_lora_rank]` matrix per layer); 0 for dense models, `None` on
+    /// overflow.
+    pub fn kv_b_f32_bytes(&self) -> Option<usize> {
+        if !self.model_type.is_mla() {
+            return Some(0);
+        }
+        self.num_hidden_layers
+            .checked_mul(self.num_attention_heads)?
+            .checked_mul(self.qk_nope_head_dim.checked_add(self.v_head_dim)?)?
+            .checked_mul(self.kv_lora_rank)?
+            .checked_mul(4)
+    }
+
     /// Whether layer `l` has a routed-expert FFN (else a dense SwiGLU).
     pub fn is_moe_layer(&self, l: usize) -> bool {
         self.n_routed_experts.is_some()

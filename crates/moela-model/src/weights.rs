@@ -8,6 +8,51 @@ use moela_kernels::{DType, Mat, QMat};
 use crate::config::{Config, ModelType};
 use crate::error::ModelError;
 
+/// HF checkpoint tensor names, spelled once: the loader requests them and the exporter
+/// (`Weights::named_tensors`) writes them.
+mod hf {
+    pub const EMBED: &str = "model.embed_tokens.weight";
+    pub const NORM: &str = "model.norm.weight";
+    pub const LM_HEAD: &str = "lm_head.weight";
+    pub const Q_PROJ: &str = "self_attn.q_proj.weight";
+    pub const Q_A_PROJ: &str = "self_attn.q_a_proj.weight";
+    pub const Q_A_NORM: &str = "self_attn.q_a_layernorm.weight";
+    pub const Q_B_PROJ: &str = "self_attn.q_b_proj.weight";
+    pub const KV_A_PROJ: &str = "self_attn.kv_a_proj_with_mqa.weight";
+    pub const KV_A_NORM: &str = "self_attn.kv_a_layernorm.weight";
+    pub const KV_B_PROJ: &str = "self_attn.kv_b_proj.weight";
+    pub const O_PROJ: &str = "self_attn.o_proj.weight";
+    pub const ATTN_NORM: &str = "input_layernorm.weight";
+    pub const FFN_NORM: &str = "post_attention_layernorm.weight";
+    pub const MLP: &str = "mlp";
+    pub const ROUTER: &str = "mlp.gate.weight";
+    pub const ROUTER_BIAS: &str = "mlp.gate.e_score_correction_bias";
+    pub const SHARED_EXPERTS: &str = "mlp.shared_experts";
+    pub const GATE_PROJ: &str = "gate_proj.weight";
+    pub const UP_PROJ: &str = "up_proj.weight";
+    pub const DOWN_PROJ: &str = "down_proj.weight";
+
+    /// Decoder layer `l`: `model.layers.{l}`.
+    pub fn layer(l: usize) -> String {
+        format!("model.layers.{l}")
+    }
+
+    /// `{prefix}.{name}`.
+    pub fn at(prefix: &str, name: &str) -> String {
+        format!("{prefix}.{name}")
+    }
+
+    /// Routed expert `e` of the layer at `layer`: `{layer}.mlp.experts.{e}`.
+    pub fn expert(layer: &str, e: usize) -> String {
+        format!("{layer}.mlp.experts.{e}")
+    }
+
+    /// A GQA projection's weight or bias: `{layer}.self_attn.{q|k|v|o}_proj.{part}`.
+    pub fn attn_proj(layer: &str, proj: &str, part: &str) -> String {
+        format!("{layer}.self_attn.{proj}_proj.{part}")
+    }
+}
+
 /// Where weights come from. The model never reads files; a loader implements this.
 pub trait WeightSource {
     /// Tensor `name` converted to f32, after checking that its shape is `shape` (outermost first).
@@ -207,7 +252,7 @@ impl Req<'_> {
             DType::F8E4M3Block128 => DType::F32,
             _ => DType::Q8_0,
         };
-        let name = format!("model.layers.{layer}.self_attn.kv_b_proj.weight");
+        let name = hf::at(&hf::layer(layer), hf::KV_B_PROJ);
         let q = |rows: usize, cols: usize, data: &[f32]| {
             QMat::from_f32(dt, rows, cols, data)
                 .map(QMat::packed_for_matmul)
@@ -223,23 +268,15 @@ impl Req<'_> {
         let d = cfg.hidden_size;
         let h = cfg.num_attention_heads;
         let q = match cfg.q_lora_rank {
-            None => QProj::Direct(self.mat(
-                &format!("{p}.self_attn.q_proj.weight"),
-                h * cfg.qk_head_dim(),
-                d,
-            )?),
+            None => QProj::Direct(self.mat(&hf::at(p, hf::Q_PROJ), h * cfg.qk_head_dim(), d)?),
             Some(rq) => QProj::LowRank {
-                a: self.mat(&format!("{p}.self_attn.q_a_proj.weight"), rq, d)?,
-                norm: self.vec(&format!("{p}.self_attn.q_a_layernorm.weight"), rq)?,
-                b: self.mat(
-                    &format!("{p}.self_attn.q_b_proj.weight"),
-                    h * cfg.qk_head_dim(),
-                    rq,
-                )?,
+                a: self.mat(&hf::at(p, hf::Q_A_PROJ), rq, d)?,
+                norm: self.vec(&hf::at(p, hf::Q_A_NORM), rq)?,
+                b: self.mat(&hf::at(p, hf::Q_B_PROJ), h * cfg.qk_head_dim(), rq)?,
             },
         };
         let kv_b_q = self.stored_mat(
-            &format!("{p}.self_attn.kv_b_proj.weight"),
+            &hf::at(p, hf::KV_B_PROJ),
             h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
             cfg.kv_lora_rank,
         )?;
@@ -255,28 +292,17 @@ impl Req<'_> {
         }
         .map(QMat::packed_for_matmul)
         .map_err(|e| ModelError::Tensor {
-            name: format!("{p}.self_attn.kv_b_proj.weight"),
+            name: hf::at(p, hf::KV_B_PROJ),
             msg: e.to_string(),
         })?;
         Ok(MlaAttention {
             q,
-            kv_a: self.mat(
-                &format!("{p}.self_attn.kv_a_proj_with_mqa.weight"),
-                cfg.latent_dim(),
-                d,
-            )?,
-            kv_a_norm: self.vec(
-                &format!("{p}.self_attn.kv_a_layernorm.weight"),
-                cfg.kv_lora_rank,
-            )?,
+            kv_a: self.mat(&hf::at(p, hf::KV_A_PROJ), cfg.latent_dim(), d)?,
+            kv_a_norm: self.vec(&hf::at(p, hf::KV_A_NORM), cfg.kv_lora_rank)?,
             kv_b,
             uk_t,
             uv,
-            o: self.mat(
-                &format!("{p}.self_attn.o_proj.weight"),
-                d,
-                h * cfg.v_head_dim,
-            )?,
+            o: self.mat(&hf::at(p, hf::O_PROJ), d, h * cfg.v_head_dim)?,
         })
     }
     /// GQA weights (and biases the config calls for) of the layer at `p`.
@@ -284,23 +310,22 @@ impl Req<'_> {
         let d = cfg.hidden_size;
         let q_rows = cfg.num_attention_heads * cfg.head_dim;
         let kv_rows = cfg.num_key_value_heads * cfg.head_dim;
-        let a = format!("{p}.self_attn");
         Ok(GqaAttention {
-            q: self.mat(&format!("{a}.q_proj.weight"), q_rows, d)?,
-            k: self.mat(&format!("{a}.k_proj.weight"), kv_rows, d)?,
-            v: self.mat(&format!("{a}.v_proj.weight"), kv_rows, d)?,
-            o: self.mat(&format!("{a}.o_proj.weight"), d, q_rows)?,
-            q_bias: self.bias(cfg.qkv_bias, &format!("{a}.q_proj.bias"), q_rows)?,
-            k_bias: self.bias(cfg.qkv_bias, &format!("{a}.k_proj.bias"), kv_rows)?,
-            v_bias: self.bias(cfg.qkv_bias, &format!("{a}.v_proj.bias"), kv_rows)?,
-            o_bias: self.bias(cfg.o_bias, &format!("{a}.o_proj.bias"), d)?,
+            q: self.mat(&hf::attn_proj(p, "q", "weight"), q_rows, d)?,
+            k: self.mat(&hf::attn_proj(p, "k", "weight"), kv_rows, d)?,
+            v: self.mat(&hf::attn_proj(p, "v", "weight"), kv_rows, d)?,
+            o: self.mat(&hf::attn_proj(p, "o", "weight"), d, q_rows)?,
+            q_bias: self.bias(cfg.qkv_bias, &hf::attn_proj(p, "q", "bias"), q_rows)?,
+            k_bias: self.bias(cfg.qkv_bias, &hf::attn_proj(p, "k", "bias"), kv_rows)?,
+            v_bias: self.bias(cfg.qkv_bias, &hf::attn_proj(p, "v", "bias"), kv_rows)?,
+            o_bias: self.bias(cfg.o_bias, &hf::attn_proj(p, "o", "bias"), d)?,
         })
     }
     fn mlp(&mut self, prefix: &str, hidden: usize, width: usize) -> Result<Mlp, ModelError> {
         Ok(Mlp {
-            gate: self.mat(&format!("{prefix}.gate_proj.weight"), width, hidden)?,
-            up: self.mat(&format!("{prefix}.up_proj.weight"), width, hidden)?,
-            down: self.mat(&format!("{prefix}.down_proj.weight"), hidden, width)?,
+            gate: self.mat(&hf::at(prefix, hf::GATE_PROJ), width, hidden)?,
+            up: self.mat(&hf::at(prefix, hf::UP_PROJ), width, hidden)?,
+            down: self.mat(&hf::at(prefix, hf::DOWN_PROJ), hidden, width)?,
         })
     }
 }
@@ -316,20 +341,20 @@ impl Weights {
         let mut req = Req { src };
         let total = cfg.num_hidden_layers + 2;
         // A lookup table, unless tied to the head (then packed below).
-        let embed = req.stored_mat("model.embed_tokens.weight", cfg.vocab_size, d)?;
+        let embed = req.stored_mat(hf::EMBED, cfg.vocab_size, d)?;
         progress(1, total);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{l}");
+            let p = &hf::layer(l);
             let attn = if cfg.model_type.is_mla() {
-                LayerAttention::Mla(req.mla(cfg, l, &p)?)
+                LayerAttention::Mla(req.mla(cfg, l, p)?)
             } else {
-                LayerAttention::Gqa(req.gqa(cfg, &p)?)
+                LayerAttention::Gqa(req.gqa(cfg, p)?)
             };
             let ffn = if cfg.is_moe_layer(l) {
                 let e = cfg.n_routed_experts.unwrap_or(0);
                 let w = cfg.moe_intermediate_size;
-                let bias_name = format!("{p}.mlp.gate.e_score_correction_bias");
+                let bias_name = hf::at(p, hf::ROUTER_BIAS);
                 // The correction bias belongs to noaux_tc; V3 checkpoints always carry it.
                 let bias =
                     if req.src.contains(&bias_name) || cfg.model_type == ModelType::DeepseekV3 {
@@ -338,35 +363,35 @@ impl Weights {
                         None
                     };
                 let experts = (0..e)
-                    .map(|i| req.mlp(&format!("{p}.mlp.experts.{i}"), d, w))
+                    .map(|i| req.mlp(&hf::expert(p, i), d, w))
                     .collect::<Result<Vec<_>, _>>()?;
                 let shared = match cfg.n_shared_experts {
                     0 => None,
-                    n => Some(req.mlp(&format!("{p}.mlp.shared_experts"), d, w * n)?),
+                    n => Some(req.mlp(&hf::at(p, hf::SHARED_EXPERTS), d, w * n)?),
                 };
                 Ffn::Moe(Moe {
-                    router: req.f32_mat(&format!("{p}.mlp.gate.weight"), e, d)?,
+                    router: req.f32_mat(&hf::at(p, hf::ROUTER), e, d)?,
                     bias,
                     experts,
                     shared,
                 })
             } else {
-                Ffn::Dense(req.mlp(&format!("{p}.mlp"), d, cfg.intermediate_size)?)
+                Ffn::Dense(req.mlp(&hf::at(p, hf::MLP), d, cfg.intermediate_size)?)
             };
             layers.push(Layer {
-                attn_norm: req.vec(&format!("{p}.input_layernorm.weight"), d)?,
+                attn_norm: req.vec(&hf::at(p, hf::ATTN_NORM), d)?,
                 attn,
-                ffn_norm: req.vec(&format!("{p}.post_attention_layernorm.weight"), d)?,
+                ffn_norm: req.vec(&hf::at(p, hf::FFN_NORM), d)?,
                 ffn,
             });
             progress(l + 2, total);
         }
-        let norm = req.vec("model.norm.weight", d)?;
-        let tied = cfg.tie_word_embeddings && !req.src.contains("lm_head.weight");
+        let norm = req.vec(hf::NORM, d)?;
+        let tied = cfg.tie_word_embeddings && !req.src.contains(hf::LM_HEAD);
         let lm_head = if tied {
             None
         } else {
-            Some(req.mat("lm_head.weight", cfg.vocab_size, d)?)
+            Some(req.mat(hf::LM_HEAD, cfg.vocab_size, d)?)
         };
         let embed = if tied {
             embed.packed_for_matmul()
@@ -394,32 +419,25 @@ impl Weights {
     /// Every weight with its HF checkpoint name, in checkpoint order (embeddings, layers, head).
     pub fn named_tensors(&self) -> Vec<(String, TensorRef<'_>)> {
         use TensorRef::{Matrix, Vector};
-        let mut v: Vec<(String, TensorRef<'_>)> =
-            vec![("model.embed_tokens.weight".into(), Matrix(&self.embed))];
+        let mut v: Vec<(String, TensorRef<'_>)> = vec![(hf::EMBED.into(), Matrix(&self.embed))];
         fn mlp<'a>(v: &mut Vec<(String, TensorRef<'a>)>, p: &str, m: &'a Mlp) {
-            v.push((format!("{p}.gate_proj.weight"), Matrix(&m.gate)));
-            v.push((format!("{p}.up_proj.weight"), Matrix(&m.up)));
-            v.push((format!("{p}.down_proj.weight"), Matrix(&m.down)));
+            v.push((hf::at(p, hf::GATE_PROJ), Matrix(&m.gate)));
+            v.push((hf::at(p, hf::UP_PROJ), Matrix(&m.up)));
+            v.push((hf::at(p, hf::DOWN_PROJ), Matrix(&m.down)));
         }
         fn mla<'a>(v: &mut Vec<(String, TensorRef<'a>)>, p: &str, a: &'a MlaAttention) {
             match &a.q {
-                QProj::Direct(w) => v.push((format!("{p}.self_attn.q_proj.weight"), Matrix(w))),
+                QProj::Direct(w) => v.push((hf::at(p, hf::Q_PROJ), Matrix(w))),
                 QProj::LowRank { a: qa, norm, b } => {
-                    v.push((format!("{p}.self_attn.q_a_proj.weight"), Matrix(qa)));
-                    v.push((format!("{p}.self_attn.q_a_layernorm.weight"), Vector(norm)));
-                    v.push((format!("{p}.self_attn.q_b_proj.weight"), Matrix(b)));
+                    v.push((hf::at(p, hf::Q_A_PROJ), Matrix(qa)));
+                    v.push((hf::at(p, hf::Q_A_NORM), Vector(norm)));
+                    v.push((hf::at(p, hf::Q_B_PROJ), Matrix(b)));
                 }
             }
-            v.push((
-                format!("{p}.self_attn.kv_a_proj_with_mqa.weight"),
-                Matrix(&a.kv_a),
-            ));
-            v.push((
-                format!("{p}.self_attn.kv_a_layernorm.weight"),
-                Vector(&a.kv_a_norm),
-            ));
-            v.push((format!("{p}.self_attn.kv_b_proj.weight"), Matrix(&a.kv_b)));
-            v.push((format!("{p}.self_attn.o_proj.weight"), Matrix(&a.o)));
+            v.push((hf::at(p, hf::KV_A_PROJ), Matrix(&a.kv_a)));
+            v.push((hf::at(p, hf::KV_A_NORM), Vector(&a.kv_a_norm)));
+            v.push((hf::at(p, hf::KV_B_PROJ), Matrix(&a.kv_b)));
+            v.push((hf::at(p, hf::O_PROJ), Matrix(&a.o)));
         }
         fn gqa<'a>(v: &mut Vec<(String, TensorRef<'a>)>, p: &str, a: &'a GqaAttention) {
             let projections = [
@@ -429,45 +447,39 @@ impl Weights {
                 ("o", &a.o, &a.o_bias),
             ];
             for (n, w, b) in projections {
-                v.push((format!("{p}.self_attn.{n}_proj.weight"), Matrix(w)));
+                v.push((hf::attn_proj(p, n, "weight"), Matrix(w)));
                 if let Some(b) = b {
-                    v.push((format!("{p}.self_attn.{n}_proj.bias"), Vector(b)));
+                    v.push((hf::attn_proj(p, n, "bias"), Vector(b)));
                 }
             }
         }
         for (l, layer) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{l}");
-            v.push((
-                format!("{p}.input_layernorm.weight"),
-                Vector(&layer.attn_norm),
-            ));
+            let p = &hf::layer(l);
+            v.push((hf::at(p, hf::ATTN_NORM), Vector(&layer.attn_norm)));
             match &layer.attn {
-                LayerAttention::Mla(a) => mla(&mut v, &p, a),
-                LayerAttention::Gqa(a) => gqa(&mut v, &p, a),
+                LayerAttention::Mla(a) => mla(&mut v, p, a),
+                LayerAttention::Gqa(a) => gqa(&mut v, p, a),
             }
-            v.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                Vector(&layer.ffn_norm),
-            ));
+            v.push((hf::at(p, hf::FFN_NORM), Vector(&layer.ffn_norm)));
             match &layer.ffn {
-                Ffn::Dense(m) => mlp(&mut v, &format!("{p}.mlp"), m),
+                Ffn::Dense(m) => mlp(&mut v, &hf::at(p, hf::MLP), m),
                 Ffn::Moe(m) => {
-                    v.push((format!("{p}.mlp.gate.weight"), Matrix(&m.router)));
+                    v.push((hf::at(p, hf::ROUTER), Matrix(&m.router)));
                     if let Some(b) = &m.bias {
-                        v.push((format!("{p}.mlp.gate.e_score_correction_bias"), Vector(b)));
+                        v.push((hf::at(p, hf::ROUTER_BIAS), Vector(b)));
                     }
                     for (e, ex) in m.experts.iter().enumerate() {
-                        mlp(&mut v, &format!("{p}.mlp.experts.{e}"), ex);
+                        mlp(&mut v, &hf::expert(p, e), ex);
                     }
                     if let Some(s) = &m.shared {
-                        mlp(&mut v, &format!("{p}.mlp.shared_experts"), s);
+                        mlp(&mut v, &hf::at(p, hf::SHARED_EXPERTS), s);
                     }
                 }
             }
         }
-        v.push(("model.norm.weight".into(), Vector(&self.norm)));
+        v.push((hf::NORM.into(), Vector(&self.norm)));
         if let Some(h) = &self.lm_head {
-            v.push(("lm_head.weight".into(), Matrix(h)));
+            v.push((hf::LM_HEAD.into(), Matrix(h)));
         }
         v
     }

@@ -327,3 +327,32 @@ fn batched_decode_steps_equal_solo_steps_to_the_bit() {
         }
     }
 }
+
+#[test]
+fn cache_and_kv_b_sizes_are_checked_products() {
+    // V2-Lite's attention sizes (27 layers, 16 heads, kv_lora_rank 512, rope 64, nope/v 128):
+    // 27 × 576 values per token, 31,104 B as f16; kv_b_proj f32 = 27 × 16 × 256 × 512 × 4.
+    let lite = config(
+        r#"{"model_type":"deepseek_v2","vocab_size":64,"hidden_size":2048,"intermediate_size":64,
+        "num_hidden_layers":27,"num_attention_heads":16,"q_lora_rank":null,"kv_lora_rank":512,
+        "qk_nope_head_dim":128,"qk_rope_head_dim":64,"v_head_dim":128,"max_position_embeddings":64}"#,
+    );
+    assert_eq!(lite.kv_values_per_token(), Some(27 * 576));
+    assert_eq!(lite.kv_bytes_per_token(KvType::F16), Some(31_104));
+    assert_eq!(lite.kv_bytes_per_token(KvType::F32), Some(62_208));
+    assert_eq!(lite.kv_b_f32_bytes(), Some(27 * 16 * 256 * 512 * 4));
+    // Dense (GQA): keys and values of every KV head, no kv_b_proj.
+    let qwen = config(
+        r#"{"model_type":"qwen2","vocab_size":64,"hidden_size":64,"intermediate_size":64,
+        "num_hidden_layers":28,"num_attention_heads":4,"num_key_value_heads":2,
+        "max_position_embeddings":64}"#,
+    );
+    assert_eq!(qwen.kv_values_per_token(), Some(28 * 2 * 2 * 16));
+    assert_eq!(qwen.kv_b_f32_bytes(), Some(0));
+    // Sizes that would wrap are None, never a wrapped number.
+    let mut huge = lite.clone();
+    huge.num_hidden_layers = usize::MAX / 2;
+    assert_eq!(huge.kv_values_per_token(), None);
+    assert_eq!(huge.kv_bytes_per_token(KvType::F32), None);
+    assert_eq!(huge.kv_b_f32_bytes(), None);
+}

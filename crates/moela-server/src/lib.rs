@@ -208,12 +208,7 @@ pub fn serve(
         .as_deref()
         .map(PriceTable::from_file)
         .transpose()?;
-    let mut stop_ids = tokenizer.eos_ids().to_vec();
-    for &e in &model.config.eos_token_ids {
-        if !stop_ids.contains(&e) {
-            stop_ids.push(e);
-        }
-    }
+    let stop_ids = moela_engine::stop_token_ids(&tokenizer, &model.config);
     let vocab_size = model.config.vocab_size;
     let settings = Settings {
         model_name: opts.model_name.clone(),

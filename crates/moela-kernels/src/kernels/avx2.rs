@@ -57,7 +57,7 @@ const fn kernel_set<const VNNI: bool>(isa: Isa, gemm: fn(&mut Task<'_>)) -> Kern
 }
 
 pub(crate) static KERNELS: KernelSet = kernel_set::<false>(Isa::Avx2, gemm_plain);
-pub(crate) static KERNELS_VNNI: KernelSet = kernel_set::<true>(Isa::Avx2Vnni, gemm_vnni);
+pub(crate) static KERNELS_VNNI: KernelSet = kernel_set::<true>(Isa::Avx512Vnni, gemm_vnni);
 pub(crate) static KERNELS_AMX: KernelSet = kernel_set::<true>(Isa::Amx, gemm_amx);
 
 /// Raw views of a validated task (strides in elements).

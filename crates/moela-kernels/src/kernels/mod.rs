@@ -6,7 +6,7 @@
 //!   `Q4_K`/`Q6_K`; the float types use `x` as is), cuts the output into tasks of
 //!   (row range × token range) and runs them on the worker pool.
 //! - A task is computed by one [`KernelSet`]'s `gemm` function, chosen once per process from
-//!   what the CPU supports ([`Isa`]): `avx2` (with FMA and F16C; `avx2+vnni` when
+//!   what the CPU supports ([`Isa`]): `avx2` (with FMA and F16C; `avx512vnni` when
 //!   AVX512-VNNI/VL is there too), `neon`, or `scalar`.
 //! - The scalar set is the oracle: it computes the same integer block dots as the SIMD sets
 //!   and differs from them only in the order floats are summed.
@@ -33,9 +33,10 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
-    /// [`Isa::Avx2`] plus AVX512-VNNI/VL's 256-bit `vpdpbusd` for the 8-bit dot products.
-    Avx2Vnni,
-    /// [`Isa::Avx2Vnni`] plus Intel AMX (AMX-TILE/INT8, with AVX-512) for packed `Q8_0`/`Q4_0`
+    /// [`Isa::Avx2`] plus AVX512-VNNI and AVX512-VL: 256-bit `vpdpbusd` for the 8-bit dot
+    /// products and 32 vector registers (larger float tiles). Needs both extensions.
+    Avx512Vnni,
+    /// [`Isa::Avx512Vnni`] plus Intel AMX (AMX-TILE/INT8, with AVX-512) for packed `Q8_0`/`Q4_0`
     /// products of several tokens.
     Amx,
     /// AArch64 NEON.
@@ -50,7 +51,7 @@ impl Isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => avx2::supported(),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Vnni => avx2::vnni_supported(),
+            Isa::Avx512Vnni => avx2::vnni_supported(),
             #[cfg(target_arch = "x86_64")]
             Isa::Amx => avx2::amx::supported(),
             #[cfg(target_arch = "aarch64")]
@@ -64,7 +65,7 @@ impl Isa {
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
         *BEST.get_or_init(|| {
-            [Isa::Amx, Isa::Avx2Vnni, Isa::Avx2, Isa::Neon]
+            [Isa::Amx, Isa::Avx512Vnni, Isa::Avx2, Isa::Neon]
                 .into_iter()
                 .find(|i| i.is_available())
                 .unwrap_or(Isa::Scalar)
@@ -78,7 +79,7 @@ impl Isa {
 
     /// Every level this CPU supports, scalar first.
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx2Vnni, Isa::Amx, Isa::Neon]
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Amx, Isa::Neon]
             .into_iter()
             .filter(|i| i.is_available())
             .collect()
@@ -89,7 +90,7 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
-            Isa::Avx2Vnni => "avx2+vnni",
+            Isa::Avx512Vnni => "avx512vnni",
             Isa::Amx => "amx",
             Isa::Neon => "neon",
         }
@@ -419,7 +420,7 @@ pub(crate) fn kernel_set(isa: Isa) -> Option<&'static KernelSet> {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => Some(&avx2::KERNELS),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Vnni => Some(&avx2::KERNELS_VNNI),
+        Isa::Avx512Vnni => Some(&avx2::KERNELS_VNNI),
         #[cfg(target_arch = "x86_64")]
         Isa::Amx => Some(&avx2::KERNELS_AMX),
         #[cfg(target_arch = "aarch64")]
@@ -431,7 +432,7 @@ pub(crate) fn kernel_set(isa: Isa) -> Option<&'static KernelSet> {
 
 /// Whether the active kernels have fast paths for packed (row-interleaved) weights.
 pub(crate) fn packed_kernels_pay() -> bool {
-    matches!(best().isa, Isa::Avx2 | Isa::Avx2Vnni | Isa::Amx)
+    matches!(best().isa, Isa::Avx2 | Isa::Avx512Vnni | Isa::Amx)
 }
 
 /// The kernel set for the best ISA (chosen once).
