@@ -6,7 +6,8 @@
 //!   scales) and [`KernelError`];
 //! - [`quant`], [`fp`]: the block layouts (bit-compatible with ggml/GGUF) and scalar
 //!   quantize/dequantize — the reference forms;
-//! - [`QMat`]: a weight matrix in any type, owned or mapped, with `matmul`/`forward`;
+//! - [`QMat`]: a weight matrix in any type with `matmul`/`forward`; [`storage`]: where its bytes
+//!   live ([`Storage`]: owned or a range of a shared mapping);
 //! - `kernels` (private): the matmul driver plus scalar, AVX2 and NEON kernels chosen at run
 //!   time ([`Isa`]); the scalar kernels are the test oracle of the others;
 //! - [`parallel`]: the persistent worker pool ([`parallel_for`], [`pool`]);
@@ -19,21 +20,25 @@ compile_error!("moela-kernels supports little-endian targets only");
 pub mod dtype;
 pub mod fp;
 mod kernels;
+mod leaf;
 pub mod mmap;
 pub mod ops;
 mod pack;
 pub mod parallel;
 pub mod qmat;
 pub mod quant;
+pub mod storage;
 
 pub use dtype::{DType, KernelError, FP8_BLOCK};
 pub use kernels::{Isa, PreparedInput, RowData};
+pub use leaf::silu;
 pub use ops::{
     add_in_place, exp_sum, matmul, rms_norm, rms_norm_in_place, rows_matmul, rows_weighted_sum,
-    silu, silu_mul, softmax_in_place, Mat,
+    silu_mul, softmax_in_place, Mat,
 };
 pub use parallel::{
     available_cores, core_count_queries, in_pool_task, num_threads, parallel_chunks, parallel_for,
     pool, set_num_threads, ThreadPool,
 };
-pub use qmat::{fp8_scale_count, QMat, Storage};
+pub use qmat::{fp8_scale_count, QMat};
+pub use storage::Storage;

@@ -2,6 +2,7 @@
 
 use crate::dtype::DType;
 use crate::kernels::{self, RowData, WeightRef};
+use crate::leaf::f32_bytes;
 
 /// A dense row-major matrix `[rows, cols]`; a linear layer's weight is `[out, in]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -88,13 +89,6 @@ pub fn rows_weighted_sum(p: &[f32], n: usize, rows: RowData<'_>, out: &mut [f32]
     (kernels::best().weighted_sum)(p, n, rows, out)
 }
 
-/// The bytes of an f32 slice (little-endian targets only; see lib.rs).
-pub(crate) fn f32_bytes(v: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding or invalid bit patterns as bytes, u8 has alignment 1, and the
-    // byte slice borrows `v` for the same lifetime and covers exactly its memory.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
-}
-
 /// RMSNorm of each `dim`-row of `x` into `out`: `x · rsqrt(mean(x²) + eps) · w`.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     assert_eq!(x.len(), out.len(), "rms_norm: lengths");
@@ -123,12 +117,6 @@ pub fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
             }
         }
     });
-}
-
-/// `x / (1 + e^-x)`.
-#[inline]
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
 }
 
 /// `g[i] = silu(g[i]) · u[i]` (SwiGLU: the gate projection times the up projection) on the

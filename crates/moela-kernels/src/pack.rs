@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use crate::dtype::DType;
 use crate::parallel::parallel_chunks;
-use crate::qmat::Storage;
+use crate::storage::Storage;
 
 /// Rows per interleaved group.
 pub const PACK_ROWS: usize = 8;

@@ -1,60 +1,14 @@
 //! [`QMat`]: a weight matrix in any [`DType`], owned or borrowed from a mapped file.
 
-use std::fmt;
-use std::sync::Arc;
-
 use crate::dtype::{DType, KernelError, FP8_BLOCK};
 use crate::fp::{
     bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, f32_to_fp8_e4m3, fp8_e4m3_to_f32,
 };
 use crate::kernels::{self, Isa, PreparedInput, WeightRef};
-use crate::mmap::Mmap;
 use crate::ops::Mat;
 use crate::parallel::{parallel_chunks, SendPtr};
 use crate::quant;
-
-/// Where a matrix's bytes live.
-#[derive(Clone)]
-pub enum Storage {
-    Owned(Vec<u8>),
-    /// `len` bytes at `offset` of a shared read-only mapping (no copy).
-    Mapped {
-        map: Arc<Mmap>,
-        offset: usize,
-        len: usize,
-    },
-}
-
-impl Storage {
-    /// The bytes.
-    pub fn bytes(&self) -> &[u8] {
-        match self {
-            Storage::Owned(v) => v,
-            Storage::Mapped { map, offset, len } => &map[*offset..*offset + *len],
-        }
-    }
-
-    /// A mapped range, checked against the mapping's size.
-    pub fn mapped(map: Arc<Mmap>, offset: usize, len: usize) -> Result<Storage, KernelError> {
-        if offset.checked_add(len).is_none_or(|end| end > map.len()) {
-            return Err(KernelError::BadMapRange {
-                offset,
-                len,
-                file_len: map.len(),
-            });
-        }
-        Ok(Storage::Mapped { map, offset, len })
-    }
-}
-
-impl fmt::Debug for Storage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Storage::Owned(v) => write!(f, "Owned({} bytes)", v.len()),
-            Storage::Mapped { offset, len, .. } => write!(f, "Mapped({len} bytes at {offset})"),
-        }
-    }
-}
+pub use crate::storage::Storage;
 
 /// A row-major `[rows, cols]` weight matrix (a linear layer's `[out, in]`) in any [`DType`].
 #[derive(Clone, Debug)]
@@ -708,8 +662,9 @@ mod tests {
         let mut file_bytes = vec![0xEEu8; 7]; // the tensor starts at an odd offset
         file_bytes.extend_from_slice(q.bytes());
         std::fs::write(&path, &file_bytes).unwrap();
-        let map =
-            Arc::new(crate::mmap::map_readonly(&std::fs::File::open(&path).unwrap()).unwrap());
+        let map = std::sync::Arc::new(
+            crate::mmap::map_readonly(&std::fs::File::open(&path).unwrap()).unwrap(),
+        );
         assert!(matches!(
             Storage::mapped(map.clone(), 7, q.bytes().len() + 1),
             Err(KernelError::BadMapRange { .. })

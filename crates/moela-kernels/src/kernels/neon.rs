@@ -111,7 +111,7 @@ fn dot_f32(w: &[u8], x: &[f32]) -> f32 {
 }
 
 fn dot_f32_slices(w: &[f32], x: &[f32]) -> f32 {
-    dot_f32(crate::ops::f32_bytes(w), x)
+    dot_f32(crate::leaf::f32_bytes(w), x)
 }
 
 fn dot_f16(w: &[u8], x: &[f32]) -> f32 {

@@ -280,7 +280,7 @@ pub(crate) fn rows_dot(x: &[f32], n: usize, rows: RowData<'_>, y: &mut [f32]) {
 pub(crate) fn silu_mul(g: &mut [f32], u: &[f32]) {
     assert_eq!(g.len(), u.len(), "silu_mul: lengths");
     for (a, &b) in g.iter_mut().zip(u) {
-        *a = crate::ops::silu(*a) * b;
+        *a = crate::leaf::silu(*a) * b;
     }
 }
 

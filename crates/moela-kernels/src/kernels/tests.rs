@@ -186,7 +186,7 @@ fn q8_0_weights_with_minus_128_match_scalar() {
     }
 }
 
-use crate::qmat::Storage;
+use crate::storage::Storage;
 
 /// Packed (row-interleaved) weights on every ISA, scalar included, against the file layout's
 /// scalar result.
