@@ -346,6 +346,53 @@ impl SeqCache {
     pub fn bytes(&self) -> usize {
         self.blocks.len() * self.pool.block_bytes()
     }
+
+    /// Cuts the sequence back to its first `len` tokens (no-op when it holds no more), as if
+    /// the later ones had never been decoded: whole blocks past `len` go back to the pool, and
+    /// the block that `len` ends inside becomes this sequence's own again before it is written
+    /// to — a block the prefix index or another sequence still holds is copied first (its rows
+    /// stay valid for them), one held by the index alone leaves the index. Errs, changing
+    /// nothing, when such a copy needs a block and the pool has none.
+    pub fn truncate(&mut self, len: usize) -> Result<(), ModelError> {
+        if len >= self.len {
+            return Ok(());
+        }
+        let pool = self.pool.clone();
+        let bt = pool.block_tokens;
+        let keep = len.div_ceil(bt);
+        let mut g = pool.lock();
+        if !len.is_multiple_of(bt) {
+            let id = self.blocks[keep - 1];
+            let b = &g.blocks[id];
+            if b.refs > 1 && !(b.refs == 2 && b.key.is_some()) {
+                // Shared with another sequence: write from now on into a private copy.
+                let Some(copy) = pool.take_block(&mut g) else {
+                    return Err(ModelError::Input(format!(
+                        "the KV cache is full ({} blocks of {bt} tokens in use)",
+                        pool.max_blocks.unwrap_or(0)
+                    )));
+                };
+                let data = match &g.blocks[id].data {
+                    BlockData::F32(d) => BlockData::F32(d.clone()),
+                    BlockData::F16(d) => BlockData::F16(d.clone()),
+                };
+                g.blocks[copy].data = data;
+                pool.release(&mut g, id);
+                self.blocks[keep - 1] = copy;
+            } else if let Some(k) = g.blocks[id].key.take() {
+                // Held by the index and this sequence only: it leaves the index.
+                g.index.remove(&k);
+                g.blocks[id].tokens.clear();
+                g.blocks[id].refs -= 1;
+            }
+        }
+        for id in self.blocks.drain(keep..) {
+            pool.release(&mut g, id);
+        }
+        self.len = len;
+        self.tokens.truncate(len);
+        Ok(())
+    }
 }
 
 /// Everything the forward pass needs from the caches of a batch, under one lock.

@@ -356,3 +356,148 @@ fn cache_and_kv_b_sizes_are_checked_products() {
     assert_eq!(huge.kv_bytes_per_token(KvType::F32), None);
     assert_eq!(huge.kv_b_f32_bytes(), None);
 }
+
+fn qwen2_config() -> Config {
+    config(
+        r#"{"model_type":"qwen2","vocab_size":53,"hidden_size":32,"intermediate_size":40,
+        "num_hidden_layers":3,"num_attention_heads":4,"num_key_value_heads":2,
+        "max_position_embeddings":256}"#,
+    )
+}
+
+/// Feeds `steps` to `cache`, each a forward call of its tokens; the last row's logits of each.
+fn feed(m: &Model, cache: &mut moela_model::SeqCache, steps: &[&[u32]]) -> Vec<Vec<f32>> {
+    steps
+        .iter()
+        .map(|toks| {
+            let mut s = [SeqInput {
+                tokens: toks,
+                cache: &mut *cache,
+                logits: Logits::Last,
+            }];
+            m.forward(&mut s, &ForwardOptions::default())
+                .unwrap()
+                .remove(0)
+        })
+        .collect()
+}
+
+fn bits(x: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    x.iter()
+        .map(|r| r.iter().map(|f| f.to_bits()).collect())
+        .collect()
+}
+
+#[test]
+fn truncate_then_redecode_equals_never_having_decoded_the_removed_tokens() {
+    // 14 prompt tokens, then 5 decoded (positions 14..19 cross the 16-token block boundary);
+    // cut back to 14 (block 1 released), 16 (exactly one block) or 17 (inside block 1), then
+    // 3 other tokens. The reference decodes only the kept tokens and the 3 others: the same
+    // forward calls for every kept row, so the logits must match to the bit.
+    for kv in [KvType::F32, KvType::F16] {
+        for cfg in [v3_config(), v2_lite_config(), qwen2_config()] {
+            let mut m = model(cfg);
+            m.set_kv_type(kv);
+            let v = m.config.vocab_size as u32;
+            let prompt: Vec<u32> = (0..14).map(|i| (i * 7 + 3) % v).collect();
+            let removed: Vec<[u32; 1]> = (0..5).map(|i| [(i * 11 + 5) % v]).collect();
+            let others: Vec<[u32; 1]> = (0..3).map(|i| [(i * 13 + 1) % v]).collect();
+            for cut in [14usize, 16, 17] {
+                let mut c = m.new_cache();
+                let mut steps: Vec<&[u32]> = vec![&prompt];
+                steps.extend(removed.iter().map(|t| &t[..]));
+                feed(&m, &mut c, &steps);
+                assert_eq!(c.len(), 19);
+                c.truncate(cut).unwrap();
+                assert_eq!(c.len(), cut);
+                assert_eq!(
+                    c.bytes(),
+                    cut.div_ceil(16) * m.new_cache().pool().block_bytes()
+                );
+                let others_steps: Vec<&[u32]> = others.iter().map(|t| &t[..]).collect();
+                let got = feed(&m, &mut c, &others_steps);
+
+                let mut fresh = m.new_cache();
+                let mut steps: Vec<&[u32]> = vec![&prompt];
+                steps.extend(removed[..cut - 14].iter().map(|t| &t[..]));
+                feed(&m, &mut fresh, &steps);
+                let want = feed(&m, &mut fresh, &others_steps);
+                assert_eq!(bits(&got), bits(&want), "{kv:?}, cut {cut}");
+            }
+        }
+    }
+}
+
+#[test]
+fn truncating_a_shared_prefix_copies_the_block_and_leaves_the_owner_intact() {
+    let m = model(v3_config());
+    let v = m.config.vocab_size as u32;
+    let pool = m.new_pool(16, Some(16), true);
+    let prompt: Vec<u32> = (0..32).map(|i| (i * 5 + 2) % v).collect();
+    let w: [u32; 1] = [7];
+    let ys: Vec<[u32; 1]> = (0..3).map(|i| [(i * 3 + 4) % v]).collect();
+    let y_steps: Vec<&[u32]> = ys.iter().map(|t| &t[..]).collect();
+    // A computes the prompt; its two full blocks enter the prefix index.
+    let mut a = pool.new_seq();
+    feed(&m, &mut a, &[&prompt]);
+    // B reuses both blocks, then cuts back into the second (shared with A and the index).
+    let mut longer = prompt.clone();
+    longer.push(1);
+    let mut b = pool.seq_with_prefix(&longer);
+    assert_eq!(b.len(), 32);
+    let used = pool.stats().used;
+    b.truncate(20).unwrap();
+    assert_eq!(pool.stats().used, used + 1, "B's block 1 is a private copy");
+    let got_b = feed(&m, &mut b, &y_steps);
+    // A continues as if B had never touched its blocks, and the index still serves them.
+    let got_a = feed(&m, &mut a, &[&w]);
+    let mut fresh_a = m.new_cache();
+    feed(&m, &mut fresh_a, &[&prompt]);
+    assert_eq!(bits(&got_a), bits(&feed(&m, &mut fresh_a, &[&w])));
+    assert_eq!(pool.seq_with_prefix(&longer).len(), 32);
+    // B equals the same prompt computed alone, cut back to 20 and continued.
+    let mut fresh_b = m.new_cache();
+    feed(&m, &mut fresh_b, &[&prompt]);
+    fresh_b.truncate(20).unwrap();
+    assert_eq!(bits(&got_b), bits(&feed(&m, &mut fresh_b, &y_steps)));
+    // A block only the index shares leaves the index when its owner cuts into it (A's second
+    // block may be rewritten now): the prefix served is one block shorter.
+    a.truncate(20).unwrap();
+    assert_eq!(pool.seq_with_prefix(&longer).len(), 16);
+    // Cutting more than it holds, or to its length, changes nothing.
+    let len = b.len();
+    b.truncate(len + 5).unwrap();
+    assert_eq!(b.len(), len);
+}
+
+#[test]
+fn a_k_token_step_equals_k_one_token_steps() {
+    for cfg in [v3_config(), v2_lite_config(), qwen2_config()] {
+        let m = model(cfg);
+        let v = m.config.vocab_size as u32;
+        let prompt: Vec<u32> = (0..13).map(|i| (i * 7 + 3) % v).collect();
+        let next: Vec<u32> = (0..4).map(|i| (i * 11 + 5) % v).collect();
+        let mut one = m.new_cache();
+        feed(&m, &mut one, &[&prompt]);
+        let singles: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let want: Vec<f32> = feed(
+            &m,
+            &mut one,
+            &singles.iter().map(|t| &t[..]).collect::<Vec<_>>(),
+        )
+        .concat();
+        let mut k = m.new_cache();
+        feed(&m, &mut k, &[&prompt]);
+        let mut s = [SeqInput {
+            tokens: &next,
+            cache: &mut k,
+            logits: Logits::All,
+        }];
+        let got = m
+            .forward(&mut s, &ForwardOptions::default())
+            .unwrap()
+            .remove(0);
+        assert_eq!(k.len(), one.len());
+        assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
+    }
+}
