@@ -4,22 +4,23 @@
 //! Shape comments list dimensions outermost first; a linear weight is `[out, in]` and
 //! `y = x · Wᵀ`. This crate never reads files: weights arrive through [`WeightSource`].
 
-pub mod attention;
 pub mod cache;
 pub mod config;
-mod dense;
 pub mod error;
+mod gqa;
+pub mod mla;
+mod mlp;
 pub mod model;
 pub mod moe;
 pub mod rope;
 mod tiled;
 pub mod weights;
 
-pub use attention::AttentionMode;
 pub use cache::{KvPool, KvType, PoolStats, SeqCache, DEFAULT_BLOCK_TOKENS};
 pub use config::{
     Config, Llama3Rope, ModelType, RopeScaling, ScoringFunc, SlidingWindow, TopkMethod, Yarn,
 };
 pub use error::ModelError;
+pub use mla::AttentionMode;
 pub use model::{ForwardOptions, Logits, Model, SeqInput, Trace};
 pub use weights::{TensorRef, WeightSource};

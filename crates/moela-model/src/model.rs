@@ -3,20 +3,21 @@
 //! One pre-norm decoder loop serves every architecture family: embed, then per layer
 //! `h += attn(norm(h))` and `h += ffn(norm(h))` (SwiGLU or MoE), then the final norm and head.
 //! The families differ only in a layer's attention, which implements [`Attend`]: MLA over the
-//! latent cache here (DeepSeek), grouped-query attention over per-head K/V in `dense.rs`
-//! (Qwen2, Llama).
+//! latent cache in `mla.rs` (DeepSeek), grouped-query attention over per-head K/V in `gqa.rs`
+//! (Qwen2, Llama). A new attention kind is a new file with an `Attend` impl.
 
 use moela_kernels::{add_in_place, rms_norm, rms_norm_in_place, QMat};
 
-use crate::attention::{mla, mla_absorbed_batch, AttentionMode, MlaDims};
+use crate::mla::AttentionMode;
 use std::sync::Arc;
 
 use crate::cache::{BatchCache, KvPool, KvType, SeqCache, DEFAULT_BLOCK_TOKENS};
 use crate::config::Config;
 use crate::error::ModelError;
-use crate::moe::{mlp_forward, moe_forward};
+use crate::mlp::mlp_forward;
+use crate::moe::moe_forward;
 use crate::rope::{Rope, RopeTable};
-use crate::weights::{Ffn, LayerAttention, MlaAttention, QProj, WeightSource, Weights};
+use crate::weights::{Ffn, LayerAttention, WeightSource, Weights};
 
 /// Which logits a sequence wants back from a forward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +46,31 @@ pub struct ForwardOptions {
 /// Named intermediate activations, recorded when a trace is passed to [`Model::forward_traced`].
 pub type Trace = Vec<(String, Vec<f32>)>;
 
+/// Where a forward pass records its named intermediates: a no-op (no allocation, no copy)
+/// unless a trace was asked for.
+pub(crate) struct Recorder {
+    items: Option<std::cell::RefCell<Trace>>,
+}
+
+impl Recorder {
+    fn new(on: bool) -> Recorder {
+        Recorder {
+            items: on.then(Default::default),
+        }
+    }
+
+    /// Records a copy of `v` under `name()` when tracing.
+    pub(crate) fn record(&self, name: impl FnOnce() -> String, v: &[f32]) {
+        if let Some(t) = &self.items {
+            t.borrow_mut().push((name(), v.to_vec()));
+        }
+    }
+
+    fn into_trace(self) -> Trace {
+        self.items.map(|t| t.into_inner()).unwrap_or_default()
+    }
+}
+
 /// What a layer's attention sees of the step being computed.
 pub(crate) struct Step<'a> {
     /// The layer index (which rows of the cache are this layer's).
@@ -55,6 +81,16 @@ pub(crate) struct Step<'a> {
     /// The position of every new token row (all sequences concatenated).
     pub positions: &'a [usize],
     pub opts: &'a ForwardOptions,
+    /// Records the layer's intermediates as `layer.{layer}.attn.*`.
+    pub rec: &'a Recorder,
+}
+
+impl Step<'_> {
+    /// Records `v` as `layer.{layer}.attn.{name}`.
+    pub(crate) fn record(&self, name: &str, v: &[f32]) {
+        self.rec
+            .record(|| format!("layer.{}.attn.{name}", self.layer), v);
+    }
 }
 
 /// A layer's attention in one architecture family: normalized rows `x` (`[T, hidden]`, the new
@@ -166,13 +202,18 @@ impl Model {
         self.forward_traced(batch, opts, None)
     }
 
-    /// [`Model::forward`] that also records named activations (`embed`, `layer.{l}`: the
-    /// residual stream `[T, hidden]` after each layer, rows of all sequences concatenated).
+    /// [`Model::forward`] that also records named activations, rows of all sequences
+    /// concatenated: `embed`; per layer `l`: `layer.{l}.attn_norm` (the attention's input),
+    /// the attention's intermediates `layer.{l}.attn.*` (MLA: `q` after RoPE, `kv_latent` = the
+    /// cached rows, `heads` = per-head outputs before `o_proj`; GQA: `q`, `kv`, `heads`),
+    /// `layer.{l}.attn` (its output), `layer.{l}.ffn_norm`, `layer.{l}.moe.router_logits`
+    /// (MoE layers), `layer.{l}.ffn` (the FFN's output) and `layer.{l}` (the residual stream
+    /// `[T, hidden]` after the layer).
     pub fn forward_traced(
         &self,
         batch: &mut [SeqInput<'_>],
         opts: &ForwardOptions,
-        mut trace: Option<&mut Trace>,
+        trace: Option<&mut Trace>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let c = &self.config;
         let d = c.hidden_size;
@@ -211,12 +252,8 @@ impl Model {
         {
             self.weights.embed.dequantize_row(t as usize, row);
         }
-        let mut record = |name: String, v: &[f32]| {
-            if let Some(tr) = trace.as_deref_mut() {
-                tr.push((name, v.to_vec()));
-            }
-        };
-        record("embed".into(), &h);
+        let rec = Recorder::new(trace.is_some());
+        rec.record(|| "embed".into(), &h);
         let positions: Vec<usize> = batch
             .iter()
             .flat_map(|s| s.cache.len()..s.cache.len() + s.tokens.len())
@@ -225,22 +262,29 @@ impl Model {
         let mut x = vec![0.0f32; n_tok * d];
         for (l, layer) in self.weights.layers.iter().enumerate() {
             rms_norm(&h, &layer.attn_norm, c.rms_norm_eps, &mut x);
+            rec.record(|| format!("layer.{l}.attn_norm"), &x);
             let step = Step {
                 layer: l,
                 config: c,
                 rope: &rope,
                 positions: &positions,
                 opts,
+                rec: &rec,
             };
             let o = layer.attn.attend(&step, &x, batch, &mut kv);
+            rec.record(|| format!("layer.{l}.attn"), &o);
             add_in_place(&mut h, &o);
             rms_norm(&h, &layer.ffn_norm, c.rms_norm_eps, &mut x);
+            rec.record(|| format!("layer.{l}.ffn_norm"), &x);
             let f = match &layer.ffn {
                 Ffn::Dense(m) => mlp_forward(m, &x),
-                Ffn::Moe(m) => moe_forward(c, m, &x),
+                Ffn::Moe(m) => moe_forward(c, m, &x, &|name, v| {
+                    rec.record(|| format!("layer.{l}.moe.{name}"), v)
+                }),
             };
+            rec.record(|| format!("layer.{l}.ffn"), &f);
             add_in_place(&mut h, &f);
-            record(format!("layer.{l}"), &h);
+            rec.record(|| format!("layer.{l}"), &h);
         }
         for s in batch.iter_mut() {
             kv.commit(s.cache, s.tokens);
@@ -277,96 +321,9 @@ impl Model {
             out.push(logits.split_off(end * v));
         }
         out.reverse();
+        if let Some(t) = trace {
+            t.extend(rec.into_trace());
+        }
         Ok(out)
-    }
-}
-
-impl Attend for MlaAttention {
-    /// MLA for all token rows `x`; caches the normalized latent and the rotated rope key.
-    fn attend(
-        &self,
-        step: &Step<'_>,
-        x: &[f32],
-        batch: &[SeqInput<'_>],
-        cache: &mut BatchCache<'_>,
-    ) -> Vec<f32> {
-        let c = step.config;
-        let a = self;
-        let positions = step.positions;
-        let dims = MlaDims {
-            heads: c.num_attention_heads,
-            nope: c.qk_nope_head_dim,
-            rope: c.qk_rope_head_dim,
-            v: c.v_head_dim,
-            rank: c.kv_lora_rank,
-            scale: c.softmax_scale(),
-        };
-        let (h, qk, r, dr) = (
-            c.num_attention_heads,
-            c.qk_head_dim(),
-            c.kv_lora_rank,
-            c.qk_rope_head_dim,
-        );
-        // The query's first product and kv_a share the input: one dispatch.
-        let first = match &a.q {
-            QProj::Direct(w) => w,
-            QProj::LowRank { a, .. } => a,
-        };
-        let [q0, mut rows] = QMat::forward_many([first, &a.kv_a], x);
-        // q: [T, heads, nope + rope]
-        let mut q = match &a.q {
-            QProj::Direct(_) => q0,
-            QProj::LowRank { norm, b, .. } => {
-                let mut ql = q0;
-                rms_norm_in_place(&mut ql, norm, c.rms_norm_eps);
-                b.forward(&ql)
-            }
-        };
-        // kv: [T, rank + rope] → normalized latent and rotated rope key, the cached row.
-        let lat = r + dr;
-        for t in 0..positions.len() {
-            let row = &mut rows[t * lat..(t + 1) * lat];
-            rms_norm_in_place(&mut row[..r], &a.kv_a_norm, c.rms_norm_eps);
-            step.rope.apply(t, &mut row[r..]);
-            for hh in 0..h {
-                let qh = &mut q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
-                step.rope.apply(t, &mut qh[c.qk_nope_head_dim..]);
-            }
-        }
-        // A decode step of several sequences (one new token each, all in the absorbed form):
-        // one batched attention instead of three small dispatches per sequence.
-        let absorbed = |s: &SeqInput<'_>| {
-            step.opts.attention.resolve(&dims, 1, s.cache.len() + 1) == AttentionMode::Absorbed
-        };
-        if batch.len() > 1 && batch.iter().all(|s| s.tokens.len() == 1 && absorbed(s)) {
-            for (t, s) in batch.iter().enumerate() {
-                cache.write(s.cache, step.layer, &rows[t * lat..(t + 1) * lat]);
-            }
-            let views: Vec<_> = batch
-                .iter()
-                .map(|s| cache.view(s.cache, step.layer, s.cache.len() + 1))
-                .collect();
-            let o = mla_absorbed_batch(&q, &views, &a.uk_t, &a.uv, &dims);
-            return a.o.forward(&o);
-        }
-        let mut o = Vec::with_capacity(positions.len() * h * c.v_head_dim);
-        let mut t0 = 0;
-        for s in batch.iter() {
-            let n = s.tokens.len();
-            cache.write(s.cache, step.layer, &rows[t0 * lat..(t0 + n) * lat]);
-            let qs = &q[t0 * h * qk..(t0 + n) * h * qk];
-            let view = cache.view(s.cache, step.layer, s.cache.len() + n);
-            o.extend(mla(
-                qs,
-                &view,
-                &a.kv_b,
-                &a.uk_t,
-                &a.uv,
-                &dims,
-                step.opts.attention,
-            ));
-            t0 += n;
-        }
-        a.o.forward(&o)
     }
 }

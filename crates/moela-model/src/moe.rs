@@ -1,8 +1,9 @@
 //! DeepSeekMoE: router (every `topk_method`), token bucketing by expert, shared experts.
 
-use moela_kernels::{silu_mul, softmax_in_place, PreparedInput, QMat};
+use moela_kernels::softmax_in_place;
 
 use crate::config::{Config, ModelType, ScoringFunc, TopkMethod};
+use crate::mlp::mlps_forward;
 use crate::weights::{Mlp, Moe};
 
 /// The experts chosen for one token and their weights.
@@ -85,56 +86,14 @@ pub fn route(cfg: &Config, logits: &[f32], bias: Option<&[f32]>) -> Route {
     Route { experts, weights }
 }
 
-/// SwiGLU over `[n, hidden]` rows: returns `[n, hidden]`.
-pub fn mlp_forward(m: &Mlp, x: &[f32]) -> Vec<f32> {
-    mlps_forward(&[(m, x)]).remove(0)
-}
-
-/// Several SwiGLU MLPs, each on its own rows (`[n_i, hidden]`), in two pool dispatches: every
-/// gate and up projection, then every down projection.
-pub fn mlps_forward(jobs: &[(&Mlp, &[f32])]) -> Vec<Vec<f32>> {
-    let n_of = |m: &Mlp, x: &[f32]| x.len() / m.gate.cols;
-    // One quantization of each input serves gate and up (unless their types differ in kind).
-    let gate_in: Vec<PreparedInput<'_>> = jobs
-        .iter()
-        .map(|&(m, x)| m.gate.prepare(x, n_of(m, x)))
-        .collect();
-    let up_in: Vec<Option<PreparedInput<'_>>> = jobs
-        .iter()
-        .zip(&gate_in)
-        .map(|(&(m, x), g)| (!g.fits(m.up.dtype)).then(|| m.up.prepare(x, n_of(m, x))))
-        .collect();
-    let items: Vec<(&QMat, &PreparedInput<'_>)> = jobs
-        .iter()
-        .zip(&gate_in)
-        .zip(&up_in)
-        .flat_map(|((&(m, _), gi), ui)| [(&m.gate, gi), (&m.up, ui.as_ref().unwrap_or(gi))])
-        .collect();
-    let mut gate_up = QMat::forward_batch(&items).into_iter();
-    let mut gate: Vec<Vec<f32>> = Vec::with_capacity(jobs.len());
-    while let (Some(mut g), Some(u)) = (gate_up.next(), gate_up.next()) {
-        silu_mul(&mut g, &u);
-        gate.push(g);
-    }
-    let down_in: Vec<PreparedInput<'_>> = jobs
-        .iter()
-        .zip(&gate)
-        .map(|(&(m, x), h)| m.down.prepare(h, n_of(m, x)))
-        .collect();
-    let items: Vec<(&QMat, &PreparedInput<'_>)> = jobs
-        .iter()
-        .zip(&down_in)
-        .map(|(&(m, _), di)| (&m.down, di))
-        .collect();
-    QMat::forward_batch(&items)
-}
-
 /// MoE over `[n, hidden]` rows: routes every token, runs each expert once on the tokens sent
 /// to it, and adds the weighted results plus the shared experts.
-pub fn moe_forward(cfg: &Config, moe: &Moe, x: &[f32]) -> Vec<f32> {
+/// `record(name, values)` receives the named intermediates (`router_logits`: `[n, experts]`).
+pub fn moe_forward(cfg: &Config, moe: &Moe, x: &[f32], record: &dyn Fn(&str, &[f32])) -> Vec<f32> {
     let d = cfg.hidden_size;
     let n = x.len() / d;
     let logits = moe.router.forward(x); // [n, experts]
+    record("router_logits", &logits);
     let e = moe.router.rows;
     let mut buckets: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
     for t in 0..n {

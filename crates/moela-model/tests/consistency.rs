@@ -501,3 +501,58 @@ fn a_k_token_step_equals_k_one_token_steps() {
         assert!(max_diff(&got, &want) < 1e-5, "{}", max_diff(&got, &want));
     }
 }
+
+#[test]
+fn the_trace_names_every_intermediate_of_a_layer() {
+    let m = model(v3_config()); // layer 0 dense, layers 1–2 MoE
+    let c = m.config.clone();
+    let (d, t) = (c.hidden_size, 5usize);
+    let toks = tokens(t, c.vocab_size);
+    let mut cache = m.new_cache();
+    let mut trace = Vec::new();
+    let mut s = [SeqInput {
+        tokens: &toks,
+        cache: &mut cache,
+        logits: Logits::Last,
+    }];
+    let traced = m
+        .forward_traced(&mut s, &ForwardOptions::default(), Some(&mut trace))
+        .unwrap();
+    let get = |name: &str| -> &Vec<f32> {
+        &trace
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no {name} in the trace"))
+            .1
+    };
+    let (h, lat) = (c.num_attention_heads, c.latent_dim());
+    let mut prev = get("embed").clone();
+    for l in 0..c.num_hidden_layers {
+        let n = |s: &str| format!("layer.{l}{s}");
+        assert_eq!(get(&n(".attn_norm")).len(), t * d);
+        assert_eq!(get(&n(".attn.q")).len(), t * h * c.qk_head_dim());
+        assert_eq!(get(&n(".attn.kv_latent")).len(), t * lat);
+        assert_eq!(get(&n(".attn.heads")).len(), t * h * c.v_head_dim);
+        assert_eq!(get(&n(".ffn_norm")).len(), t * d);
+        let has_router = trace.iter().any(|(x, _)| *x == n(".moe.router_logits"));
+        assert_eq!(has_router, c.is_moe_layer(l), "layer {l}");
+        if has_router {
+            let e = c.n_routed_experts.unwrap();
+            assert_eq!(get(&n(".moe.router_logits")).len(), t * e);
+        }
+        // The residual stream is the previous one plus the attention's and the FFN's outputs.
+        let (attn, ffn, out) = (get(&n(".attn")), get(&n(".ffn")), get(&n("")));
+        let want: Vec<f32> = (0..t * d).map(|i| (prev[i] + attn[i]) + ffn[i]).collect();
+        assert_eq!(out, &want, "layer {l}");
+        prev = out.clone();
+    }
+    // Tracing changes nothing of the result.
+    let mut c2 = m.new_cache();
+    let mut s2 = [SeqInput {
+        tokens: &toks,
+        cache: &mut c2,
+        logits: Logits::Last,
+    }];
+    let plain = m.forward(&mut s2, &ForwardOptions::default()).unwrap();
+    assert_eq!(plain, traced);
+}

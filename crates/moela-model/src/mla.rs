@@ -1,13 +1,18 @@
-//! Multi-head latent attention over a sequence's latent cache, in two exactly equal forms:
-//! the standard (decompressed) form — the executable spec — and the absorbed form.
+//! Multi-head latent attention (DeepSeek V2/V3): the layer's [`Attend`] implementation (query
+//! and latent projections, the cached row, the output projection) and attention over a
+//! sequence's latent cache in two exactly equal forms: the standard (decompressed) form — the
+//! executable spec — and the absorbed form, with a batched decode step for many sequences.
 
 use moela_kernels::ops::dot;
 use moela_kernels::{
-    exp_sum, num_threads, parallel_chunks, rows_matmul, rows_weighted_sum, softmax_in_place, QMat,
+    exp_sum, num_threads, parallel_chunks, rms_norm_in_place, rows_matmul, rows_weighted_sum,
+    softmax_in_place, QMat,
 };
 
-use crate::cache::{LayerView, Rows};
+use crate::cache::{BatchCache, LayerView, Rows};
+use crate::model::{Attend, SeqInput, Step};
 use crate::tiled;
+use crate::weights::{MlaAttention, QProj};
 
 /// Dimensions of one MLA computation.
 #[derive(Clone, Copy, Debug)]
@@ -388,6 +393,100 @@ pub(crate) fn mla_absorbed_batch(
     let qc = absorb_queries(q, uk_t, d);
     let o_lat = mla_absorbed_decode(&qc, caches, d);
     expand_values(&o_lat, uv, d)
+}
+
+impl Attend for MlaAttention {
+    /// MLA for all token rows `x`; caches the normalized latent and the rotated rope key.
+    fn attend(
+        &self,
+        step: &Step<'_>,
+        x: &[f32],
+        batch: &[SeqInput<'_>],
+        cache: &mut BatchCache<'_>,
+    ) -> Vec<f32> {
+        let c = step.config;
+        let a = self;
+        let positions = step.positions;
+        let dims = MlaDims {
+            heads: c.num_attention_heads,
+            nope: c.qk_nope_head_dim,
+            rope: c.qk_rope_head_dim,
+            v: c.v_head_dim,
+            rank: c.kv_lora_rank,
+            scale: c.softmax_scale(),
+        };
+        let (h, qk, r, dr) = (
+            c.num_attention_heads,
+            c.qk_head_dim(),
+            c.kv_lora_rank,
+            c.qk_rope_head_dim,
+        );
+        // The query's first product and kv_a share the input: one dispatch.
+        let first = match &a.q {
+            QProj::Direct(w) => w,
+            QProj::LowRank { a, .. } => a,
+        };
+        let [q0, mut rows] = QMat::forward_many([first, &a.kv_a], x);
+        // q: [T, heads, nope + rope]
+        let mut q = match &a.q {
+            QProj::Direct(_) => q0,
+            QProj::LowRank { norm, b, .. } => {
+                let mut ql = q0;
+                rms_norm_in_place(&mut ql, norm, c.rms_norm_eps);
+                b.forward(&ql)
+            }
+        };
+        // kv: [T, rank + rope] → normalized latent and rotated rope key, the cached row.
+        let lat = r + dr;
+        for t in 0..positions.len() {
+            let row = &mut rows[t * lat..(t + 1) * lat];
+            rms_norm_in_place(&mut row[..r], &a.kv_a_norm, c.rms_norm_eps);
+            step.rope.apply(t, &mut row[r..]);
+            for hh in 0..h {
+                let qh = &mut q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
+                step.rope.apply(t, &mut qh[c.qk_nope_head_dim..]);
+            }
+        }
+        step.record("q", &q);
+        step.record("kv_latent", &rows);
+        // A decode step of several sequences (one new token each, all in the absorbed form):
+        // one batched attention instead of three small dispatches per sequence.
+        let absorbed = |s: &SeqInput<'_>| {
+            step.opts.attention.resolve(&dims, 1, s.cache.len() + 1) == AttentionMode::Absorbed
+        };
+        if batch.len() > 1 && batch.iter().all(|s| s.tokens.len() == 1 && absorbed(s)) {
+            for (t, s) in batch.iter().enumerate() {
+                cache.write(s.cache, step.layer, &rows[t * lat..(t + 1) * lat]);
+            }
+            let views: Vec<_> = batch
+                .iter()
+                .map(|s| cache.view(s.cache, step.layer, s.cache.len() + 1))
+                .collect();
+            let o = mla_absorbed_batch(&q, &views, &a.uk_t, &a.uv, &dims);
+            step.record("heads", &o);
+            return a.o.forward(&o);
+        }
+        let mut o = Vec::with_capacity(positions.len() * h * c.v_head_dim);
+        let mut t0 = 0;
+        for s in batch.iter() {
+            let n = s.tokens.len();
+            cache.write(s.cache, step.layer, &rows[t0 * lat..(t0 + n) * lat]);
+            let qs = &q[t0 * h * qk..(t0 + n) * h * qk];
+            let view = cache.view(s.cache, step.layer, s.cache.len() + n);
+            o.extend(mla(
+                qs,
+                &view,
+                &a.kv_b,
+                &a.uk_t,
+                &a.uv,
+                &dims,
+                step.opts.attention,
+            ));
+            t0 += n;
+        }
+        step.record("heads", &o);
+        a.o.forward(&o)
+    }
 }
 
 #[cfg(test)]

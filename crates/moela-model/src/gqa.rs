@@ -78,6 +78,8 @@ impl Attend for GqaAttention {
             }
         }
         drop((k, v));
+        step.record("q", &q);
+        step.record("kv", &rows);
         let mut o = vec![0.0f32; n_tok * h * hd]; // [T, heads, head_dim]
         let mut t0 = 0;
         for s in batch.iter() {
@@ -92,6 +94,7 @@ impl Attend for GqaAttention {
             );
             t0 += n;
         }
+        step.record("heads", &o);
         let mut y = self.o.forward(&o);
         add_bias(&mut y, self.o_bias.as_deref());
         y
