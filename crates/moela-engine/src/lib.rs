@@ -14,7 +14,7 @@ pub use generate::{
 };
 pub use sampler::{argmax, Rng, Sampler, SamplingParams};
 pub use scheduler::{
-    Constraint, EngineConfig, EngineHandle, EngineStats, Event, Request, SubmitError, TokenEvent,
-    TokenLogprob, Usage,
+    Constraint, EngineConfig, EngineHandle, EngineStats, Event, Failure, Request, SubmitError,
+    TokenEvent, TokenLogprob, Usage,
 };
 pub use stop::{stop_token_ids, StopMatcher};

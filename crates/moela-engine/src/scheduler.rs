@@ -75,7 +75,34 @@ pub enum Event {
         finish_reason: FinishReason,
         usage: Usage,
     },
-    Error(String),
+    Error(Failure),
+}
+
+/// Why the engine gave up on a request, so that callers can tell the client's fault from
+/// theirs.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// The request can never be served as it is (it needs more KV blocks than the pool has, a
+    /// token id outside the vocabulary): the client's to fix.
+    #[error("{0}")]
+    Rejected(String),
+    /// Capacity, for now (no free KV-cache block): the same request may succeed later.
+    #[error("{0}")]
+    Busy(String),
+    /// Something failed inside the engine.
+    #[error("{0}")]
+    Fault(String),
+}
+
+impl From<&moela_model::ModelError> for Failure {
+    fn from(e: &moela_model::ModelError) -> Failure {
+        use moela_model::ModelError;
+        match e {
+            ModelError::Input(_) => Failure::Rejected(e.to_string()),
+            ModelError::CacheFull { .. } => Failure::Busy(e.to_string()),
+            _ => Failure::Fault(e.to_string()),
+        }
+    }
 }
 
 /// Engine limits.
@@ -308,7 +335,7 @@ impl Worker {
                     if need > capacity {
                         let msg =
                             format!("the request needs {need} KV blocks, the pool has {capacity}");
-                        let _ = job.tx.send(Event::Error(msg));
+                        let _ = job.tx.send(Event::Error(Failure::Rejected(msg)));
                     } else {
                         break;
                     }
@@ -423,7 +450,7 @@ impl Worker {
             Ok(l) => l,
             Err(e) => {
                 for (i, _, _) in &inputs {
-                    let _ = running[*i].job.tx.send(Event::Error(e.to_string()));
+                    let _ = running[*i].job.tx.send(Event::Error(Failure::from(&e)));
                 }
                 let failed: Vec<usize> = inputs.iter().map(|(i, _, _)| *i).collect();
                 let mut idx = 0;
@@ -485,7 +512,7 @@ impl Worker {
         let piece = match s.decoder.push(t) {
             Ok(p) => p,
             Err(e) => {
-                let _ = s.job.tx.send(Event::Error(e.to_string()));
+                let _ = s.job.tx.send(Event::Error(Failure::Fault(e.to_string())));
                 return Outcome::Cancelled;
             }
         };

@@ -313,3 +313,27 @@ fn r1_second_turn_reuses_the_first_turns_prefix() {
     );
     engine.shutdown();
 }
+
+#[test]
+fn model_errors_become_typed_failures() {
+    use moela_engine::Failure;
+    use moela_model::ModelError;
+    assert_eq!(
+        Failure::from(&ModelError::Input(
+            "token id 999 is outside the vocabulary".into()
+        )),
+        Failure::Rejected("token id 999 is outside the vocabulary".into())
+    );
+    let full = ModelError::CacheFull {
+        blocks: 2,
+        block_tokens: 16,
+    };
+    assert_eq!(
+        Failure::from(&full),
+        Failure::Busy("the KV cache is full (2 blocks of 16 tokens in use)".into())
+    );
+    assert!(matches!(
+        Failure::from(&ModelError::MissingTensor("lm_head.weight".into())),
+        Failure::Fault(m) if m.contains("lm_head.weight")
+    ));
+}

@@ -367,10 +367,10 @@ impl SeqCache {
             if b.refs > 1 && !(b.refs == 2 && b.key.is_some()) {
                 // Shared with another sequence: write from now on into a private copy.
                 let Some(copy) = pool.take_block(&mut g) else {
-                    return Err(ModelError::Input(format!(
-                        "the KV cache is full ({} blocks of {bt} tokens in use)",
-                        pool.max_blocks.unwrap_or(0)
-                    )));
+                    return Err(ModelError::CacheFull {
+                        blocks: pool.max_blocks.unwrap_or(0),
+                        block_tokens: bt,
+                    });
                 };
                 let data = match &g.blocks[id].data {
                     BlockData::F32(d) => BlockData::F32(d.clone()),
@@ -514,10 +514,10 @@ impl<'a> BatchCache<'a> {
                     for id in taken {
                         pool.release(&mut guard, id);
                     }
-                    return Err(ModelError::Input(format!(
-                        "the KV cache is full ({} blocks of {bt} tokens in use)",
-                        pool.max_blocks.unwrap_or(0)
-                    )));
+                    return Err(ModelError::CacheFull {
+                        blocks: pool.max_blocks.unwrap_or(0),
+                        block_tokens: bt,
+                    });
                 }
             }
         }

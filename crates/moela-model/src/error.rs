@@ -17,4 +17,7 @@ pub enum ModelError {
     Tensor { name: String, msg: String },
     #[error("{0}")]
     Input(String),
+    /// No free KV-cache block for the new tokens (capacity, not a bad request).
+    #[error("the KV cache is full ({blocks} blocks of {block_tokens} tokens in use)")]
+    CacheFull { blocks: usize, block_tokens: usize },
 }

@@ -42,6 +42,18 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl From<moela_engine::Failure> for ApiError {
+    /// A request the engine rejects is a 400, a full KV cache a 503, an engine fault a 500.
+    fn from(f: moela_engine::Failure) -> ApiError {
+        use moela_engine::Failure;
+        match f {
+            Failure::Rejected(m) => ApiError::invalid(m),
+            Failure::Busy(m) => ApiError::Unavailable(m),
+            Failure::Fault(m) => ApiError::Internal(format!("generation failed: {m}")),
+        }
+    }
+}
+
 impl ApiError {
     /// A 400 naming the offending field.
     pub fn bad(param: impl Into<String>, message: impl Into<String>) -> ApiError {
@@ -168,5 +180,28 @@ impl From<moela_text::TextError> for ApiError {
             ),
             e => ApiError::invalid(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use moela_engine::Failure;
+
+    #[test]
+    fn engine_failures_map_to_client_busy_and_server_statuses() {
+        let status = |f| ApiError::from(f).status();
+        assert_eq!(
+            status(Failure::Rejected("x".into())),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(Failure::Busy("x".into())),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(Failure::Fault("x".into())),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

@@ -763,9 +763,7 @@ impl Run {
                 }) => {
                     self.choices[i].on_done(&tail, finish_reason, usage);
                 }
-                Some(Event::Error(e)) => {
-                    return Err(ApiError::Internal(format!("generation failed: {e}")))
-                }
+                Some(Event::Error(e)) => return Err(ApiError::from(e)),
                 None => {
                     return Err(ApiError::Unavailable(
                         "the engine stopped before the request finished".into(),
@@ -1062,7 +1060,7 @@ impl Run {
                         }
                         Some((_, Some(Event::Error(e)))) => {
                             run.state.inner.metrics.count_stream_error();
-                            let err = ApiError::Internal(format!("generation failed: {e}"));
+                            let err = ApiError::from(e);
                             queue.push_back(sse_json(&err.body()));
                             run.rxs.iter_mut().for_each(|r| *r = None);
                             phase = Phase::Finished;

@@ -1106,3 +1106,32 @@ async fn ignore_eos_generates_past_the_end_of_sequence_token() {
     .await;
     bad.error(StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn a_request_the_engine_rejects_is_a_400_not_a_500() {
+    // A pool of 2 blocks of 16 tokens: a request whose prompt and max_tokens need more can
+    // never run. The engine says so as a rejection, and the client gets a 400 naming it.
+    let cfg = EngineConfig {
+        kv_blocks: 2,
+        ..engine_config()
+    };
+    let s = server_with(Settings::new("v3"), cfg, v3_tokenizer());
+    let r = chat(
+        &s,
+        json!({"messages": user("Hello"), "max_tokens": 200, "temperature": 0}),
+    )
+    .await;
+    let e = r.error(StatusCode::BAD_REQUEST);
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("KV blocks") && msg.contains("pool has 2"),
+        "{e}"
+    );
+    // A request that fits still runs on the same server.
+    let ok = chat(
+        &s,
+        json!({"messages": user("Hello"), "max_tokens": 4, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+}
