@@ -376,6 +376,51 @@ pub fn guidance_options() -> serde_json::Value {
     })
 }
 
+/// A Lark grammar as data: the start rule's alternatives and the named rules, rendered to
+/// text once, at the end (so grammars are combined by adding rules, not by editing text).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Lark {
+    start: Vec<String>,
+    rules: Vec<(String, String)>,
+}
+
+impl Lark {
+    /// A grammar whose start is `expr` (a rule name or an expression).
+    pub fn start(expr: impl Into<String>) -> Lark {
+        Lark {
+            start: vec![expr.into()],
+            rules: Vec::new(),
+        }
+    }
+
+    /// Adds `expr` as one more alternative of the start rule.
+    pub fn or(mut self, expr: impl Into<String>) -> Lark {
+        self.start.push(expr.into());
+        self
+    }
+
+    /// Adds the rule `name: body`.
+    pub fn rule(mut self, name: impl Into<String>, body: impl Into<String>) -> Lark {
+        self.rules.push((name.into(), body.into()));
+        self
+    }
+
+    /// Adds every rule of `rules` (in order).
+    pub fn rules(mut self, rules: Vec<(String, String)>) -> Lark {
+        self.rules.extend(rules);
+        self
+    }
+
+    /// The grammar's text: `start: a | b`, then one `name: body` line per rule.
+    pub fn render(&self) -> String {
+        let mut g = format!("start: {}\n", self.start.join(" | "));
+        for (name, body) in &self.rules {
+            g.push_str(&format!("{name}: {body}\n"));
+        }
+        g
+    }
+}
+
 /// `%json {schema}` with our options merged in; `true`/`{}` accept any JSON value.
 pub fn lark_json(schema: &serde_json::Value) -> Result<String, String> {
     let mut schema = match schema {
@@ -456,6 +501,22 @@ mod tests {
             }
         }
         (out, false)
+    }
+
+    #[test]
+    fn lark_grammars_are_data_rendered_once() {
+        let g = Lark::start("answer")
+            .or("calls")
+            .rule("answer", "%json {}")
+            .rules(vec![
+                ("calls".into(), "call+".into()),
+                ("call".into(), "\"x\"".into()),
+            ]);
+        assert_eq!(
+            g.render(),
+            "start: answer | calls\nanswer: %json {}\ncalls: call+\ncall: \"x\"\n"
+        );
+        assert_eq!(Lark::start("%json {}").render(), "start: %json {}\n");
     }
 
     #[test]
@@ -580,7 +641,8 @@ mod tests {
         ];
         for format in [CallFormat::V3, CallFormat::V31] {
             for only in [None, Some("get_time")] {
-                let lark = tool_call_grammar(&tools, only, false, format, g.table()).unwrap();
+                let rules = tool_call_grammar(&tools, only, false, format, g.table()).unwrap();
+                let lark = Lark::start("calls").rules(rules).render();
                 let compiled = g.compile(&lark, "tools").unwrap();
                 let mut c = compiled.constraint(false);
                 let (out, done) = walk(c.as_mut(), g.table(), 3, 600);

@@ -209,15 +209,16 @@ pub fn add_tools_to_messages(messages: &mut Vec<ChatMessage>, text: String) {
     messages.insert(at, ChatMessage::new(Role::System, text));
 }
 
-/// A Lark grammar that forces tool calls: one call of `only` when given, else one or more
-/// (one when `parallel` is false) of any tool.
+/// The Lark rules of forced tool calls, entered by the rule `calls`: one call of `only` when
+/// given, else one or more (one when `parallel` is false) of any tool. A grammar starts from
+/// `calls` (or offers it beside other alternatives: [`crate::constraint::Lark`]).
 pub fn tool_call_grammar(
     tools: &[ToolSpec],
     only: Option<&str>,
     parallel: bool,
     format: CallFormat,
     table: &TokenTable,
-) -> Result<String, ApiError> {
+) -> Result<Vec<(String, String)>, ApiError> {
     let m = |t: &str| lark_markup(table, t);
     let mut rules = Vec::new();
     let mut alternatives = Vec::new();
@@ -245,21 +246,19 @@ pub fn tool_call_grammar(
                 m(TOOL_CALL_END)
             ),
         };
-        rules.push(format!("call_{i}: {body}"));
-        rules.push(format!("args_{i}: {args}"));
+        rules.push((format!("call_{i}"), body));
+        rules.push((format!("args_{i}"), args));
         alternatives.push(format!("call_{i}"));
     }
     let repeat = if parallel && only.is_none() { "+" } else { "" };
-    let mut g = format!(
-        "start: calls\ncalls: {} call{repeat} {}\ncall: {}\n",
-        m(TOOL_CALLS_BEGIN),
-        m(TOOL_CALLS_END),
-        alternatives.join(" | ")
-    );
-    for r in rules {
-        g.push_str(&r);
-        g.push('\n');
-    }
+    let mut g = vec![
+        (
+            "calls".to_string(),
+            format!("{} call{repeat} {}", m(TOOL_CALLS_BEGIN), m(TOOL_CALLS_END)),
+        ),
+        ("call".to_string(), alternatives.join(" | ")),
+    ];
+    g.extend(rules);
     Ok(g)
 }
 
