@@ -65,8 +65,8 @@ fn parse_args() -> Result<Args, String> {
                     a.streams.push(n);
                     i += 1;
                 }
-                if a.streams.is_empty() {
-                    return Err("--streams needs at least one count".into());
+                if a.streams.is_empty() || a.streams.contains(&0) {
+                    return Err("--streams needs one or more counts of at least 1".into());
                 }
                 i += 1;
                 continue;
