@@ -80,20 +80,29 @@ impl Attend for GqaAttention {
         drop((k, v));
         step.record("q", &q);
         step.record("kv", &rows);
-        let mut o = vec![0.0f32; n_tok * h * hd]; // [T, heads, head_dim]
+        // Every sequence's rows first, then the attention of all of them as one pool job
+        // (a batched decode step: one dispatch per layer, not one per sequence).
         let mut t0 = 0;
         for s in batch.iter() {
             let n = s.tokens.len();
             cache.write(s.cache, step.layer, &rows[t0 * w..(t0 + n) * w]);
-            let view = cache.view(s.cache, step.layer, s.cache.len() + n);
-            gqa(
-                &q[t0 * h * hd..(t0 + n) * h * hd],
-                &view,
-                &d,
-                &mut o[t0 * h * hd..(t0 + n) * h * hd],
-            );
             t0 += n;
         }
+        let views: Vec<_> = batch
+            .iter()
+            .map(|s| cache.view(s.cache, step.layer, s.cache.len() + s.tokens.len()))
+            .collect();
+        let mut t0 = 0;
+        let seqs: Vec<(&[f32], &LayerView<'_>)> = batch
+            .iter()
+            .zip(&views)
+            .map(|(s, view)| {
+                let n = s.tokens.len();
+                t0 += n;
+                (&q[(t0 - n) * h * hd..t0 * h * hd], view)
+            })
+            .collect();
+        let o: Vec<f32> = gqa(&seqs, &d).concat(); // [T, heads, head_dim]
         step.record("heads", &o);
         let mut y = self.o.forward(&o);
         add_bias(&mut y, self.o_bias.as_deref());
@@ -101,12 +110,13 @@ impl Attend for GqaAttention {
     }
 }
 
-/// Causal attention of `n` new query tokens, the last `n` of the `cache` rows, in tiles on
+/// Causal attention of each sequence's `n` new query tokens, the last `n` of its cache rows, in tiles on
 /// the rows kernels ([`crate::tiled`]); [`gqa_loop`] is the spec it is tested against.
 ///
-/// `q`: `[n, heads, head_dim]` with RoPE applied; `cache`: `[len, 2·kv_heads·head_dim]` rows;
-/// writes `out`: `[n, heads, head_dim]`.
-fn gqa(q: &[f32], cache: &LayerView<'_>, d: &GqaDims, out: &mut [f32]) {
+/// Per sequence `(q, cache)`: `q` `[n, heads, head_dim]` with RoPE applied, `cache`
+/// `[len, 2·kv_heads·head_dim]` rows; returns each sequence's `[n, heads, head_dim]`. All
+/// sequences' tiles run as one pool job ([`tiled::attend_many`]).
+fn gqa(seqs: &[(&[f32], &LayerView<'_>)], d: &GqaDims) -> Vec<Vec<f32>> {
     let (h, hd, _, v_off) = d.layout();
     let layout = tiled::Layout {
         heads: h,
@@ -120,7 +130,7 @@ fn gqa(q: &[f32], cache: &LayerView<'_>, d: &GqaDims, out: &mut [f32]) {
         scale: d.scale,
         window: d.window,
     };
-    out.copy_from_slice(&tiled::attend(q, cache, &layout));
+    tiled::attend_many(seqs, &layout)
 }
 
 /// [`gqa`] as loops: one task per (token, head).
@@ -185,9 +195,9 @@ mod tests {
                     let rows = data(len * 2 * kv_heads * hd, (len + heads) as u64);
                     let cache = LayerView::of_rows(&rows, 2 * kv_heads * hd, 16);
                     let q = data(n * heads * hd, n as u64);
-                    let (mut want, mut got) = (vec![0.0; q.len()], vec![0.0; q.len()]);
+                    let mut want = vec![0.0; q.len()];
                     gqa_loop(&q, &cache, &d, &mut want);
-                    gqa(&q, &cache, &d, &mut got);
+                    let got = gqa(&[(&q, &cache)], &d).remove(0);
                     let diff = want
                         .iter()
                         .zip(&got)

@@ -256,12 +256,13 @@ fn paged_pool_shares_prefixes_frees_on_drop_and_evicts() {
 
 #[test]
 fn batched_decode_steps_equal_solo_steps_to_the_bit() {
-    // Several sequences decoding one token each share one batched attention (absorbed form:
-    // one W_UK product, one pool job over every sequence's cache blocks, one W_UV product).
+    // Several sequences decoding one token each share one batched attention (MLA absorbed
+    // form: one W_UK product, one pool job over every sequence's cache blocks, one W_UV
+    // product; GQA: one pool job over every sequence's tiles).
     // Each must get exactly the logits it gets alone, with f32 and f16 caches and contexts on
     // both sides of a cache-block boundary.
     for kv in [KvType::F32, KvType::F16] {
-        for cfg in [v3_config(), v2_lite_config()] {
+        for cfg in [v3_config(), v2_lite_config(), qwen2_config()] {
             let mut m = model(cfg);
             m.set_kv_type(kv);
             let v = m.config.vocab_size;
