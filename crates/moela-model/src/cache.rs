@@ -53,6 +53,7 @@ impl std::str::FromStr for KvType {
 }
 
 /// A block's rows: `[layers, block_tokens, latent_dim]`.
+#[derive(Clone)]
 enum BlockData {
     F32(Vec<f32>),
     F16(Vec<u16>),
@@ -372,11 +373,7 @@ impl SeqCache {
                         block_tokens: bt,
                     });
                 };
-                let data = match &g.blocks[id].data {
-                    BlockData::F32(d) => BlockData::F32(d.clone()),
-                    BlockData::F16(d) => BlockData::F16(d.clone()),
-                };
-                g.blocks[copy].data = data;
+                g.blocks[copy].data = g.blocks[id].data.clone();
                 pool.release(&mut g, id);
                 self.blocks[keep - 1] = copy;
             } else if let Some(k) = g.blocks[id].key.take() {
@@ -535,8 +532,28 @@ impl<'a> BatchCache<'a> {
         })
     }
 
+    /// Writes layer `l`'s rows of a batch's new tokens — `rows` is `[T, latent_dim]`, the
+    /// `new` tokens of each `(seq, new)` in order — then returns each sequence's view of its
+    /// rows `0..len + new` of that layer (every write before any read).
+    pub(crate) fn write_and_view(
+        &mut self,
+        seqs: &[(&SeqCache, usize)],
+        l: usize,
+        rows: &[f32],
+    ) -> Vec<LayerView<'_>> {
+        let lat = self.pool.latent_dim;
+        let mut t0 = 0;
+        for &(seq, n) in seqs {
+            self.write(seq, l, &rows[t0 * lat..(t0 + n) * lat]);
+            t0 += n;
+        }
+        seqs.iter()
+            .map(|&(seq, n)| self.view(seq, l, seq.len + n))
+            .collect()
+    }
+
     /// Writes `rows` (`[n, latent_dim]`) at positions `seq.len..` of layer `l`.
-    pub(crate) fn write(&mut self, seq: &SeqCache, l: usize, rows: &[f32]) {
+    fn write(&mut self, seq: &SeqCache, l: usize, rows: &[f32]) {
         let (bt, lat) = (self.pool.block_tokens, self.pool.latent_dim);
         for (i, row) in rows.chunks_exact(lat).enumerate() {
             let u = seq.len + i;
@@ -550,7 +567,7 @@ impl<'a> BatchCache<'a> {
     }
 
     /// Rows `0..upto` of layer `l` of `seq`.
-    pub(crate) fn view(&self, seq: &SeqCache, l: usize, upto: usize) -> LayerView<'_> {
+    fn view(&self, seq: &SeqCache, l: usize, upto: usize) -> LayerView<'_> {
         let (bt, lat) = (self.pool.block_tokens, self.pool.latent_dim);
         let blocks = seq.blocks[..upto.div_ceil(bt)]
             .iter()

@@ -7,7 +7,7 @@
 
 use moela_kernels::{add_in_place, QMat};
 
-use crate::cache::{BatchCache, LayerView};
+use crate::cache::{BatchCache, LayerView, SeqCache};
 use crate::model::{Attend, SeqInput, Step};
 use crate::tiled;
 use crate::weights::GqaAttention;
@@ -82,22 +82,14 @@ impl Attend for GqaAttention {
         step.record("kv", &rows);
         // Every sequence's rows first, then the attention of all of them as one pool job
         // (a batched decode step: one dispatch per layer, not one per sequence).
+        let news: Vec<(&SeqCache, usize)> =
+            batch.iter().map(|s| (&*s.cache, s.tokens.len())).collect();
+        let views = cache.write_and_view(&news, step.layer, &rows);
         let mut t0 = 0;
-        for s in batch.iter() {
-            let n = s.tokens.len();
-            cache.write(s.cache, step.layer, &rows[t0 * w..(t0 + n) * w]);
-            t0 += n;
-        }
-        let views: Vec<_> = batch
-            .iter()
-            .map(|s| cache.view(s.cache, step.layer, s.cache.len() + s.tokens.len()))
-            .collect();
-        let mut t0 = 0;
-        let seqs: Vec<(&[f32], &LayerView<'_>)> = batch
+        let seqs: Vec<(&[f32], &LayerView<'_>)> = news
             .iter()
             .zip(&views)
-            .map(|(s, view)| {
-                let n = s.tokens.len();
+            .map(|(&(_, n), view)| {
                 t0 += n;
                 (&q[(t0 - n) * h * hd..t0 * h * hd], view)
             })

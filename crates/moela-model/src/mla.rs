@@ -9,7 +9,7 @@ use moela_kernels::{
     softmax_in_place, QMat,
 };
 
-use crate::cache::{BatchCache, LayerView, Rows};
+use crate::cache::{BatchCache, LayerView, Rows, SeqCache};
 use crate::model::{Attend, SeqInput, Step};
 use crate::tiled;
 use crate::weights::{MlaAttention, QProj};
@@ -192,7 +192,7 @@ pub(crate) fn mla_standard_tiled(
 
 /// Absorbed form: fold W_UK into the query and W_UV after the weighted sum, so attention is
 /// MQA over the cached latents with one `rank + rope`-wide key (DeepSeek-V2 paper §2.1.2).
-/// One token (decode) splits the cache over the workers ([`mla_absorbed_one`]); more run in
+/// One token (decode) splits the cache over the workers ([`mla_absorbed_decode`]); more run in
 /// tiles of query tokens on the rows kernels ([`crate::tiled`]).
 pub(crate) fn mla_absorbed(
     q: &[f32],
@@ -203,7 +203,7 @@ pub(crate) fn mla_absorbed(
 ) -> Vec<f32> {
     let qc = absorb_queries(q, uk_t, d);
     let o_lat = if q.len() == d.heads * d.qk() {
-        mla_absorbed_one(&qc, cache, d)
+        mla_absorbed_decode(&qc, std::slice::from_ref(cache), d)
     } else {
         let layout = tiled::Layout {
             heads: d.heads,
@@ -277,23 +277,17 @@ fn axpy(acc: &mut [f32], p: f32, x: &[f32]) {
     }
 }
 
-/// Cache rows per task (at least) in [`mla_absorbed_one`].
+/// Cache rows per task (at least) in [`mla_absorbed_decode`].
 const ROWS_PER_TASK: usize = 64;
 
-/// [`mla_absorbed`] for one query token (decode), cache-block outer: the scores of all heads
-/// against a block of cached rows are one small matrix product, and the weighted sum of the
-/// block's latents one more, so each cached row is read (and widened, for an f16 cache) once
-/// per head group rather than once per head; tasks are ranges of blocks. `qc`: the absorbed
-/// query `[heads, rank + rope]`; returns the attended latents `[heads, rank]`.
-fn mla_absorbed_one(qc: &[f32], cache: &LayerView<'_>, d: &MlaDims) -> Vec<f32> {
-    mla_absorbed_decode(qc, std::slice::from_ref(cache), d)
-}
-
-/// Decode attention of several sequences at once: one query token each (`qc`:
-/// `[seqs, heads, rank + rope]`, absorbed), sequence `s` over `caches[s]`. Every sequence is
-/// cut into the tasks [`mla_absorbed_one`] would cut it into and all of them run as one pool
-/// job, so a batch of short contexts costs one dispatch, not one per sequence; each
-/// sequence's result is the same to the bit. Returns `[seqs, heads, rank]`.
+/// [`mla_absorbed`] for one query token per sequence (decode; `qc`: the absorbed queries
+/// `[seqs, heads, rank + rope]`, sequence `s` over `caches[s]`), cache-block outer: the scores
+/// of all heads against a block of cached rows are one small matrix product, and the weighted
+/// sum of the block's latents one more, so each cached row is read (and widened, for an f16
+/// cache) once per head group rather than once per head. Each sequence is cut into tasks
+/// (ranges of blocks) by its own length only, and the tasks of all sequences run as one pool
+/// job: a batch costs one dispatch, and each sequence's result is the same to the bit as
+/// alone. Returns the attended latents `[seqs, heads, rank]`.
 fn mla_absorbed_decode(qc: &[f32], caches: &[LayerView<'_>], d: &MlaDims) -> Vec<f32> {
     let (h, r) = (d.heads, d.rank);
     let lat = r + d.rope;
@@ -449,41 +443,27 @@ impl Attend for MlaAttention {
         }
         step.record("q", &q);
         step.record("kv_latent", &rows);
+        let seqs: Vec<(&SeqCache, usize)> =
+            batch.iter().map(|s| (&*s.cache, s.tokens.len())).collect();
+        let views = cache.write_and_view(&seqs, step.layer, &rows);
         // A decode step of several sequences (one new token each, all in the absorbed form):
         // one batched attention instead of three small dispatches per sequence.
         let absorbed = |s: &SeqInput<'_>| {
             step.opts.attention.resolve(&dims, 1, s.cache.len() + 1) == AttentionMode::Absorbed
         };
-        if batch.len() > 1 && batch.iter().all(|s| s.tokens.len() == 1 && absorbed(s)) {
-            for (t, s) in batch.iter().enumerate() {
-                cache.write(s.cache, step.layer, &rows[t * lat..(t + 1) * lat]);
+        let o = if batch.len() > 1 && batch.iter().all(|s| s.tokens.len() == 1 && absorbed(s)) {
+            mla_absorbed_batch(&q, &views, &a.uk_t, &a.uv, &dims)
+        } else {
+            let mut o = Vec::with_capacity(positions.len() * h * c.v_head_dim);
+            let mut t0 = 0;
+            for (&(_, n), view) in seqs.iter().zip(&views) {
+                let qs = &q[t0 * h * qk..(t0 + n) * h * qk];
+                let mode = step.opts.attention;
+                o.extend(mla(qs, view, &a.kv_b, &a.uk_t, &a.uv, &dims, mode));
+                t0 += n;
             }
-            let views: Vec<_> = batch
-                .iter()
-                .map(|s| cache.view(s.cache, step.layer, s.cache.len() + 1))
-                .collect();
-            let o = mla_absorbed_batch(&q, &views, &a.uk_t, &a.uv, &dims);
-            step.record("heads", &o);
-            return a.o.forward(&o);
-        }
-        let mut o = Vec::with_capacity(positions.len() * h * c.v_head_dim);
-        let mut t0 = 0;
-        for s in batch.iter() {
-            let n = s.tokens.len();
-            cache.write(s.cache, step.layer, &rows[t0 * lat..(t0 + n) * lat]);
-            let qs = &q[t0 * h * qk..(t0 + n) * h * qk];
-            let view = cache.view(s.cache, step.layer, s.cache.len() + n);
-            o.extend(mla(
-                qs,
-                &view,
-                &a.kv_b,
-                &a.uk_t,
-                &a.uv,
-                &dims,
-                step.opts.attention,
-            ));
-            t0 += n;
-        }
+            o
+        };
         step.record("heads", &o);
         a.o.forward(&o)
     }

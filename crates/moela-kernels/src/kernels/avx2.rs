@@ -471,7 +471,9 @@ pub(super) const PREFETCH_AHEAD: usize = 2048;
 
 /// For a micro-tile of `NR` tokens: prefetches the `len` bytes `PREFETCH_AHEAD` past `p`, the
 /// part of a weight stream that a one-token product will read that far ahead of the block at
-/// `p`. Tiles of several tokens reuse each weight block from cache and prefetch nothing.
+/// `p`. The integer and K-quant tiles of several tokens reuse each weight block from cache and
+/// prefetch nothing; the float kernels call this as `prefetch_ahead::<1>` for every tile (see
+/// `float_micro!`: a batch's small float matrices are read once per step, from L3 or DRAM).
 #[inline(always)]
 fn prefetch_ahead<const NR: usize>(p: *const u8, len: usize) {
     if NR != 1 {
