@@ -4,10 +4,13 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use moela_engine::{generate, perplexity, EngineError, GenerateRequest, SamplingParams};
+use moela_engine::{
+    generate, perplexity, Engine, EngineConfig, EngineError, Request, SamplingParams,
+};
 use moela_kernels::DType;
 use moela_loader::{LoadOptions, ModelFiles};
 use moela_model::{KvType, Model};
@@ -286,7 +289,7 @@ fn model_dir(arg: &Option<PathBuf>) -> Result<PathBuf> {
 }
 
 struct Loaded {
-    model: Model,
+    model: Arc<Model>,
     tokenizer: Tokenizer,
     ctx: usize,
 }
@@ -314,7 +317,7 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         quant: args.quant,
         kv_type: args.kv_type,
     };
-    let model = files.load_model(&opts)?;
+    let model = Arc::new(files.load_model(&opts)?);
     Ok(Loaded {
         model,
         tokenizer,
@@ -339,15 +342,25 @@ impl Loaded {
         Ok((p.ids, p.opens_reasoning))
     }
 
-    fn request(&self, prompt: Vec<u32>, s: &SamplingArgs) -> GenerateRequest {
-        GenerateRequest {
-            prompt,
+    fn request(&self, prompt: Vec<u32>, s: &SamplingArgs) -> Request {
+        Request {
             max_tokens: s.max_tokens,
             sampling: s.params(),
             stop: s.stop.clone(),
             stop_token_ids: self.stop_ids(),
-            ctx: self.ctx,
+            ..Request::new(prompt, 0)
         }
+    }
+
+    /// The engine the CLI's commands run through: one sequence at a time, the whole context.
+    fn engine(&self) -> Engine {
+        let config = EngineConfig {
+            max_batch: 1,
+            max_queue: 1,
+            ctx: self.ctx,
+            ..EngineConfig::default()
+        };
+        Engine::new(self.model.clone(), Some(self.tokenizer.clone()), config)
     }
 }
 
@@ -365,7 +378,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     };
     let req = m.request(prompt, &a.sampling);
     let mut out = std::io::stdout().lock();
-    let res = generate(&m.model, &m.tokenizer, &req, &mut |piece| {
+    let res = generate(&mut m.engine(), req, &mut |piece| {
         let _ = out.write_all(piece.as_bytes());
         let _ = out.flush();
     })
@@ -407,6 +420,8 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
+    // One engine for the whole conversation: each turn reuses the cached prefix of the last.
+    let mut engine = m.engine();
     loop {
         if interactive {
             eprint!("> ");
@@ -428,7 +443,7 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
         let (prompt, in_reasoning) = m.chat_prompt(&history)?;
         let req = m.request(prompt, &a.sampling);
         let mut out = std::io::stdout().lock();
-        let res = match generate(&m.model, &m.tokenizer, &req, &mut |piece| {
+        let res = match generate(&mut engine, req, &mut |piece| {
             let _ = out.write_all(piece.as_bytes());
             let _ = out.flush();
         }) {
@@ -451,7 +466,7 @@ fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
     let m = load(&a.model)?;
     let text = std::fs::read_to_string(&a.file).with_context(|| format!("{}", a.file.display()))?;
     let tokens = m.tokenizer.encode(&text, true)?;
-    let nll = perplexity(&m.model, &tokens, m.ctx).map_err(engine_error)?;
+    let nll = perplexity(&mut m.engine(), &tokens).map_err(engine_error)?;
     let mean = nll.iter().sum::<f64>() / nll.len() as f64;
     let ppl = mean.exp();
     if a.json {
@@ -502,7 +517,7 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         max_body_bytes: moela_server::DEFAULT_MAX_BODY_BYTES,
         drain_timeout: std::time::Duration::from_secs(a.drain_timeout),
     };
-    moela_server::serve(opts, std::sync::Arc::new(m.model), m.tokenizer)?;
+    moela_server::serve(opts, m.model, m.tokenizer)?;
     Ok(())
 }
 
@@ -654,13 +669,6 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let started = std::time::Instant::now();
     let m = load(&a.model)?;
     let load_s = started.elapsed().as_secs_f64();
-    let need = a.prompt_tokens.max(a.context) + a.gen_tokens;
-    if need > m.ctx {
-        bail!(
-            "the benchmark needs {need} tokens of context, the model allows {}",
-            m.ctx
-        );
-    }
     let cfg = moela_engine::BenchConfig {
         prompt_tokens: a.prompt_tokens,
         gen_tokens: a.gen_tokens,
@@ -670,6 +678,13 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         warmup: !a.no_warmup,
         batch: a.batch as usize,
     };
+    let need = cfg.context_needed();
+    if need > m.ctx {
+        bail!(
+            "the benchmark needs {need} tokens of context, the model allows {}",
+            m.ctx
+        );
+    }
     let r = moela_engine::run_bench(&m.model, &cfg).map_err(engine_error)?;
     let c = &m.model.config;
     let kv_bytes_per_token = c

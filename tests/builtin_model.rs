@@ -3,8 +3,9 @@
 //! its held-out per-token NLL equals what transformers computes (goldens written by the script).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use moela_engine::{greedy_tokens, perplexity};
+use moela_engine::{generate, greedy_tokens, perplexity, Engine, EngineConfig, Request};
 use moela_loader::Checkpoint;
 use moela_model::Model;
 use moela_text::{ChatMessage, RenderOptions, Role, Tokenizer};
@@ -21,14 +22,33 @@ fn golden() -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir().join("golden.json")).unwrap()).unwrap()
 }
 
-fn greedy(m: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
-    greedy_tokens(m, prompt, n).unwrap()
+/// An engine as the CLI runs it: one sequence, the model's whole context, no tokenizer.
+fn engine(m: &Arc<Model>) -> Engine {
+    let config = EngineConfig {
+        max_batch: 1,
+        ctx: m.config.max_position_embeddings,
+        ..EngineConfig::default()
+    };
+    Engine::new(m.clone(), None, config)
+}
+
+/// The greedy continuation through the engine, checked against the plain decode loop.
+fn greedy(m: &Arc<Model>, prompt: &[u32], n: usize) -> Vec<u32> {
+    let spec = greedy_tokens(m, prompt, n).unwrap();
+    let out = generate(
+        &mut engine(m),
+        Request::new(prompt.to_vec(), n),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(out.token_ids, spec);
+    spec
 }
 
 #[test]
 fn builtin_model_matches_the_reference() {
     let g = golden();
-    let model = Checkpoint::open(&dir()).unwrap().load_model(false).unwrap();
+    let model = Arc::new(Checkpoint::open(&dir()).unwrap().load_model(false).unwrap());
     let tok = Tokenizer::from_dir(&dir()).unwrap();
 
     // The chat prompt renders and tokenizes exactly as the reference did.
@@ -58,7 +78,7 @@ fn builtin_model_matches_the_reference() {
     // Held-out per-token NLL equals the reference's.
     let text = std::fs::read_to_string(dir().join("heldout.txt")).unwrap();
     let tokens = tok.encode(&text, true).unwrap();
-    let nll = perplexity(&model, &tokens, model.config.max_position_embeddings).unwrap();
+    let nll = perplexity(&mut engine(&model), &tokens).unwrap();
     let want: Vec<f64> = g["heldout_nll"]
         .as_array()
         .unwrap()

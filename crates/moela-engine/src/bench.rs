@@ -1,11 +1,14 @@
 //! `moela bench`: prefill and decode speed of a model on synthetic token ids.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use moela_model::{ForwardOptions, Logits, Model, SeqInput};
+use moela_model::Model;
+use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::generate::{prefill, EngineError};
-use crate::sampler::{argmax, Rng};
+use crate::engine::{Engine, EngineConfig, Event, Failure, Request, PREFILL_CHUNK};
+use crate::generate::{drive, EngineError};
+use crate::sampler::Rng;
 
 /// What to measure.
 #[derive(Clone, Copy, Debug)]
@@ -37,7 +40,7 @@ pub struct BenchResult {
     pub ttft_ms: f64,
     pub decode_tok_s: f64,
     pub decode_tok_s_sd: f64,
-    /// Cache length when decoding started.
+    /// Mean cache length when the timed decode started.
     pub decode_context: usize,
     /// Each repetition's prefill and decode tok/s.
     pub prefill_samples: Vec<f64>,
@@ -65,24 +68,74 @@ fn random_tokens(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-/// Runs the prefill and decode measurements.
-pub fn run_bench(model: &Model, cfg: &BenchConfig) -> Result<BenchResult, EngineError> {
+impl BenchConfig {
+    /// The decode context: `context` tokens if given, else the prompt's length.
+    fn decode_context(&self) -> usize {
+        if self.context > 0 {
+            self.context
+        } else {
+            self.prompt_tokens.max(1)
+        }
+    }
+
+    /// Tokens each decoding sequence may generate: the warm-up token, the timed ones, and one
+    /// per step while the batch's contexts are prefilled (a sequence whose context is in
+    /// decodes while the others' chunks go through).
+    fn decode_budget(&self) -> usize {
+        let prefill_steps = (self.batch.max(1) * self.decode_context()).div_ceil(PREFILL_CHUNK);
+        self.gen_tokens + usize::from(self.warmup) + prefill_steps + 1
+    }
+
+    /// The context length the run needs (cache positions of its longest sequence).
+    pub fn context_needed(&self) -> usize {
+        let prefill = if self.prompt_tokens > 0 {
+            self.prompt_tokens + 1
+        } else {
+            0
+        };
+        let decode = if self.gen_tokens > 0 {
+            self.decode_context() + self.decode_budget()
+        } else {
+            0
+        };
+        prefill.max(decode).max(1)
+    }
+}
+
+/// Runs the prefill and decode measurements through the engine (the step users get:
+/// batching, sampling, events), on random token ids, without a tokenizer.
+pub fn run_bench(model: &Arc<Model>, cfg: &BenchConfig) -> Result<BenchResult, EngineError> {
     let vocab = model.config.vocab_size;
     let mut rng = Rng::new(cfg.seed);
     let mut out = BenchResult::default();
     let reps = cfg.repetitions.max(1);
+    let batch = cfg.batch.max(1);
+    let mut engine = Engine::new(
+        model.clone(),
+        None,
+        EngineConfig {
+            max_batch: batch,
+            max_queue: batch,
+            ctx: cfg.context_needed(),
+            prefill_tokens_per_step: PREFILL_CHUNK,
+            prefix_caching: false,
+            ..EngineConfig::default()
+        },
+    );
     if cfg.prompt_tokens > 0 {
         let prompt = random_tokens(&mut rng, cfg.prompt_tokens, vocab);
+        let first_token = |engine: &mut Engine| -> Result<f64, EngineError> {
+            let t = Instant::now();
+            let mut rx = engine.submit(Request::new(prompt.clone(), 1))?;
+            drive(engine, &mut rx, |_| {})?;
+            Ok(t.elapsed().as_secs_f64())
+        };
         if cfg.warmup {
-            prefill(model, &mut model.new_cache(), &prompt)?;
+            first_token(&mut engine)?;
         }
         let mut ttft = Vec::with_capacity(reps);
         for _ in 0..reps {
-            let mut cache = model.new_cache();
-            let t = Instant::now();
-            let logits = prefill(model, &mut cache, &prompt)?;
-            let _first = argmax(&logits);
-            let s = t.elapsed().as_secs_f64();
+            let s = first_token(&mut engine)?;
             out.prefill_samples.push(cfg.prompt_tokens as f64 / s);
             ttft.push(s * 1e3);
         }
@@ -90,56 +143,66 @@ pub fn run_bench(model: &Model, cfg: &BenchConfig) -> Result<BenchResult, Engine
         out.ttft_ms = mean_sd(&ttft).0;
     }
     if cfg.gen_tokens > 0 {
-        // The decode context: `context` tokens if given, else the prompt (not timed again).
-        let ctx_len = if cfg.context > 0 {
-            cfg.context
-        } else {
-            cfg.prompt_tokens.max(1)
-        };
-        let batch = cfg.batch.max(1);
+        let ctx_len = cfg.decode_context();
         let warm: Vec<Vec<u32>> = (0..batch)
             .map(|_| random_tokens(&mut rng, ctx_len, vocab))
             .collect();
+        let mut contexts = Vec::with_capacity(reps);
         for _ in 0..reps {
-            let mut caches = Vec::with_capacity(batch);
-            let mut next = Vec::with_capacity(batch);
-            for w in &warm {
-                let mut cache = model.new_cache();
-                next.push(argmax(&prefill(model, &mut cache, w)?));
-                caches.push(cache);
-            }
-            // One decode step: every sequence's last token in, every sequence's next token out.
-            let mut step = |next: &mut Vec<u32>| -> Result<(), EngineError> {
-                let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-                let mut s: Vec<SeqInput> = toks
-                    .iter()
-                    .zip(caches.iter_mut())
-                    .map(|(tok, cache)| SeqInput {
-                        tokens: tok,
-                        cache,
-                        logits: Logits::Last,
-                    })
-                    .collect();
-                let logits = model.forward(&mut s, &ForwardOptions::default())?;
-                for (n, l) in next.iter_mut().zip(&logits) {
-                    *n = argmax(l);
+            let mut rxs = warm
+                .iter()
+                .map(|w| engine.submit(Request::new(w.clone(), cfg.decode_budget())))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut got = vec![0usize; batch];
+            // Until every context is in and each sequence has its warm-up token.
+            let ready = 1 + usize::from(cfg.warmup);
+            while got.iter().any(|&g| g < ready) {
+                if engine.is_idle() {
+                    return Err(
+                        Failure::Fault("the benchmark's requests ended early".into()).into(),
+                    );
                 }
-                Ok(())
-            };
-            if cfg.warmup {
-                step(&mut next)?;
+                engine.step();
+                collect_tokens(&mut rxs, &mut got)?;
             }
+            // Cache length when timing starts: context plus generated tokens but the last.
+            contexts.push(got.iter().map(|g| ctx_len + g - 1).sum::<usize>() as f64 / batch as f64);
+            let before: usize = got.iter().sum();
             let t = Instant::now();
             for _ in 0..cfg.gen_tokens {
-                step(&mut next)?;
+                engine.step();
+                collect_tokens(&mut rxs, &mut got)?;
             }
-            out.decode_samples
-                .push((batch * cfg.gen_tokens) as f64 / t.elapsed().as_secs_f64());
+            let secs = t.elapsed().as_secs_f64();
+            let timed = got.iter().sum::<usize>() - before;
+            out.decode_samples.push(timed as f64 / secs);
+            // Cancel the rest and let the engine free their caches.
+            drop(rxs);
+            while !engine.is_idle() {
+                engine.step();
+            }
         }
-        out.decode_context = ctx_len + usize::from(cfg.warmup);
+        out.decode_context = mean_sd(&contexts).0.round() as usize;
         (out.decode_tok_s, out.decode_tok_s_sd) = mean_sd(&out.decode_samples);
     }
     Ok(out)
+}
+
+/// Counts the tokens that arrived on each sequence's channel; an engine error ends the run.
+fn collect_tokens(
+    rxs: &mut [UnboundedReceiver<Event>],
+    got: &mut [usize],
+) -> Result<(), EngineError> {
+    for (rx, n) in rxs.iter_mut().zip(got.iter_mut()) {
+        while let Ok(ev) = rx.try_recv() {
+            match ev {
+                Event::Token(_) => *n += 1,
+                Event::Error(f) => return Err(f.into()),
+                Event::Done { .. } | Event::PromptScores(_) => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Peak resident set size of this process in bytes (Linux `VmHWM`), if known.

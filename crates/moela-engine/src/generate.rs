@@ -1,57 +1,42 @@
-//! The single-sequence generate loop and perplexity scoring.
+//! The CLI's drivers of the [`Engine`]: one request generated to its end (`generate`, `chat`),
+//! a text scored in context windows (`perplexity`); and `greedy_tokens`, the plain
+//! one-token-at-a-time decode loop kept as the executable spec the engine is tested against.
 
-use moela_model::{ForwardOptions, Logits, Model, ModelError, SeqCache, SeqInput};
-use moela_text::{TextError, Tokenizer};
+use moela_model::{ForwardOptions, Logits, Model, ModelError};
+use moela_text::TextError;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::sampler::{Sampler, SamplingParams};
-use crate::stop::StopMatcher;
-
-/// Prompt tokens per forward pass while prefilling (bounds activation memory).
-pub const PREFILL_CHUNK: usize = 512;
+use crate::engine::{Engine, Event, Failure, FinishReason, Request, SubmitError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("the prompt is {prompt} tokens, but the context holds {ctx} (it needs room for at least one generated token)")]
     PromptTooLong { prompt: usize, ctx: usize },
-    #[error("the prompt is empty")]
-    EmptyPrompt,
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// Refused before it started for another reason (queue full, shutting down).
+    #[error(transparent)]
+    Submit(SubmitError),
+    /// The engine gave up on the request.
+    #[error(transparent)]
+    Failed(#[from] Failure),
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
     Text(#[from] TextError),
 }
 
-/// Why generation ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FinishReason {
-    /// An end-of-sequence token or a stop string.
-    Stop,
-    /// `max_tokens` or the context filled up.
-    Length,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
+impl From<SubmitError> for EngineError {
+    fn from(e: SubmitError) -> EngineError {
+        match e {
+            SubmitError::PromptTooLong { prompt, ctx } => {
+                EngineError::PromptTooLong { prompt, ctx }
+            }
+            SubmitError::Invalid(msg) => EngineError::InvalidRequest(msg),
+            other => EngineError::Submit(other),
         }
     }
-}
-
-/// One generation request.
-#[derive(Clone, Debug)]
-pub struct GenerateRequest {
-    pub prompt: Vec<u32>,
-    pub max_tokens: usize,
-    pub sampling: SamplingParams,
-    pub stop: Vec<String>,
-    /// Tokens that end generation (not emitted); usually the EOS ids.
-    pub stop_token_ids: Vec<u32>,
-    /// Context length: prompt plus generated tokens never exceed it.
-    pub ctx: usize,
 }
 
 /// What a generation produced.
@@ -62,137 +47,96 @@ pub struct GenerateOutput {
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Prompt tokens served from the engine's prefix cache.
+    pub cached_tokens: usize,
 }
 
-/// Feeds `tokens` through the model in chunks, returning the last token's logits.
-pub fn prefill(
-    model: &Model,
-    cache: &mut SeqCache,
-    tokens: &[u32],
-) -> Result<Vec<f32>, ModelError> {
-    let mut last = Vec::new();
-    let chunks: Vec<&[u32]> = tokens.chunks(PREFILL_CHUNK).collect();
-    for (i, chunk) in chunks.iter().enumerate() {
-        let logits = if i + 1 == chunks.len() {
-            Logits::Last
-        } else {
-            Logits::None
-        };
-        let mut s = [SeqInput {
-            tokens: chunk,
-            cache: &mut *cache,
-            logits,
-        }];
-        last = model.forward(&mut s, &ForwardOptions::default())?.remove(0);
+/// Steps `engine` until the request behind `rx` has ended, handing each of its events to
+/// `on_event`; an `Event::Error` becomes the error.
+pub fn drive(
+    engine: &mut Engine,
+    rx: &mut UnboundedReceiver<Event>,
+    mut on_event: impl FnMut(Event),
+) -> Result<(), EngineError> {
+    loop {
+        loop {
+            match rx.try_recv() {
+                Ok(Event::Error(f)) => return Err(f.into()),
+                Ok(ev) => {
+                    let done = matches!(ev, Event::Done { .. });
+                    on_event(ev);
+                    if done {
+                        return Ok(());
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    return Err(Failure::Fault("the engine dropped the request".into()).into())
+                }
+            }
+        }
+        if engine.is_idle() {
+            return Err(
+                Failure::Fault("the engine went idle before the request ended".into()).into(),
+            );
+        }
+        engine.step();
     }
-    Ok(last)
 }
 
-/// Generates a continuation of `req.prompt`, calling `on_text` with each piece of text as soon
-/// as it is complete (never half a UTF-8 character, never part of a stop string).
+/// Generates a continuation of `req.prompt` through `engine`, calling `on_text` with each
+/// piece of text as soon as it is complete (never half a UTF-8 character, never part of a stop
+/// string).
 pub fn generate(
-    model: &Model,
-    tokenizer: &Tokenizer,
-    req: &GenerateRequest,
+    engine: &mut Engine,
+    req: Request,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<GenerateOutput, EngineError> {
-    req.sampling
-        .validate()
-        .map_err(EngineError::InvalidRequest)?;
-    if req.prompt.is_empty() {
-        return Err(EngineError::EmptyPrompt);
-    }
-    if req.prompt.len() >= req.ctx {
-        return Err(EngineError::PromptTooLong {
-            prompt: req.prompt.len(),
-            ctx: req.ctx,
-        });
-    }
-    let budget = req.max_tokens.min(req.ctx - req.prompt.len());
-    let mut sampler = Sampler::new(req.sampling.clone());
-    let mut cache = model.new_cache();
-    let mut decoder = tokenizer.stream_decoder(true);
-    let mut stops = StopMatcher::new(&req.stop);
+    let mut rx = engine.submit(req)?;
+    let mut token_ids = Vec::new();
     let mut text = String::new();
+    let mut end = None;
     let mut emit = |piece: &str, text: &mut String| {
         if !piece.is_empty() {
             on_text(piece);
             text.push_str(piece);
         }
     };
-    let mut generated = Vec::new();
-    let mut finish = FinishReason::Length;
-    let mut logits = if budget > 0 {
-        prefill(model, &mut cache, &req.prompt)?
-    } else {
-        Vec::new()
-    };
-    while generated.len() < budget {
-        let t = sampler.sample(&mut logits, &generated);
-        if req.stop_token_ids.contains(&t) {
-            finish = FinishReason::Stop;
-            break;
+    drive(engine, &mut rx, |ev| match ev {
+        Event::Token(t) => {
+            token_ids.push(t.id);
+            emit(&t.text, &mut text);
         }
-        generated.push(t);
-        let piece = decoder.push(t)?;
-        emit(&stops.push(&piece), &mut text);
-        if stops.stopped() {
-            finish = FinishReason::Stop;
-            break;
+        Event::Done {
+            tail,
+            finish_reason,
+            usage,
+        } => {
+            emit(&tail, &mut text);
+            end = Some((finish_reason, usage));
         }
-        if generated.len() == budget {
-            break;
-        }
-        let mut s = [SeqInput {
-            tokens: &generated[generated.len() - 1..],
-            cache: &mut cache,
-            logits: Logits::Last,
-        }];
-        logits = model.forward(&mut s, &ForwardOptions::default())?.remove(0);
-    }
-    if !stops.stopped() {
-        let tail = decoder.finish()?;
-        let mut rest = stops.push(&tail);
-        if stops.stopped() {
-            finish = FinishReason::Stop;
-        } else {
-            rest.push_str(&stops.finish());
-        }
-        emit(&rest, &mut text);
-    }
+        Event::Error(_) | Event::PromptScores(_) => {}
+    })?;
+    let (finish_reason, usage) =
+        end.ok_or_else(|| Failure::Fault("the request ended without its usage".into()))?;
     Ok(GenerateOutput {
-        completion_tokens: generated.len(),
-        token_ids: generated,
+        token_ids,
         text,
-        finish_reason: finish,
-        prompt_tokens: req.prompt.len(),
+        finish_reason,
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        cached_tokens: usage.cached_tokens,
     })
 }
 
-/// The greedy continuation of `prompt`: `n` tokens, each fed back alone (as the reference decodes).
-pub fn greedy_tokens(model: &Model, prompt: &[u32], n: usize) -> Result<Vec<u32>, EngineError> {
-    let mut cache = model.new_cache();
-    let mut next = prompt.to_vec();
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let mut s = [SeqInput {
-            tokens: &next,
-            cache: &mut cache,
-            logits: Logits::Last,
-        }];
-        let logits = model.forward(&mut s, &ForwardOptions::default())?.remove(0);
-        let t = crate::sampler::argmax(&logits);
-        out.push(t);
-        next = vec![t];
-    }
-    Ok(out)
-}
-
-/// Per-token negative log-likelihood: `nll[i] = -log p(tokens[i+1] | tokens[..=i])`.
+/// Per-token negative log-likelihood: `nll[i] = -log p(tokens[i+1] | tokens[..=i])`, scored
+/// by `engine` (scoring requests: the prompt's logits at every position).
 ///
-/// Texts longer than `ctx` are scored in windows of `ctx` tokens that overlap by one token, so
-/// every token but the first is scored, with the context restarting at each window.
-pub fn perplexity(model: &Model, tokens: &[u32], ctx: usize) -> Result<Vec<f64>, EngineError> {
+/// Texts longer than the engine's context are scored in windows of that many tokens that
+/// overlap by one token, so every token but the first is scored, with the context restarting
+/// at each window.
+pub fn perplexity(engine: &mut Engine, tokens: &[u32]) -> Result<Vec<f64>, EngineError> {
+    let ctx = engine.config().ctx;
     if tokens.len() < 2 {
         return Err(EngineError::InvalidRequest(format!(
             "perplexity needs at least 2 tokens, the text has {}",
@@ -204,40 +148,40 @@ pub fn perplexity(model: &Model, tokens: &[u32], ctx: usize) -> Result<Vec<f64>,
             "context must be at least 2 tokens, got {ctx}"
         )));
     }
-    let v = model.config.vocab_size;
     let mut nll = Vec::with_capacity(tokens.len() - 1);
     let mut start = 0;
     while start + 1 < tokens.len() {
         let end = (start + ctx).min(tokens.len());
-        let window = &tokens[start..end];
-        let mut cache = model.new_cache();
-        for (ci, chunk) in window.chunks(PREFILL_CHUNK).enumerate() {
-            let mut s = [SeqInput {
-                tokens: chunk,
-                cache: &mut cache,
-                logits: Logits::All,
-            }];
-            let logits = model.forward(&mut s, &ForwardOptions::default())?.remove(0);
-            for (j, row) in logits.chunks_exact(v).enumerate() {
-                let pos = ci * PREFILL_CHUNK + j;
-                if pos + 1 < window.len() {
-                    nll.push(token_nll(row, window[pos + 1]));
-                }
+        let mut req = Request::new(tokens[start..end].to_vec(), 0);
+        req.score_prompt = true;
+        let mut rx = engine.submit(req)?;
+        drive(engine, &mut rx, |ev| {
+            if let Event::PromptScores(s) = ev {
+                nll.extend(s);
             }
-        }
+        })?;
         start = end - 1;
     }
     Ok(nll)
 }
 
-/// `-log softmax(row)[target]`, in f64.
-pub fn token_nll(row: &[f32], target: u32) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = row
-        .iter()
-        .map(|&l| (l as f64 - max).exp())
-        .sum::<f64>()
-        .ln()
-        + max;
-    lse - row[target as usize] as f64
+/// The greedy continuation of `prompt`: `n` tokens, each fed back alone (as the reference
+/// decodes), straight through `Model::forward` — the spec the engine's output is checked
+/// against.
+pub fn greedy_tokens(model: &Model, prompt: &[u32], n: usize) -> Result<Vec<u32>, EngineError> {
+    let mut cache = model.new_cache();
+    let mut next = prompt.to_vec();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let mut s = [moela_model::SeqInput {
+            tokens: &next,
+            cache: &mut cache,
+            logits: Logits::Last,
+        }];
+        let logits = model.forward(&mut s, &ForwardOptions::default())?.remove(0);
+        let t = crate::sampler::argmax(&logits);
+        out.push(t);
+        next = vec![t];
+    }
+    Ok(out)
 }

@@ -1,20 +1,21 @@
-//! The engine: sampling, stop conditions and the generate loop over a model and its latent
-//! caches. Only the engine owns mutable KV state.
+//! The engine: continuous batching over a model and its paged latent caches (`engine.rs`),
+//! driven by the server's worker thread (`scheduler.rs`) or directly by the CLI
+//! (`generate.rs`, `bench.rs`); sampling and stop conditions. Only the engine owns mutable KV
+//! state.
 
 pub mod bench;
+pub mod engine;
 pub mod generate;
 pub mod sampler;
 pub mod scheduler;
 pub mod stop;
 
 pub use bench::{peak_rss_bytes, run_bench, BenchConfig, BenchResult};
-pub use generate::{
-    generate, greedy_tokens, perplexity, prefill, token_nll, EngineError, FinishReason,
-    GenerateOutput, GenerateRequest,
+pub use engine::{
+    token_nll, Constraint, Engine, EngineConfig, EngineStats, Event, Failure, FinishReason,
+    Request, SubmitError, TokenEvent, TokenLogprob, Usage, PREFILL_CHUNK,
 };
+pub use generate::{drive, generate, greedy_tokens, perplexity, EngineError, GenerateOutput};
 pub use sampler::{argmax, Rng, Sampler, SamplingParams};
-pub use scheduler::{
-    Constraint, EngineConfig, EngineHandle, EngineStats, Event, Failure, Request, SubmitError,
-    TokenEvent, TokenLogprob, Usage,
-};
+pub use scheduler::EngineHandle;
 pub use stop::{stop_token_ids, StopMatcher};

@@ -6,11 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use moela_engine::{
-    generate, EngineConfig, EngineHandle, Event, GenerateRequest, Request, SamplingParams,
-    SubmitError,
+    generate, greedy_tokens, perplexity, run_bench, token_nll, BenchConfig, Engine, EngineConfig,
+    EngineHandle, Event, Request, SubmitError, PREFILL_CHUNK,
 };
 use moela_loader::Checkpoint;
 use moela_model::Model;
+use moela_model::{ForwardOptions, Logits, SeqInput};
 use moela_text::Tokenizer;
 
 fn fixture() -> (Arc<Model>, Tokenizer) {
@@ -20,15 +21,7 @@ fn fixture() -> (Arc<Model>, Tokenizer) {
 }
 
 fn request(prompt: Vec<u32>, max_tokens: usize) -> Request {
-    Request {
-        prompt,
-        max_tokens,
-        sampling: SamplingParams::default(),
-        stop: vec![],
-        stop_token_ids: vec![],
-        logprobs: None,
-        constraint: None,
-    }
+    Request::new(prompt, max_tokens)
 }
 
 /// Collects a request's events: (token ids, text, finish reason).
@@ -57,6 +50,7 @@ fn collect_all(
                 return (ids, text, finish_reason.as_str().to_string(), usage);
             }
             Event::Error(e) => panic!("{e}"),
+            Event::PromptScores(_) => panic!("scores that were not asked for"),
         }
     }
     panic!("channel closed without Done");
@@ -70,18 +64,22 @@ fn batched_requests_equal_solo_generation() {
         vec![0, 42],
         (0..40).map(|i| (i * 11 % 500) as u32).collect(),
     ];
+    // Solo: one sequence at a time through the same engine, as the CLI runs it; its tokens are
+    // the spec's (`greedy_tokens`: one token per plain forward pass).
+    let mut cli = Engine::new(
+        model.clone(),
+        Some(tok.clone()),
+        EngineConfig {
+            ctx: 256,
+            max_batch: 1,
+            ..Default::default()
+        },
+    );
     let solo: Vec<(Vec<u32>, String)> = prompts
         .iter()
         .map(|p| {
-            let req = GenerateRequest {
-                prompt: p.clone(),
-                max_tokens: 12,
-                sampling: SamplingParams::default(),
-                stop: vec![],
-                stop_token_ids: vec![],
-                ctx: 256,
-            };
-            let out = generate(&model, &tok, &req, &mut |_| {}).unwrap();
+            let out = generate(&mut cli, request(p.clone(), 12), &mut |_| {}).unwrap();
+            assert_eq!(out.token_ids, greedy_tokens(&model, p, 12).unwrap());
             (out.token_ids, out.text)
         })
         .collect();
@@ -336,4 +334,117 @@ fn model_errors_become_typed_failures() {
         Failure::from(&ModelError::MissingTensor("lm_head.weight".into())),
         Failure::Fault(m) if m.contains("lm_head.weight")
     ));
+}
+
+/// The spec of prompt scoring: fresh caches, one plain forward pass per chunk with logits at
+/// every position, windows of `ctx` tokens overlapping by one.
+fn nll_spec(model: &Model, tokens: &[u32], ctx: usize) -> Vec<f64> {
+    let mut nll = Vec::new();
+    let mut start = 0;
+    while start + 1 < tokens.len() {
+        let end = (start + ctx).min(tokens.len());
+        let window = &tokens[start..end];
+        let mut cache = model.new_cache();
+        for (ci, chunk) in window.chunks(PREFILL_CHUNK).enumerate() {
+            let mut s = [SeqInput {
+                tokens: chunk,
+                cache: &mut cache,
+                logits: Logits::All,
+            }];
+            let logits = model.forward(&mut s, &ForwardOptions::default()).unwrap();
+            let v = model.config.vocab_size;
+            for (j, row) in logits[0].chunks_exact(v).enumerate() {
+                let pos = ci * PREFILL_CHUNK + j;
+                if pos + 1 < window.len() {
+                    nll.push(token_nll(row, window[pos + 1]));
+                }
+            }
+        }
+        start = end - 1;
+    }
+    nll
+}
+
+#[test]
+fn perplexity_through_the_engine_equals_the_spec() {
+    let (model, tok) = fixture();
+    let tokens: Vec<u32> = (0..700).map(|i| (i * 37 % 500) as u32).collect();
+    for ctx in [700, 300, 5] {
+        let mut engine = Engine::new(
+            model.clone(),
+            Some(tok.clone()),
+            EngineConfig {
+                ctx,
+                max_batch: 1,
+                ..Default::default()
+            },
+        );
+        let got = perplexity(&mut engine, &tokens).unwrap();
+        assert_eq!(got.len(), tokens.len() - 1, "ctx {ctx}");
+        assert_eq!(got, nll_spec(&model, &tokens, ctx), "ctx {ctx}");
+    }
+}
+
+#[test]
+fn scoring_requests_reuse_no_prefix_and_run_beside_generation() {
+    let (model, tok) = fixture();
+    let mut engine = Engine::new(
+        model.clone(),
+        Some(tok),
+        EngineConfig {
+            ctx: 64,
+            ..Default::default()
+        },
+    );
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 13 % 500) as u32).collect();
+    let want = nll_spec(&model, &prompt, 64);
+    // A generation of the same prompt first, so its blocks sit in the prefix cache.
+    let first = generate(&mut engine, request(prompt.clone(), 4), &mut |_| {}).unwrap();
+    assert_eq!(first.token_ids, greedy_tokens(&model, &prompt, 4).unwrap());
+    // Then a scoring request and a generation of that prompt in the same steps.
+    let mut score_req = request(prompt.clone(), 2);
+    score_req.score_prompt = true;
+    let mut scored = engine.submit(score_req).unwrap();
+    let gen = engine.submit(request(prompt.clone(), 4)).unwrap();
+    let mut scores = Vec::new();
+    let mut usage = None;
+    while !engine.is_idle() {
+        engine.step();
+        while let Ok(ev) = scored.try_recv() {
+            match ev {
+                Event::PromptScores(s) => scores.extend(s),
+                Event::Done { usage: u, .. } => usage = Some(u),
+                Event::Token(_) => assert_eq!(scores.len(), prompt.len() - 1),
+                Event::Error(e) => panic!("{e}"),
+            }
+        }
+    }
+    assert_eq!(scores, want);
+    let usage = usage.unwrap();
+    assert_eq!((usage.cached_tokens, usage.completion_tokens), (0, 2));
+    let (ids, _, _, gen_usage) = collect_all(gen);
+    assert!(gen_usage.cached_tokens > 0, "{gen_usage:?}");
+    assert_eq!(ids, first.token_ids);
+}
+
+#[test]
+fn bench_runs_through_the_engine() {
+    let (model, _) = fixture();
+    let cfg = BenchConfig {
+        prompt_tokens: 20,
+        gen_tokens: 6,
+        context: 0,
+        seed: 1,
+        repetitions: 2,
+        warmup: true,
+        batch: 3,
+    };
+    let r = run_bench(&model, &cfg).unwrap();
+    assert_eq!(r.prefill_samples.len(), 2);
+    assert_eq!(r.decode_samples.len(), 2);
+    assert!(r.prefill_tok_s > 0.0 && r.decode_tok_s > 0.0 && r.ttft_ms > 0.0);
+    // Three contexts of 20 go in with one 512-token step: every sequence has its first and
+    // warm-up tokens when timing starts, so the cache holds 20 + 1 tokens.
+    assert_eq!(r.decode_context, 21);
+    assert!(cfg.context_needed() >= 20 + 1 + 6);
 }

@@ -217,6 +217,7 @@ impl Run {
                         .grammar
                         .as_ref()
                         .map(|g| g.constraint(plan.opens_reasoning)),
+                    score_prompt: false,
                 };
                 rxs.push(Some(state.inner.engine.submit(req)?));
                 let reasoning = (plan.endpoint == Endpoint::Chat)
@@ -372,6 +373,8 @@ impl Run {
                     self.choices[i].on_done(&tail, finish_reason, usage);
                 }
                 Some(Event::Error(e)) => return Err(ApiError::from(e)),
+                // Not requested by the server.
+                Some(Event::PromptScores(_)) => {}
                 None => {
                     return Err(ApiError::Unavailable(
                         "the engine stopped before the request finished".into(),
@@ -673,6 +676,8 @@ impl Run {
                             run.rxs.iter_mut().for_each(|r| *r = None);
                             phase = Phase::Finished;
                         }
+                        // Not requested by the server.
+                        Some((_, Some(Event::PromptScores(_)))) => {}
                         Some((_, None)) => {
                             run.state.inner.metrics.count_stream_error();
                             let err = ApiError::Unavailable(
