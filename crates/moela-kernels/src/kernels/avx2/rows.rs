@@ -1,0 +1,209 @@
+//! Weighted sums of rows (attention's probability-weighted values) and rows' dot products
+//! (attention scores). `VL`: run the copy compiled with AVX512-VL (see `int_kernels!`).
+
+use std::arch::x86_64::*;
+
+use super::{hsum, load8_f16, load8_f32, plain, supported, vnni, vnni_supported, RowData};
+
+/// Eight values of `rows` from element `at` (`row · stride + column`) as f32.
+///
+/// # Safety
+/// `at + 8 ≤` the rows' data length.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8_row(rows: RowData<'_>, at: usize) -> __m256 {
+    // SAFETY: the 8 values at `at` lie inside the data (caller), 4 or 2 bytes each.
+    unsafe {
+        match rows {
+            RowData::F32 { data, .. } => load8_f32(data.as_ptr().add(at) as *const u8),
+            RowData::F16 { data, .. } => load8_f16(data.as_ptr().add(at) as *const u8),
+        }
+    }
+}
+
+fn assert_features<const VL: bool>() {
+    if VL {
+        assert!(
+            vnni_supported(),
+            "vnni kernels on a CPU without avx512vnni/avx512vl"
+        );
+    } else {
+        assert!(supported(), "avx2 kernels on a CPU without avx2/fma/f16c");
+    }
+}
+
+pub(super) fn weighted_sum<const VL: bool>(
+    p: &[f32],
+    n: usize,
+    rows: RowData<'_>,
+    out: &mut [f32],
+) {
+    // Only the first `cols` columns (the output's width) are summed.
+    let cols = out.len().checked_div(n).unwrap_or(0);
+    assert!(
+        cols <= rows.cols(),
+        "weighted_sum: output wider than the rows"
+    );
+    let rows = rows.columns(0, cols);
+    let nr = rows.rows();
+    assert!(p.len() >= n * nr, "weighted_sum: lengths");
+    assert_features::<VL>();
+    let (ht, cw) = WS_TILE;
+    let (nt, ct) = (n / ht * ht, cols / (8 * cw) * (8 * cw));
+    // SAFETY: features checked; the tiles read rows 0..nr, columns below ct and heads below
+    // nt, inside `rows`, `p` and `out` (lengths asserted).
+    unsafe {
+        if VL {
+            vnni::weighted_sum_tiles::<{ WS_TILE.0 }, { WS_TILE.1 }>(p, nt, rows, ct, cols, out)
+        } else {
+            plain::weighted_sum_tiles::<{ WS_TILE.0 }, { WS_TILE.1 }>(p, nt, rows, ct, cols, out)
+        }
+    };
+    // The rest (heads past a multiple of the tile, columns past a multiple of it), plainly.
+    for h in 0..n {
+        let c0 = if h < nt { ct } else { 0 };
+        if c0 == cols {
+            continue;
+        }
+        for u in 0..nr {
+            let w = p[h * nr + u];
+            for c in c0..cols {
+                out[h * cols + c] += w * rows.at(u, c);
+            }
+        }
+    }
+}
+
+/// [`weighted_sum_tiles`]' tile, (heads, 8-column vectors): 4 × 2, 8 accumulators, in both
+/// builds (f16 rows on Zen 4, one core: 52 GMAC/s; 8 × 2 gave 44 with 32 registers and spilled
+/// to 33 with 16; 4 × 4 48, 2 × 4 52 with f16 but 44 with f32).
+const WS_TILE: (usize, usize) = (4, 2);
+
+/// Tiles of `HT` heads × `8·CV` columns: each row chunk is loaded (and widened) once for `HT`
+/// heads, `HT·CV` independent accumulators.
+///
+/// # Safety
+/// `p` holds `nt · rows` weights, `out` `nt · w`, `ct ≤ w ≤` the row length; `nt` and `ct`
+/// multiples of the tile; CPU has avx2, fma and f16c.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn weighted_sum_tiles<const HT: usize, const CV: usize>(
+    p: &[f32],
+    nt: usize,
+    rows: RowData<'_>,
+    ct: usize,
+    w: usize,
+    out: &mut [f32],
+) {
+    let (nr, stride) = (rows.rows(), rows.stride());
+    // SAFETY: per the contract, every index below stays inside its slice.
+    unsafe {
+        for h0 in (0..nt).step_by(HT) {
+            for c0 in (0..ct).step_by(8 * CV) {
+                let mut acc = [[_mm256_setzero_ps(); CV]; HT];
+                for u in 0..nr {
+                    let r: [__m256; CV] =
+                        std::array::from_fn(|k| load8_row(rows, u * stride + c0 + 8 * k));
+                    for (hh, a) in acc.iter_mut().enumerate() {
+                        let w = _mm256_broadcast_ss(p.get_unchecked((h0 + hh) * nr + u));
+                        for k in 0..CV {
+                            a[k] = _mm256_fmadd_ps(w, r[k], a[k]);
+                        }
+                    }
+                }
+                for (hh, a) in acc.iter().enumerate() {
+                    for (k, v) in a.iter().enumerate() {
+                        let o = out.as_mut_ptr().add((h0 + hh) * w + c0 + 8 * k);
+                        _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), *v));
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn rows_dot<const VL: bool>(x: &[f32], n: usize, rows: RowData<'_>, y: &mut [f32]) {
+    let (nr, cols) = (rows.rows(), rows.cols());
+    assert!(
+        x.len() >= n * cols && y.len() >= n * nr,
+        "rows_dot: lengths"
+    );
+    assert_features::<VL>();
+    let (qt, rt) = if VL { RD_TILE_VL } else { RD_TILE };
+    let (nq, nrt, c8) = (n / qt * qt, nr / rt * rt, cols / 8 * 8);
+    // SAFETY: features checked; tiles read x rows below nq, cache rows below nrt and columns
+    // below c8, all inside the asserted lengths, and write y inside `n · nr`.
+    unsafe {
+        if VL {
+            vnni::rows_dot_tiles::<{ RD_TILE_VL.0 }, { RD_TILE_VL.1 }>(x, nq, rows, nrt, c8, y)
+        } else {
+            plain::rows_dot_tiles::<{ RD_TILE.0 }, { RD_TILE.1 }>(x, nq, rows, nrt, c8, y)
+        }
+    };
+    if nq == n && nrt == nr && c8 == cols {
+        return;
+    }
+    // Everything outside the tiles (and the columns past c8), the plain way.
+    for h in 0..n {
+        for u in 0..nr {
+            let in_tile = h < nq && u < nrt;
+            if in_tile && c8 == cols {
+                continue;
+            }
+            let c0 = if in_tile { c8 } else { 0 };
+            let mut s = if in_tile { y[h * nr + u] } else { 0.0 };
+            for c in c0..cols {
+                s += x[h * cols + c] * rows.at(u, c);
+            }
+            y[h * nr + u] = s;
+        }
+    }
+}
+
+/// [`rows_dot_tiles`]' tile, (queries, rows): 4 × 4 (16 accumulators) with AVX512-VL's 32
+/// vector registers, 4 × 2 in the 16 of plain AVX2 (f16 rows on Zen 4, one core: 55 and
+/// 50 GMAC/s; 4 × 4 spilled to 32 with 16 registers).
+const RD_TILE_VL: (usize, usize) = (4, 4);
+const RD_TILE: (usize, usize) = (4, 2);
+
+/// Tiles of `QT` queries × `RT` rows over columns `0..c8`: each row vector is loaded (and
+/// widened) once for `QT` queries, each query vector once for `RT` rows.
+///
+/// # Safety
+/// `x` holds `nq · cols` values, `rows` at least `nrt` rows, `y` `nq · rows` outputs; `nq`,
+/// `nrt` multiples of `QT`, `RT`; `c8 ≤ cols` a multiple of 8; CPU has avx2, fma and f16c.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn rows_dot_tiles<const QT: usize, const RT: usize>(
+    x: &[f32],
+    nq: usize,
+    rows: RowData<'_>,
+    nrt: usize,
+    c8: usize,
+    y: &mut [f32],
+) {
+    let (nr, cols, stride) = (rows.rows(), rows.cols(), rows.stride());
+    // SAFETY: per the contract, every index below stays inside its slice.
+    unsafe {
+        for h0 in (0..nq).step_by(QT) {
+            for u0 in (0..nrt).step_by(RT) {
+                let mut acc = [[_mm256_setzero_ps(); RT]; QT]; // [query][row]
+                for c in (0..c8).step_by(8) {
+                    let r: [__m256; RT] =
+                        std::array::from_fn(|k| load8_row(rows, (u0 + k) * stride + c));
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        let q = _mm256_loadu_ps(x.as_ptr().add((h0 + i) * cols + c));
+                        for k in 0..RT {
+                            a[k] = _mm256_fmadd_ps(q, r[k], a[k]);
+                        }
+                    }
+                }
+                for (i, a) in acc.iter().enumerate() {
+                    for (k, v) in a.iter().enumerate() {
+                        *y.get_unchecked_mut((h0 + i) * nr + u0 + k) = hsum(*v);
+                    }
+                }
+            }
+        }
+    }
+}
