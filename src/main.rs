@@ -525,7 +525,8 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     let dir = model_dir(&a.model)?;
     let ck = ModelFiles::open(&dir)?;
     let c = ck.config();
-    let (total, active) = c.parameter_counts();
+    // Every derived number from the config's checked methods (validated on load).
+    let (total, active) = c.parameter_counts()?;
     println!("model:        {}", dir.display());
     println!("model_type:   {}", c.model_type.as_str());
     println!(
@@ -536,30 +537,29 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         c.vocab_size,
         c.max_position_embeddings
     );
-    if c.model_type.is_mla() {
-        println!(
+    match &c.attention {
+        moela_model::Attention::Mla(m) => println!(
             "attention:    MLA, q_lora_rank {}, kv_lora_rank {}, qk_nope {}, qk_rope {}, v_head {}, softmax scale {:.8}",
-            c.q_lora_rank.map_or("none".to_string(), |r| r.to_string()),
-            c.kv_lora_rank,
-            c.qk_nope_head_dim,
-            c.qk_rope_head_dim,
-            c.v_head_dim,
-            c.softmax_scale()
-        );
-    } else {
-        println!(
+            m.q_lora_rank.map_or("none".to_string(), |r| r.to_string()),
+            m.kv_lora_rank,
+            m.qk_nope_head_dim,
+            m.qk_rope_head_dim,
+            m.v_head_dim,
+            c.softmax_scale()?
+        ),
+        moela_model::Attention::Gqa(g) => println!(
             "attention:    GQA, {} query / {} KV heads of {}, biases q/k/v {} o {}, sliding window {}",
             c.num_attention_heads,
-            c.num_key_value_heads,
-            c.head_dim,
-            c.qkv_bias,
-            c.o_bias,
-            c.sliding_window.as_ref().map_or("none".to_string(), |w| format!(
+            g.num_key_value_heads,
+            g.head_dim,
+            g.qkv_bias,
+            g.o_bias,
+            g.sliding_window.as_ref().map_or("none".to_string(), |w| format!(
                 "{} on {} layers",
                 w.size,
                 w.layers.iter().filter(|&&s| s).count()
             ))
-        );
+        ),
     }
     match &c.rope_scaling {
         Some(moela_model::RopeScaling::Yarn(y)) => println!(
@@ -593,18 +593,19 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         ),
         None => println!("rope:         theta {}, no scaling", c.rope_theta),
     }
-    match c.n_routed_experts {
-        Some(e) => println!(
-            "experts:      {e} routed (width {}), {} shared, top-{} by {:?}/{:?}, groups {}/{}, norm_topk_prob {}, scaling {}; dense layers: {}",
-            c.moe_intermediate_size,
-            c.n_shared_experts,
-            c.num_experts_per_tok,
-            c.topk_method,
-            c.scoring_func,
-            c.topk_group,
-            c.n_group,
-            c.norm_topk_prob,
-            c.routed_scaling_factor,
+    match &c.moe {
+        Some(m) => println!(
+            "experts:      {} routed (width {}), {} shared, top-{} by {:?}/{:?}, groups {}/{}, norm_topk_prob {}, scaling {}; dense layers: {}",
+            m.n_routed_experts,
+            m.moe_intermediate_size,
+            m.n_shared_experts,
+            m.num_experts_per_tok,
+            m.topk_method,
+            m.scoring_func,
+            m.topk_group,
+            m.n_group,
+            m.norm_topk_prob,
+            m.routed_scaling_factor,
             (0..c.num_hidden_layers).filter(|&l| !c.is_moe_layer(l)).map(|l| l.to_string()).collect::<Vec<_>>().join(",")
         ),
         None => println!("experts:      none (dense, width {})", c.intermediate_size),
@@ -621,11 +622,8 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         .collect();
     println!("tensors:      {}", list.join(", "));
     println!("file size:    {}", bytes(ck.file_bytes()));
-    let overflow = || {
-        anyhow::anyhow!("the config's cache sizes overflow (num_hidden_layers × per-layer width)")
-    };
     // Weights are used in place from the mapped file; MLA also keeps kv_b_proj as f32 per layer.
-    match c.kv_b_f32_bytes().ok_or_else(overflow)? {
+    match c.kv_b_f32_bytes()? {
         0 => println!(
             "memory:       {} mapped weights (+ KV cache)",
             bytes(ck.file_bytes())
@@ -638,11 +636,10 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
     }
     println!(
         "KV cache:     {} values/token ({} layers × {}): {} B/token as f32",
-        c.kv_values_per_token().ok_or_else(overflow)?,
+        c.kv_values_per_token()?,
         c.num_hidden_layers,
-        c.latent_dim(),
-        c.kv_bytes_per_token(moela_model::KvType::F32)
-            .ok_or_else(overflow)?
+        c.latent_dim()?,
+        c.kv_bytes_per_token(moela_model::KvType::F32)?
     );
     Ok(())
 }
@@ -687,9 +684,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     }
     let r = moela_engine::run_bench(&m.model, &cfg).map_err(engine_error)?;
     let c = &m.model.config;
-    let kv_bytes_per_token = c
-        .kv_bytes_per_token(m.model.kv_type())
-        .ok_or_else(|| anyhow::anyhow!("the config's cache sizes overflow"))?;
+    let kv_bytes_per_token = c.kv_bytes_per_token(m.model.kv_type())?;
     let rss = moela_engine::peak_rss_bytes();
     let threads = moela_kernels::num_threads();
     if a.json {

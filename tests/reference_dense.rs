@@ -92,18 +92,20 @@ fn nll_matches_reference() {
 #[test]
 fn config_reads_as_intended() {
     let c = load("qwen2").config;
+    let g = c.gqa().unwrap();
     assert_eq!(c.model_type.as_str(), "qwen2");
     assert_eq!(
-        (c.num_attention_heads, c.num_key_value_heads, c.head_dim),
+        (c.num_attention_heads, g.num_key_value_heads, g.head_dim),
         (4, 2, 16)
     );
-    assert!(c.qkv_bias && !c.o_bias && !c.tie_word_embeddings);
-    assert_eq!(c.sliding_window, None, "use_sliding_window is false");
-    assert_eq!(c.latent_dim(), 2 * 2 * 16);
+    assert!(g.qkv_bias && !g.o_bias && !c.tie_word_embeddings);
+    assert_eq!(g.sliding_window, None, "use_sliding_window is false");
+    assert_eq!(c.latent_dim().unwrap(), 2 * 2 * 16);
     let c = load("qwen2_tied").config;
     assert!(c.tie_word_embeddings);
     assert_eq!(
-        c.sliding_window, None,
+        c.gqa().unwrap().sliding_window,
+        None,
         "no layer is a sliding_attention layer"
     );
     assert_eq!(c.rope_theta, 1e6);
@@ -117,10 +119,12 @@ fn config_reads_as_intended() {
         c.rope_scaling,
         Some(moela_model::RopeScaling::Llama3(_))
     ));
-    assert!(!c.qkv_bias && !c.o_bias);
+    let g = c.gqa().unwrap();
+    assert!(!g.qkv_bias && !g.o_bias);
     let c = load("llama_mqa_bias").config;
-    assert_eq!((c.num_key_value_heads, c.head_dim), (1, 24));
-    assert!(c.qkv_bias && c.o_bias && c.tie_word_embeddings);
+    let g = c.gqa().unwrap();
+    assert_eq!((g.num_key_value_heads, g.head_dim), (1, 24));
+    assert!(g.qkv_bias && g.o_bias && c.tie_word_embeddings);
 }
 
 #[test]
@@ -258,25 +262,18 @@ fn gguf_files_compute_what_the_checkpoints_do() {
         let hf = load(case);
         let c = &g.config;
         assert_eq!(c.model_type, hf.config.model_type, "{case}");
-        assert_eq!(
+        let heads = |c: &moela_model::Config| {
+            let g = c.gqa().unwrap();
             (
                 c.num_attention_heads,
-                c.num_key_value_heads,
-                c.head_dim,
-                c.qkv_bias,
-                c.o_bias,
+                g.num_key_value_heads,
+                g.head_dim,
+                g.qkv_bias,
+                g.o_bias,
                 c.tie_word_embeddings,
-            ),
-            (
-                hf.config.num_attention_heads,
-                hf.config.num_key_value_heads,
-                hf.config.head_dim,
-                hf.config.qkv_bias,
-                hf.config.o_bias,
-                hf.config.tie_word_embeddings,
-            ),
-            "{case}"
-        );
+            )
+        };
+        assert_eq!(heads(c), heads(&hf.config), "{case}");
         let m = g.load_model_with(&common::exact_cache()).unwrap();
         let gold = golden(case);
         let tokens = ids(&gold["nll_tokens"]);

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use moela_kernels::{DType, Mat, QMat};
-use moela_model::{Config, Model, ScoringFunc, TensorRef, TopkMethod};
+use moela_model::{Config, MlaConfig, Model, ModelError, ScoringFunc, TensorRef, TopkMethod};
 
 use crate::error::LoadError;
 use crate::gguf::{
@@ -50,8 +50,16 @@ fn ggml(d: DType) -> Result<GgmlType, LoadError> {
     })
 }
 
-/// The `deepseek2.*` and `general.*` metadata for `c`.
-fn write_metadata(w: &mut GgufWriter, c: &Config, name: &str) -> Result<(), GgufError> {
+/// The `deepseek2.*` and `general.*` metadata for `c`, whose attention is `m` with rows of
+/// `latent` cached values and query/key heads `qk` wide. Sizes fit in u32: [`Config::validate`]
+/// bounds them.
+fn write_metadata(
+    w: &mut GgufWriter,
+    c: &Config,
+    m: &MlaConfig,
+    (latent, qk): (usize, usize),
+    name: &str,
+) -> Result<(), GgufError> {
     let k = |s: &str| format!("deepseek2.{s}");
     w.add_string("general.architecture", "deepseek2")?;
     w.add_string("general.name", name)?;
@@ -62,40 +70,40 @@ fn write_metadata(w: &mut GgufWriter, c: &Config, name: &str) -> Result<(), Gguf
     w.add_u32(k("attention.head_count"), c.num_attention_heads as u32)?;
     // The MLA split layout: one latent "head" of rank + rope for keys, rank for values.
     w.add_u32(k("attention.head_count_kv"), 1)?;
-    w.add_u32(k("attention.key_length"), c.latent_dim() as u32)?;
-    w.add_u32(k("attention.value_length"), c.kv_lora_rank as u32)?;
-    w.add_u32(k("attention.key_length_mla"), c.qk_head_dim() as u32)?;
-    w.add_u32(k("attention.value_length_mla"), c.v_head_dim as u32)?;
+    w.add_u32(k("attention.key_length"), latent as u32)?;
+    w.add_u32(k("attention.value_length"), m.kv_lora_rank as u32)?;
+    w.add_u32(k("attention.key_length_mla"), qk as u32)?;
+    w.add_u32(k("attention.value_length_mla"), m.v_head_dim as u32)?;
     w.add_f32(k("attention.layer_norm_rms_epsilon"), c.rms_norm_eps)?;
     w.add_f32(k("rope.freq_base"), c.rope_theta as f32)?;
-    w.add_u32(k("rope.dimension_count"), c.qk_rope_head_dim as u32)?;
-    if let Some(q) = c.q_lora_rank {
+    w.add_u32(k("rope.dimension_count"), m.qk_rope_head_dim as u32)?;
+    if let Some(q) = m.q_lora_rank {
         w.add_u32(k("attention.q_lora_rank"), q as u32)?;
     }
-    w.add_u32(k("attention.kv_lora_rank"), c.kv_lora_rank as u32)?;
+    w.add_u32(k("attention.kv_lora_rank"), m.kv_lora_rank as u32)?;
     w.add_u32(k("vocab_size"), c.vocab_size as u32)?;
-    if let Some(e) = c.n_routed_experts {
+    if let Some(moe) = &c.moe {
         w.add_u32(
             k("leading_dense_block_count"),
-            c.first_k_dense_replace as u32,
+            moe.first_k_dense_replace as u32,
         )?;
         w.add_u32(
             k("expert_feed_forward_length"),
-            c.moe_intermediate_size as u32,
+            moe.moe_intermediate_size as u32,
         )?;
-        w.add_u32(k("expert_count"), e as u32)?;
-        w.add_u32(k("expert_shared_count"), c.n_shared_experts as u32)?;
-        w.add_u32(k("expert_used_count"), c.num_experts_per_tok as u32)?;
-        w.add_f32(k("expert_weights_scale"), c.routed_scaling_factor)?;
-        w.add_bool(k("expert_weights_norm"), c.norm_topk_prob)?;
-        let gating = match c.scoring_func {
+        w.add_u32(k("expert_count"), moe.n_routed_experts as u32)?;
+        w.add_u32(k("expert_shared_count"), moe.n_shared_experts as u32)?;
+        w.add_u32(k("expert_used_count"), moe.num_experts_per_tok as u32)?;
+        w.add_f32(k("expert_weights_scale"), moe.routed_scaling_factor)?;
+        w.add_bool(k("expert_weights_norm"), moe.norm_topk_prob)?;
+        let gating = match moe.scoring_func {
             ScoringFunc::Softmax => 1,
             ScoringFunc::Sigmoid => 2,
         };
         w.add_u32(k("expert_gating_func"), gating)?;
-        if c.topk_method != TopkMethod::Greedy && c.n_group > 1 {
-            w.add_u32(k("expert_group_count"), c.n_group as u32)?;
-            w.add_u32(k("expert_group_used_count"), c.topk_group as u32)?;
+        if moe.topk_method != TopkMethod::Greedy && moe.n_group > 1 {
+            w.add_u32(k("expert_group_count"), moe.n_group as u32)?;
+            w.add_u32(k("expert_group_used_count"), moe.topk_group as u32)?;
         }
     }
     if let Some(y) = c.yarn() {
@@ -124,7 +132,7 @@ pub fn export_deepseek2(
     out: &Path,
 ) -> Result<(), LoadError> {
     let c = &model.config;
-    if !c.model_type.is_mla() {
+    let Some(mla) = c.mla() else {
         return Err(LoadError::file(
             out,
             format!(
@@ -132,8 +140,8 @@ pub fn export_deepseek2(
                 c.model_type.as_str()
             ),
         ));
-    }
-    if c.moe_layer_freq != 1 {
+    };
+    if c.moe.as_ref().is_some_and(|m| m.moe_layer_freq != 1) {
         return Err(LoadError::file(
             out,
             "GGUF deepseek2 cannot express moe_layer_freq other than 1",
@@ -186,12 +194,7 @@ pub fn export_deepseek2(
             }
             (GgufTarget::KvB { k_b, v_b, .. }, TensorRef::Matrix(kv)) => {
                 let kv = kv.to_f32();
-                let d = KvBDims {
-                    n_heads: c.num_attention_heads,
-                    kv_lora_rank: c.kv_lora_rank,
-                    qk_nope_head_dim: c.qk_nope_head_dim,
-                    v_head_dim: c.v_head_dim,
-                };
+                let d = KvBDims::of(c.num_attention_heads, mla);
                 let (kb, vb) = split_kv_b(&kv.data, d).map_err(gerr)?;
                 let (h, r, dn, dv) = (d.n_heads, d.kv_lora_rank, d.qk_nope_head_dim, d.v_head_dim);
                 // k_b: [H, r, dn] (ggml {dn, r, H}); v_b: [H, dv, r] (ggml {r, dv, H}).
@@ -225,7 +228,15 @@ pub fn export_deepseek2(
         }
     }
     let mut w = GgufWriter::new();
-    write_metadata(&mut w, c, name).map_err(gerr)?;
+    let model_err = |source: ModelError| LoadError::Model {
+        path: out.to_path_buf(),
+        source,
+    };
+    let sizes = (
+        mla.latent_dim().map_err(model_err)?,
+        mla.qk_head_dim().map_err(model_err)?,
+    );
+    write_metadata(&mut w, c, mla, sizes, name).map_err(gerr)?;
     write_tokenizer_metadata_padded(
         &mut w,
         tokenizer_json,

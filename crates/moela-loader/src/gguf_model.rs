@@ -41,8 +41,10 @@ impl GgufModel {
             let json = dense_config_json(&file)?;
             let mut c = Config::from_hf_value(&json).map_err(model_err)?;
             // Biases as the file has them (llama.cpp treats each as optional).
-            c.qkv_bias = file.tensor("blk.0.attn_q.bias").is_some();
-            c.o_bias = file.tensor("blk.0.attn_output.bias").is_some();
+            if let Some(g) = c.gqa_mut() {
+                g.qkv_bias = file.tensor("blk.0.attn_q.bias").is_some();
+                g.o_bias = file.tensor("blk.0.attn_output.bias").is_some();
+            }
             if let Some(factors) = rope_freqs(&file)? {
                 if c.rope_scaling.is_some() {
                     return Err(LoadError::file(
@@ -178,9 +180,10 @@ impl GgufSource<'_> {
 
     /// The head count of a tensor whose rows this file stores RoPE-permuted, if it does.
     fn permuted_heads(&self, gguf_name: &str) -> Option<usize> {
-        rope_permuted(&self.g.arch, gguf_name).map(|h| match h {
-            RopeHeads::Query => self.g.config.num_attention_heads,
-            RopeHeads::KeyValue => self.g.config.num_key_value_heads,
+        let c = &self.g.config;
+        rope_permuted(&self.g.arch, gguf_name).and_then(|h| match h {
+            RopeHeads::Query => Some(c.num_attention_heads),
+            RopeHeads::KeyValue => c.gqa().map(|g| g.num_key_value_heads),
         })
     }
 
@@ -296,14 +299,16 @@ impl WeightSource for GgufSource<'_> {
             return Ok(None);
         };
         let f = &self.g.file;
+        let Some(m) = cfg.mla() else {
+            return Ok(None);
+        };
         if f.tensor(&fused).is_some() || f.tensor(&k_b).is_none() || f.tensor(&v_b).is_none() {
             return Ok(None);
         }
-        let (h, r) = (cfg.num_attention_heads, cfg.kv_lora_rank);
-        let uk_t = self
-            .g
-            .matrix_at(&k_b, None, &name, h * r, cfg.qk_nope_head_dim)?;
-        let uv = self.g.matrix_at(&v_b, None, &name, h * cfg.v_head_dim, r)?;
+        let h = cfg.num_attention_heads;
+        let (r, dn) = (m.kv_lora_rank, m.qk_nope_head_dim);
+        let uk_t = self.g.matrix_at(&k_b, None, &name, m.uk_t_rows(h)?, dn)?;
+        let uv = self.g.matrix_at(&v_b, None, &name, cfg.o_cols()?, r)?;
         Ok(Some((
             requantize(uk_t, &name, self.quant)?,
             requantize(uv, &name, self.quant)?,
@@ -325,20 +330,19 @@ impl WeightSource for GgufSource<'_> {
                 } else {
                     // Split form: k_b [H, r, dn] (W_UK transposed per head), v_b [H, dv, r].
                     let c = &self.g.config;
-                    let d = KvBDims {
-                        n_heads: c.num_attention_heads,
-                        kv_lora_rank: c.kv_lora_rank,
-                        qk_nope_head_dim: c.qk_nope_head_dim,
-                        v_head_dim: c.v_head_dim,
-                    };
-                    let h = d.n_heads;
+                    let mla = c.mla().ok_or_else(|| ModelError::Tensor {
+                        name: name.into(),
+                        msg: "MLA tensor in a model without MLA".into(),
+                    })?;
+                    let d = KvBDims::of(c.num_attention_heads, mla);
+                    let (uk_rows, uv_rows) = (mla.uk_t_rows(d.n_heads)?, c.o_cols()?);
                     let kb = self
                         .g
-                        .matrix_at(&k_b, None, name, h * d.kv_lora_rank, d.qk_nope_head_dim)
+                        .matrix_at(&k_b, None, name, uk_rows, d.qk_nope_head_dim)
                         .map(|m| m.to_f32())?;
                     let vb = self
                         .g
-                        .matrix_at(&v_b, None, name, h * d.v_head_dim, d.kv_lora_rank)
+                        .matrix_at(&v_b, None, name, uv_rows, d.kv_lora_rank)
                         .map(|m| m.to_f32())?;
                     let data =
                         kv_b_from_split(&kb.data, &vb.data, d).map_err(|e| ModelError::Tensor {

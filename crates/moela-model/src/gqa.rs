@@ -8,6 +8,8 @@
 use moela_kernels::{add_in_place, QMat};
 
 use crate::cache::{BatchCache, LayerView, SeqCache};
+use crate::config::{Config, GqaConfig};
+use crate::error::ModelError;
 use crate::model::{Attend, SeqInput, Step};
 use crate::tiled;
 use crate::weights::GqaAttention;
@@ -21,9 +23,9 @@ fn add_bias(y: &mut [f32], b: Option<&[f32]>) {
     }
 }
 
-/// Sizes of one GQA computation.
+/// Sizes of one layer's GQA computation, fixed at load.
 #[derive(Clone, Copy, Debug)]
-struct GqaDims {
+pub(crate) struct GqaDims {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -33,6 +35,17 @@ struct GqaDims {
 }
 
 impl GqaDims {
+    /// The sizes of `cfg`'s attention `g` at layer `layer` (whose window it takes).
+    pub(crate) fn new(cfg: &Config, g: &GqaConfig, layer: usize) -> Result<GqaDims, ModelError> {
+        Ok(GqaDims {
+            heads: cfg.num_attention_heads,
+            kv_heads: g.num_key_value_heads,
+            head_dim: g.head_dim,
+            scale: cfg.softmax_scale()?,
+            window: cfg.attention_window(layer),
+        })
+    }
+
     /// `(heads, head_dim, query heads per KV head, offset of the values in a cache row)`.
     fn layout(&self) -> (usize, usize, usize, usize) {
         let (h, hd) = (self.heads, self.head_dim);
@@ -48,14 +61,7 @@ impl Attend for GqaAttention {
         batch: &[SeqInput<'_>],
         cache: &mut BatchCache<'_>,
     ) -> Vec<f32> {
-        let c = step.config;
-        let d = GqaDims {
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
-            scale: c.softmax_scale(),
-            window: c.attention_window(step.layer),
-        };
+        let d = &self.dims;
         let (h, kv, hd) = (d.heads, d.kv_heads, d.head_dim);
         // q: [T, heads, head_dim]; k, v: [T, kv_heads, head_dim]
         let [mut q, mut k, mut v] = QMat::forward_many([&self.q, &self.k, &self.v], x);
@@ -94,7 +100,7 @@ impl Attend for GqaAttention {
                 (&q[(t0 - n) * h * hd..t0 * h * hd], view)
             })
             .collect();
-        let o: Vec<f32> = gqa(&seqs, &d).concat(); // [T, heads, head_dim]
+        let o: Vec<f32> = gqa(&seqs, d).concat(); // [T, heads, head_dim]
         step.record("heads", &o);
         let mut y = self.o.forward(&o);
         add_bias(&mut y, self.o_bias.as_deref());

@@ -10,6 +10,8 @@ use moela_kernels::{
 };
 
 use crate::cache::{BatchCache, LayerView, Rows, SeqCache};
+use crate::config::{Config, MlaConfig};
+use crate::error::ModelError;
 use crate::model::{Attend, SeqInput, Step};
 use crate::tiled;
 use crate::weights::{MlaAttention, QProj};
@@ -26,6 +28,18 @@ pub struct MlaDims {
 }
 
 impl MlaDims {
+    /// The sizes of `cfg`'s attention `m`, with its softmax scale.
+    pub fn new(cfg: &Config, m: &MlaConfig) -> Result<MlaDims, ModelError> {
+        Ok(MlaDims {
+            heads: cfg.num_attention_heads,
+            nope: m.qk_nope_head_dim,
+            rope: m.qk_rope_head_dim,
+            v: m.v_head_dim,
+            rank: m.kv_lora_rank,
+            scale: cfg.softmax_scale()?,
+        })
+    }
+
     fn qk(&self) -> usize {
         self.nope + self.rope
     }
@@ -401,20 +415,8 @@ impl Attend for MlaAttention {
         let c = step.config;
         let a = self;
         let positions = step.positions;
-        let dims = MlaDims {
-            heads: c.num_attention_heads,
-            nope: c.qk_nope_head_dim,
-            rope: c.qk_rope_head_dim,
-            v: c.v_head_dim,
-            rank: c.kv_lora_rank,
-            scale: c.softmax_scale(),
-        };
-        let (h, qk, r, dr) = (
-            c.num_attention_heads,
-            c.qk_head_dim(),
-            c.kv_lora_rank,
-            c.qk_rope_head_dim,
-        );
+        let dims = &a.dims;
+        let (h, qk, r, dr) = (dims.heads, dims.qk(), dims.rank, dims.rope);
         // The query's first product and kv_a share the input: one dispatch.
         let first = match &a.q {
             QProj::Direct(w) => w,
@@ -438,7 +440,7 @@ impl Attend for MlaAttention {
             step.rope.apply(t, &mut row[r..]);
             for hh in 0..h {
                 let qh = &mut q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
-                step.rope.apply(t, &mut qh[c.qk_nope_head_dim..]);
+                step.rope.apply(t, &mut qh[dims.nope..]);
             }
         }
         step.record("q", &q);
@@ -449,17 +451,17 @@ impl Attend for MlaAttention {
         // A decode step of several sequences (one new token each, all in the absorbed form):
         // one batched attention instead of three small dispatches per sequence.
         let absorbed = |s: &SeqInput<'_>| {
-            step.opts.attention.resolve(&dims, 1, s.cache.len() + 1) == AttentionMode::Absorbed
+            step.opts.attention.resolve(dims, 1, s.cache.len() + 1) == AttentionMode::Absorbed
         };
         let o = if batch.len() > 1 && batch.iter().all(|s| s.tokens.len() == 1 && absorbed(s)) {
-            mla_absorbed_batch(&q, &views, &a.uk_t, &a.uv, &dims)
+            mla_absorbed_batch(&q, &views, &a.uk_t, &a.uv, dims)
         } else {
-            let mut o = Vec::with_capacity(positions.len() * h * c.v_head_dim);
+            let mut o = Vec::with_capacity(positions.len() * h * dims.v);
             let mut t0 = 0;
             for (&(_, n), view) in seqs.iter().zip(&views) {
                 let qs = &q[t0 * h * qk..(t0 + n) * h * qk];
                 let mode = step.opts.attention;
-                o.extend(mla(qs, view, &a.kv_b, &a.uk_t, &a.uv, &dims, mode));
+                o.extend(mla(qs, view, &a.kv_b, &a.uk_t, &a.uv, dims, mode));
                 t0 += n;
             }
             o

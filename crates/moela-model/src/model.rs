@@ -126,6 +126,8 @@ pub struct Model {
     pub config: Config,
     pub weights: Weights,
     rope: Rope,
+    /// Cache values per token per layer ([`Config::latent_dim`]).
+    latent_dim: usize,
     /// Unbounded pool behind [`Model::new_cache`] (no prefix caching).
     pool: Arc<KvPool>,
     kv_type: KvType,
@@ -139,11 +141,12 @@ impl Model {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Model, ModelError> {
         config.validate()?;
+        let latent_dim = config.latent_dim()?;
         let weights = Weights::load(&config, src, progress)?;
         let rope = Rope::new(&config);
         let pool = KvPool::new(
             config.num_hidden_layers,
-            config.latent_dim(),
+            latent_dim,
             KvType::F32,
             DEFAULT_BLOCK_TOKENS,
             None,
@@ -153,6 +156,7 @@ impl Model {
             config,
             weights,
             rope,
+            latent_dim,
             pool,
             kv_type: KvType::F32,
         })
@@ -184,7 +188,7 @@ impl Model {
     ) -> Arc<KvPool> {
         KvPool::new(
             self.config.num_hidden_layers,
-            self.config.latent_dim(),
+            self.latent_dim,
             self.kv_type,
             block_tokens,
             max_blocks,
@@ -225,7 +229,7 @@ impl Model {
                     c.vocab_size
                 )));
             }
-            if s.cache.latent_dim() != c.latent_dim() {
+            if s.cache.latent_dim() != self.latent_dim {
                 return Err(ModelError::Input("cache was made for another model".into()));
             }
         }
@@ -278,7 +282,7 @@ impl Model {
             rec.record(|| format!("layer.{l}.ffn_norm"), &x);
             let f = match &layer.ffn {
                 Ffn::Dense(m) => mlp_forward(m, &x),
-                Ffn::Moe(m) => moe_forward(c, m, &x, &|name, v| {
+                Ffn::Moe(m) => moe_forward(m, &x, &|name, v| {
                     rec.record(|| format!("layer.{l}.moe.{name}"), v)
                 }),
             };

@@ -2,7 +2,7 @@
 
 use moela_kernels::softmax_in_place;
 
-use crate::config::{Config, ModelType, ScoringFunc, TopkMethod};
+use crate::config::{MoeConfig, RouteWeighting, ScoringFunc, TopkMethod};
 use crate::mlp::mlps_forward;
 use crate::weights::{Mlp, Moe};
 
@@ -22,7 +22,7 @@ fn top_k(v: &[f32], k: usize) -> Vec<usize> {
 }
 
 /// Routes one token from its router logits (computed in f32).
-pub fn route(cfg: &Config, logits: &[f32], bias: Option<&[f32]>) -> Route {
+pub fn route(cfg: &MoeConfig, logits: &[f32], bias: Option<&[f32]>) -> Route {
     let e = logits.len();
     let k = cfg.num_experts_per_tok;
     let mut scores = logits.to_vec();
@@ -59,9 +59,9 @@ pub fn route(cfg: &Config, logits: &[f32], bias: Option<&[f32]>) -> Route {
     let experts = top_k(&choice, k);
     let mut weights: Vec<f32> = experts.iter().map(|&i| scores[i]).collect();
     let sum = || weights.iter().sum::<f32>() + 1e-20;
-    match cfg.model_type {
+    match cfg.weighting {
         // DeepSeek-V3: normalize (when asked), then always scale.
-        ModelType::DeepseekV3 => {
+        RouteWeighting::NormalizeThenScale => {
             if cfg.norm_topk_prob {
                 let s = sum();
                 weights.iter_mut().for_each(|w| *w /= s);
@@ -70,9 +70,8 @@ pub fn route(cfg: &Config, logits: &[f32], bias: Option<&[f32]>) -> Route {
                 .iter_mut()
                 .for_each(|w| *w *= cfg.routed_scaling_factor);
         }
-        // DeepSeek-V2: normalize when asked and k > 1, otherwise scale. (Dense model types
-        // have no router.)
-        _ => {
+        // DeepSeek-V2: normalize when asked and k > 1, otherwise scale.
+        RouteWeighting::NormalizeOrScale => {
             if cfg.norm_topk_prob && k > 1 {
                 let s = sum();
                 weights.iter_mut().for_each(|w| *w /= s);
@@ -89,15 +88,19 @@ pub fn route(cfg: &Config, logits: &[f32], bias: Option<&[f32]>) -> Route {
 /// MoE over `[n, hidden]` rows: routes every token, runs each expert once on the tokens sent
 /// to it, and adds the weighted results plus the shared experts.
 /// `record(name, values)` receives the named intermediates (`router_logits`: `[n, experts]`).
-pub fn moe_forward(cfg: &Config, moe: &Moe, x: &[f32], record: &dyn Fn(&str, &[f32])) -> Vec<f32> {
-    let d = cfg.hidden_size;
+pub fn moe_forward(moe: &Moe, x: &[f32], record: &dyn Fn(&str, &[f32])) -> Vec<f32> {
+    let d = moe.router.cols; // hidden
     let n = x.len() / d;
     let logits = moe.router.forward(x); // [n, experts]
     record("router_logits", &logits);
     let e = moe.router.rows;
     let mut buckets: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
     for t in 0..n {
-        let r = route(cfg, &logits[t * e..(t + 1) * e], moe.bias.as_deref());
+        let r = route(
+            &moe.config,
+            &logits[t * e..(t + 1) * e],
+            moe.bias.as_deref(),
+        );
         for (&ex, &w) in r.experts.iter().zip(&r.weights) {
             buckets[ex].push((t, w));
         }

@@ -2,7 +2,7 @@
 //! interleaved pairs with YaRN (MLA models), and the rotate-half (NeoX) layout of Qwen2 and
 //! Llama with Llama-3, linear or per-frequency scaling (dense models).
 
-use crate::config::{yarn_get_mscale, Config, Llama3Rope, RopeScaling};
+use crate::config::{yarn_get_mscale, Attention, Config, Llama3Rope, RopeScaling};
 
 /// Precomputed inverse frequencies and cos/sin amplitude for one rotated head.
 #[derive(Clone, Debug)]
@@ -47,15 +47,14 @@ fn llama3_inv_freq(plain: &[f64], l: &Llama3Rope) -> Vec<f64> {
 impl Rope {
     /// The rotation of `cfg`'s model: `qk_rope_head_dim` wide for MLA, `head_dim` for dense.
     pub fn new(cfg: &Config) -> Rope {
-        if cfg.model_type.is_mla() {
-            Rope::mla(cfg)
-        } else {
-            Rope::dense(cfg)
+        match &cfg.attention {
+            Attention::Mla(m) => Rope::mla(cfg, m.qk_rope_head_dim),
+            Attention::Gqa(g) => Rope::dense(cfg, g.head_dim),
         }
     }
 
-    fn mla(cfg: &Config) -> Rope {
-        let dim = cfg.qk_rope_head_dim;
+    /// DeepSeek's rotation of the `dim`-wide rope part, with YaRN when configured.
+    fn mla(cfg: &Config, dim: usize) -> Rope {
         let base = cfg.rope_theta;
         let plain = plain_inv_freq(dim, base);
         let Some(y) = cfg.yarn() else {
@@ -92,8 +91,9 @@ impl Rope {
         }
     }
 
-    fn dense(cfg: &Config) -> Rope {
-        let plain = plain_inv_freq(cfg.head_dim, cfg.rope_theta);
+    /// The dense models' rotation of `head_dim`-wide heads, with their scaling.
+    fn dense(cfg: &Config, head_dim: usize) -> Rope {
+        let plain = plain_inv_freq(head_dim, cfg.rope_theta);
         let inv: Vec<f64> = match &cfg.rope_scaling {
             None | Some(RopeScaling::Yarn(_)) => plain,
             Some(RopeScaling::Linear { factor }) => plain.iter().map(|f| f / factor).collect(),

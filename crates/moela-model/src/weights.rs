@@ -5,8 +5,10 @@
 
 use moela_kernels::{DType, Mat, QMat};
 
-use crate::config::{Config, ModelType};
+use crate::config::{Attention, Config, GqaConfig, MlaConfig, ModelType, MoeConfig};
 use crate::error::ModelError;
+use crate::gqa::GqaDims;
+use crate::mla::MlaDims;
 
 /// HF checkpoint tensor names, spelled once: the loader requests them and the exporter
 /// (`Weights::named_tensors`) writes them.
@@ -118,11 +120,15 @@ pub struct MlaAttention {
     pub uk_t: QMat,
     pub uv: QMat,
     pub o: QMat, // [hidden, heads·v_head]
+    /// The sizes and softmax scale, fixed at load.
+    pub dims: MlaDims,
 }
 
 /// Routed experts with their router and optional shared experts.
 #[derive(Clone, Debug)]
 pub struct Moe {
+    /// How tokens are routed.
+    pub config: MoeConfig,
     pub router: QMat, // [n_routed_experts, hidden], F32 as the reference computes it
     pub bias: Option<Vec<f32>>, // [n_routed_experts] e_score_correction_bias (noaux_tc)
     pub experts: Vec<Mlp>, // n_routed_experts × width moe_intermediate_size
@@ -147,6 +153,8 @@ pub struct GqaAttention {
     pub k_bias: Option<Vec<f32>>, // [kv_heads·head_dim]
     pub v_bias: Option<Vec<f32>>, // [kv_heads·head_dim]
     pub o_bias: Option<Vec<f32>>, // [hidden]
+    /// The sizes, softmax scale and this layer's window, fixed at load.
+    pub(crate) dims: GqaDims,
 }
 
 /// A layer's attention: the one part in which the architecture families differ.
@@ -223,6 +231,8 @@ impl Req<'_> {
     fn absorbed(
         &mut self,
         cfg: &Config,
+        m: &MlaConfig,
+        dims: &MlaDims,
         layer: usize,
         kv_b: &Mat,
         dtype: DType,
@@ -230,10 +240,11 @@ impl Req<'_> {
         if let Some((uk_t, uv)) = self.src.kv_b_split(layer, cfg)? {
             return Ok((uk_t.packed_for_matmul(), uv.packed_for_matmul()));
         }
-        let (h, r) = (cfg.num_attention_heads, cfg.kv_lora_rank);
-        let (dn, dv) = (cfg.qk_nope_head_dim, cfg.v_head_dim);
-        let mut uk_t = vec![0.0f32; h * r * dn];
-        let mut uv = Vec::with_capacity(h * dv * r);
+        let (h, r, dn, dv) = (dims.heads, dims.rank, dims.nope, dims.v);
+        // Rows of W_UK transposed and of W_UV, checked (and their elements, by validate).
+        let (uk_rows, uv_rows) = (m.uk_t_rows(h)?, cfg.o_cols()?);
+        let mut uk_t = vec![0.0f32; uk_rows * dn];
+        let mut uv = Vec::with_capacity(uv_rows * r);
         for hh in 0..h {
             let base = hh * (dn + dv);
             for i in 0..dn {
@@ -261,27 +272,31 @@ impl Req<'_> {
                     msg: e.to_string(),
                 })
         };
-        Ok((q(h * r, dn, &uk_t)?, q(h * dv, r, &uv)?))
+        Ok((q(uk_rows, dn, &uk_t)?, q(uv_rows, r, &uv)?))
     }
     /// MLA weights of layer `layer` at `p` (`model.layers.{layer}`).
-    fn mla(&mut self, cfg: &Config, layer: usize, p: &str) -> Result<MlaAttention, ModelError> {
+    fn mla(
+        &mut self,
+        cfg: &Config,
+        m: &MlaConfig,
+        layer: usize,
+        p: &str,
+    ) -> Result<MlaAttention, ModelError> {
         let d = cfg.hidden_size;
-        let h = cfg.num_attention_heads;
-        let q = match cfg.q_lora_rank {
-            None => QProj::Direct(self.mat(&hf::at(p, hf::Q_PROJ), h * cfg.qk_head_dim(), d)?),
+        let dims = MlaDims::new(cfg, m)?;
+        let q_rows = cfg.q_rows()?;
+        let q = match m.q_lora_rank {
+            None => QProj::Direct(self.mat(&hf::at(p, hf::Q_PROJ), q_rows, d)?),
             Some(rq) => QProj::LowRank {
                 a: self.mat(&hf::at(p, hf::Q_A_PROJ), rq, d)?,
                 norm: self.vec(&hf::at(p, hf::Q_A_NORM), rq)?,
-                b: self.mat(&hf::at(p, hf::Q_B_PROJ), h * cfg.qk_head_dim(), rq)?,
+                b: self.mat(&hf::at(p, hf::Q_B_PROJ), q_rows, rq)?,
             },
         };
-        let kv_b_q = self.stored_mat(
-            &hf::at(p, hf::KV_B_PROJ),
-            h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
-            cfg.kv_lora_rank,
-        )?;
+        let kv_b_rows = m.kv_b_rows(dims.heads)?;
+        let kv_b_q = self.stored_mat(&hf::at(p, hf::KV_B_PROJ), kv_b_rows, dims.rank)?;
         let kv_b = kv_b_q.to_f32();
-        let (uk_t, uv) = self.absorbed(cfg, layer, &kv_b, kv_b_q.dtype)?;
+        let (uk_t, uv) = self.absorbed(cfg, m, &dims, layer, &kv_b, kv_b_q.dtype)?;
         // The decompressing form runs in f32 for float checkpoints (the executable spec); a
         // quantized model's (whose absorbed weights are quantized) gets Q8_0, which keeps
         // long prefills compute-cheap.
@@ -297,28 +312,60 @@ impl Req<'_> {
         })?;
         Ok(MlaAttention {
             q,
-            kv_a: self.mat(&hf::at(p, hf::KV_A_PROJ), cfg.latent_dim(), d)?,
-            kv_a_norm: self.vec(&hf::at(p, hf::KV_A_NORM), cfg.kv_lora_rank)?,
+            kv_a: self.mat(&hf::at(p, hf::KV_A_PROJ), m.latent_dim()?, d)?,
+            kv_a_norm: self.vec(&hf::at(p, hf::KV_A_NORM), dims.rank)?,
             kv_b,
             uk_t,
             uv,
-            o: self.mat(&hf::at(p, hf::O_PROJ), d, h * cfg.v_head_dim)?,
+            o: self.mat(&hf::at(p, hf::O_PROJ), d, cfg.o_cols()?)?,
+            dims,
         })
     }
-    /// GQA weights (and biases the config calls for) of the layer at `p`.
-    fn gqa(&mut self, cfg: &Config, p: &str) -> Result<GqaAttention, ModelError> {
+    /// GQA weights (and biases the config calls for) of layer `layer` at `p`.
+    fn gqa(
+        &mut self,
+        cfg: &Config,
+        g: &GqaConfig,
+        layer: usize,
+        p: &str,
+    ) -> Result<GqaAttention, ModelError> {
         let d = cfg.hidden_size;
-        let q_rows = cfg.num_attention_heads * cfg.head_dim;
-        let kv_rows = cfg.num_key_value_heads * cfg.head_dim;
+        let (q_rows, kv_rows) = (cfg.q_rows()?, g.kv_rows()?);
         Ok(GqaAttention {
             q: self.mat(&hf::attn_proj(p, "q", "weight"), q_rows, d)?,
             k: self.mat(&hf::attn_proj(p, "k", "weight"), kv_rows, d)?,
             v: self.mat(&hf::attn_proj(p, "v", "weight"), kv_rows, d)?,
-            o: self.mat(&hf::attn_proj(p, "o", "weight"), d, q_rows)?,
-            q_bias: self.bias(cfg.qkv_bias, &hf::attn_proj(p, "q", "bias"), q_rows)?,
-            k_bias: self.bias(cfg.qkv_bias, &hf::attn_proj(p, "k", "bias"), kv_rows)?,
-            v_bias: self.bias(cfg.qkv_bias, &hf::attn_proj(p, "v", "bias"), kv_rows)?,
-            o_bias: self.bias(cfg.o_bias, &hf::attn_proj(p, "o", "bias"), d)?,
+            o: self.mat(&hf::attn_proj(p, "o", "weight"), d, cfg.o_cols()?)?,
+            q_bias: self.bias(g.qkv_bias, &hf::attn_proj(p, "q", "bias"), q_rows)?,
+            k_bias: self.bias(g.qkv_bias, &hf::attn_proj(p, "k", "bias"), kv_rows)?,
+            v_bias: self.bias(g.qkv_bias, &hf::attn_proj(p, "v", "bias"), kv_rows)?,
+            o_bias: self.bias(g.o_bias, &hf::attn_proj(p, "o", "bias"), d)?,
+            dims: GqaDims::new(cfg, g, layer)?,
+        })
+    }
+    /// Routed experts, router (and its correction bias) and shared experts of the layer at `p`.
+    fn moe(&mut self, cfg: &Config, m: &MoeConfig, p: &str) -> Result<Moe, ModelError> {
+        let (d, e, w) = (cfg.hidden_size, m.n_routed_experts, m.moe_intermediate_size);
+        let bias_name = hf::at(p, hf::ROUTER_BIAS);
+        // The correction bias belongs to noaux_tc; V3 checkpoints always carry it.
+        let bias = if self.src.contains(&bias_name) || cfg.model_type == ModelType::DeepseekV3 {
+            Some(self.vec(&bias_name, e)?)
+        } else {
+            None
+        };
+        let experts = (0..e)
+            .map(|i| self.mlp(&hf::expert(p, i), d, w))
+            .collect::<Result<Vec<_>, _>>()?;
+        let shared = match m.shared_width()? {
+            0 => None,
+            width => Some(self.mlp(&hf::at(p, hf::SHARED_EXPERTS), d, width)?),
+        };
+        Ok(Moe {
+            config: m.clone(),
+            router: self.f32_mat(&hf::at(p, hf::ROUTER), e, d)?,
+            bias,
+            experts,
+            shared,
         })
     }
     fn mlp(&mut self, prefix: &str, hidden: usize, width: usize) -> Result<Mlp, ModelError> {
@@ -346,37 +393,13 @@ impl Weights {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = &hf::layer(l);
-            let attn = if cfg.model_type.is_mla() {
-                LayerAttention::Mla(req.mla(cfg, l, p)?)
-            } else {
-                LayerAttention::Gqa(req.gqa(cfg, p)?)
+            let attn = match &cfg.attention {
+                Attention::Mla(m) => LayerAttention::Mla(req.mla(cfg, m, l, p)?),
+                Attention::Gqa(g) => LayerAttention::Gqa(req.gqa(cfg, g, l, p)?),
             };
-            let ffn = if cfg.is_moe_layer(l) {
-                let e = cfg.n_routed_experts.unwrap_or(0);
-                let w = cfg.moe_intermediate_size;
-                let bias_name = hf::at(p, hf::ROUTER_BIAS);
-                // The correction bias belongs to noaux_tc; V3 checkpoints always carry it.
-                let bias =
-                    if req.src.contains(&bias_name) || cfg.model_type == ModelType::DeepseekV3 {
-                        Some(req.vec(&bias_name, e)?)
-                    } else {
-                        None
-                    };
-                let experts = (0..e)
-                    .map(|i| req.mlp(&hf::expert(p, i), d, w))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let shared = match cfg.n_shared_experts {
-                    0 => None,
-                    n => Some(req.mlp(&hf::at(p, hf::SHARED_EXPERTS), d, w * n)?),
-                };
-                Ffn::Moe(Moe {
-                    router: req.f32_mat(&hf::at(p, hf::ROUTER), e, d)?,
-                    bias,
-                    experts,
-                    shared,
-                })
-            } else {
-                Ffn::Dense(req.mlp(&hf::at(p, hf::MLP), d, cfg.intermediate_size)?)
+            let ffn = match &cfg.moe {
+                Some(m) if cfg.is_moe_layer(l) => Ffn::Moe(req.moe(cfg, m, p)?),
+                _ => Ffn::Dense(req.mlp(&hf::at(p, hf::MLP), d, cfg.intermediate_size)?),
             };
             layers.push(Layer {
                 attn_norm: req.vec(&hf::at(p, hf::ATTN_NORM), d)?,

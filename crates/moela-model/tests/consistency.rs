@@ -201,8 +201,9 @@ fn published_softmax_scales() {
             "mscale":{ms},"mscale_all_dim":{ms}}}}}"#
         )
     };
-    assert!((config(&base(1.0)).softmax_scale() - 0.135_233_78).abs() < 1e-7);
-    assert!((config(&base(0.707)).softmax_scale() - 0.114_721_39).abs() < 1e-7);
+    let scale = |ms: f64| config(&base(ms)).softmax_scale().unwrap();
+    assert!((scale(1.0) - 0.135_233_78).abs() < 1e-7);
+    assert!((scale(0.707) - 0.114_721_39).abs() < 1e-7);
 }
 
 #[test]
@@ -338,24 +339,28 @@ fn cache_and_kv_b_sizes_are_checked_products() {
         "num_hidden_layers":27,"num_attention_heads":16,"q_lora_rank":null,"kv_lora_rank":512,
         "qk_nope_head_dim":128,"qk_rope_head_dim":64,"v_head_dim":128,"max_position_embeddings":64}"#,
     );
-    assert_eq!(lite.kv_values_per_token(), Some(27 * 576));
-    assert_eq!(lite.kv_bytes_per_token(KvType::F16), Some(31_104));
-    assert_eq!(lite.kv_bytes_per_token(KvType::F32), Some(62_208));
-    assert_eq!(lite.kv_b_f32_bytes(), Some(27 * 16 * 256 * 512 * 4));
+    assert_eq!(lite.kv_values_per_token().ok(), Some(27 * 576));
+    assert_eq!(lite.kv_bytes_per_token(KvType::F16).ok(), Some(31_104));
+    assert_eq!(lite.kv_bytes_per_token(KvType::F32).ok(), Some(62_208));
+    assert_eq!(lite.kv_b_f32_bytes().ok(), Some(27 * 16 * 256 * 512 * 4));
     // Dense (GQA): keys and values of every KV head, no kv_b_proj.
     let qwen = config(
         r#"{"model_type":"qwen2","vocab_size":64,"hidden_size":64,"intermediate_size":64,
         "num_hidden_layers":28,"num_attention_heads":4,"num_key_value_heads":2,
         "max_position_embeddings":64}"#,
     );
-    assert_eq!(qwen.kv_values_per_token(), Some(28 * 2 * 2 * 16));
-    assert_eq!(qwen.kv_b_f32_bytes(), Some(0));
-    // Sizes that would wrap are None, never a wrapped number.
+    assert_eq!(qwen.kv_values_per_token().ok(), Some(28 * 2 * 2 * 16));
+    assert_eq!(qwen.kv_b_f32_bytes().ok(), Some(0));
+    // Sizes that would wrap are errors naming the field, never a wrapped number.
     let mut huge = lite.clone();
     huge.num_hidden_layers = usize::MAX / 2;
-    assert_eq!(huge.kv_values_per_token(), None);
-    assert_eq!(huge.kv_bytes_per_token(KvType::F32), None);
-    assert_eq!(huge.kv_b_f32_bytes(), None);
+    for e in [
+        huge.kv_values_per_token().unwrap_err(),
+        huge.kv_bytes_per_token(KvType::F32).unwrap_err(),
+        huge.kv_b_f32_bytes().unwrap_err(),
+    ] {
+        assert!(e.to_string().contains("num_hidden_layers"), "{e}");
+    }
 }
 
 fn qwen2_config() -> Config {
@@ -526,19 +531,22 @@ fn the_trace_names_every_intermediate_of_a_layer() {
             .unwrap_or_else(|| panic!("no {name} in the trace"))
             .1
     };
-    let (h, lat) = (c.num_attention_heads, c.latent_dim());
+    let (h, lat) = (c.num_attention_heads, c.latent_dim().unwrap());
     let mut prev = get("embed").clone();
     for l in 0..c.num_hidden_layers {
         let n = |s: &str| format!("layer.{l}{s}");
         assert_eq!(get(&n(".attn_norm")).len(), t * d);
-        assert_eq!(get(&n(".attn.q")).len(), t * h * c.qk_head_dim());
+        assert_eq!(get(&n(".attn.q")).len(), t * h * c.qk_head_dim().unwrap());
         assert_eq!(get(&n(".attn.kv_latent")).len(), t * lat);
-        assert_eq!(get(&n(".attn.heads")).len(), t * h * c.v_head_dim);
+        assert_eq!(
+            get(&n(".attn.heads")).len(),
+            t * h * c.mla().unwrap().v_head_dim
+        );
         assert_eq!(get(&n(".ffn_norm")).len(), t * d);
         let has_router = trace.iter().any(|(x, _)| *x == n(".moe.router_logits"));
         assert_eq!(has_router, c.is_moe_layer(l), "layer {l}");
         if has_router {
-            let e = c.n_routed_experts.unwrap();
+            let e = c.moe.as_ref().unwrap().n_routed_experts;
             assert_eq!(get(&n(".moe.router_logits")).len(), t * e);
         }
         // The residual stream is the previous one plus the attention's and the FFN's outputs.

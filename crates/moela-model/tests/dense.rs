@@ -35,13 +35,14 @@ fn qwen2_defaults_biases_and_sliding_window_rules() {
     let c = config(&with(QWEN2, ""));
     assert_eq!(c.model_type, ModelType::Qwen2);
     assert!(!c.model_type.is_mla());
-    assert_eq!((c.head_dim, c.num_key_value_heads), (8, 2));
-    assert!(c.qkv_bias && !c.o_bias, "Qwen2: q/k/v biases, never o");
-    assert_eq!(c.latent_dim(), 2 * 2 * 8);
-    assert_eq!(c.softmax_scale(), 1.0 / 8f32.sqrt());
+    let g = c.gqa().unwrap();
+    assert_eq!((g.head_dim, g.num_key_value_heads), (8, 2));
+    assert!(g.qkv_bias && !g.o_bias, "Qwen2: q/k/v biases, never o");
+    assert_eq!(c.latent_dim().unwrap(), 2 * 2 * 8);
+    assert_eq!(c.softmax_scale().unwrap(), 1.0 / 8f32.sqrt());
     // A window is only real with use_sliding_window, and then from max_window_layers on.
     let off = config(&with(QWEN2, r#""sliding_window":16,"max_window_layers":1"#));
-    assert_eq!(off.sliding_window, None);
+    assert_eq!(off.gqa().unwrap().sliding_window, None);
     let on = config(&with(
         QWEN2,
         r#""use_sliding_window":true,"sliding_window":16,"max_window_layers":1"#,
@@ -62,14 +63,14 @@ fn qwen2_defaults_biases_and_sliding_window_rules() {
         QWEN2,
         r#""use_sliding_window":true,"sliding_window":16,"max_window_layers":3"#,
     ));
-    assert_eq!(none.sliding_window, None);
+    assert_eq!(none.gqa().unwrap().sliding_window, None);
     // use_sliding_window with a null window (what save_pretrained writes when disabled).
     let null = config(&with(
         QWEN2,
         r#""use_sliding_window":true,"sliding_window":null,"max_window_layers":0"#,
     ));
-    assert_eq!(null.sliding_window, None);
-    let (total, active) = c.parameter_counts();
+    assert_eq!(null.gqa().unwrap().sliding_window, None);
+    let (total, active) = c.parameter_counts().unwrap();
     // embed + 3 × (q,k,v,o + biases + mlp + 2 norms) + norm + head
     let layer = 32 * (32 + 16 + 16) + 32 * 32 + (32 + 16 + 16) + 3 * 32 * 40 + 2 * 32;
     assert_eq!(total, 2 * 53 * 32 + 3 * layer as u64 + 32);
@@ -80,9 +81,10 @@ fn qwen2_defaults_biases_and_sliding_window_rules() {
 fn llama_fields_and_rope_scaling() {
     let c = config(&with(LLAMA, ""));
     assert_eq!(c.model_type, ModelType::Llama);
-    assert_eq!((c.head_dim, c.num_key_value_heads), (12, 1));
+    let g = c.gqa().unwrap();
+    assert_eq!((g.head_dim, g.num_key_value_heads), (12, 1));
     assert!(
-        c.qkv_bias && c.o_bias,
+        g.qkv_bias && g.o_bias,
         "attention_bias covers all four projections"
     );
     let Some(RopeScaling::Llama3(l)) = &c.rope_scaling else {
@@ -97,8 +99,9 @@ fn llama_fields_and_rope_scaling() {
     ));
     assert_eq!(t5.rope_theta, 1e6);
     assert_eq!(t5.rope_scaling, None);
-    assert_eq!(t5.num_key_value_heads, 4, "defaults to the head count");
-    assert!(!t5.qkv_bias && !t5.o_bias);
+    let g = t5.gqa().unwrap();
+    assert_eq!(g.num_key_value_heads, 4, "defaults to the head count");
+    assert!(!g.qkv_bias && !g.o_bias);
 }
 
 #[test]

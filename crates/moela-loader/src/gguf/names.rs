@@ -370,6 +370,16 @@ pub struct KvBDims {
 }
 
 impl KvBDims {
+    /// The sizes of MLA attention `m` with `heads` heads.
+    pub fn of(heads: usize, m: &moela_model::MlaConfig) -> KvBDims {
+        KvBDims {
+            n_heads: heads,
+            kv_lora_rank: m.kv_lora_rank,
+            qk_nope_head_dim: m.qk_nope_head_dim,
+            v_head_dim: m.v_head_dim,
+        }
+    }
+
     /// (elements of k_b, of v_b, of kv_b); `None` if a size is zero or they overflow.
     fn sizes(&self) -> Option<(usize, usize, usize)> {
         if [

@@ -1,77 +1,159 @@
 //! Reading an HF `config.json` (the official spelling and the transformers-5 spelling) into a
-//! [`Config`]: field access with the field named in every error, RoPE scaling in both
-//! spellings, the MLA + MoE families and the dense GQA ones.
+//! [`Config`]: serde reads it into [`RawConfig`] (every field optional, `null` = absent, a
+//! wrongly typed value an error at its path), and each rule that turns it into a `Config` lives
+//! in one function below.
 
-use serde_json::{Map, Value};
+use std::fmt;
+
+use serde::de::{Deserializer, Unexpected, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
 
 use super::*;
 
-pub(crate) fn cfg_err(field: &str, msg: impl Into<String>) -> ModelError {
-    ModelError::Config {
-        field: field.to_string(),
-        msg: msg.into(),
+/// A count or a width: a non-negative integer (so named in errors).
+#[derive(Clone, Copy, Debug)]
+struct Count(usize);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Count, D::Error> {
+        struct CountVisitor;
+        impl Visitor<'_> for CountVisitor {
+            type Value = Count;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-negative integer")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Count, E> {
+                usize::try_from(v)
+                    .map(Count)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+            }
+        }
+        d.deserialize_u64(CountVisitor)
     }
 }
 
-struct Fields<'a> {
-    map: &'a Map<String, Value>,
+/// `v` as a `usize`.
+fn n(v: Option<Count>) -> Option<usize> {
+    v.map(|c| c.0)
 }
 
-impl<'a> Fields<'a> {
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
-    }
-    fn usize_req(&self, key: &str) -> Result<usize, ModelError> {
-        match self.get(key) {
-            None => Err(cfg_err(key, "missing")),
-            Some(v) => as_usize(key, v),
+/// `v`, or a "missing" error naming `field`.
+fn required<T>(v: Option<T>, field: &str) -> Result<T, ModelError> {
+    v.ok_or_else(|| cfg_err(field, "missing"))
+}
+
+/// `bos_token_id` / `eos_token_id`: one id or a list.
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "expected a token id or a list of token ids")]
+enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    fn into_vec(v: Option<TokenIds>) -> Vec<u32> {
+        match v {
+            None => vec![],
+            Some(TokenIds::One(id)) => vec![id],
+            Some(TokenIds::Many(ids)) => ids,
         }
     }
-    fn usize_or(&self, key: &str, default: usize) -> Result<usize, ModelError> {
-        self.get(key).map_or(Ok(default), |v| as_usize(key, v))
-    }
-    fn f64_or(&self, key: &str, default: f64) -> Result<f64, ModelError> {
-        self.get(key).map_or(Ok(default), |v| as_f64(key, v))
-    }
-    fn bool_or(&self, key: &str, default: bool) -> Result<bool, ModelError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(v) => Err(cfg_err(key, format!("expected true or false, found {v}"))),
-        }
-    }
-    fn str_opt(&self, key: &str) -> Result<Option<&'a str>, ModelError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(v) => Err(cfg_err(key, format!("expected a string, found {v}"))),
-        }
-    }
 }
 
-fn as_usize(key: &str, v: &Value) -> Result<usize, ModelError> {
-    v.as_u64()
-        .map(|n| n as usize)
-        .ok_or_else(|| cfg_err(key, format!("expected a non-negative integer, found {v}")))
+/// `type` / `rope_type` of a RoPE scaling.
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RopeKind {
+    Default,
+    Yarn,
+    Llama3,
+    Linear,
 }
 
-fn as_f64(key: &str, v: &Value) -> Result<f64, ModelError> {
-    v.as_f64()
-        .ok_or_else(|| cfg_err(key, format!("expected a number, found {v}")))
+/// `rope_scaling` (official) or `rope_parameters` (transformers 5, with `rope_theta` inside).
+#[derive(Deserialize)]
+struct RawRope {
+    #[serde(rename = "type")]
+    kind: Option<RopeKind>,
+    rope_type: Option<RopeKind>,
+    rope_theta: Option<f64>,
+    factor: Option<f64>,
+    original_max_position_embeddings: Option<Count>,
+    beta_fast: Option<f64>,
+    beta_slow: Option<f64>,
+    mscale: Option<f64>,
+    mscale_all_dim: Option<f64>,
+    attention_factor: Option<f64>,
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
 }
 
-fn token_ids(key: &str, v: Option<&Value>) -> Result<Vec<u32>, ModelError> {
-    match v {
-        None => Ok(vec![]),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|x| as_usize(key, x).map(|n| n as u32))
-            .collect(),
-        Some(x) => Ok(vec![as_usize(key, x)? as u32]),
-    }
+/// `quantization_config`.
+#[derive(Deserialize)]
+struct RawQuant {
+    quant_method: Option<String>,
+    weight_block_size: Option<Vec<Count>>,
 }
 
-/// `get_mscale` of DeepSeek's YaRN: 1 for s ≤ 1, else 0.1·m·ln(s) + 1.
+/// An entry of `layer_types` (transformers 5).
+#[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum LayerType {
+    SlidingAttention,
+    FullAttention,
+}
+
+/// `config.json` as written, for every supported `model_type`; unknown keys are ignored.
+#[derive(Deserialize)]
+struct RawConfig {
+    model_type: Option<ModelType>,
+    hidden_act: Option<String>,
+    vocab_size: Option<Count>,
+    hidden_size: Option<Count>,
+    intermediate_size: Option<Count>,
+    num_hidden_layers: Option<Count>,
+    num_attention_heads: Option<Count>,
+    max_position_embeddings: Option<Count>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<RawRope>,
+    rope_parameters: Option<RawRope>,
+    bos_token_id: Option<TokenIds>,
+    eos_token_id: Option<TokenIds>,
+    tie_word_embeddings: Option<bool>,
+    quantization_config: Option<RawQuant>,
+    attention_bias: Option<bool>,
+    // MLA + MoE.
+    q_lora_rank: Option<Count>,
+    kv_lora_rank: Option<Count>,
+    qk_nope_head_dim: Option<Count>,
+    qk_rope_head_dim: Option<Count>,
+    v_head_dim: Option<Count>,
+    n_routed_experts: Option<Count>,
+    n_shared_experts: Option<Count>,
+    num_experts_per_tok: Option<Count>,
+    n_group: Option<Count>,
+    topk_group: Option<Count>,
+    topk_method: Option<TopkMethod>,
+    scoring_func: Option<ScoringFunc>,
+    norm_topk_prob: Option<bool>,
+    routed_scaling_factor: Option<f64>,
+    first_k_dense_replace: Option<Count>,
+    moe_layer_freq: Option<Count>,
+    moe_intermediate_size: Option<Count>,
+    num_nextn_predict_layers: Option<Count>,
+    // GQA.
+    num_key_value_heads: Option<Count>,
+    head_dim: Option<Count>,
+    mlp_bias: Option<bool>,
+    partial_rotary_factor: Option<f64>,
+    use_sliding_window: Option<bool>,
+    sliding_window: Option<Count>,
+    max_window_layers: Option<Count>,
+    layer_types: Option<Vec<LayerType>>,
+}
+
 impl Config {
     /// Parses and validates an HF `config.json`.
     pub fn from_hf_json(text: &str) -> Result<Config, ModelError> {
@@ -82,36 +164,21 @@ impl Config {
 
     /// Parses and validates an already-decoded `config.json`.
     pub fn from_hf_value(value: &Value) -> Result<Config, ModelError> {
-        let map = value
-            .as_object()
-            .ok_or_else(|| cfg_err("config.json", "not a JSON object"))?;
-        let f = Fields { map };
-        let model_type = match f.str_opt("model_type")? {
-            Some("deepseek_v2") => ModelType::DeepseekV2,
-            Some("deepseek_v3") => ModelType::DeepseekV3,
-            Some("qwen2") => ModelType::Qwen2,
-            Some("llama") => ModelType::Llama,
-            Some(other) => {
-                return Err(cfg_err(
-                    "model_type",
-                    format!(
-                        "unsupported model_type {other:?} (expected deepseek_v2, deepseek_v3, qwen2 or llama)"
-                    ),
-                ))
-            }
-            None => return Err(cfg_err("model_type", "missing")),
-        };
-        if !model_type.is_mla() {
-            return dense_from_hf(&f, model_type);
+        if !value.is_object() {
+            return Err(cfg_err("config.json", "not a JSON object"));
         }
-        let v3 = model_type == ModelType::DeepseekV3;
-        if f.bool_or("attention_bias", false)? {
-            return Err(cfg_err(
-                "attention_bias",
-                "attention biases are not part of this architecture",
-            ));
-        }
-        if let Some(act) = f.str_opt("hidden_act")? {
+        let raw: RawConfig = serde_path_to_error::deserialize(value)
+            .map_err(|e| cfg_err(&e.path().to_string(), e.inner().to_string()))?;
+        let cfg = raw.into_config()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+impl RawConfig {
+    fn into_config(self) -> Result<Config, ModelError> {
+        let model_type = required(self.model_type, "model_type")?;
+        if let Some(act) = &self.hidden_act {
             if act != "silu" {
                 return Err(cfg_err(
                     "hidden_act",
@@ -119,350 +186,264 @@ impl Config {
                 ));
             }
         }
-
-        let q_lora_rank = match f.usize_or("q_lora_rank", 0)? {
-            0 => None,
-            r => Some(r),
+        let vocab_size = required(n(self.vocab_size), "vocab_size")?;
+        let hidden_size = required(n(self.hidden_size), "hidden_size")?;
+        let intermediate_size = required(n(self.intermediate_size), "intermediate_size")?;
+        let num_hidden_layers = required(n(self.num_hidden_layers), "num_hidden_layers")?;
+        let num_attention_heads = required(n(self.num_attention_heads), "num_attention_heads")?;
+        let (attention, moe) = if model_type.is_mla() {
+            (self.mla()?, self.moe(model_type)?)
+        } else {
+            (
+                self.gqa(
+                    model_type,
+                    hidden_size,
+                    num_attention_heads,
+                    num_hidden_layers,
+                )?,
+                None,
+            )
         };
-        let n_routed_experts = match f.usize_or("n_routed_experts", 0)? {
-            0 => None,
-            n => Some(n),
-        };
-        // Defaults per model type follow the published definitions: V2 greedy/softmax, V3 noaux_tc/sigmoid.
-        let topk_method = match f.str_opt("topk_method")? {
-            None if v3 => TopkMethod::NoauxTc,
-            None => TopkMethod::Greedy,
-            Some("greedy") => TopkMethod::Greedy,
-            Some("group_limited_greedy") => TopkMethod::GroupLimitedGreedy,
-            Some("noaux_tc") => TopkMethod::NoauxTc,
-            Some(o) => return Err(cfg_err("topk_method", format!("unknown topk_method {o:?}"))),
-        };
-        let scoring_func = match f.str_opt("scoring_func")? {
-            None if v3 => ScoringFunc::Sigmoid,
-            None => ScoringFunc::Softmax,
-            Some("softmax") => ScoringFunc::Softmax,
-            Some("sigmoid") => ScoringFunc::Sigmoid,
-            Some(o) => {
-                return Err(cfg_err(
-                    "scoring_func",
-                    format!("unknown scoring_func {o:?}"),
-                ))
-            }
-        };
-
-        let (rope_theta, rope_scaling) = rope_fields(&f)?;
-        let rope_scaling = match rope_scaling {
-            None => None,
-            Some(RopeScaling::Yarn(y)) => Some(RopeScaling::Yarn(y)),
-            Some(_) => {
-                return Err(cfg_err(
-                    "rope_scaling.type",
-                    "DeepSeek models use yarn scaling (or none)",
-                ))
-            }
-        };
-
-        let fp8_block = match f.get("quantization_config").and_then(Value::as_object) {
-            None => None,
-            Some(q) => {
-                let qf = Fields { map: q };
-                match qf.str_opt("quant_method")? {
-                    Some("fp8") => {
-                        let bs = match qf.get("weight_block_size") {
-                            None => [128, 128],
-                            Some(Value::Array(a)) if a.len() == 2 => [
-                                as_usize("quantization_config.weight_block_size", &a[0])?,
-                                as_usize("quantization_config.weight_block_size", &a[1])?,
-                            ],
-                            Some(v) => {
-                                return Err(cfg_err(
-                                    "quantization_config.weight_block_size",
-                                    format!("expected [rows, cols], found {v}"),
-                                ))
-                            }
-                        };
-                        if bs[0] == 0 || bs[1] == 0 {
-                            return Err(cfg_err(
-                                "quantization_config.weight_block_size",
-                                "zero block size",
-                            ));
-                        }
-                        Some(bs)
-                    }
-                    Some(o) => {
-                        return Err(cfg_err(
-                            "quantization_config.quant_method",
-                            format!("unsupported quantization {o:?} (expected fp8)"),
-                        ))
-                    }
-                    None => return Err(cfg_err("quantization_config.quant_method", "missing")),
-                }
-            }
-        };
-
-        let num_experts_per_tok = f.usize_or("num_experts_per_tok", 0)?;
-        let cfg = Config {
+        let (rope_theta, rope_scaling) = self.rope()?;
+        let fp8_block = self.fp8_block(model_type)?;
+        Ok(Config {
             model_type,
-            vocab_size: f.usize_req("vocab_size")?,
-            hidden_size: f.usize_req("hidden_size")?,
-            intermediate_size: f.usize_req("intermediate_size")?,
-            moe_intermediate_size: if n_routed_experts.is_some() {
-                f.usize_req("moe_intermediate_size")?
-            } else {
-                f.usize_or("moe_intermediate_size", 0)?
-            },
-            num_hidden_layers: f.usize_req("num_hidden_layers")?,
-            num_attention_heads: f.usize_req("num_attention_heads")?,
-            // MLA: as written (HF configs carry the head count); unused.
-            num_key_value_heads: f.usize_or("num_key_value_heads", 0)?,
-            head_dim: 0,
-            qkv_bias: false,
-            o_bias: false,
-            sliding_window: None,
-            q_lora_rank,
-            kv_lora_rank: f.usize_req("kv_lora_rank")?,
-            qk_nope_head_dim: f.usize_req("qk_nope_head_dim")?,
-            qk_rope_head_dim: f.usize_req("qk_rope_head_dim")?,
-            v_head_dim: f.usize_req("v_head_dim")?,
-            n_routed_experts,
-            n_shared_experts: f.usize_or("n_shared_experts", 0)?,
-            num_experts_per_tok,
-            n_group: f.usize_or("n_group", 1)?,
-            topk_group: f.usize_or("topk_group", 1)?,
-            topk_method,
-            scoring_func,
-            norm_topk_prob: f.bool_or("norm_topk_prob", v3)?,
-            routed_scaling_factor: f.f64_or("routed_scaling_factor", 1.0)? as f32,
-            first_k_dense_replace: f.usize_or("first_k_dense_replace", 0)?,
-            moe_layer_freq: f.usize_or("moe_layer_freq", 1)?,
-            rms_norm_eps: f.f64_or("rms_norm_eps", 1e-6)? as f32,
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6) as f32,
             rope_theta,
             rope_scaling,
-            max_position_embeddings: f.usize_req("max_position_embeddings")?,
-            bos_token_id: token_ids("bos_token_id", f.get("bos_token_id"))?
-                .first()
-                .copied(),
-            eos_token_ids: token_ids("eos_token_id", f.get("eos_token_id"))?,
-            tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
-            num_nextn_predict_layers: f.usize_or("num_nextn_predict_layers", 0)?,
+            max_position_embeddings: required(
+                n(self.max_position_embeddings),
+                "max_position_embeddings",
+            )?,
+            bos_token_id: TokenIds::into_vec(self.bos_token_id).first().copied(),
+            eos_token_ids: TokenIds::into_vec(self.eos_token_id),
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
+            num_nextn_predict_layers: match model_type.is_mla() {
+                true => n(self.num_nextn_predict_layers).unwrap_or(0),
+                false => 0,
+            },
             fp8_block,
+            attention,
+            moe,
+        })
+    }
+
+    /// `(rope_theta, rope_scaling)` in either spelling: official (`rope_theta` + `rope_scaling`)
+    /// or transformers-5 (`rope_parameters` with `rope_theta` inside). Which family allows
+    /// which scaling is [`Config::validate`]'s.
+    fn rope(&self) -> Result<(f64, Option<RopeScaling>), ModelError> {
+        let params = self.rope_parameters.as_ref();
+        let theta = self
+            .rope_theta
+            .or(params.and_then(|p| p.rope_theta))
+            .unwrap_or(10000.0);
+        let scaling = match self.rope_scaling.as_ref().or(params) {
+            None => None,
+            Some(r) => r.scaling()?,
         };
-        cfg.validate()?;
-        Ok(cfg)
+        Ok((theta, scaling))
     }
-}
 
-/// `(rope_theta, rope_scaling)` in either spelling: official (`rope_theta` + `rope_scaling`) or
-/// transformers-5 (`rope_parameters` with `rope_theta` inside). Type-specific checks (which
-/// family allows which scaling) are the caller's.
-fn rope_fields(f: &Fields<'_>) -> Result<(f64, Option<RopeScaling>), ModelError> {
-    let rope_params = f.get("rope_parameters").and_then(Value::as_object);
-    let scaling = f
-        .get("rope_scaling")
-        .and_then(Value::as_object)
-        .or(rope_params);
-    let rope_theta = match (
-        f.get("rope_theta"),
-        rope_params.and_then(|p| p.get("rope_theta")),
-    ) {
-        (Some(v), _) => as_f64("rope_theta", v)?,
-        (None, Some(v)) => as_f64("rope_parameters.rope_theta", v)?,
-        (None, None) => 10000.0,
-    };
-    let scaling = match scaling {
-        None => None,
-        Some(s) => parse_rope_scaling(s)?,
-    };
-    Ok((rope_theta, scaling))
-}
-
-fn parse_rope_scaling(s: &Map<String, Value>) -> Result<Option<RopeScaling>, ModelError> {
-    let f = Fields { map: s };
-    let kind = match (f.str_opt("type")?, f.str_opt("rope_type")?) {
-        (Some(t), _) | (None, Some(t)) => t,
-        (None, None) => return Err(cfg_err("rope_scaling.type", "missing")),
-    };
-    let key = |k: &str| format!("rope_scaling.{k}");
-    let f64_req = |k: &str| match f.get(k) {
-        Some(v) => as_f64(&key(k), v),
-        None => Err(cfg_err(&key(k), "missing")),
-    };
-    let usize_req = |k: &str| match f.get(k) {
-        Some(v) => as_usize(&key(k), v),
-        None => Err(cfg_err(&key(k), "missing")),
-    };
-    match kind {
-        "default" => Ok(None),
-        "yarn" => {
-            // beta defaults 32/1 (YaRN paper); a 0 means "default" in the reference too.
-            let nz = |v: f64, d: f64| if v == 0.0 { d } else { v };
-            Ok(Some(RopeScaling::Yarn(Yarn {
-                factor: f64_req("factor")?,
-                original_max_position_embeddings: usize_req("original_max_position_embeddings")?,
-                beta_fast: nz(f.f64_or("beta_fast", 32.0)?, 32.0),
-                beta_slow: nz(f.f64_or("beta_slow", 1.0)?, 1.0),
-                mscale: f.f64_or("mscale", 1.0)?,
-                mscale_all_dim: f.f64_or("mscale_all_dim", 0.0)?,
-                attention_factor: f
-                    .get("attention_factor")
-                    .map(|v| as_f64(&key("attention_factor"), v))
-                    .transpose()?,
-            })))
-        }
-        "llama3" => Ok(Some(RopeScaling::Llama3(Llama3Rope {
-            factor: f64_req("factor")?,
-            low_freq_factor: f64_req("low_freq_factor")?,
-            high_freq_factor: f64_req("high_freq_factor")?,
-            original_max_position_embeddings: usize_req("original_max_position_embeddings")?,
-        }))),
-        "linear" => Ok(Some(RopeScaling::Linear {
-            factor: f64_req("factor")?,
-        })),
-        other => Err(cfg_err(
-            "rope_scaling.type",
-            format!(
-                "unsupported rope scaling {other:?} (expected yarn, llama3, linear or default)"
-            ),
-        )),
-    }
-}
-
-/// A `qwen2` or `llama` config.json (transformers' `Qwen2Config` / `LlamaConfig`).
-fn dense_from_hf(f: &Fields<'_>, model_type: ModelType) -> Result<Config, ModelError> {
-    let qwen2 = model_type == ModelType::Qwen2;
-    if let Some(act) = f.str_opt("hidden_act")? {
-        if act != "silu" {
+    /// DeepSeek's attention sizes; it has no attention biases.
+    fn mla(&self) -> Result<Attention, ModelError> {
+        if self.attention_bias == Some(true) {
             return Err(cfg_err(
-                "hidden_act",
-                format!("unsupported activation {act:?} (expected silu)"),
+                "attention_bias",
+                "attention biases are not part of this architecture",
             ));
         }
+        Ok(Attention::Mla(MlaConfig {
+            // V2-Lite has one q_proj: written null or 0.
+            q_lora_rank: n(self.q_lora_rank).filter(|&r| r > 0),
+            kv_lora_rank: required(n(self.kv_lora_rank), "kv_lora_rank")?,
+            qk_nope_head_dim: required(n(self.qk_nope_head_dim), "qk_nope_head_dim")?,
+            qk_rope_head_dim: required(n(self.qk_rope_head_dim), "qk_rope_head_dim")?,
+            v_head_dim: required(n(self.v_head_dim), "v_head_dim")?,
+        }))
     }
-    if f.bool_or("mlp_bias", false)? {
-        return Err(cfg_err("mlp_bias", "MLP biases are not supported"));
+
+    /// DeepSeekMoE routing, when `n_routed_experts` is set (0 or null: no experts). Defaults
+    /// per model type follow the published definitions: V2 greedy/softmax, V3
+    /// noaux_tc/sigmoid with `norm_topk_prob` true; the V2 and V3 weight rules differ too.
+    fn moe(&self, model_type: ModelType) -> Result<Option<MoeConfig>, ModelError> {
+        let Some(e) = n(self.n_routed_experts).filter(|&e| e > 0) else {
+            return Ok(None);
+        };
+        let v3 = model_type == ModelType::DeepseekV3;
+        Ok(Some(MoeConfig {
+            n_routed_experts: e,
+            n_shared_experts: n(self.n_shared_experts).unwrap_or(0),
+            num_experts_per_tok: n(self.num_experts_per_tok).unwrap_or(0),
+            n_group: n(self.n_group).unwrap_or(1),
+            topk_group: n(self.topk_group).unwrap_or(1),
+            topk_method: self.topk_method.unwrap_or(match v3 {
+                true => TopkMethod::NoauxTc,
+                false => TopkMethod::Greedy,
+            }),
+            scoring_func: self.scoring_func.unwrap_or(match v3 {
+                true => ScoringFunc::Sigmoid,
+                false => ScoringFunc::Softmax,
+            }),
+            norm_topk_prob: self.norm_topk_prob.unwrap_or(v3),
+            routed_scaling_factor: self.routed_scaling_factor.unwrap_or(1.0) as f32,
+            weighting: match v3 {
+                true => RouteWeighting::NormalizeThenScale,
+                false => RouteWeighting::NormalizeOrScale,
+            },
+            first_k_dense_replace: n(self.first_k_dense_replace).unwrap_or(0),
+            moe_layer_freq: n(self.moe_layer_freq).unwrap_or(1),
+            moe_intermediate_size: required(
+                n(self.moe_intermediate_size),
+                "moe_intermediate_size",
+            )?,
+        }))
     }
-    if let Some(v) = f.get("partial_rotary_factor") {
-        if as_f64("partial_rotary_factor", v)? != 1.0 {
+
+    /// A `qwen2` or `llama` attention (transformers' `Qwen2Config` / `LlamaConfig`).
+    fn gqa(
+        &self,
+        model_type: ModelType,
+        hidden_size: usize,
+        heads: usize,
+        layers: usize,
+    ) -> Result<Attention, ModelError> {
+        if self.mlp_bias == Some(true) {
+            return Err(cfg_err("mlp_bias", "MLP biases are not supported"));
+        }
+        if self.partial_rotary_factor.is_some_and(|p| p != 1.0) {
             return Err(cfg_err(
                 "partial_rotary_factor",
                 "partial rotary embeddings are not supported",
             ));
         }
+        let qwen2 = model_type == ModelType::Qwen2;
+        // Qwen2: q/k/v always carry biases, o_proj never (Qwen2Attention). Llama:
+        // `attention_bias` puts a bias on all four projections (LlamaAttention).
+        let bias = self.attention_bias.unwrap_or(false);
+        let (qkv_bias, o_bias) = if qwen2 { (true, false) } else { (bias, bias) };
+        Ok(Attention::Gqa(GqaConfig {
+            num_key_value_heads: n(self.num_key_value_heads).unwrap_or(heads),
+            head_dim: match n(self.head_dim) {
+                None | Some(0) => hidden_size.checked_div(heads).unwrap_or(0),
+                Some(d) => d,
+            },
+            qkv_bias,
+            o_bias,
+            sliding_window: self.sliding_window(qwen2, layers)?,
+        }))
     }
-    let hidden_size = f.usize_req("hidden_size")?;
-    let heads = f.usize_req("num_attention_heads")?;
-    let num_hidden_layers = f.usize_req("num_hidden_layers")?;
-    let head_dim = match f.usize_or("head_dim", 0)? {
-        0 if heads > 0 => hidden_size / heads,
-        d => d,
-    };
-    let (rope_theta, rope_scaling) = rope_fields(f)?;
-    // Qwen2: q/k/v always carry biases, o_proj never (Qwen2Attention). Llama: `attention_bias`
-    // puts a bias on all four projections (LlamaAttention).
-    let attention_bias = f.bool_or("attention_bias", false)?;
-    let (qkv_bias, o_bias) = if qwen2 {
-        (true, false)
-    } else {
-        (attention_bias, attention_bias)
-    };
-    // `layer_types` (transformers 5), checked whenever present.
-    let layer_types = match f.get("layer_types") {
-        None => None,
-        Some(Value::Array(a)) => {
-            let types = a
-                .iter()
-                .map(|t| match t.as_str() {
-                    Some("sliding_attention") => Ok(true),
-                    Some("full_attention") => Ok(false),
-                    _ => Err(cfg_err(
-                        "layer_types",
-                        format!("expected sliding_attention or full_attention, found {t}"),
-                    )),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if types.len() != num_hidden_layers {
+
+    /// Qwen2Config's window: it exists only with `use_sliding_window`, and applies to the layers
+    /// that `layer_types` (checked whenever present) marks `sliding_attention`, by default
+    /// those from `max_window_layers` on. Llama has none.
+    fn sliding_window(
+        &self,
+        qwen2: bool,
+        layers: usize,
+    ) -> Result<Option<SlidingWindow>, ModelError> {
+        if let Some(t) = &self.layer_types {
+            if t.len() != layers {
                 return Err(cfg_err(
                     "layer_types",
-                    format!("{} entries for {num_hidden_layers} layers", types.len()),
+                    format!("{} entries for {layers} layers", t.len()),
                 ));
             }
-            Some(types)
         }
-        Some(v) => {
-            return Err(cfg_err(
-                "layer_types",
-                format!("expected a list, found {v}"),
-            ))
-        }
-    };
-    // Qwen2Config: the window exists only with `use_sliding_window`; it applies to the layers
-    // that `layer_types` marks `sliding_attention`, by default those from `max_window_layers` on.
-    let sliding_window = match (
-        qwen2 && f.bool_or("use_sliding_window", false)?,
-        f.get("sliding_window"),
-    ) {
-        (true, Some(v)) => {
-            let size = as_usize("sliding_window", v)?;
-            let layers = match layer_types {
-                Some(t) => t,
-                None => {
-                    let from = f.usize_or("max_window_layers", 28)?;
-                    (0..num_hidden_layers).map(|l| l >= from).collect()
-                }
-            };
-            layers
-                .contains(&true)
-                .then_some(SlidingWindow { size, layers })
-        }
-        _ => None,
-    };
-    let cfg = Config {
-        model_type,
-        vocab_size: f.usize_req("vocab_size")?,
-        hidden_size,
-        intermediate_size: f.usize_req("intermediate_size")?,
-        moe_intermediate_size: 0,
-        num_hidden_layers,
-        num_attention_heads: heads,
-        num_key_value_heads: f.usize_or("num_key_value_heads", heads)?,
-        head_dim,
-        qkv_bias,
-        o_bias,
-        sliding_window,
-        q_lora_rank: None,
-        kv_lora_rank: 0,
-        qk_nope_head_dim: 0,
-        qk_rope_head_dim: 0,
-        v_head_dim: 0,
-        n_routed_experts: None,
-        n_shared_experts: 0,
-        num_experts_per_tok: 0,
-        n_group: 1,
-        topk_group: 1,
-        topk_method: TopkMethod::Greedy,
-        scoring_func: ScoringFunc::Softmax,
-        norm_topk_prob: false,
-        routed_scaling_factor: 1.0,
-        first_k_dense_replace: 0,
-        moe_layer_freq: 1,
-        rms_norm_eps: f.f64_or("rms_norm_eps", 1e-6)? as f32,
-        rope_theta,
-        rope_scaling,
-        max_position_embeddings: f.usize_req("max_position_embeddings")?,
-        bos_token_id: token_ids("bos_token_id", f.get("bos_token_id"))?
-            .first()
-            .copied(),
-        eos_token_ids: token_ids("eos_token_id", f.get("eos_token_id"))?,
-        tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
-        num_nextn_predict_layers: 0,
-        fp8_block: None,
-    };
-    if f.get("quantization_config").is_some() {
-        return Err(cfg_err(
-            "quantization_config",
-            "quantized Qwen2/Llama checkpoints are not supported (use a GGUF file or --quant)",
-        ));
+        let size = match (
+            qwen2 && self.use_sliding_window == Some(true),
+            n(self.sliding_window),
+        ) {
+            (true, Some(size)) => size,
+            _ => return Ok(None),
+        };
+        // One flag per layer: bound the count before allocating.
+        sizes::in_range("num_hidden_layers", layers, MAX_LAYERS)?;
+        let sliding: Vec<bool> = match &self.layer_types {
+            Some(t) => t
+                .iter()
+                .map(|&t| t == LayerType::SlidingAttention)
+                .collect(),
+            None => {
+                let from = n(self.max_window_layers).unwrap_or(28);
+                (0..layers).map(|l| l >= from).collect()
+            }
+        };
+        Ok(sliding.contains(&true).then_some(SlidingWindow {
+            size,
+            layers: sliding,
+        }))
     }
-    cfg.validate()?;
-    Ok(cfg)
+
+    /// The FP8 block of a DeepSeek checkpoint's `quantization_config` (`fp8`, block default
+    /// 128×128); Qwen2/Llama checkpoints may not be quantized.
+    fn fp8_block(&self, model_type: ModelType) -> Result<Option<[usize; 2]>, ModelError> {
+        let Some(q) = &self.quantization_config else {
+            return Ok(None);
+        };
+        if !model_type.is_mla() {
+            return Err(cfg_err(
+                "quantization_config",
+                "quantized Qwen2/Llama checkpoints are not supported (use a GGUF file or --quant)",
+            ));
+        }
+        match q.quant_method.as_deref() {
+            Some("fp8") => match q.weight_block_size.as_deref() {
+                None => Ok(Some([128, 128])),
+                Some(&[r, c]) => Ok(Some([r.0, c.0])),
+                Some(v) => Err(cfg_err(
+                    "quantization_config.weight_block_size",
+                    format!("expected [rows, cols], found {} values", v.len()),
+                )),
+            },
+            Some(o) => Err(cfg_err(
+                "quantization_config.quant_method",
+                format!("unsupported quantization {o:?} (expected fp8)"),
+            )),
+            None => Err(cfg_err("quantization_config.quant_method", "missing")),
+        }
+    }
+}
+
+impl RawRope {
+    /// The scaling this object describes (`None` for `default`).
+    fn scaling(&self) -> Result<Option<RopeScaling>, ModelError> {
+        let kind = required(self.kind.or(self.rope_type), "rope_scaling.type")?;
+        let req = |v: Option<f64>, k: &str| required(v, &format!("rope_scaling.{k}"));
+        let original = || {
+            required(
+                n(self.original_max_position_embeddings),
+                "rope_scaling.original_max_position_embeddings",
+            )
+        };
+        Ok(match kind {
+            RopeKind::Default => None,
+            RopeKind::Yarn => {
+                // beta defaults 32/1 (YaRN paper); a 0 means "default" in the reference too.
+                let nz = |v: Option<f64>, d: f64| v.filter(|&v| v != 0.0).unwrap_or(d);
+                Some(RopeScaling::Yarn(Yarn {
+                    factor: req(self.factor, "factor")?,
+                    original_max_position_embeddings: original()?,
+                    beta_fast: nz(self.beta_fast, 32.0),
+                    beta_slow: nz(self.beta_slow, 1.0),
+                    mscale: self.mscale.unwrap_or(1.0),
+                    mscale_all_dim: self.mscale_all_dim.unwrap_or(0.0),
+                    attention_factor: self.attention_factor,
+                }))
+            }
+            RopeKind::Llama3 => Some(RopeScaling::Llama3(Llama3Rope {
+                factor: req(self.factor, "factor")?,
+                low_freq_factor: req(self.low_freq_factor, "low_freq_factor")?,
+                high_freq_factor: req(self.high_freq_factor, "high_freq_factor")?,
+                original_max_position_embeddings: original()?,
+            })),
+            RopeKind::Linear => Some(RopeScaling::Linear {
+                factor: req(self.factor, "factor")?,
+            }),
+        })
+    }
 }

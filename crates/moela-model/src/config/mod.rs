@@ -1,21 +1,39 @@
-//! The model configuration: one typed struct read from an HF `config.json` (either the official
-//! spelling or the transformers-5 spelling), validated, with derived sizes as methods.
+//! The model configuration: a common part plus one part per family, read from an HF
+//! `config.json` (either the official spelling or the transformers-5 spelling), validated, with
+//! derived sizes as checked methods.
 //!
-//! Two architecture families share it: DeepSeek MLA + MoE (`deepseek_v2`, `deepseek_v3`) and the
-//! dense GQA decoders of the R1 distills (`qwen2`, `llama`). Fields of the other family are zero
-//! (or `None`/`false`) and unused. Reading `config.json` is `hf.rs`; this file holds the types,
-//! the validation and the derived sizes.
+//! Two architecture families share the common part ([`Config`]): DeepSeek MLA + MoE
+//! (`deepseek_v2`, `deepseek_v3`: [`Attention::Mla`], usually with a [`MoeConfig`]) and the dense
+//! GQA decoders of the R1 distills (`qwen2`, `llama`: [`Attention::Gqa`], no MoE). Reading
+//! `config.json` is `hf.rs`; the bounds and derived sizes are `sizes.rs`; this file holds the
+//! types and the validation.
 
 mod hf;
+mod sizes;
+
+use serde::Deserialize;
 
 use crate::error::ModelError;
 
-use hf::cfg_err;
+pub use sizes::{
+    MAX_CONTEXT, MAX_DIM, MAX_EXPERTS, MAX_HEADS, MAX_LAYERS, MAX_MATRIX_ELEMENTS, MAX_VOCAB,
+};
+
+/// A config error naming `field`.
+pub(crate) fn cfg_err(field: &str, msg: impl Into<String>) -> ModelError {
+    ModelError::Config {
+        field: field.to_string(),
+        msg: msg.into(),
+    }
+}
 
 /// Which published model definition a checkpoint follows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ModelType {
+    /// DeepSeek-V2 / V2-Lite: MLA, MoE routed by softmax scores.
     DeepseekV2,
+    /// DeepSeek-V3 / R1: MLA, MoE routed by sigmoid scores with a correction bias.
     DeepseekV3,
     /// Qwen2 (R1-Distill-Qwen): GQA with q/k/v biases.
     Qwen2,
@@ -24,6 +42,7 @@ pub enum ModelType {
 }
 
 impl ModelType {
+    /// The `model_type` string of `config.json`.
     pub fn as_str(self) -> &'static str {
         match self {
             ModelType::DeepseekV2 => "deepseek_v2",
@@ -41,7 +60,8 @@ impl ModelType {
 }
 
 /// How routed experts are selected (`topk_method`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TopkMethod {
     /// Top-k over all experts (V2-Lite).
     Greedy,
@@ -52,10 +72,22 @@ pub enum TopkMethod {
 }
 
 /// How router logits become scores (`scoring_func`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ScoringFunc {
     Softmax,
     Sigmoid,
+}
+
+/// How the chosen experts' scores become their weights (the published definitions differ; set
+/// by the model type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteWeighting {
+    /// DeepSeek-V2: normalized when `norm_topk_prob` and k > 1, otherwise scaled by
+    /// `routed_scaling_factor`.
+    NormalizeOrScale,
+    /// DeepSeek-V3: normalized when `norm_topk_prob`, then always scaled.
+    NormalizeThenScale,
 }
 
 /// YaRN parameters (`rope_scaling` with type `yarn`), applied at every position.
@@ -106,37 +138,50 @@ pub struct SlidingWindow {
     pub layers: Vec<bool>,
 }
 
-/// The configuration of a DeepSeek MLA + MoE model or of a dense GQA decoder (Qwen2, Llama).
+/// Multi-head latent attention sizes (DeepSeek).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Config {
-    pub model_type: ModelType,
-    pub vocab_size: usize,
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub moe_intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    /// Dense models: key/value heads (each serves `num_attention_heads / num_key_value_heads`
-    /// query heads). MLA models: as written, unused.
-    pub num_key_value_heads: usize,
-    /// Dense models: the size of one query/key/value head (`head_dim`, or
-    /// `hidden_size / num_attention_heads`). 0 for MLA models.
-    pub head_dim: usize,
-    /// Dense models: `q_proj`, `k_proj`, `v_proj` have biases (Qwen2 always; Llama with
-    /// `attention_bias`).
-    pub qkv_bias: bool,
-    /// Dense models: `o_proj` has a bias (Llama with `attention_bias`).
-    pub o_bias: bool,
-    /// Dense models: Qwen2's sliding window, when enabled for some layer.
-    pub sliding_window: Option<SlidingWindow>,
+pub struct MlaConfig {
     /// `None` when queries come from one `q_proj` (V2-Lite; written null or 0).
     pub q_lora_rank: Option<usize>,
+    /// Width of the compressed key/value latent (the cached part besides the rope key).
     pub kv_lora_rank: usize,
+    /// Per-head query/key width without RoPE.
     pub qk_nope_head_dim: usize,
+    /// Per-head query/key width with RoPE (one rope key shared by all heads).
     pub qk_rope_head_dim: usize,
+    /// Per-head value width.
     pub v_head_dim: usize,
-    /// `None` for a dense model.
-    pub n_routed_experts: Option<usize>,
+}
+
+/// Grouped-query attention sizes and options (Qwen2, Llama).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GqaConfig {
+    /// Key/value heads; each serves `num_attention_heads / num_key_value_heads` query heads.
+    pub num_key_value_heads: usize,
+    /// The size of one query/key/value head (`head_dim`, or `hidden_size / num_attention_heads`).
+    pub head_dim: usize,
+    /// `q_proj`, `k_proj`, `v_proj` have biases (Qwen2 always; Llama with `attention_bias`).
+    pub qkv_bias: bool,
+    /// `o_proj` has a bias (Llama with `attention_bias`).
+    pub o_bias: bool,
+    /// Qwen2's sliding window, when enabled for some layer.
+    pub sliding_window: Option<SlidingWindow>,
+}
+
+/// A layer's attention, by family. (Room for more kinds: a new variant, a new `Attend` impl.)
+#[derive(Clone, Debug, PartialEq)]
+pub enum Attention {
+    /// DeepSeek's multi-head latent attention.
+    Mla(MlaConfig),
+    /// Grouped-query attention of the dense decoders.
+    Gqa(GqaConfig),
+}
+
+/// Routed experts (DeepSeekMoE): which layers have them and how tokens are routed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeConfig {
+    pub n_routed_experts: usize,
+    /// Shared experts, run on every token as one MLP `moe_intermediate_size · n` wide.
     pub n_shared_experts: usize,
     pub num_experts_per_tok: usize,
     pub n_group: usize,
@@ -145,8 +190,28 @@ pub struct Config {
     pub scoring_func: ScoringFunc,
     pub norm_topk_prob: bool,
     pub routed_scaling_factor: f32,
+    /// How the chosen experts' weights are formed (V2 or V3 rule).
+    pub weighting: RouteWeighting,
+    /// Layers before this one have a dense MLP.
     pub first_k_dense_replace: usize,
+    /// From `first_k_dense_replace` on, every layer `l` with `l % moe_layer_freq == 0` is MoE.
     pub moe_layer_freq: usize,
+    /// Width of one routed expert.
+    pub moe_intermediate_size: usize,
+}
+
+/// The configuration of a DeepSeek MLA + MoE model or of a dense GQA decoder (Qwen2, Llama):
+/// the common part, the family's attention and the routed experts if any.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub model_type: ModelType,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    /// Width of the dense SwiGLU MLP (of every layer of a dense model, of the dense layers of
+    /// an MoE model).
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
     pub rms_norm_eps: f32,
     pub rope_theta: f64,
     pub rope_scaling: Option<RopeScaling>,
@@ -158,8 +223,13 @@ pub struct Config {
     pub num_nextn_predict_layers: usize,
     /// `[rows, cols]` FP8 block size when `quantization_config` declares fp8 weights.
     pub fp8_block: Option<[usize; 2]>,
+    /// The family's attention.
+    pub attention: Attention,
+    /// Routed experts; `None` for a dense model (and a DeepSeek config without experts).
+    pub moe: Option<MoeConfig>,
 }
 
+/// `get_mscale` of DeepSeek's YaRN: 1 for s ≤ 1, else 0.1·m·ln(s) + 1.
 pub fn yarn_get_mscale(scale: f64, mscale: f64) -> f64 {
     if scale <= 1.0 {
         1.0
@@ -168,101 +238,125 @@ pub fn yarn_get_mscale(scale: f64, mscale: f64) -> f64 {
     }
 }
 
+/// `Ok` when `v` is finite and positive, else an error naming `field`.
+fn positive(field: &str, v: f64) -> Result<(), ModelError> {
+    if v > 0.0 && v.is_finite() {
+        Ok(())
+    } else {
+        Err(cfg_err(
+            field,
+            format!("must be a positive number, found {v}"),
+        ))
+    }
+}
+
 impl Config {
-    /// Checks the relations between fields that the forward pass relies on.
-    pub fn validate(&self) -> Result<(), ModelError> {
-        let common = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("max_position_embeddings", self.max_position_embeddings),
-        ];
-        for (name, v) in common {
-            if v == 0 {
-                return Err(cfg_err(name, "must be greater than 0"));
-            }
-        }
-        if self.rope_theta <= 1.0 {
-            return Err(cfg_err("rope_theta", "must be greater than 1"));
-        }
-        if self.model_type.is_mla() {
-            self.validate_mla()
-        } else {
-            self.validate_dense()
+    /// The MLA sizes, for a DeepSeek model.
+    pub fn mla(&self) -> Option<&MlaConfig> {
+        match &self.attention {
+            Attention::Mla(m) => Some(m),
+            Attention::Gqa(_) => None,
         }
     }
 
-    fn validate_mla(&self) -> Result<(), ModelError> {
-        let nonzero = [
-            ("kv_lora_rank", self.kv_lora_rank),
-            ("qk_nope_head_dim", self.qk_nope_head_dim),
-            ("v_head_dim", self.v_head_dim),
-            ("moe_layer_freq", self.moe_layer_freq),
-        ];
-        for (name, v) in nonzero {
-            if v == 0 {
-                return Err(cfg_err(name, "must be greater than 0"));
-            }
+    /// The GQA sizes and options, for a dense model.
+    pub fn gqa(&self) -> Option<&GqaConfig> {
+        match &self.attention {
+            Attention::Gqa(g) => Some(g),
+            Attention::Mla(_) => None,
         }
-        if self.qk_rope_head_dim == 0 || !self.qk_rope_head_dim.is_multiple_of(2) {
+    }
+
+    /// [`Config::gqa`], mutable (a GGUF file states its biases by the tensors it holds).
+    pub fn gqa_mut(&mut self) -> Option<&mut GqaConfig> {
+        match &mut self.attention {
+            Attention::Gqa(g) => Some(g),
+            Attention::Mla(_) => None,
+        }
+    }
+
+    /// DeepSeek's YaRN parameters, when the model uses them.
+    pub fn yarn(&self) -> Option<&Yarn> {
+        match &self.rope_scaling {
+            Some(RopeScaling::Yarn(y)) => Some(y),
+            _ => None,
+        }
+    }
+
+    /// Whether layer `l` has a routed-expert FFN (else a dense SwiGLU).
+    pub fn is_moe_layer(&self, l: usize) -> bool {
+        self.moe
+            .as_ref()
+            .is_some_and(|m| l >= m.first_k_dense_replace && l.is_multiple_of(m.moe_layer_freq))
+    }
+
+    /// How many layers [`Config::is_moe_layer`] (counted, not iterated).
+    pub fn moe_layer_count(&self) -> usize {
+        let Some(m) = &self.moe else {
+            return 0;
+        };
+        let (first, layers) = (
+            m.first_k_dense_replace.min(self.num_hidden_layers),
+            self.num_hidden_layers,
+        );
+        match m.moe_layer_freq {
+            // `is_multiple_of(0)` holds for 0 only.
+            0 => usize::from(first == 0 && layers > 0),
+            // Multiples of f in first..layers.
+            f => layers.div_ceil(f) - first.div_ceil(f),
+        }
+    }
+
+    /// The sliding window of layer `l`, if it has one (Qwen2 `use_sliding_window`).
+    pub fn attention_window(&self, l: usize) -> Option<usize> {
+        let w = self.gqa()?.sliding_window.as_ref()?;
+        w.layers.get(l).copied().unwrap_or(false).then_some(w.size)
+    }
+
+    /// Checks every field against its bounds ([`MAX_DIM`] and the other `MAX_*`), the
+    /// relations between fields that the forward pass relies on, and that every derived size
+    /// and matrix shape the weights will request is computable; errors name the field.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        self.check_bounds()?;
+        let eps = self.rms_norm_eps;
+        if !(eps.is_finite() && eps > 0.0 && eps < 1.0) {
+            return Err(cfg_err(
+                "rms_norm_eps",
+                format!("must be a number in (0, 1), found {eps}"),
+            ));
+        }
+        if !(self.rope_theta > 1.0 && self.rope_theta.is_finite()) {
+            return Err(cfg_err("rope_theta", "must be greater than 1"));
+        }
+        if self.model_type.is_mla() != self.mla().is_some() {
+            return Err(cfg_err(
+                "model_type",
+                format!(
+                    "{} does not go with this attention kind",
+                    self.model_type.as_str()
+                ),
+            ));
+        }
+        match &self.attention {
+            Attention::Mla(m) => self.validate_mla(m)?,
+            Attention::Gqa(g) => self.validate_gqa(g)?,
+        }
+        if let Some(m) = &self.moe {
+            validate_moe(m)?;
+        }
+        self.check_sizes()
+    }
+
+    fn validate_mla(&self, m: &MlaConfig) -> Result<(), ModelError> {
+        if !m.qk_rope_head_dim.is_multiple_of(2) {
             return Err(cfg_err(
                 "qk_rope_head_dim",
                 "must be a positive even number",
             ));
         }
-        if let Some(e) = self.n_routed_experts {
-            let k = self.num_experts_per_tok;
-            if k == 0 || k > e {
-                return Err(cfg_err(
-                    "num_experts_per_tok",
-                    format!("must be in 1..={e}, found {k}"),
-                ));
-            }
-            if self.n_group == 0 || e % self.n_group != 0 {
-                return Err(cfg_err(
-                    "n_group",
-                    format!("{} does not divide n_routed_experts {e}", self.n_group),
-                ));
-            }
-            if self.topk_group == 0 || self.topk_group > self.n_group {
-                return Err(cfg_err(
-                    "topk_group",
-                    format!("must be in 1..={}, found {}", self.n_group, self.topk_group),
-                ));
-            }
-            if self.topk_method != TopkMethod::Greedy && k > self.topk_group * (e / self.n_group) {
-                return Err(cfg_err(
-                    "num_experts_per_tok",
-                    format!(
-                        "{k} is more than the experts in topk_group={} groups",
-                        self.topk_group
-                    ),
-                ));
-            }
-            if self.topk_method == TopkMethod::NoauxTc && e / self.n_group < 2 {
-                return Err(cfg_err(
-                    "n_group",
-                    "noaux_tc needs at least 2 experts per group",
-                ));
-            }
-            if self.moe_intermediate_size == 0 {
-                return Err(cfg_err("moe_intermediate_size", "must be greater than 0"));
-            }
-        }
         match &self.rope_scaling {
             None => {}
-            Some(RopeScaling::Yarn(y)) => {
-                if y.factor <= 0.0 {
-                    return Err(cfg_err("rope_scaling.factor", "must be positive"));
-                }
-                if y.original_max_position_embeddings == 0 {
-                    return Err(cfg_err(
-                        "rope_scaling.original_max_position_embeddings",
-                        "must be positive",
-                    ));
-                }
-            }
+            Some(RopeScaling::Yarn(y)) => positive("rope_scaling.factor", y.factor)?,
             Some(_) => {
                 return Err(cfg_err(
                     "rope_scaling.type",
@@ -273,31 +367,24 @@ impl Config {
         Ok(())
     }
 
-    fn validate_dense(&self) -> Result<(), ModelError> {
-        let (h, kv, hd) = (
-            self.num_attention_heads,
-            self.num_key_value_heads,
-            self.head_dim,
-        );
-        if kv == 0 || !h.is_multiple_of(kv) {
+    fn validate_gqa(&self, g: &GqaConfig) -> Result<(), ModelError> {
+        let (h, kv, hd) = (self.num_attention_heads, g.num_key_value_heads, g.head_dim);
+        if !h.is_multiple_of(kv) {
             return Err(cfg_err(
                 "num_key_value_heads",
                 format!("must divide num_attention_heads {h}, found {kv}"),
             ));
         }
-        if hd == 0 || !hd.is_multiple_of(2) {
+        if !hd.is_multiple_of(2) {
             return Err(cfg_err("head_dim", "must be a positive even number"));
         }
-        if self.intermediate_size == 0 {
-            return Err(cfg_err("intermediate_size", "must be greater than 0"));
-        }
-        if self.n_routed_experts.is_some() {
+        if self.moe.is_some() {
             return Err(cfg_err(
                 "n_routed_experts",
                 "Qwen2 and Llama models have no routed experts",
             ));
         }
-        if let Some(w) = &self.sliding_window {
+        if let Some(w) = &g.sliding_window {
             if w.size == 0 {
                 return Err(cfg_err("sliding_window", "must be greater than 0"));
             }
@@ -312,16 +399,6 @@ impl Config {
                 ));
             }
         }
-        let positive = |name: &str, v: f64| {
-            if v > 0.0 && v.is_finite() {
-                Ok(())
-            } else {
-                Err(cfg_err(
-                    name,
-                    format!("must be a positive number, found {v}"),
-                ))
-            }
-        };
         match &self.rope_scaling {
             None => {}
             Some(RopeScaling::Llama3(l)) => {
@@ -332,12 +409,6 @@ impl Config {
                     return Err(cfg_err(
                         "rope_scaling.high_freq_factor",
                         "must be greater than low_freq_factor",
-                    ));
-                }
-                if l.original_max_position_embeddings == 0 {
-                    return Err(cfg_err(
-                        "rope_scaling.original_max_position_embeddings",
-                        "must be positive",
                     ));
                 }
             }
@@ -369,127 +440,53 @@ impl Config {
         }
         Ok(())
     }
+}
 
-    /// DeepSeek's YaRN parameters, when the model uses them.
-    pub fn yarn(&self) -> Option<&Yarn> {
-        match &self.rope_scaling {
-            Some(RopeScaling::Yarn(y)) => Some(y),
-            _ => None,
-        }
+/// The relations between the routing fields.
+fn validate_moe(m: &MoeConfig) -> Result<(), ModelError> {
+    let (e, k) = (m.n_routed_experts, m.num_experts_per_tok);
+    if k == 0 || k > e {
+        return Err(cfg_err(
+            "num_experts_per_tok",
+            format!("must be in 1..={e}, found {k}"),
+        ));
     }
-
-    /// `qk_nope_head_dim + qk_rope_head_dim` (192 at V3 sizes); `head_dim` for dense models.
-    pub fn qk_head_dim(&self) -> usize {
-        if self.model_type.is_mla() {
-            self.qk_nope_head_dim + self.qk_rope_head_dim
-        } else {
-            self.head_dim
-        }
+    if m.n_group == 0 || !e.is_multiple_of(m.n_group) {
+        return Err(cfg_err(
+            "n_group",
+            format!("{} does not divide n_routed_experts {e}", m.n_group),
+        ));
     }
-
-    /// Values cached per token per layer. MLA: the normalized latent plus the rope key (576 at
-    /// V3 sizes). Dense: the post-RoPE keys then the values of every KV head
-    /// (`2 · num_key_value_heads · head_dim`).
-    pub fn latent_dim(&self) -> usize {
-        if self.model_type.is_mla() {
-            self.kv_lora_rank + self.qk_rope_head_dim
-        } else {
-            2 * self.num_key_value_heads * self.head_dim
-        }
+    if m.topk_group == 0 || m.topk_group > m.n_group {
+        return Err(cfg_err(
+            "topk_group",
+            format!("must be in 1..={}, found {}", m.n_group, m.topk_group),
+        ));
     }
-
-    /// Cache values one token occupies across all layers (`num_hidden_layers · latent_dim`);
-    /// `None` when the product overflows.
-    pub fn kv_values_per_token(&self) -> Option<usize> {
-        self.num_hidden_layers.checked_mul(self.latent_dim())
+    // topk_group ≤ n_group, so this product is at most e.
+    if m.topk_method != TopkMethod::Greedy && k > m.topk_group * (e / m.n_group) {
+        return Err(cfg_err(
+            "num_experts_per_tok",
+            format!(
+                "{k} is more than the experts in topk_group={} groups",
+                m.topk_group
+            ),
+        ));
     }
-
-    /// Cache bytes one token occupies across all layers with values of `kv`; `None` on overflow.
-    pub fn kv_bytes_per_token(&self, kv: crate::cache::KvType) -> Option<usize> {
-        self.kv_values_per_token()?.checked_mul(kv.size())
+    if m.topk_method == TopkMethod::NoauxTc && e / m.n_group < 2 {
+        return Err(cfg_err(
+            "n_group",
+            "noaux_tc needs at least 2 experts per group",
+        ));
     }
-
-    /// Bytes of the f32 `kv_b_proj` copies an MLA model keeps beside its mapped weights (one
-    /// `[heads·(nope + v), kv_lora_rank]` matrix per layer); 0 for dense models, `None` on
-    /// overflow.
-    pub fn kv_b_f32_bytes(&self) -> Option<usize> {
-        if !self.model_type.is_mla() {
-            return Some(0);
-        }
-        self.num_hidden_layers
-            .checked_mul(self.num_attention_heads)?
-            .checked_mul(self.qk_nope_head_dim.checked_add(self.v_head_dim)?)?
-            .checked_mul(self.kv_lora_rank)?
-            .checked_mul(4)
+    if m.moe_layer_freq == 0 {
+        return Err(cfg_err("moe_layer_freq", "must be greater than 0"));
     }
-
-    /// Whether layer `l` has a routed-expert FFN (else a dense SwiGLU).
-    pub fn is_moe_layer(&self, l: usize) -> bool {
-        self.n_routed_experts.is_some()
-            && l >= self.first_k_dense_replace
-            && l.is_multiple_of(self.moe_layer_freq)
+    if !m.routed_scaling_factor.is_finite() {
+        return Err(cfg_err(
+            "routed_scaling_factor",
+            format!("must be a finite number, found {}", m.routed_scaling_factor),
+        ));
     }
-
-    /// The sliding window of layer `l`, if it has one (Qwen2 `use_sliding_window`).
-    pub fn attention_window(&self, l: usize) -> Option<usize> {
-        let w = self.sliding_window.as_ref()?;
-        w.layers.get(l).copied().unwrap_or(false).then_some(w.size)
-    }
-
-    /// `qk_head_dim^-0.5`, times `get_mscale(factor, mscale_all_dim)²` under YaRN;
-    /// `head_dim^-0.5` for dense models.
-    pub fn softmax_scale(&self) -> f32 {
-        let mut s = 1.0 / (self.qk_head_dim() as f64).sqrt();
-        if let Some(y) = self.yarn() {
-            // DeepSeek's definition: only a non-zero mscale_all_dim enters the softmax scale.
-            if y.mscale_all_dim != 0.0 {
-                let m = yarn_get_mscale(y.factor, y.mscale_all_dim);
-                s *= m * m;
-            }
-        }
-        s as f32
-    }
-
-    /// Parameters: (total, active per token), counting embeddings and the output head.
-    pub fn parameter_counts(&self) -> (u64, u64) {
-        let d = self.hidden_size as u64;
-        let h = self.num_attention_heads as u64;
-        let r = self.kv_lora_rank as u64;
-        let attn = if self.model_type.is_mla() {
-            let q_proj = match self.q_lora_rank {
-                Some(q) => d * q as u64 + q as u64 + q as u64 * h * self.qk_head_dim() as u64,
-                None => d * h * self.qk_head_dim() as u64,
-            };
-            q_proj
-                + d * (r + self.qk_rope_head_dim as u64)
-                + r
-                + r * h * (self.qk_nope_head_dim + self.v_head_dim) as u64
-                + h * self.v_head_dim as u64 * d
-                + 2 * d
-        } else {
-            let q = h * self.head_dim as u64;
-            let kv = 2 * self.num_key_value_heads as u64 * self.head_dim as u64;
-            let bias = if self.qkv_bias { q + kv } else { 0 } + if self.o_bias { d } else { 0 };
-            d * (q + kv) + q * d + bias + 2 * d
-        };
-        let mlp = |width: u64| 3 * d * width;
-        let (mut total, mut active) = (0u64, 0u64);
-        for l in 0..self.num_hidden_layers {
-            total += attn;
-            active += attn;
-            if self.is_moe_layer(l) {
-                let e = self.n_routed_experts.unwrap_or(0) as u64;
-                let w = self.moe_intermediate_size as u64;
-                let shared = mlp(w * self.n_shared_experts as u64);
-                total += e * d + e * mlp(w) + shared;
-                active += e * d + self.num_experts_per_tok as u64 * mlp(w) + shared;
-            } else {
-                total += mlp(self.intermediate_size as u64);
-                active += mlp(self.intermediate_size as u64);
-            }
-        }
-        let emb = self.vocab_size as u64 * d;
-        let head = if self.tie_word_embeddings { 0 } else { emb };
-        (total + emb + head + d, active + emb + head + d)
-    }
+    Ok(())
 }
