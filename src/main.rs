@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use moela_engine::{
     generate, perplexity, Engine, EngineConfig, EngineError, Request, SamplingParams,
 };
-use moela_kernels::DType;
+use moela_kernels::{DType, Placement};
 use moela_loader::{LoadOptions, ModelFiles};
 use moela_model::{KvType, Model};
 use moela_text::{split_reasoning, ChatMessage, RenderOptions, Role, Tokenizer};
@@ -68,6 +68,11 @@ struct ModelArgs {
     /// KV cache type: f16 or f32 (default: f32 for safetensors checkpoints, f16 for GGUF).
     #[arg(long)]
     kv_type: Option<KvType>,
+    /// Keep every weight matrix in the file mapping, in the file's layout, paged in on demand
+    /// (for models larger than free memory); by default Q4_0/Q8_0 matrices get a repacked copy
+    /// in RAM where this CPU's kernels run faster on it.
+    #[arg(long)]
+    mmap_only: bool,
 }
 
 fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
@@ -316,6 +321,11 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         progress: std::io::stderr().is_terminal(),
         quant: args.quant,
         kv_type: args.kv_type,
+        placement: if args.mmap_only {
+            Placement::InPlace
+        } else {
+            Placement::Fastest
+        },
     };
     let model = Arc::new(files.load_model(&opts)?);
     Ok(Loaded {
@@ -758,10 +768,11 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
             (t, Some(c))
         }
     };
+    // The exporter writes the file layout: no packed copies.
     let opts = LoadOptions {
         progress: std::io::stderr().is_terminal(),
-        quant: None,
-        kv_type: None,
+        placement: Placement::InPlace,
+        ..LoadOptions::default()
     };
     let model = files.load_model(&opts)?;
     let name = a

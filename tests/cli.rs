@@ -386,3 +386,18 @@ fn prompt_longer_than_context_is_refused() {
     let o = moela(&gen_args(dir.to_str().unwrap(), &["--ctx", "4"]));
     assert_clean_error(&o, &["prompt is", "context holds 4"]);
 }
+
+#[test]
+fn mmap_only_generates_what_the_default_does() {
+    // Quantized on load to Q4_0, which the default placement repacks on x86 SIMD.
+    let dir = case_dir("qwen2");
+    let d = dir.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = gen_args(d, &["--max-tokens", "8", "--json", "--quant", "q4_0"]);
+        args.extend_from_slice(extra);
+        let o = moela(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        last_json(&o)["token_ids"].clone()
+    };
+    assert_eq!(run(&["--mmap-only"]), run(&[]));
+}

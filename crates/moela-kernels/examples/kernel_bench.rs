@@ -196,7 +196,7 @@ fn main() {
             // Packed matrices share their bytes when cloned: pack every copy on its own.
             let copy = || {
                 if packed {
-                    file_layout.clone().packed_for_matmul()
+                    file_layout.clone().place(moela_kernels::Placement::Fastest)
                 } else {
                     file_layout.clone()
                 }

@@ -7,7 +7,8 @@
 //! - [`quant`], [`fp`]: the block layouts (bit-compatible with ggml/GGUF) and scalar
 //!   quantize/dequantize — the reference forms;
 //! - [`QMat`]: a weight matrix in any type with `matmul`/`forward`; [`storage`]: where its bytes
-//!   live ([`Storage`]: owned or a range of a shared mapping);
+//!   live ([`Storage`]: owned or a range of a shared mapping); [`placement`]: the one decision
+//!   between the loader's bytes and the kernels' layout ([`Placement`]);
 //! - `kernels` (private): the matmul driver plus scalar, AVX2 and NEON kernels chosen at run
 //!   time ([`Isa`]); the scalar kernels are the test oracle of the others;
 //! - [`parallel`]: the persistent worker pool ([`parallel_for`], [`pool`]);
@@ -25,6 +26,7 @@ pub mod mmap;
 pub mod ops;
 mod pack;
 pub mod parallel;
+pub mod placement;
 pub mod qmat;
 pub mod quant;
 pub mod storage;
@@ -40,5 +42,6 @@ pub use parallel::{
     available_cores, core_count_queries, in_pool_task, num_threads, parallel_chunks, parallel_for,
     pool, set_num_threads, ThreadPool,
 };
+pub use placement::Placement;
 pub use qmat::{fp8_scale_count, QMat};
 pub use storage::Storage;

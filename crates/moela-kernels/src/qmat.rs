@@ -145,7 +145,7 @@ impl QMat {
     ///
     /// A mapped source's pages are handed back to the kernel after the copy, so a packed
     /// model's resident size stays the file's.
-    pub fn packed_for_matmul(self) -> QMat {
+    pub(crate) fn packed_for_matmul(self) -> QMat {
         if kernels::packed_kernels_pay() {
             self.into_packed()
         } else {

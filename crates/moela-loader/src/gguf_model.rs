@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use moela_kernels::{DType, Mat, QMat, Storage};
+use moela_kernels::{DType, Mat, Placement, QMat, Storage};
 use moela_model::{Config, KvType, Model, ModelError, RopeScaling, WeightSource};
 
 use crate::error::LoadError;
@@ -82,6 +82,7 @@ impl GgufModel {
         let mut src = GgufSource {
             g: self,
             quant: opts.quant,
+            placement: opts.placement,
         };
         let mut bar = LoadProgress::new(opts.progress);
         let mut m = Model::load(self.config.clone(), &mut src, &mut |d, t| bar.update(d, t))
@@ -170,6 +171,7 @@ fn rope_freqs(file: &GgufFile) -> Result<Option<Vec<f32>>, LoadError> {
 struct GgufSource<'a> {
     g: &'a GgufModel,
     quant: Option<DType>,
+    placement: Placement,
 }
 
 impl GgufSource<'_> {
@@ -205,6 +207,10 @@ impl GgufSource<'_> {
 }
 
 impl WeightSource for GgufSource<'_> {
+    fn placement(&self) -> Placement {
+        self.placement
+    }
+
     fn load(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
         let (rows, cols) = match shape {
             [n] => (1, *n),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use moela_kernels::mmap::{map_readonly, Mmap};
-use moela_kernels::{DType, QMat, Storage, FP8_BLOCK};
+use moela_kernels::{DType, Placement, QMat, Storage, FP8_BLOCK};
 use moela_model::{Config, KvType, Model, ModelError, WeightSource};
 use safetensors::{Dtype, SafeTensors};
 
@@ -25,6 +25,9 @@ pub struct LoadOptions {
     /// KV cache element type; `None`: F32 for safetensors checkpoints (exact, as the
     /// reference), F16 for GGUF files (as llama.cpp).
     pub kv_type: Option<KvType>,
+    /// Where weight matrices go ([`Placement`]): by default packed copies where this CPU's
+    /// kernels run faster on them; `InPlace` keeps every matrix in the file mapping.
+    pub placement: Placement,
 }
 
 /// One tensor as stored.
@@ -190,6 +193,7 @@ impl Checkpoint {
         let mut src = Source {
             ckpt: self,
             quant: opts.quant,
+            placement: opts.placement,
         };
         let mut bar = LoadProgress::new(opts.progress);
         let mut m = Model::load(self.config.clone(), &mut src, &mut |d, t| bar.update(d, t))
@@ -295,6 +299,7 @@ pub(crate) fn requantize(m: QMat, name: &str, quant: Option<DType>) -> Result<QM
 struct Source<'a> {
     ckpt: &'a Checkpoint,
     quant: Option<DType>,
+    placement: Placement,
 }
 
 fn stored_dtype(name: &str) -> Option<DType> {
@@ -308,6 +313,10 @@ fn stored_dtype(name: &str) -> Option<DType> {
 }
 
 impl WeightSource for Source<'_> {
+    fn placement(&self) -> Placement {
+        self.placement
+    }
+
     fn load(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
         self.ckpt.tensor_f32(name, shape)
     }

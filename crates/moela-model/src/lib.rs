@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod experts;
 mod gqa;
 pub mod mla;
 mod mlp;

@@ -3,7 +3,6 @@
 use moela_kernels::softmax_in_place;
 
 use crate::config::{MoeConfig, RouteWeighting, ScoringFunc, TopkMethod};
-use crate::mlp::mlps_forward;
 use crate::weights::{Mlp, Moe};
 
 /// The experts chosen for one token and their weights.
@@ -118,14 +117,9 @@ pub fn moe_forward(moe: &Moe, x: &[f32], record: &dyn Fn(&str, &[f32])) -> Vec<f
             (ex, g)
         })
         .collect();
-    let mut jobs: Vec<(&Mlp, &[f32])> = gathered
-        .iter()
-        .map(|(ex, g)| (&moe.experts[*ex], &g[..]))
-        .collect();
-    if let Some(s) = &moe.shared {
-        jobs.push((s, x));
-    }
-    let mut ys = mlps_forward(&jobs);
+    let jobs: Vec<(usize, &[f32])> = gathered.iter().map(|(ex, g)| (*ex, &g[..])).collect();
+    let shared: Vec<(&Mlp, &[f32])> = moe.shared.iter().map(|s| (s, x)).collect();
+    let mut ys = moe.experts.forward(&jobs, &shared);
     let mut out = match moe.shared {
         Some(_) => ys.pop().unwrap_or_default(),
         None => vec![0.0; n * d],

@@ -3,10 +3,11 @@
 //! Tensors are requested by their Hugging Face checkpoint names; a loader maps other
 //! formats' names onto these (the loader holds the one name table).
 
-use moela_kernels::{DType, Mat, QMat};
+use moela_kernels::{DType, Mat, Placement, QMat};
 
 use crate::config::{Attention, Config, GqaConfig, MlaConfig, ModelType, MoeConfig};
 use crate::error::ModelError;
+use crate::experts::Experts;
 use crate::gqa::GqaDims;
 use crate::mla::MlaDims;
 
@@ -70,6 +71,11 @@ pub trait WeightSource {
             msg: e.to_string(),
         })
     }
+    /// How the matrices this source hands over are placed for the kernels (the loader's
+    /// decision, from its options: packed copies in RAM, or read in place from the mapping).
+    fn placement(&self) -> Placement {
+        Placement::default()
+    }
     /// `kv_b_proj` of MLA layer `layer` as stored split for the absorbed form, when the
     /// source has it that way (llama.cpp's `attn_k_b`/`attn_v_b`): W_UK transposed per head
     /// `[heads·kv_lora_rank, qk_nope]` and W_UV `[heads·v_head, kv_lora_rank]`, in their stored
@@ -131,7 +137,7 @@ pub struct Moe {
     pub config: MoeConfig,
     pub router: QMat, // [n_routed_experts, hidden], F32 as the reference computes it
     pub bias: Option<Vec<f32>>, // [n_routed_experts] e_score_correction_bias (noaux_tc)
-    pub experts: Vec<Mlp>, // n_routed_experts × width moe_intermediate_size
+    pub experts: Experts, // n_routed_experts × width moe_intermediate_size
     pub shared: Option<Mlp>, // width moe_intermediate_size · n_shared_experts
 }
 
@@ -201,11 +207,10 @@ impl Req<'_> {
         }
         Ok(m)
     }
-    /// A matrix for the matmul kernels, in the layout this CPU runs fastest on
-    /// ([`QMat::packed_for_matmul`]).
+    /// A matrix for the matmul kernels, placed as the source asks ([`Placement`]).
     fn mat(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
-        self.stored_mat(name, rows, cols)
-            .map(QMat::packed_for_matmul)
+        let p = self.src.placement();
+        self.stored_mat(name, rows, cols).map(|m| m.place(p))
     }
     /// A matrix that must be computed in f32 (the router, as the reference does).
     fn f32_mat(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
@@ -238,7 +243,8 @@ impl Req<'_> {
         dtype: DType,
     ) -> Result<(QMat, QMat), ModelError> {
         if let Some((uk_t, uv)) = self.src.kv_b_split(layer, cfg)? {
-            return Ok((uk_t.packed_for_matmul(), uv.packed_for_matmul()));
+            let p = self.src.placement();
+            return Ok((uk_t.place(p), uv.place(p)));
         }
         let (h, r, dn, dv) = (dims.heads, dims.rank, dims.nope, dims.v);
         // Rows of W_UK transposed and of W_UV, checked (and their elements, by validate).
@@ -265,8 +271,9 @@ impl Req<'_> {
         };
         let name = hf::at(&hf::layer(layer), hf::KV_B_PROJ);
         let q = |rows: usize, cols: usize, data: &[f32]| {
+            // Built here in RAM, never mapped: the fastest layout costs nothing.
             QMat::from_f32(dt, rows, cols, data)
-                .map(QMat::packed_for_matmul)
+                .map(|m| m.place(Placement::Fastest))
                 .map_err(|e| ModelError::Tensor {
                     name: name.clone(),
                     msg: e.to_string(),
@@ -305,7 +312,7 @@ impl Req<'_> {
         } else {
             QMat::from_mat(DType::F32, &kv_b)
         }
-        .map(QMat::packed_for_matmul)
+        .map(|m| m.place(Placement::Fastest))
         .map_err(|e| ModelError::Tensor {
             name: hf::at(p, hf::KV_B_PROJ),
             msg: e.to_string(),
@@ -353,9 +360,11 @@ impl Req<'_> {
         } else {
             None
         };
-        let experts = (0..e)
-            .map(|i| self.mlp(&hf::expert(p, i), d, w))
-            .collect::<Result<Vec<_>, _>>()?;
+        let experts = Experts::new(
+            (0..e)
+                .map(|i| self.mlp(&hf::expert(p, i), d, w))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
         let shared = match m.shared_width()? {
             0 => None,
             width => Some(self.mlp(&hf::at(p, hf::SHARED_EXPERTS), d, width)?),
@@ -417,7 +426,7 @@ impl Weights {
             Some(req.mat(hf::LM_HEAD, cfg.vocab_size, d)?)
         };
         let embed = if tied {
-            embed.packed_for_matmul()
+            embed.place(req.src.placement())
         } else {
             embed
         };
