@@ -18,7 +18,6 @@ transformers >= 5.25 is needed (deepseek_v32). Nothing is downloaded. See tools/
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
