@@ -174,10 +174,11 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
-    /// The pool size in blocks.
+    /// The pool size in blocks: by default room for `max_batch` sequences of a full context
+    /// each (whole blocks per sequence, as admission counts them).
     pub fn pool_blocks(&self) -> usize {
         match self.kv_blocks {
-            0 => (self.max_batch.max(1) * self.ctx).div_ceil(self.block_tokens.max(1)),
+            0 => self.max_batch.max(1) * self.ctx.div_ceil(self.block_tokens.max(1)),
             n => n,
         }
     }

@@ -448,3 +448,24 @@ fn bench_runs_through_the_engine() {
     assert_eq!(r.decode_context, 21);
     assert!(cfg.context_needed() >= 20 + 1 + 6);
 }
+
+/// Regression: the default pool held `ceil(max_batch · ctx / block)` blocks while admission
+/// reserves `ceil(ctx / block)` per sequence, so with a context that is not a whole number of
+/// blocks the last of `max_batch` full-context requests waited for another to finish.
+#[test]
+fn max_batch_full_context_requests_run_together() {
+    let (model, _) = fixture();
+    let config = EngineConfig {
+        ctx: 166,
+        max_batch: 16,
+        block_tokens: 16,
+        ..Default::default()
+    };
+    let mut engine = Engine::new(model, None, config);
+    let rxs: Vec<_> = (0..16)
+        .map(|i| engine.submit(request(vec![0, i + 2], 164)).unwrap())
+        .collect();
+    engine.step();
+    assert_eq!(engine.stats().running.load(Ordering::SeqCst), 16);
+    drop(rxs);
+}
