@@ -45,6 +45,7 @@ import copy
 import hashlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -403,6 +404,77 @@ def completion_cases():
     return out
 
 
+def random_cases(n: int, seed: int):
+    """Random conversations for a wider differential check (not stored in the repository)."""
+    import random
+    rng = random.Random(seed)
+    texts = [None, "", "Hi", "多语言 ✓", "a\n\nb", "</think>", "<think>x"]
+    args = ["{}", "{\"a\": 1}", "{\"s\": \"x\", \"n\": null, \"l\": [1.5, true]}", "[1]",
+            json.dumps("{\"a\": \"b\"}"), "oops"]
+    efforts = [None, "low", "high", "max", "none", "medium", "xhigh", 30, 0]
+    cases = []
+    for k in range(n):
+        msgs = []
+        if k % 2:
+            # Well-formed turns: [system] (user, assistant [calls, results])* [user].
+            if rng.random() < 0.5:
+                msgs.append(msg(rng.choice(["system", "developer"]), "Rules."))
+            for turn in range(rng.randint(1, 3)):
+                msgs.append(msg("user", f"Question {turn}"))
+                calls = [call(f"call_{j}", "f", rng.choice(args[:3])) for j in range(rng.randint(0, 2))]
+                m = msg("assistant", rng.choice(["", "Answer", None]), reasoning_content=f"R{turn}")
+                if calls:
+                    m["tool_calls"] = calls
+                msgs.append(m)
+                results = [msg("tool", f"result {j}", tool_call_id=c["id"]) for j, c in enumerate(calls)]
+                rng.shuffle(results)
+                msgs += results
+                if calls and rng.random() < 0.5:
+                    msgs.append(msg("assistant", "Done", reasoning_content="After tools"))
+            if rng.random() < 0.5:
+                msgs.append(msg("user", "Last"))
+        for _ in range(0 if k % 2 else rng.randint(1, 7)):
+            role = rng.choice(["system", "developer", "user", "user", "assistant", "assistant", "tool",
+                               "latest_reminder"])
+            m = msg(role, rng.choice(texts))
+            if role == "assistant":
+                if rng.random() < 0.6:
+                    m["reasoning_content"] = rng.choice(texts)
+                if rng.random() < 0.5:
+                    m["tool_calls"] = [call(rng.choice(["call_1", "call_2", ""]), "f", rng.choice(args))
+                                       for _ in range(rng.randint(1, 2))]
+                for flag in ("prefix", "wo_eos"):
+                    if rng.random() < 0.1:
+                        m[flag] = True
+            if role == "tool":
+                m["tool_call_id"] = rng.choice(["call_1", "call_2", "x"])
+            if role in ("system", "developer") and rng.random() < 0.3:
+                m["tools"] = TOOL
+            if role in ("system", "developer") and rng.random() < 0.2:
+                m["response_format"] = {"type": "json_object"}
+            if rng.random() < 0.07:
+                m["task"] = rng.choice(["action", "query", "title", "bad"])
+            msgs.append(m)
+        options = {}
+        if rng.random() < 0.8:
+            options["thinking"] = rng.random() < 0.6
+        effort = rng.choice(efforts)
+        if isinstance(effort, int):
+            options["extra"] = {"reasoning_effort": effort}
+        elif effort is not None:
+            options["reasoning_effort"] = effort
+        extra = options.setdefault("extra", {})
+        for key in ("drop_thinking", "continue_final_message", "enable_thinking"):
+            if rng.random() < 0.15:
+                extra[key] = rng.random() < 0.5
+        if rng.random() < 0.3:
+            options["tools"] = rng.choice([[], TOOL])
+        if rng.random() < 0.2:
+            options["add_generation_prompt"] = False
+        cases.append((f"random/{k}", None, msgs, options))
+    return cases
+
+
 def make_completion(encoders, fmt, name, before, turn, options):
     """The text a model writes for `turn`: the full conversation's render minus the prompt."""
     prompt_call, prompt = render(encoders, fmt, before, options)
@@ -439,9 +511,17 @@ def compact_dump(golden) -> str:
 
 
 def main():
+    # The V4 encoders list their task names from a set in an error message: fix the hash seed
+    # so that reruns write the same file.
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONHASHSEED": "0"})
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--wheel", type=Path, help="an already downloaded vllm-0.34.0 wheel")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--random", type=int, metavar="N",
+                    help="write N random conversations instead (a wider check: point the "
+                         "test at the file with MOELA_CHAT_ENCODING_GOLDEN=path)")
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -449,7 +529,8 @@ def main():
         encoders = load_encoders(wheel, tmp)
 
         renders = []
-        for name, formats, messages, given in render_cases():
+        cases = random_cases(args.random, args.seed) if args.random else render_cases()
+        for name, formats, messages, given in cases:
             # Only the options given are stored; the rest take RenderOptions' defaults.
             options = {"add_generation_prompt": True, "tools": None, "thinking": None,
                        "reasoning_effort": None, "extra": {}, **given}
@@ -464,7 +545,7 @@ def main():
             renders.append(case)
 
         completions = []
-        for name, before, turn, options in completion_cases():
+        for name, before, turn, options in ([] if args.random else completion_cases()):
             for fmt in FORMATS:
                 completions.append(make_completion(encoders, fmt, name, before, turn, options))
 

@@ -44,6 +44,13 @@ pub enum TextError {
     /// Rendering the chat template failed; this includes the template's own `raise_exception`.
     #[error("chat template {name}: {message}")]
     TemplateRender { name: String, message: String },
+    /// A DeepSeek chat encoder (V3.2, V4) cannot render these messages: the cases where
+    /// DeepSeek's reference encoder raises.
+    #[error("chat encoding: {message}")]
+    ChatEncoding { message: String },
+    /// Model output holds DSML tool-call markup that does not follow the format.
+    #[error(transparent)]
+    Dsml(#[from] crate::dsml::DsmlError),
     /// The tokenizer has no chat template, but one was needed.
     #[error("this tokenizer has no chat template")]
     NoChatTemplate,

@@ -13,6 +13,8 @@ use minijinja::Value;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 
+use crate::python::JsonDumps;
+
 /// A JSON value with ordered objects. A repeated key keeps its first position and last value,
 /// as Python's `json.loads` does.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,6 +31,42 @@ impl JsonValue {
     /// Parses JSON text.
     pub fn parse(text: &str) -> Result<JsonValue, serde_json::Error> {
         serde_json::from_str(text)
+    }
+
+    /// Python's `json.dumps(value, ensure_ascii=False)`: `", "` and `": "` separators, floats as
+    /// Python prints them (`1.0`, `1e+16`), object keys in their order.
+    pub(crate) fn to_python_json(&self) -> String {
+        let dumps = JsonDumps {
+            ensure_ascii: false,
+            indent: None,
+            item_separator: ", ".to_string(),
+            key_separator: ": ".to_string(),
+            sort_keys: false,
+        };
+        // A value built from JSON holds only JSON kinds, which always serialize.
+        dumps.dumps(&self.to_template_value()).unwrap_or_default()
+    }
+
+    /// Python's truthiness of the value (`None`, `False`, `0`, `""`, `[]`, `{}` are false).
+    pub(crate) fn truthy(&self) -> bool {
+        match self {
+            JsonValue::Null => false,
+            JsonValue::Bool(b) => *b,
+            JsonValue::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+            JsonValue::String(s) => !s.is_empty(),
+            JsonValue::Array(items) => !items.is_empty(),
+            JsonValue::Object(fields) => !fields.is_empty(),
+        }
+    }
+
+    /// The value of `key` in an object (the last one when a key repeats).
+    pub(crate) fn get(&self, key: &str) -> Option<&JsonValue> {
+        match self {
+            JsonValue::Object(fields) => {
+                fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
+            }
+            _ => None,
+        }
     }
 
     /// The value as a template variable.

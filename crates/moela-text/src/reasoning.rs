@@ -148,7 +148,7 @@ impl ReasoningParser {
 
 /// Length of the longest proper prefix of `tag` that `text` ends with (the part of a tag that
 /// may be completed by the next delta). Always a char boundary of `text`.
-fn partial_suffix_len(text: &str, tag: &str) -> usize {
+pub(crate) fn partial_suffix_len(text: &str, tag: &str) -> usize {
     (1..tag.len())
         .rev()
         .filter(|&n| tag.is_char_boundary(n))

@@ -28,12 +28,17 @@ const TEMPLATE_NAME: &str = "chat_template";
 
 /// Who wrote a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Role {
     System,
     User,
     Assistant,
     Tool,
+    /// OpenAI's `developer` (instructions). DeepSeek's V3.2/V4 encoders render it as a user turn
+    /// with those instructions; Jinja templates see the role as given.
+    Developer,
+    /// DeepSeek V4's `latest_reminder` (context such as the date, placed before the answer).
+    LatestReminder,
 }
 
 impl Role {
@@ -44,6 +49,8 @@ impl Role {
             Role::User => "user",
             Role::Assistant => "assistant",
             Role::Tool => "tool",
+            Role::Developer => "developer",
+            Role::LatestReminder => "latest_reminder",
         }
     }
 }
@@ -201,12 +208,23 @@ pub struct SpecialTokens {
 /// Per-call inputs besides the messages.
 #[derive(Clone, Debug, Default)]
 pub struct RenderOptions {
-    /// Append the start of an assistant turn.
+    /// Append the start of an assistant turn. (DeepSeek V3.2 and V4 always open the assistant
+    /// turn after a user message, as vLLM does; V4.1 honours this flag.)
     pub add_generation_prompt: bool,
     /// Tool definitions (OpenAI `tools`); `None` is passed as `none`, like transformers.
     pub tools: Option<Vec<JsonValue>>,
-    /// Further variables, e.g. `("thinking", true)` for V3.1 templates. They override the
-    /// special tokens, not `messages`/`tools`/`add_generation_prompt`.
+    /// Thinking mode on or off; `None` leaves it to the format (DeepSeek V3.2: off, V4: on).
+    /// A Jinja template sees it as the variable `thinking` (DeepSeek V3.1's templates read
+    /// that) unless `extra` sets one.
+    pub thinking: Option<bool>,
+    /// Reasoning effort for DeepSeek V4 (`low`, `high`, `max`, ...; `none` turns thinking off).
+    /// Jinja templates do not see it.
+    pub reasoning_effort: Option<String>,
+    /// Further variables, e.g. `("thinking", true)` for V3.1 templates (transformers'
+    /// `chat_template_kwargs`). They override the special tokens, not `messages`/`tools`/
+    /// `add_generation_prompt`. The DeepSeek encoders read `thinking`, `enable_thinking`,
+    /// `reasoning_effort` (V4.1: also an integer 1..100), `drop_thinking` and (V4.1)
+    /// `continue_final_message` from here, after the typed fields above.
     pub extra: Vec<(String, JsonValue)>,
 }
 
@@ -303,6 +321,9 @@ impl ChatTemplate {
             if let Some(v) = value {
                 ctx.push((key.to_string(), Value::from(v.as_str())));
             }
+        }
+        if let Some(thinking) = opts.thinking {
+            ctx.push(("thinking".to_string(), Value::from(thinking)));
         }
         for (key, value) in &opts.extra {
             ctx.retain(|(k, _)| k != key);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::chat_format::ChatFormat;
 use crate::error::{Result, TextError};
 use crate::reasoning::prompt_opens_reasoning;
 use crate::stream::StreamDecoder;
@@ -35,6 +36,8 @@ struct Inner {
     post_processor_adds_eos: bool,
     default_template: Option<ChatTemplate>,
     named_templates: Vec<(String, ChatTemplate)>,
+    /// What `apply_chat_template` uses: the default template unless set otherwise.
+    chat_format: Option<ChatFormat>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -45,6 +48,10 @@ impl std::fmt::Debug for Tokenizer {
             .field("eos_ids", &self.inner.eos_ids)
             .field("add_bos", &self.inner.add_bos)
             .field("has_chat_template", &self.inner.default_template.is_some())
+            .field(
+                "chat_format",
+                &self.inner.chat_format.as_ref().map(ChatFormat::name),
+            )
             .finish()
     }
 }
@@ -219,6 +226,7 @@ impl Tokenizer {
                 add_eos: config.add_eos,
                 post_processor_adds_bos,
                 post_processor_adds_eos,
+                chat_format: default_template.clone().map(ChatFormat::Jinja),
                 default_template,
                 named_templates,
             }),
@@ -233,6 +241,14 @@ impl Tokenizer {
                 inner.eos_ids.push(id);
             }
         }
+        self
+    }
+
+    /// Uses `format` for [`Tokenizer::apply_chat_template`] instead of the checkpoint's default
+    /// template, e.g. [`ChatFormat::DeepseekV32`] for a model that ships no template.
+    /// [`Tokenizer::chat_template`] still returns the checkpoint's template.
+    pub fn with_chat_format(mut self, format: ChatFormat) -> Tokenizer {
+        Arc::make_mut(&mut self.inner).chat_format = Some(format);
         self
     }
 
@@ -327,15 +343,21 @@ impl Tokenizer {
             .map(|(_, t)| t)
     }
 
-    /// Renders `messages` with the default chat template and encodes the text as transformers'
-    /// `apply_chat_template(tokenize=True)` does (`add_special_tokens = false`).
+    /// How [`Tokenizer::apply_chat_template`] renders: the checkpoint's default template as a
+    /// [`ChatFormat::Jinja`], or what [`Tokenizer::with_chat_format`] set.
+    pub fn chat_format(&self) -> Option<&ChatFormat> {
+        self.inner.chat_format.as_ref()
+    }
+
+    /// Renders `messages` with the [`Tokenizer::chat_format`] and encodes the text as
+    /// transformers' `apply_chat_template(tokenize=True)` does (`add_special_tokens = false`).
     pub fn apply_chat_template(
         &self,
         messages: &[ChatMessage],
         opts: &RenderOptions,
     ) -> Result<ChatPrompt> {
-        let template = self.chat_template().ok_or(TextError::NoChatTemplate)?;
-        let text = template.render(messages, opts)?;
+        let format = self.chat_format().ok_or(TextError::NoChatTemplate)?;
+        let text = format.render(messages, opts)?;
         let ids = self.encode(&text, false)?;
         let opens_reasoning = prompt_opens_reasoning(&text);
         Ok(ChatPrompt {

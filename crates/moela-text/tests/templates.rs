@@ -40,6 +40,7 @@ impl Case {
             add_generation_prompt: self.add_generation_prompt,
             tools: self.tools.clone(),
             extra,
+            ..Default::default()
         }
     }
 
@@ -238,4 +239,20 @@ fn apply_chat_template_needs_a_template() {
 fn template_syntax_error_is_reported() {
     let err = ChatTemplate::new("{% for x in %}", SpecialTokens::default()).unwrap_err();
     assert!(err.to_string().contains("does not compile"), "{err}");
+}
+
+/// `RenderOptions::thinking` reaches a Jinja template as `thinking` (DeepSeek V3.1's templates
+/// read it), and `extra` still wins.
+#[test]
+fn thinking_flag_is_a_template_variable() {
+    let t = ChatTemplate::new("{{ thinking }}", SpecialTokens::default()).unwrap();
+    let mut opts = RenderOptions {
+        thinking: Some(true),
+        ..Default::default()
+    };
+    assert_eq!(t.render(&[], &opts).unwrap(), "True");
+    opts.extra = vec![("thinking".into(), JsonValue::Bool(false))];
+    assert_eq!(t.render(&[], &opts).unwrap(), "False");
+    let unset = RenderOptions::default();
+    assert_eq!(t.render(&[], &unset).unwrap(), "");
 }
