@@ -14,7 +14,7 @@ use moela_engine::{
 use moela_kernels::{DType, Placement};
 use moela_loader::{LoadOptions, ModelFiles};
 use moela_model::{KvType, Model};
-use moela_text::{split_reasoning, ChatMessage, RenderOptions, Role, Tokenizer};
+use moela_text::{split_reasoning, ChatFormat, ChatMessage, RenderOptions, Role, Tokenizer};
 
 /// Activation buffers of several MB per layer are reused rather than returned to the kernel
 /// and faulted back in zeroed (see ARCHITECTURE.md).
@@ -310,6 +310,11 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
                 .with_context(|| format!("{}: tokenizer metadata", path.display()))?
         }
     };
+    // DeepSeek V3.2 and V4 ship a Python encoder, not a Jinja template: Moela's native one.
+    let tokenizer = match ChatFormat::for_model_type(files.config().model_type.as_str()) {
+        Some(format) => tokenizer.with_chat_format(format),
+        None => tokenizer,
+    };
     let max = files.config().max_position_embeddings;
     let ctx = match args.ctx {
         Some(0) => bail!("--ctx must be at least 1"),
@@ -341,7 +346,7 @@ impl Loaded {
     }
 
     fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<(Vec<u32>, bool)> {
-        if self.tokenizer.chat_template().is_none() {
+        if self.tokenizer.chat_format().is_none() {
             bail!("the tokenizer has no chat template (use --raw to send the prompt as is)");
         }
         let opts = RenderOptions {

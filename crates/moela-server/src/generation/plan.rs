@@ -220,10 +220,10 @@ impl AppState {
         let (mut messages, prefix) = convert_messages(&req.messages)?;
         let tool_specs = tools::parse_tools(req.tools.as_deref().unwrap_or(&[]))?;
         let choice = tools::parse_tool_choice(req.tool_choice.as_ref(), &tool_specs)?;
-        let template = self
+        let format = self
             .inner
             .tokenizer
-            .chat_template()
+            .chat_format()
             .ok_or_else(|| ApiError::from(moela_text::TextError::NoChatTemplate))?;
         let mut opts = RenderOptions {
             add_generation_prompt: true,
@@ -231,14 +231,16 @@ impl AppState {
         };
         let use_tools = choice != ToolChoice::None && !tool_specs.is_empty();
         if use_tools {
-            if self.inner.template_reads_tools {
+            // DeepSeek's own encoders (V3.2, V4) write the tools section themselves.
+            let encoder_reads_tools = !matches!(format, moela_text::ChatFormat::Jinja(_));
+            if self.inner.template_reads_tools || encoder_reads_tools {
                 opts.tools = req.tools.clone();
             } else {
                 let text = tools::tools_system_text(&tool_specs, self.inner.call_format);
                 tools::add_tools_to_messages(&mut messages, text);
             }
         }
-        let mut text = template.render(&messages, &opts)?;
+        let mut text = format.render(&messages, &opts)?;
         if let Some(p) = &prefix {
             text.push_str(p);
         }
