@@ -228,7 +228,24 @@ request_body! {
         tool_choice: Option<ToolChoiceField>,
         #[serde(default)]
         parallel_tool_calls: Option<bool>,
+        /// DeepSeek's API switch: `{"type": "enabled" | "disabled"}` (thinking mode).
+        #[serde(default)]
+        thinking: Option<ThinkingField>,
+        /// DeepSeek V4's reasoning effort (`low`, `high`, `max`, …; `none` turns thinking off).
+        #[serde(default)]
+        reasoning_effort: Option<String>,
+        /// Extra variables for the chat template or encoder (vLLM's field), e.g.
+        /// `{"thinking": true}`.
+        #[serde(default)]
+        chat_template_kwargs: Option<JsonValue>,
     }
+}
+
+/// `thinking` of a chat request, as DeepSeek's API takes it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ThinkingField {
+    #[serde(rename = "type")]
+    pub kind: String,
 }
 
 /// `prompt` of `/v1/completions`: text, texts, token ids, or lists of token ids.

@@ -38,6 +38,8 @@ async fn bad_requests_get_openai_errors_naming_the_field() {
         (Body::from(json!({"messages": user("x"), "stop": ["a", ""]}).to_string()), "stop", Some("stop")),
         (Body::from(json!({"messages": user("x"), "stream_options": {"include_usage": true}}).to_string()), "stream", Some("stream_options")),
         (Body::from(json!({"messages": []}).to_string()), "empty", Some("messages")),
+        (Body::from(json!({"messages": user("x"), "thinking": {"type": "maybe"}}).to_string()), "enabled", Some("thinking.type")),
+        (Body::from(json!({"messages": user("x"), "chat_template_kwargs": [1]}).to_string()), "object", Some("chat_template_kwargs")),
         (Body::from(json!({"messages": [{"role": "wizard", "content": "x"}]}).to_string()), "role", Some("messages[0].role")),
         (Body::from(json!({"messages": [{"role": "user"}]}).to_string()), "content", Some("messages[0].content")),
         (Body::from(json!({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}).to_string()), "text", Some("messages[0].content[0].type")),

@@ -227,6 +227,31 @@ impl AppState {
             .ok_or_else(|| ApiError::from(moela_text::TextError::NoChatTemplate))?;
         let mut opts = RenderOptions {
             add_generation_prompt: true,
+            thinking: match &req.thinking {
+                None => None,
+                Some(t) if t.kind == "enabled" => Some(true),
+                Some(t) if t.kind == "disabled" => Some(false),
+                Some(t) => {
+                    return Err(ApiError::bad(
+                        "thinking.type",
+                        format!(
+                            "thinking.type must be \"enabled\" or \"disabled\", got {:?}",
+                            t.kind
+                        ),
+                    ))
+                }
+            },
+            reasoning_effort: req.reasoning_effort.clone(),
+            extra: match &req.chat_template_kwargs {
+                None | Some(JsonValue::Null) => Vec::new(),
+                Some(JsonValue::Object(kv)) => kv.clone(),
+                Some(_) => {
+                    return Err(ApiError::bad(
+                        "chat_template_kwargs",
+                        "chat_template_kwargs must be an object",
+                    ))
+                }
+            },
             ..Default::default()
         };
         let use_tools = choice != ToolChoice::None && !tool_specs.is_empty();
