@@ -79,6 +79,11 @@ impl CompletionParser {
         self.reasoning.saw_reasoning()
     }
 
+    /// Whether the output is inside the reasoning now.
+    pub fn in_reasoning(&self) -> bool {
+        self.reasoning.in_reasoning()
+    }
+
     /// Whether a tool-call block has begun (everything from there on is held for
     /// [`CompletionParser::finish`]).
     pub fn in_tool_calls(&self) -> bool {

@@ -38,6 +38,9 @@ pub struct Plan {
     pub(super) parse_tools: bool,
     /// `parallel_tool_calls: false`: keep only the first call.
     pub(super) single_call: bool,
+    /// The DSML dialect of DeepSeek's own encoders (V3.2, V4): tool calls and reasoning are
+    /// parsed in that markup.
+    pub(super) dsml: Option<moela_text::DsmlDialect>,
 }
 
 fn content_text(c: &Option<Content>, param: &str) -> Result<Option<String>, ApiError> {
@@ -277,6 +280,21 @@ impl AppState {
         let table = self.inner.table.as_ref();
         let fmt = self.inner.call_format;
         let calls = |only| tools::tool_call_grammar(&tool_specs, only, parallel, fmt, table);
+        let dsml = format.dsml_dialect();
+        if dsml.is_some() && matches!(choice, ToolChoice::Required | ToolChoice::Named(_)) {
+            return Err(ApiError::bad(
+                "tool_choice",
+                "forcing a tool call is not supported yet for models that call tools in DSML \
+                 (DeepSeek V3.2/V4); use \"auto\"",
+            ));
+        }
+        if dsml.is_some() && use_tools && json_rule.is_some() {
+            return Err(ApiError::bad(
+                "response_format",
+                "a response_format together with tools is not supported yet for models that \
+                 call tools in DSML (DeepSeek V3.2/V4)",
+            ));
+        }
         let lark = match (&choice, json_rule) {
             (ToolChoice::Required, _) => Some(Lark::start("calls").rules(calls(None)?)),
             (ToolChoice::Named(n), _) => Some(Lark::start("calls").rules(calls(Some(n))?)),
@@ -312,6 +330,7 @@ impl AppState {
             grammar,
             parse_tools: use_tools,
             single_call: !parallel,
+            dsml,
         })
     }
 
@@ -412,6 +431,7 @@ impl AppState {
             grammar,
             parse_tools: false,
             single_call: false,
+            dsml: None,
         })
     }
 }

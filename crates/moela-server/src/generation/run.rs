@@ -8,7 +8,7 @@ use std::time::Instant;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use moela_engine::{Event, FinishReason, Request, TokenEvent, Usage};
-use moela_text::ReasoningParser;
+use moela_text::{CompletionParser, ReasoningParser};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::error::ApiError;
@@ -26,6 +26,9 @@ struct ChoiceState {
     prompt: usize,
     reasoning: Option<ReasoningParser>,
     tools: Option<ToolSplitter>,
+    /// DeepSeek V3.2/V4 with tools: reasoning and DSML tool calls in one parser (then
+    /// `reasoning` and `tools` are `None`).
+    dsml: Option<CompletionParser>,
     content: String,
     reasoning_text: String,
     reasoning_tokens: usize,
@@ -59,6 +62,7 @@ impl ChoiceState {
             prompt,
             reasoning,
             tools: parse_tools.then(ToolSplitter::default),
+            dsml: None,
             content: String::new(),
             reasoning_text: String::new(),
             reasoning_tokens: 0,
@@ -73,7 +77,24 @@ impl ChoiceState {
         }
     }
 
+    /// A choice whose reasoning and tool calls a DSML parser splits.
+    fn with_dsml(index: usize, prompt: usize, parser: CompletionParser) -> ChoiceState {
+        ChoiceState {
+            dsml: Some(parser),
+            ..ChoiceState::new(index, prompt, None, false)
+        }
+    }
+
     fn push_text(&mut self, text: &str) -> Piece {
+        if let Some(p) = &mut self.dsml {
+            let d = p.push(text);
+            self.reasoning_text.push_str(&d.reasoning);
+            self.content.push_str(&d.content);
+            return Piece {
+                reasoning: d.reasoning,
+                content: d.content,
+            };
+        }
         let (reasoning, content) = match &mut self.reasoning {
             Some(p) => p.push(text),
             None => (String::new(), text.to_string()),
@@ -88,7 +109,9 @@ impl ChoiceState {
     }
 
     fn on_token(&mut self, t: TokenEvent, keep_logprobs: bool) -> Piece {
-        if self.reasoning.as_ref().is_some_and(|p| p.in_reasoning()) {
+        if self.reasoning.as_ref().is_some_and(|p| p.in_reasoning())
+            || self.dsml.as_ref().is_some_and(|p| p.in_reasoning())
+        {
             self.reasoning_tokens += 1;
         }
         let piece = self.push_text(&t.text);
@@ -101,6 +124,21 @@ impl ChoiceState {
 
     fn on_done(&mut self, tail: &str, reason: FinishReason, usage: Usage) -> Piece {
         let mut piece = self.push_text(tail);
+        if let Some(p) = &mut self.dsml {
+            // Malformed markup is shown as the text it is.
+            let (rest, mut calls) = match p.finish() {
+                Ok((d, calls)) => ((d.reasoning, d.content), calls),
+                Err(e) => ((String::new(), e.markup), Vec::new()),
+            };
+            if self.single_call {
+                calls.truncate(1);
+            }
+            self.reasoning_text.push_str(&rest.0);
+            self.content.push_str(&rest.1);
+            piece.reasoning.push_str(&rest.0);
+            piece.content.push_str(&rest.1);
+            self.calls = tools::tool_calls_out(calls);
+        }
         if let Some(p) = &mut self.reasoning {
             let (r, c) = p.finish();
             let c = match &mut self.tools {
@@ -220,9 +258,18 @@ impl Run {
                     score_prompt: false,
                 };
                 rxs.push(Some(state.inner.engine.submit(req)?));
-                let reasoning = (plan.endpoint == Endpoint::Chat)
-                    .then(|| ReasoningParser::new(plan.opens_reasoning));
-                let mut choice = ChoiceState::new(index, pi, reasoning, plan.parse_tools);
+                let mut choice = match plan.dsml.filter(|_| plan.parse_tools) {
+                    Some(dialect) => ChoiceState::with_dsml(
+                        index,
+                        pi,
+                        CompletionParser::new(dialect, plan.opens_reasoning),
+                    ),
+                    None => {
+                        let reasoning = (plan.endpoint == Endpoint::Chat)
+                            .then(|| ReasoningParser::new(plan.opens_reasoning));
+                        ChoiceState::new(index, pi, reasoning, plan.parse_tools)
+                    }
+                };
                 choice.single_call = plan.single_call;
                 choices.push(choice);
             }
@@ -735,6 +782,56 @@ mod tests {
             text: text.into(),
             logprob: None,
             top_logprobs: Vec::new(),
+        }
+    }
+
+    /// DeepSeek V3.2/V4 completions (rendered by DeepSeek's own encoders, in
+    /// `tests/fixtures/text/golden_chat_encoding.json`) streamed two characters at a time through
+    /// a DSML choice: reasoning, content and tool calls as the reference wrote them.
+    #[test]
+    fn dsml_choices_split_reasoning_content_and_calls() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/text/golden_chat_encoding.json"
+        );
+        let golden: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let cases = golden["completions"].as_array().unwrap();
+        assert!(cases.len() >= 20);
+        for case in cases {
+            let format = case["format"].as_str().unwrap();
+            let dialect = moela_text::ChatFormat::deepseek_by_name(format)
+                .and_then(|f| f.dsml_dialect())
+                .unwrap();
+            let opens = case["opens_reasoning"].as_bool().unwrap();
+            let mut c = ChoiceState::with_dsml(0, 0, CompletionParser::new(dialect, opens));
+            let chars: Vec<char> = case["completion"].as_str().unwrap().chars().collect();
+            let parts: Vec<String> = chars.chunks(2).map(|p| p.iter().collect()).collect();
+            let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+            let (reasoning, content) = feed(&mut c, &parts, FinishReason::Stop);
+            let what = format!("{format} {}", case["name"]);
+            assert_eq!(
+                reasoning,
+                case["reasoning"].as_str().unwrap_or(""),
+                "{what}"
+            );
+            assert_eq!(content, case["content"].as_str().unwrap(), "{what}");
+            let want = case["tool_calls"].as_array().unwrap();
+            assert_eq!(c.calls.len(), want.len(), "{what}");
+            for (got, want) in c.calls.iter().zip(want) {
+                assert_eq!(got.function.name, want["name"].as_str().unwrap(), "{what}");
+                assert_eq!(
+                    got.function.arguments,
+                    want["arguments"].as_str().unwrap(),
+                    "{what}"
+                );
+            }
+            let finish = if want.is_empty() {
+                "stop"
+            } else {
+                "tool_calls"
+            };
+            assert_eq!(c.finish, Some(finish), "{what}");
         }
     }
 
