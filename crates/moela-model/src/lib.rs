@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod experts;
 mod gqa;
+pub mod indexer;
 pub mod mla;
 mod mlp;
 pub mod model;
