@@ -4,12 +4,12 @@
 //! within 1e-4 in both MLA forms, identical greedy continuations, the last logits, the indexer's
 //! keys, scores and selections at every layer and position, the residual stream per layer, and
 //! cached decoding (prefill then one token at a time, chunked prefill, batched decode steps, an
-//! f16 cache) against one full prefill.
+//! f16 cache) against one full prefill, and the engine's batched steps with prefix reuse.
 
 mod common;
 
 use common::{case_dir, floats, golden, ids, max_abs_diff, nll_from_logits};
-use moela_engine::greedy_tokens;
+use moela_engine::{greedy_tokens, Engine, EngineConfig, Event, Request};
 use moela_loader::Checkpoint;
 use moela_model::{
     AttentionMode, ForwardOptions, KvType, Logits, Model, ModelType, SeqCache, SeqInput, Trace,
@@ -342,4 +342,57 @@ fn f16_cache_stays_close() {
     let err = max_abs_diff(&got, &floats(&g["nll"]));
     println!("v32 f16 cache: max |ΔNLL| = {err:.2e}");
     assert!(err < 2e-2, "{err}");
+}
+
+/// The engine (continuous batching: prompt chunks beside batched decode steps, prefix reuse
+/// from the pool) generates what the plain loop does: the reference's greedy tokens for its
+/// prompt, and the spec's for prompts past `index_topk` sharing a cached prefix.
+#[test]
+fn the_engine_generates_the_reference_tokens_beside_other_requests() {
+    let (m, g) = (load(), golden(CASE));
+    let model = std::sync::Arc::new(m);
+    let nll = ids(&g["nll_tokens"]);
+    let mut engine = Engine::new(
+        model.clone(),
+        None,
+        EngineConfig {
+            ctx: 128,
+            prefill_tokens_per_step: 16,
+            block_tokens: 8,
+            ..Default::default()
+        },
+    );
+    // Runs `prompts` together; each one's generated ids.
+    let mut run = |prompts: &[Vec<u32>], n: usize| -> Vec<Vec<u32>> {
+        let mut rxs: Vec<_> = prompts
+            .iter()
+            .map(|p| engine.submit(Request::new(p.clone(), n)).unwrap())
+            .collect();
+        while !engine.is_idle() {
+            engine.step();
+        }
+        rxs.iter_mut()
+            .map(|rx| {
+                let mut ids = Vec::new();
+                while let Ok(ev) = rx.try_recv() {
+                    match ev {
+                        Event::Token(t) => ids.push(t.id),
+                        Event::Error(e) => panic!("{e}"),
+                        _ => {}
+                    }
+                }
+                ids
+            })
+            .collect()
+    };
+    let greedy = ids(&g["greedy_prompt"]);
+    let a = nll[..37].to_vec();
+    let b = [&nll[..37], &[5, 6][..]].concat();
+    let out = run(&[greedy, a.clone(), nll[50..53].to_vec()], 24);
+    assert_eq!(out[0], ids(&g["greedy_tokens"]));
+    assert_eq!(out[1], greedy_tokens(&model, &a, 24).unwrap());
+    assert_eq!(out[2], greedy_tokens(&model, &nll[50..53], 24).unwrap());
+    // b reuses a's cached blocks (32 tokens) and gets what computing it does.
+    let out = run(std::slice::from_ref(&b), 12);
+    assert_eq!(out[0], greedy_tokens(&model, &b, 12).unwrap());
 }
