@@ -20,7 +20,6 @@ use crate::cache::LayerView;
 use crate::config::{IndexerConfig, MlaConfig};
 use crate::error::ModelError;
 use crate::model::Step;
-use crate::rope::RopeTable;
 use crate::weights::Indexer;
 
 /// The `k_norm` LayerNorm's ε (fixed by the model definition, not read from the config).
@@ -107,68 +106,57 @@ fn layer_norm(x: &mut [f32], weight: &[f32], bias: &[f32]) {
 }
 
 impl Indexer {
-    /// The keys of token rows `x` (`[T, hidden]`, the layer's normalized input): `[T, dim]`,
-    /// LayerNorm then RoPE on the leading dims — what the cache holds.
-    pub(crate) fn keys(&self, x: &[f32], rope: &RopeTable) -> Vec<f32> {
-        let d = &self.dims;
-        let mut k = self.wk.forward(x); // [T, dim]
-        for (t, row) in k.chunks_exact_mut(d.dim).enumerate() {
-            layer_norm(row, &self.k_norm, &self.k_norm_bias);
-            rope.apply_half(t, &mut row[..d.rope]);
-        }
-        k
-    }
-
-    /// The queries of token rows `x` whose normalized q-LoRA latents are `q_latent`
-    /// (`[T, q_lora_rank]`).
-    pub(crate) fn queries(&self, q_latent: &[f32], x: &[f32], rope: &RopeTable) -> IndexQueries {
-        let d = &self.dims;
-        let mut q = self.wq_b.forward(q_latent); // [T, heads, dim]
-        for (i, head) in q.chunks_exact_mut(d.dim).enumerate() {
-            rope.apply_half(i / d.heads, &mut head[..d.rope]);
-        }
-        let mut w = self.weights_proj.forward(x); // [T, heads]
-        let scale = (1.0 / (d.heads as f64).sqrt()) as f32;
-        w.iter_mut().for_each(|v| *v *= scale);
-        IndexQueries { q, w }
+    /// Whether a pass over tokens at `positions` needs the indexer's queries: some token has
+    /// more causal keys than it keeps (or a trace records the scores).
+    pub(crate) fn needs_queries(&self, positions: &[usize], tracing: bool) -> bool {
+        tracing || positions.iter().any(|&p| p >= self.dims.topk)
     }
 
     /// The cached rows `rows` (`[T, lat]`: latent and rope key) with each token's key appended:
-    /// `[T, lat + dim]`. Records `index_k` (`[T, dim]`).
+    /// `[T, lat + dim]`. `k` is `wk · x` (`[T, dim]`), normalized and rotated here into what the
+    /// cache holds. Records `index_k`.
     pub(crate) fn append_keys(
         &self,
         rows: &[f32],
         lat: usize,
-        x: &[f32],
+        mut k: Vec<f32>,
         step: &Step<'_>,
     ) -> Vec<f32> {
-        let k = self.keys(x, step.rope); // [T, dim]
+        let d = &self.dims;
+        for (t, key) in k.chunks_exact_mut(d.dim).enumerate() {
+            layer_norm(key, &self.k_norm, &self.k_norm_bias);
+            step.rope.apply_half(t, &mut key[..d.rope]);
+        }
         step.record("index_k", &k);
         rows.chunks_exact(lat)
-            .zip(k.chunks_exact(self.dims.dim))
+            .zip(k.chunks_exact(d.dim))
             .flat_map(|(row, key)| row.iter().chain(key))
             .copied()
             .collect()
     }
 
     /// Each sequence's selection ([`select`]) for the new tokens of `seqs` (views of this
-    /// layer's rows, the new keys written, and the count of new tokens), whose normalized
-    /// input rows are `x` and q-LoRA latents `q_latent`. The queries are computed only when some
-    /// token has more than `topk` causal keys (or a trace is recorded). Records `index_scores`
-    /// ([`score_table`]) and `index_topk` ([`selection_table`]).
+    /// layer's rows, the new keys written, and the count of new tokens). `q` is `wq_b` on the
+    /// tokens' q-LoRA latents (`[T, heads·dim]`; `None` when no token needs queries:
+    /// [`Indexer::needs_queries`]) and `w` is `weights_proj · x` (`[T, heads]`). Records
+    /// `index_scores` ([`score_table`]) and `index_topk` ([`selection_table`]).
     pub(crate) fn select_keys(
         &self,
-        q_latent: &[f32],
-        x: &[f32],
+        q: Option<Vec<f32>>,
+        mut w: Vec<f32>,
         seqs: &[(&LayerView<'_>, usize)],
         step: &Step<'_>,
     ) -> Vec<Selection> {
         let d = &self.dims;
-        let sparse = seqs.iter().any(|&(v, _)| v.len > d.topk);
-        if !sparse && !step.tracing() {
+        let Some(mut q) = q else {
             return seqs.iter().map(|_| Selection::default()).collect();
+        };
+        for (i, head) in q.chunks_exact_mut(d.dim).enumerate() {
+            step.rope.apply_half(i / d.heads, &mut head[..d.rope]);
         }
-        let iq = self.queries(q_latent, x, step.rope);
+        let scale = (1.0 / (d.heads as f64).sqrt()) as f32;
+        w.iter_mut().for_each(|v| *v *= scale);
+        let iq = IndexQueries { q, w };
         let sels = select(&iq, seqs, d);
         if step.tracing() {
             step.record("index_scores", &score_table(&iq, seqs, d));
@@ -228,6 +216,33 @@ struct Unit {
     keys: Range<usize>,
 }
 
+/// A new token of a batch.
+struct Token {
+    /// Its sequence.
+    seq: usize,
+    /// Its row among all sequences' new tokens.
+    row: usize,
+    /// Its index among its sequence's new tokens.
+    t: usize,
+    /// Its causal keys: `0..visible`.
+    visible: usize,
+}
+
+/// Every new token of `seqs` (views whose last `n` rows are new), in row order.
+fn new_tokens<'a>(seqs: &'a [(&LayerView<'_>, usize)]) -> impl Iterator<Item = Token> + 'a {
+    let mut row0 = 0;
+    seqs.iter().enumerate().flat_map(move |(seq, &(view, n))| {
+        let (start, first) = (view.len - n, row0);
+        row0 += n;
+        (0..n).map(move |t| Token {
+            seq,
+            row: first + t,
+            t,
+            visible: start + t + 1,
+        })
+    })
+}
+
 /// The keys every new token attends to, per sequence. `seqs[s]` is sequence `s`'s view of this
 /// layer's cached rows (its new tokens' keys already written) and its count of new tokens (the
 /// last rows of the view); `iq` holds the queries of all sequences' new tokens, concatenated.
@@ -242,27 +257,19 @@ pub(crate) fn select(
     d: &IndexerDims,
 ) -> Vec<Selection> {
     let mut units = Vec::new();
-    let mut row0 = 0;
-    for (s, &(view, n)) in seqs.iter().enumerate() {
-        let (start, bt) = (view.len - n, view.block_tokens());
-        for t in 0..n {
-            let visible = start + t + 1;
-            if visible <= d.topk {
-                continue;
-            }
-            let per = match n {
-                1 => KEYS_PER_TASK
-                    .max(visible.div_ceil(4 * num_threads()))
-                    .next_multiple_of(bt),
-                _ => visible,
-            };
-            units.extend((0..visible).step_by(per).map(|k0| Unit {
-                row: row0 + t,
-                seq: s,
-                keys: k0..(k0 + per).min(visible),
-            }));
-        }
-        row0 += n;
+    for tok in new_tokens(seqs).filter(|tok| tok.visible > d.topk) {
+        let (view, n) = seqs[tok.seq];
+        let per = match n {
+            1 => KEYS_PER_TASK
+                .max(tok.visible.div_ceil(4 * num_threads()))
+                .next_multiple_of(view.block_tokens()),
+            _ => tok.visible,
+        };
+        units.extend((0..tok.visible).step_by(per).map(|k0| Unit {
+            row: tok.row,
+            seq: tok.seq,
+            keys: k0..(k0 + per).min(tok.visible),
+        }));
     }
     let work = units.iter().map(|u| u.keys.len()).sum::<usize>() * d.heads * d.dim;
     let mut cands = vec![(f32::NEG_INFINITY, NO_KEY); units.len() * d.topk];
@@ -272,30 +279,25 @@ pub(crate) fn select(
         keep_best(&mut scored, d.topk);
         out[..scored.len()].copy_from_slice(&scored);
     });
-    // Units are in token order: merge each token's candidates.
+    // Units are in row order: merge each token's candidates.
     let mut next = units.iter().zip(cands.chunks_exact(d.topk)).peekable();
-    let mut row0 = 0;
-    let mut out = Vec::with_capacity(seqs.len());
-    for &(_, n) in seqs {
-        let mut sel = Selection::default();
-        for t in 0..n {
-            let mut best: Vec<(f32, u32)> = Vec::new();
-            while let Some((_, c)) = next.next_if(|(u, _)| u.row == row0 + t) {
-                best.extend(c.iter().filter(|c| c.1 != NO_KEY));
-                keep_best(&mut best, d.topk);
-            }
-            if best.is_empty() {
-                sel.spans.push(None);
-                continue;
-            }
-            let mut keys: Vec<u32> = best.iter().map(|c| c.1).collect();
-            keys.sort_unstable();
-            sel.spans
-                .push(Some(sel.keys.len()..sel.keys.len() + keys.len()));
-            sel.keys.extend(keys);
+    let mut out: Vec<Selection> = seqs.iter().map(|_| Selection::default()).collect();
+    for tok in new_tokens(seqs) {
+        let sel = &mut out[tok.seq];
+        let mut best: Vec<(f32, u32)> = Vec::new();
+        while let Some((_, c)) = next.next_if(|(u, _)| u.row == tok.row) {
+            best.extend(c.iter().filter(|c| c.1 != NO_KEY));
+            keep_best(&mut best, d.topk);
         }
-        row0 += n;
-        out.push(sel);
+        if best.is_empty() {
+            sel.spans.push(None);
+            continue;
+        }
+        let mut keys: Vec<u32> = best.iter().map(|c| c.1).collect();
+        keys.sort_unstable();
+        sel.spans
+            .push(Some(sel.keys.len()..sel.keys.len() + keys.len()));
+        sel.keys.extend(keys);
     }
     out
 }
@@ -308,19 +310,14 @@ pub(crate) fn score_table(
     d: &IndexerDims,
 ) -> Vec<f32> {
     let mut out = Vec::new();
-    let mut row0 = 0;
-    for &(view, n) in seqs {
-        let start = view.len - n;
-        for t in 0..n {
-            let visible = start + t + 1;
-            out.extend(
-                score_keys(iq, row0 + t, view, 0..visible, d)
-                    .iter()
-                    .map(|c| c.0),
-            );
-            out.extend(std::iter::repeat_n(f32::NEG_INFINITY, view.len - visible));
-        }
-        row0 += n;
+    for tok in new_tokens(seqs) {
+        let view = seqs[tok.seq].0;
+        let scored = score_keys(iq, tok.row, view, 0..tok.visible, d);
+        out.extend(scored.iter().map(|c| c.0));
+        out.extend(std::iter::repeat_n(
+            f32::NEG_INFINITY,
+            view.len - tok.visible,
+        ));
     }
     out
 }
@@ -333,16 +330,13 @@ pub(crate) fn selection_table(
     d: &IndexerDims,
 ) -> Vec<f32> {
     let mut out = Vec::new();
-    for (sel, &(view, n)) in sels.iter().zip(seqs) {
-        let start = view.len - n;
-        for t in 0..n {
-            let row: Vec<f32> = match sel.keys(t) {
-                Some(k) => k.iter().map(|&u| u as f32).collect(),
-                None => (0..start + t + 1).map(|u| u as f32).collect(),
-            };
-            let pad = d.topk.saturating_sub(row.len());
-            out.extend(row.into_iter().chain(std::iter::repeat_n(-1.0, pad)));
-        }
+    for tok in new_tokens(seqs) {
+        let row: Vec<f32> = match sels[tok.seq].keys(tok.t) {
+            Some(k) => k.iter().map(|&u| u as f32).collect(),
+            None => (0..tok.visible).map(|u| u as f32).collect(),
+        };
+        let pad = d.topk.saturating_sub(row.len());
+        out.extend(row.into_iter().chain(std::iter::repeat_n(-1.0, pad)));
     }
     out
 }

@@ -579,20 +579,41 @@ impl Attend for MlaAttention {
         let positions = step.positions;
         let dims = &a.dims;
         let (h, qk, r, dr) = (dims.heads, dims.qk(), dims.rank, dims.rope);
-        // The query's first product and kv_a share the input: one dispatch.
+        let ix = a.indexer.as_deref();
+        // The products of x share one dispatch: the query's first, kv_a and, with an indexer,
+        // its key and head weights (index_x: [T, index_dim] and [T, index_heads]).
         let first = match &a.q {
             QProj::Direct(w) => w,
             QProj::LowRank { a, .. } => a,
         };
-        let [q0, mut rows] = QMat::forward_many([first, &a.kv_a], x);
-        // q: [T, heads, nope + rope]; q_latent: [T, q_lora_rank], the normalized q-LoRA
-        // latent (the indexer's query reads it too).
-        let (mut q, q_latent) = match &a.q {
+        let (q0, mut rows, index_x) = match ix {
+            None => {
+                let [q0, rows] = QMat::forward_many([first, &a.kv_a], x);
+                (q0, rows, None)
+            }
+            Some(ix) => {
+                let [q0, rows, k, w] =
+                    QMat::forward_many([first, &a.kv_a, &ix.wk, &ix.weights_proj], x);
+                (q0, rows, Some((k, w)))
+            }
+        };
+        let (index_k, index_w) = index_x.unzip();
+        // The indexer's queries only when some token has more causal keys than it keeps.
+        let index_q = ix.filter(|ix| ix.needs_queries(positions, step.tracing()));
+        // q: [T, heads, nope + rope]; iq: [T, index_heads·index_dim] from the same normalized
+        // q-LoRA latent, in the same dispatch.
+        let (mut q, iq) = match &a.q {
             QProj::Direct(_) => (q0, None),
             QProj::LowRank { norm, b, .. } => {
                 let mut ql = q0;
                 rms_norm_in_place(&mut ql, norm, c.rms_norm_eps);
-                (b.forward(&ql), Some(ql))
+                match index_q {
+                    Some(ix) => {
+                        let [q, iq] = QMat::forward_many([b, &ix.wq_b], &ql);
+                        (q, Some(iq))
+                    }
+                    None => (b.forward(&ql), None),
+                }
             }
         };
         // kv: [T, rank + rope] → normalized latent and rotated rope key, the cached row.
@@ -607,9 +628,9 @@ impl Attend for MlaAttention {
             }
         }
         // With an indexer the cached row is [c_n | k_rope | k_index]: [T, cache row].
-        let rows = match &a.indexer {
-            Some(ix) => ix.append_keys(&rows, lat, x, step),
-            None => rows,
+        let rows = match (ix, index_k) {
+            (Some(ix), Some(k)) => ix.append_keys(&rows, lat, k, step),
+            _ => rows,
         };
         step.record("q", &q);
         step.record("kv_latent", &rows);
@@ -617,11 +638,11 @@ impl Attend for MlaAttention {
             batch.iter().map(|s| (&*s.cache, s.tokens.len())).collect();
         let views = cache.write_and_view(&seqs, step.layer, &rows);
         // Each sequence's selected keys (none without an indexer: dense attention).
-        let sels = match (&a.indexer, &q_latent) {
-            (Some(ix), Some(ql)) => {
+        let sels = match (ix, index_w) {
+            (Some(ix), Some(w)) => {
                 let seq_views: Vec<(&LayerView<'_>, usize)> =
                     views.iter().zip(&seqs).map(|(v, &(_, n))| (v, n)).collect();
-                ix.select_keys(ql, x, &seq_views, step)
+                ix.select_keys(iq, w, &seq_views, step)
             }
             _ => Vec::new(),
         };
