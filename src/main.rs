@@ -576,6 +576,15 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
             ))
         ),
     }
+    if let Some(ix) = c.mla().and_then(|m| m.indexer.as_ref()) {
+        println!(
+            "indexer:      DSA, {} heads of {} (RoPE on the leading {}), top {} keys per query",
+            ix.index_n_heads,
+            ix.index_head_dim,
+            c.mla().map_or(0, |m| m.qk_rope_head_dim),
+            ix.index_topk
+        );
+    }
     match &c.rope_scaling {
         Some(moela_model::RopeScaling::Yarn(y)) => println!(
             "rope:         theta {}, YaRN factor {} (orig {}), beta {}/{}, mscale {}/{}",
@@ -649,8 +658,21 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
             bytes(kv_b as u64)
         ),
     }
+    // MLA's cached row, by part.
+    let row = match c.mla() {
+        Some(m) => format!(
+            " = latent {} + rope key {}{}",
+            m.kv_lora_rank,
+            m.qk_rope_head_dim,
+            m.indexer.as_ref().map_or(String::new(), |ix| format!(
+                " + index key {}",
+                ix.index_head_dim
+            ))
+        ),
+        None => String::new(),
+    };
     println!(
-        "KV cache:     {} values/token ({} layers × {}): {} B/token as f32",
+        "KV cache:     {} values/token ({} layers × {}{row}): {} B/token as f32",
         c.kv_values_per_token()?,
         c.num_hidden_layers,
         c.latent_dim()?,

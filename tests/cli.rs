@@ -181,6 +181,46 @@ fn inspect_summarizes_the_checkpoint() {
 }
 
 #[test]
+fn inspect_shows_the_v32_indexer_and_the_cache_bytes_per_token() {
+    let dir = case_dir("v32");
+    let o = moela(&["inspect", "--model", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for want in [
+        "model_type:   deepseek_v32",
+        "indexer:      DSA, 16 heads of 16 (RoPE on the leading 8), top 8 keys per query",
+        "NoauxTc",
+        // 3 layers × (32 + 8 + 16) values, 4 bytes each.
+        "KV cache:     168 values/token (3 layers × 56 = latent 32 + rope key 8 + index key 16): 672 B/token as f32",
+    ] {
+        assert!(out.contains(want), "missing {want}: {out}");
+    }
+}
+
+#[test]
+fn quantize_refuses_v32_clearly() {
+    let dir = case_dir("v32");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.gguf");
+    let o = moela(&[
+        "quantize",
+        "--model",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--type",
+        "q8_0",
+    ]);
+    let err = stderr(&o);
+    assert!(!o.status.success() && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("DeepSeek-V3.2") && err.contains("not supported"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
 fn bench_json_reports_each_repetition_and_their_mean() {
     let dir = case_dir("v2");
     let o = moela(&[

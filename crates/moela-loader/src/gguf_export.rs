@@ -141,6 +141,12 @@ pub fn export_deepseek2(
             ),
         ));
     };
+    if mla.indexer.is_some() {
+        return Err(LoadError::file(
+            out,
+            "GGUF export of DeepSeek-V3.2 (sparse-attention indexer) is not supported",
+        ));
+    }
     if c.moe.as_ref().is_some_and(|m| m.moe_layer_freq != 1) {
         return Err(LoadError::file(
             out,

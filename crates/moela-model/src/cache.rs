@@ -1,7 +1,9 @@
 //! The paged latent KV cache.
 //!
 //! Per layer and token it holds only the normalized latent `c_n` (`kv_lora_rank` values) and
-//! the post-RoPE rope key (`qk_rope_head_dim` values) — never per-head keys or values. Storage
+//! the post-RoPE rope key (`qk_rope_head_dim` values) — never per-head keys or values — and,
+//! for DeepSeek-V3.2, the indexer key after them (`index_head_dim`): a row
+//! `[c_n | k_rope | k_index]` whose columns each reader narrows to its own. Storage
 //! is a pool of fixed-size blocks (`block_tokens` tokens × all layers) with a free list; a
 //! sequence holds a block table and takes blocks only as it grows. Full blocks can be shared
 //! between sequences with the same token prefix (reference-counted, never written once full);
@@ -432,6 +434,15 @@ impl LayerView<'_> {
     /// Block `b`'s rows that hold tokens (all but the last block are full).
     pub(crate) fn block(&self, b: usize) -> RowData<'_> {
         self.blocks[b].first_rows(self.bt.min(self.len - b * self.bt))
+    }
+
+    /// Columns `c0..c0 + out.len()` of row `u`, as f32 (gathering scattered rows).
+    pub(crate) fn copy_row(&self, u: usize, c0: usize, out: &mut [f32]) {
+        let at = (u % self.bt) * self.lat + c0;
+        match self.blocks[u / self.bt] {
+            RowData::F32 { data, .. } => out.copy_from_slice(&data[at..at + out.len()]),
+            RowData::F16 { data, .. } => f16_slice_to_f32(&data[at..at + out.len()], out),
+        }
     }
 
     /// Every row as f32, for loops that read each row many times (once per head): the

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod experts;
 mod gqa;
+pub mod indexer;
 pub mod mla;
 mod mlp;
 pub mod model;
@@ -19,9 +20,9 @@ pub mod weights;
 
 pub use cache::{KvPool, KvType, PoolStats, SeqCache, DEFAULT_BLOCK_TOKENS};
 pub use config::{
-    Attention, Config, GqaConfig, Llama3Rope, MlaConfig, ModelType, MoeConfig, RopeScaling,
-    RouteWeighting, ScoringFunc, SlidingWindow, TopkMethod, Yarn, MAX_CONTEXT, MAX_DIM,
-    MAX_EXPERTS, MAX_HEADS, MAX_LAYERS, MAX_MATRIX_ELEMENTS, MAX_VOCAB,
+    Attention, Config, GqaConfig, IndexerConfig, Llama3Rope, MlaConfig, ModelType, MoeConfig,
+    RopeScaling, RouteWeighting, ScoringFunc, SlidingWindow, TopkMethod, Yarn, MAX_CONTEXT,
+    MAX_DIM, MAX_EXPERTS, MAX_HEADS, MAX_LAYERS, MAX_MATRIX_ELEMENTS, MAX_VOCAB,
 };
 pub use error::ModelError;
 pub use mla::AttentionMode;

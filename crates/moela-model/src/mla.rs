@@ -1,17 +1,20 @@
-//! Multi-head latent attention (DeepSeek V2/V3): the layer's [`Attend`] implementation (query
-//! and latent projections, the cached row, the output projection) and attention over a
+//! Multi-head latent attention (DeepSeek V2/V3/V3.2): the layer's [`Attend`] implementation
+//! (query and latent projections, the cached row, the output projection) and attention over a
 //! sequence's latent cache in two exactly equal forms: the standard (decompressed) form — the
 //! executable spec — and the absorbed form, with a batched decode step for many sequences.
+//! With DeepSeek-V3.2's indexer ([`crate::indexer`]) each query attends to its selected keys
+//! only, in both forms.
 
 use moela_kernels::ops::dot;
 use moela_kernels::{
     exp_sum, num_threads, parallel_chunks, rms_norm_in_place, rows_matmul, rows_weighted_sum,
-    softmax_in_place, QMat,
+    softmax_in_place, QMat, RowData,
 };
 
 use crate::cache::{BatchCache, LayerView, Rows, SeqCache};
 use crate::config::{Config, MlaConfig};
 use crate::error::ModelError;
+use crate::indexer::Selection;
 use crate::model::{Attend, SeqInput, Step};
 use crate::tiled;
 use crate::weights::{MlaAttention, QProj};
@@ -81,24 +84,37 @@ impl AttentionMode {
     }
 }
 
-/// Attention of `n` new query tokens, which are the last `n` of the `cache` rows.
+/// The MLA weights one attention call reads.
+pub(crate) struct MlaMats<'a> {
+    pub kv_b: &'a QMat,
+    pub uk_t: &'a QMat,
+    pub uv: &'a QMat,
+}
+
+/// Attention of `n` new query tokens, which are the last `n` of the `cache` rows, each over
+/// its keys in `sel` (all its causal keys without a selection).
 ///
-/// `q`: `[n, heads, nope + rope]` with RoPE applied; `cache`: `[len, rank + rope]` rows;
-/// `kv_b`: `[heads·(nope + v), rank]`. Returns `[n, heads, v]`.
+/// `q`: `[n, heads, nope + rope]` with RoPE applied; `cache`: rows whose first `rank + rope`
+/// columns are the latent and the rope key; `kv_b`: `[heads·(nope + v), rank]`. Returns
+/// `[n, heads, v]`.
 pub(crate) fn mla(
     q: &[f32],
     cache: &LayerView<'_>,
-    kv_b: &QMat,
-    uk_t: &QMat,
-    uv: &QMat,
+    sel: Option<&Selection>,
+    w: &MlaMats<'_>,
     d: &MlaDims,
     mode: AttentionMode,
 ) -> Vec<f32> {
     let n = q.len() / (d.heads * d.qk());
     match mode.resolve(d, n, cache.len) {
-        AttentionMode::Absorbed => mla_absorbed(q, cache, uk_t, uv, d),
-        _ => mla_standard(q, cache, kv_b, d),
+        AttentionMode::Absorbed => mla_absorbed(q, cache, sel, w.uk_t, w.uv, d),
+        _ => mla_standard(q, cache, sel, w.kv_b, d),
     }
+}
+
+/// Whether some token of `sel` attends to a subset of its causal keys.
+fn sparse(sel: Option<&Selection>) -> bool {
+    sel.is_some_and(|s| !s.is_dense())
 }
 
 /// Query tokens from which the standard form runs on the rows kernels.
@@ -106,12 +122,18 @@ const STANDARD_TILED_MIN_TOKENS: usize = 16;
 
 /// Standard form: decompress every cached latent into per-head keys and values. The
 /// per-(query, head) loop below is the executable spec; from [`STANDARD_TILED_MIN_TOKENS`]
-/// query tokens the same formula runs in tiles ([`mla_standard_tiled`]).
-pub(crate) fn mla_standard(q: &[f32], cache: &LayerView<'_>, kv_b: &QMat, d: &MlaDims) -> Vec<f32> {
-    if q.len() / (d.heads * d.qk()) >= STANDARD_TILED_MIN_TOKENS {
+/// query tokens of dense attention the same formula runs in tiles ([`mla_standard_tiled`]).
+pub(crate) fn mla_standard(
+    q: &[f32],
+    cache: &LayerView<'_>,
+    sel: Option<&Selection>,
+    kv_b: &QMat,
+    d: &MlaDims,
+) -> Vec<f32> {
+    if !sparse(sel) && q.len() / (d.heads * d.qk()) >= STANDARD_TILED_MIN_TOKENS {
         return mla_standard_tiled(q, cache, kv_b, d);
     }
-    mla_standard_loop(q, cache, kv_b, d)
+    mla_standard_loop(q, cache, sel, kv_b, d)
 }
 
 /// The cached rows as f32 and every cached latent decompressed by `kv_b`:
@@ -126,10 +148,12 @@ fn decompress<'a>(cache: &'a LayerView<'a>, kv_b: &QMat, d: &MlaDims) -> (Rows<'
     (rows, kv)
 }
 
-/// [`mla_standard`] as loops: one task per (query token, head).
+/// [`mla_standard`] as loops: one task per (query token, head), over the token's selected
+/// keys or all its causal ones.
 pub(crate) fn mla_standard_loop(
     q: &[f32],
     cache: &LayerView<'_>,
+    sel: Option<&Selection>,
     kv_b: &QMat,
     d: &MlaDims,
 ) -> Vec<f32> {
@@ -144,16 +168,21 @@ pub(crate) fn mla_standard_loop(
     // One task per (query token, head): out[(t·h + hh)·v ..][..v].
     parallel_chunks(&mut out, d.v, work, |i, o| {
         let (t, hh) = (i / h, i % h);
-        let visible = start + t + 1; // causal: keys 0..=position
+        // Causal: keys 0..=position; the i-th key attended to is the selection's, or i.
+        let visible = start + t + 1;
+        let picked = sel.and_then(|s| s.keys(t));
+        let key = |i: usize| picked.map_or(i, |k| k[i] as usize);
         let qh = &q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
-        let mut scores = vec![0.0f32; visible];
-        for (u, s) in scores.iter_mut().enumerate() {
+        let mut scores = vec![0.0f32; picked.map_or(visible, <[u32]>::len)];
+        for (i, s) in scores.iter_mut().enumerate() {
+            let u = key(i);
             let k_nope = &kv[u * row + hh * (d.nope + d.v)..][..d.nope];
-            let k_pe = &cache.row(u)[d.rank..];
+            let k_pe = &cache.row(u)[d.rank..d.rank + d.rope];
             *s = (dot(&qh[..d.nope], k_nope) + dot(&qh[d.nope..], k_pe)) * d.scale;
         }
         softmax_in_place(&mut scores);
-        for (u, &p) in scores.iter().enumerate() {
+        for (i, &p) in scores.iter().enumerate() {
+            let u = key(i);
             let v = &kv[u * row + hh * (d.nope + d.v) + d.nope..][..d.v];
             for j in 0..d.v {
                 o[j] += p * v[j];
@@ -180,7 +209,7 @@ pub(crate) fn mla_standard_tiled(
     let head = qk + d.v; // [k_nope ‖ k_pe | v] per head
     let mut kvr = vec![0.0f32; cache.len * h * head];
     for (u, row) in kvr.chunks_exact_mut(h * head).enumerate() {
-        let k_pe = &rows.row(u)[d.rank..];
+        let k_pe = &rows.row(u)[d.rank..d.rank + d.rope];
         for (hh, hr) in row.chunks_exact_mut(head).enumerate() {
             let src = &kv[(u * h + hh) * nv..][..nv];
             hr[..d.nope].copy_from_slice(&src[..d.nope]);
@@ -206,18 +235,32 @@ pub(crate) fn mla_standard_tiled(
 
 /// Absorbed form: fold W_UK into the query and W_UV after the weighted sum, so attention is
 /// MQA over the cached latents with one `rank + rope`-wide key (DeepSeek-V2 paper §2.1.2).
-/// One token (decode) splits the cache over the workers ([`mla_absorbed_decode`]); more run in
-/// tiles of query tokens on the rows kernels ([`crate::tiled`]).
+/// One token (decode) splits the cache over the workers, and tokens attending to selected
+/// keys run one task each ([`attend_latents`]); more tokens of dense attention run in tiles of
+/// query tokens on the rows kernels ([`crate::tiled`]).
 pub(crate) fn mla_absorbed(
     q: &[f32],
     cache: &LayerView<'_>,
+    sel: Option<&Selection>,
     uk_t: &QMat,
     uv: &QMat,
     d: &MlaDims,
 ) -> Vec<f32> {
     let qc = absorb_queries(q, uk_t, d);
-    let o_lat = if q.len() == d.heads * d.qk() {
-        mla_absorbed_decode(&qc, std::slice::from_ref(cache), d)
+    let n = q.len() / (d.heads * d.qk());
+    let o_lat = if n == 1 || sparse(sel) {
+        let lat = d.rank + d.rope;
+        let start = cache.len - n;
+        let queries: Vec<LatentQuery<'_>> = (0..n)
+            .map(|t| LatentQuery {
+                q: &qc[t * d.heads * lat..(t + 1) * d.heads * lat],
+                cache,
+                upto: start + t + 1,
+                keys: sel.and_then(|s| s.keys(t)),
+                split: n == 1,
+            })
+            .collect();
+        attend_latents(&queries, d)
     } else {
         let layout = tiled::Layout {
             heads: d.heads,
@@ -291,34 +334,74 @@ fn axpy(acc: &mut [f32], p: f32, x: &[f32]) {
     }
 }
 
-/// Cache rows per task (at least) in [`mla_absorbed_decode`].
+/// Cache rows per task (at least) when [`attend_latents`] splits a query.
 const ROWS_PER_TASK: usize = 64;
 
-/// [`mla_absorbed`] for one query token per sequence (decode; `qc`: the absorbed queries
-/// `[seqs, heads, rank + rope]`, sequence `s` over `caches[s]`), cache-block outer: the scores
-/// of all heads against a block of cached rows are one small matrix product, and the weighted
-/// sum of the block's latents one more, so each cached row is read (and widened, for an f16
-/// cache) once per head group rather than once per head. Each sequence is cut into tasks
-/// (ranges of blocks) by its own length only, and the tasks of all sequences run as one pool
-/// job: a batch costs one dispatch, and each sequence's result is the same to the bit as
-/// alone. Returns the attended latents `[seqs, heads, rank]`.
-fn mla_absorbed_decode(qc: &[f32], caches: &[LayerView<'_>], d: &MlaDims) -> Vec<f32> {
+/// Selected keys gathered per pass of an [`attend_latents`] task.
+const GATHER_ROWS: usize = 64;
+
+/// One query token of [`attend_latents`].
+struct LatentQuery<'a> {
+    /// `[heads, rank + rope]`: the absorbed query.
+    q: &'a [f32],
+    cache: &'a LayerView<'a>,
+    /// Its causal keys: `0..upto`.
+    upto: usize,
+    /// The keys it attends to (ascending, below `upto`); `None`: all its causal keys.
+    keys: Option<&'a [u32]>,
+    /// Cut its keys into several tasks (a decode step's lone token) rather than one.
+    split: bool,
+}
+
+impl LatentQuery<'_> {
+    /// Keys per task: whole blocks (dense) or selected keys, and the number of tasks. A split
+    /// query gets tasks of at least [`ROWS_PER_TASK`] keys, about 4 per thread (each keeps an
+    /// `[h, rank]` partial sum to add up at the end), fixed by its own keys only.
+    fn plan(&self) -> (usize, usize) {
+        let bt = self.cache.block_tokens();
+        match self.keys {
+            None => {
+                let blocks = self.upto.div_ceil(bt);
+                let per = match self.split {
+                    true => ROWS_PER_TASK
+                        .div_ceil(bt)
+                        .max(blocks.div_ceil(4 * num_threads())),
+                    false => blocks.max(1),
+                };
+                (per, self.upto.div_ceil(per * bt))
+            }
+            Some(k) => {
+                let per = match self.split {
+                    true => ROWS_PER_TASK.max(k.len().div_ceil(4 * num_threads())),
+                    false => k.len().max(1),
+                };
+                (per, k.len().div_ceil(per))
+            }
+        }
+    }
+}
+
+/// [`mla_absorbed`]'s attention for query tokens each over its own keys (`queries`; the
+/// absorbed queries `[heads, rank + rope]`), cache-block outer: the scores of all heads
+/// against a block of cached rows are one small matrix product, and the weighted sum of the
+/// block's latents one more, so each cached row is read (and widened, for an f16 cache) once
+/// per head group rather than once per head. Selected keys are gathered [`GATHER_ROWS`] at a
+/// time and go the same way. Each query is cut into tasks by its own keys only
+/// ([`LatentQuery::plan`]), and the tasks of all queries run as one pool job: a decode step of
+/// many sequences costs one dispatch, and each sequence's result is the same to the bit as
+/// alone. Returns the attended latents `[queries, heads, rank]`.
+fn attend_latents(queries: &[LatentQuery<'_>], d: &MlaDims) -> Vec<f32> {
     let (h, r) = (d.heads, d.rank);
     let lat = r + d.rope;
-    // Per sequence: blocks per task and the first task's index. Tasks are ranges of whole
-    // blocks, at least ROWS_PER_TASK rows, about 4 per thread (each task of the weighted sum
-    // keeps an [h, rank] partial sum to add up at the end).
-    let mut plan = Vec::with_capacity(caches.len());
+    // Per query: keys per task and the first task's index.
+    let mut plan = Vec::with_capacity(queries.len());
     let mut tasks = 0;
     let mut work = 0;
-    for cache in caches {
-        let (len, bt) = (cache.len, cache.block_tokens());
-        let blocks_per_task = ROWS_PER_TASK
-            .div_ceil(bt)
-            .max(len.div_ceil(bt).div_ceil(4 * num_threads()));
-        plan.push((blocks_per_task, tasks));
-        tasks += len.div_ceil(blocks_per_task * bt);
-        work += len * h * (lat + r);
+    for query in queries {
+        let (per, n) = query.plan();
+        plan.push((per, tasks));
+        tasks += n;
+        work += query.keys.map_or(query.upto, <[u32]>::len) * h * (lat + r);
     }
     // Each task: scores of its rows for every head, a softmax local to the task (its max m
     // and sum l per head) and the weighted latent sum acc; the tasks' parts are then combined
@@ -327,43 +410,16 @@ fn mla_absorbed_decode(qc: &[f32], caches: &[LayerView<'_>], d: &MlaDims) -> Vec
     let mut parts = vec![0.0f32; tasks * part_len];
     parallel_chunks(&mut parts, part_len, work, |task, part| {
         let s = plan.partition_point(|&(_, first)| first <= task) - 1;
-        let (cache, (blocks_per_task, first)) = (&caches[s], plan[s]);
-        let q = &qc[s * h * lat..(s + 1) * h * lat];
-        let (ti, len, bt) = (task - first, cache.len, cache.block_tokens());
-        let task_rows = blocks_per_task * bt;
-        let u0 = ti * task_rows;
-        let n_rows = task_rows.min(len - u0);
-        let mut sc = vec![0.0f32; h * n_rows]; // [h, task rows]
-        let mut y = vec![0.0f32; h * bt];
-        let blocks = (ti * blocks_per_task..).take(n_rows.div_ceil(bt));
-        for b in blocks.clone() {
-            let rows = cache.block(b);
-            let nr = rows.rows();
-            rows_matmul(q, h, rows, &mut y[..h * nr]);
-            for hh in 0..h {
-                for i in 0..nr {
-                    sc[hh * n_rows + b * bt - u0 + i] = y[hh * nr + i] * d.scale;
-                }
+        let (query, (per, first)) = (&queries[s], plan[s]);
+        match query.keys {
+            None => dense_task(query, task - first, per, d, part),
+            Some(k) => {
+                let k = &k[(task - first) * per..((task - first + 1) * per).min(k.len())];
+                selected_task(query, k, d, part)
             }
-        }
-        let (acc, ml) = part.split_at_mut(h * r);
-        let (m, l) = ml.split_at_mut(h);
-        for hh in 0..h {
-            let row = &mut sc[hh * n_rows..(hh + 1) * n_rows];
-            let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            (m[hh], l[hh]) = (mx, exp_sum(row, mx));
-        }
-        for b in blocks {
-            let rows = cache.block(b);
-            let nr = rows.rows();
-            for hh in 0..h {
-                let at = hh * n_rows + b * bt - u0;
-                y[hh * nr..(hh + 1) * nr].copy_from_slice(&sc[at..at + nr]);
-            }
-            rows_weighted_sum(&y[..h * nr], h, rows, acc);
         }
     });
-    let mut o_lat = vec![0.0f32; caches.len() * h * r];
+    let mut o_lat = vec![0.0f32; queries.len() * h * r];
     for (s, o_seq) in o_lat.chunks_exact_mut(h * r).enumerate() {
         let first = plan[s].1;
         let last = plan.get(s + 1).map_or(tasks, |p| p.1);
@@ -386,25 +442,131 @@ fn mla_absorbed_decode(qc: &[f32], caches: &[LayerView<'_>], d: &MlaDims) -> Vec
     o_lat
 }
 
+/// Splits an [`attend_latents`] task's part into `(acc [h, rank], m [h], l [h])` and sets each
+/// head's local max and exponential sum from its scores `sc` (`[h, keys]`, exponentiated in
+/// place).
+fn local_softmax<'p>(sc: &mut [f32], part: &'p mut [f32], d: &MlaDims) -> &'p mut [f32] {
+    let (h, r) = (d.heads, d.rank);
+    let n = sc.len() / h;
+    let (acc, ml) = part.split_at_mut(h * r);
+    let (m, l) = ml.split_at_mut(h);
+    for hh in 0..h {
+        let row = &mut sc[hh * n..(hh + 1) * n];
+        let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        (m[hh], l[hh]) = (mx, exp_sum(row, mx));
+    }
+    acc
+}
+
+/// Task `ti` of a dense query: whole blocks `ti·per..` of its causal keys.
+fn dense_task(query: &LatentQuery<'_>, ti: usize, per: usize, d: &MlaDims, part: &mut [f32]) {
+    let (h, lat) = (d.heads, d.rank + d.rope);
+    let (q, cache, len) = (query.q, query.cache, query.upto);
+    let bt = cache.block_tokens();
+    // Block b's causal rows, narrowed to [c_n | k_rope].
+    let block = |b: usize| cache.block(b).first_rows(len - b * bt).columns(0, lat);
+    let task_rows = per * bt;
+    let u0 = ti * task_rows;
+    let n_rows = task_rows.min(len - u0);
+    let mut sc = vec![0.0f32; h * n_rows]; // [h, task rows]
+    let mut y = vec![0.0f32; h * bt];
+    let blocks = (ti * per..).take(n_rows.div_ceil(bt));
+    for b in blocks.clone() {
+        let rows = block(b);
+        let nr = rows.rows();
+        rows_matmul(q, h, rows, &mut y[..h * nr]);
+        for hh in 0..h {
+            for i in 0..nr {
+                sc[hh * n_rows + b * bt - u0 + i] = y[hh * nr + i] * d.scale;
+            }
+        }
+    }
+    let acc = local_softmax(&mut sc, part, d);
+    for b in blocks {
+        let rows = block(b);
+        let nr = rows.rows();
+        for hh in 0..h {
+            let at = hh * n_rows + b * bt - u0;
+            y[hh * nr..(hh + 1) * nr].copy_from_slice(&sc[at..at + nr]);
+        }
+        rows_weighted_sum(&y[..h * nr], h, rows, acc);
+    }
+}
+
+/// A task of a query over selected keys `keys`: gathered [`GATHER_ROWS`] at a time, scored,
+/// then gathered again for the weighted sum.
+fn selected_task(query: &LatentQuery<'_>, keys: &[u32], d: &MlaDims, part: &mut [f32]) {
+    let (h, lat) = (d.heads, d.rank + d.rope);
+    let n = keys.len();
+    let mut rows = vec![0.0f32; GATHER_ROWS * lat]; // gathered [c_n | k_rope] rows
+    let gather = |chunk: &[u32], rows: &mut [f32]| {
+        for (&u, row) in chunk.iter().zip(rows.chunks_exact_mut(lat)) {
+            query.cache.copy_row(u as usize, 0, row);
+        }
+    };
+    let mut sc = vec![0.0f32; h * n]; // [h, keys]
+    let mut y = vec![0.0f32; h * GATHER_ROWS];
+    for (c, chunk) in keys.chunks(GATHER_ROWS).enumerate() {
+        let nr = chunk.len();
+        gather(chunk, &mut rows);
+        rows_matmul(
+            query.q,
+            h,
+            RowData::f32(&rows[..nr * lat], lat),
+            &mut y[..h * nr],
+        );
+        for hh in 0..h {
+            for i in 0..nr {
+                sc[hh * n + c * GATHER_ROWS + i] = y[hh * nr + i] * d.scale;
+            }
+        }
+    }
+    let acc = local_softmax(&mut sc, part, d);
+    for (c, chunk) in keys.chunks(GATHER_ROWS).enumerate() {
+        let nr = chunk.len();
+        gather(chunk, &mut rows);
+        for hh in 0..h {
+            let at = hh * n + c * GATHER_ROWS;
+            y[hh * nr..(hh + 1) * nr].copy_from_slice(&sc[at..at + nr]);
+        }
+        rows_weighted_sum(&y[..h * nr], h, RowData::f32(&rows[..nr * lat], lat), acc);
+    }
+}
+
 /// Decode step of several sequences in the absorbed form: `q` holds one query token per
 /// sequence (`[seqs, heads, nope + rope]`, RoPE applied), whose latent is already the last
-/// row of its `caches[s]`. The W_UK and W_UV products run over all the sequences' tokens at
-/// once and the attention as one pool job ([`mla_absorbed_decode`]); each sequence's output
-/// equals [`mla_absorbed`] on it alone, to the bit. Returns `[seqs, heads, v]`.
+/// row of its `caches[s]`, attending to its keys in `sels[s]` (all without). The W_UK and W_UV
+/// products run over all the sequences' tokens at once and the attention as one pool job
+/// ([`attend_latents`]); each sequence's output equals [`mla_absorbed`] on it alone, to the
+/// bit. Returns `[seqs, heads, v]`.
 pub(crate) fn mla_absorbed_batch(
     q: &[f32],
     caches: &[LayerView<'_>],
+    sels: &[Selection],
     uk_t: &QMat,
     uv: &QMat,
     d: &MlaDims,
 ) -> Vec<f32> {
     let qc = absorb_queries(q, uk_t, d);
-    let o_lat = mla_absorbed_decode(&qc, caches, d);
+    let lat = d.rank + d.rope;
+    let queries: Vec<LatentQuery<'_>> = caches
+        .iter()
+        .enumerate()
+        .map(|(s, cache)| LatentQuery {
+            q: &qc[s * d.heads * lat..(s + 1) * d.heads * lat],
+            cache,
+            upto: cache.len,
+            keys: sels.get(s).and_then(|sel| sel.keys(0)),
+            split: true,
+        })
+        .collect();
+    let o_lat = attend_latents(&queries, d);
     expand_values(&o_lat, uv, d)
 }
 
 impl Attend for MlaAttention {
-    /// MLA for all token rows `x`; caches the normalized latent and the rotated rope key.
+    /// MLA for all token rows `x`; caches the normalized latent and the rotated rope key (and,
+    /// with an indexer, its key), then attends to each token's selected keys.
     fn attend(
         &self,
         step: &Step<'_>,
@@ -417,19 +579,41 @@ impl Attend for MlaAttention {
         let positions = step.positions;
         let dims = &a.dims;
         let (h, qk, r, dr) = (dims.heads, dims.qk(), dims.rank, dims.rope);
-        // The query's first product and kv_a share the input: one dispatch.
+        let ix = a.indexer.as_deref();
+        // The products of x share one dispatch: the query's first, kv_a and, with an indexer,
+        // its key and head weights (index_x: [T, index_dim] and [T, index_heads]).
         let first = match &a.q {
             QProj::Direct(w) => w,
             QProj::LowRank { a, .. } => a,
         };
-        let [q0, mut rows] = QMat::forward_many([first, &a.kv_a], x);
-        // q: [T, heads, nope + rope]
-        let mut q = match &a.q {
-            QProj::Direct(_) => q0,
+        let (q0, mut rows, index_x) = match ix {
+            None => {
+                let [q0, rows] = QMat::forward_many([first, &a.kv_a], x);
+                (q0, rows, None)
+            }
+            Some(ix) => {
+                let [q0, rows, k, w] =
+                    QMat::forward_many([first, &a.kv_a, &ix.wk, &ix.weights_proj], x);
+                (q0, rows, Some((k, w)))
+            }
+        };
+        let (index_k, index_w) = index_x.unzip();
+        // The indexer's queries only when some token has more causal keys than it keeps.
+        let index_q = ix.filter(|ix| ix.needs_queries(positions, step.tracing()));
+        // q: [T, heads, nope + rope]; iq: [T, index_heads·index_dim] from the same normalized
+        // q-LoRA latent, in the same dispatch.
+        let (mut q, iq) = match &a.q {
+            QProj::Direct(_) => (q0, None),
             QProj::LowRank { norm, b, .. } => {
                 let mut ql = q0;
                 rms_norm_in_place(&mut ql, norm, c.rms_norm_eps);
-                b.forward(&ql)
+                match index_q {
+                    Some(ix) => {
+                        let [q, iq] = QMat::forward_many([b, &ix.wq_b], &ql);
+                        (q, Some(iq))
+                    }
+                    None => (b.forward(&ql), None),
+                }
             }
         };
         // kv: [T, rank + rope] → normalized latent and rotated rope key, the cached row.
@@ -443,25 +627,44 @@ impl Attend for MlaAttention {
                 step.rope.apply(t, &mut qh[dims.nope..]);
             }
         }
+        // With an indexer the cached row is [c_n | k_rope | k_index]: [T, cache row].
+        let rows = match (ix, index_k) {
+            (Some(ix), Some(k)) => ix.append_keys(&rows, lat, k, step),
+            _ => rows,
+        };
         step.record("q", &q);
         step.record("kv_latent", &rows);
         let seqs: Vec<(&SeqCache, usize)> =
             batch.iter().map(|s| (&*s.cache, s.tokens.len())).collect();
         let views = cache.write_and_view(&seqs, step.layer, &rows);
+        // Each sequence's selected keys (none without an indexer: dense attention).
+        let sels = match (ix, index_w) {
+            (Some(ix), Some(w)) => {
+                let seq_views: Vec<(&LayerView<'_>, usize)> =
+                    views.iter().zip(&seqs).map(|(v, &(_, n))| (v, n)).collect();
+                ix.select_keys(iq, w, &seq_views, step)
+            }
+            _ => Vec::new(),
+        };
         // A decode step of several sequences (one new token each, all in the absorbed form):
         // one batched attention instead of three small dispatches per sequence.
         let absorbed = |s: &SeqInput<'_>| {
             step.opts.attention.resolve(dims, 1, s.cache.len() + 1) == AttentionMode::Absorbed
         };
         let o = if batch.len() > 1 && batch.iter().all(|s| s.tokens.len() == 1 && absorbed(s)) {
-            mla_absorbed_batch(&q, &views, &a.uk_t, &a.uv, dims)
+            mla_absorbed_batch(&q, &views, &sels, &a.uk_t, &a.uv, dims)
         } else {
             let mut o = Vec::with_capacity(positions.len() * h * dims.v);
             let mut t0 = 0;
-            for (&(_, n), view) in seqs.iter().zip(&views) {
+            let mats = MlaMats {
+                kv_b: &a.kv_b,
+                uk_t: &a.uk_t,
+                uv: &a.uv,
+            };
+            for (i, (&(_, n), view)) in seqs.iter().zip(&views).enumerate() {
                 let qs = &q[t0 * h * qk..(t0 + n) * h * qk];
                 let mode = step.opts.attention;
-                o.extend(mla(qs, view, &a.kv_b, &a.uk_t, &a.uv, dims, mode));
+                o.extend(mla(qs, view, sels.get(i), &mats, dims, mode));
                 t0 += n;
             }
             o

@@ -66,6 +66,11 @@ impl Recorder {
         }
     }
 
+    /// Whether a trace is being recorded.
+    pub(crate) fn on(&self) -> bool {
+        self.items.is_some()
+    }
+
     fn into_trace(self) -> Trace {
         self.items.map(|t| t.into_inner()).unwrap_or_default()
     }
@@ -86,6 +91,11 @@ pub(crate) struct Step<'a> {
 }
 
 impl Step<'_> {
+    /// Whether the pass records a trace (intermediates only a trace needs are computed then).
+    pub(crate) fn tracing(&self) -> bool {
+        self.rec.on()
+    }
+
     /// Records `v` as `layer.{layer}.attn.{name}`.
     pub(crate) fn record(&self, name: &str, v: &[f32]) {
         self.rec
@@ -209,7 +219,10 @@ impl Model {
     /// [`Model::forward`] that also records named activations, rows of all sequences
     /// concatenated: `embed`; per layer `l`: `layer.{l}.attn_norm` (the attention's input),
     /// the attention's intermediates `layer.{l}.attn.*` (MLA: `q` after RoPE, `kv_latent` = the
-    /// cached rows, `heads` = per-head outputs before `o_proj`; GQA: `q`, `kv`, `heads`),
+    /// cached rows, `heads` = per-head outputs before `o_proj`; with DeepSeek-V3.2's indexer
+    /// also `index_k` `[T, index_head_dim]` = its cached keys, `index_scores` = each token's
+    /// scores of every key of its sequence (−∞ after it) and `index_topk` `[T, index_topk]` =
+    /// the keys each token attends to, ascending, −1 padded; GQA: `q`, `kv`, `heads`),
     /// `layer.{l}.attn` (its output), `layer.{l}.ffn_norm`, `layer.{l}.moe.router_logits`
     /// (MoE layers), `layer.{l}.ffn` (the FFN's output) and `layer.{l}` (the residual stream
     /// `[T, hidden]` after the layer).

@@ -5,10 +5,11 @@
 
 use moela_kernels::{DType, Mat, Placement, QMat};
 
-use crate::config::{Attention, Config, GqaConfig, MlaConfig, ModelType, MoeConfig};
+use crate::config::{Attention, Config, GqaConfig, MlaConfig, MoeConfig};
 use crate::error::ModelError;
 use crate::experts::Experts;
 use crate::gqa::GqaDims;
+use crate::indexer::IndexerDims;
 use crate::mla::MlaDims;
 
 /// HF checkpoint tensor names, spelled once: the loader requests them and the exporter
@@ -25,6 +26,11 @@ mod hf {
     pub const KV_A_NORM: &str = "self_attn.kv_a_layernorm.weight";
     pub const KV_B_PROJ: &str = "self_attn.kv_b_proj.weight";
     pub const O_PROJ: &str = "self_attn.o_proj.weight";
+    pub const INDEX_WQ_B: &str = "self_attn.indexer.wq_b.weight";
+    pub const INDEX_WK: &str = "self_attn.indexer.wk.weight";
+    pub const INDEX_K_NORM: &str = "self_attn.indexer.k_norm.weight";
+    pub const INDEX_K_NORM_BIAS: &str = "self_attn.indexer.k_norm.bias";
+    pub const INDEX_WEIGHTS_PROJ: &str = "self_attn.indexer.weights_proj.weight";
     pub const ATTN_NORM: &str = "input_layernorm.weight";
     pub const FFN_NORM: &str = "post_attention_layernorm.weight";
     pub const MLP: &str = "mlp";
@@ -126,8 +132,23 @@ pub struct MlaAttention {
     pub uk_t: QMat,
     pub uv: QMat,
     pub o: QMat, // [hidden, heads·v_head]
+    /// DeepSeek-V3.2's key selector; `None`: dense attention.
+    pub indexer: Option<Box<Indexer>>,
     /// The sizes and softmax scale, fixed at load.
     pub dims: MlaDims,
+}
+
+/// DeepSeek-V3.2's lightning indexer of one layer (`self_attn.indexer.*`): its query comes
+/// from the MLA's normalized q-LoRA latent, its one key per token from the layer's input.
+#[derive(Clone, Debug)]
+pub struct Indexer {
+    pub wq_b: QMat,            // [index_heads·index_dim, q_lora_rank]
+    pub wk: QMat,              // [index_dim, hidden]
+    pub k_norm: Vec<f32>,      // [index_dim] LayerNorm weight
+    pub k_norm_bias: Vec<f32>, // [index_dim] LayerNorm bias
+    pub weights_proj: QMat,    // [index_heads, hidden], F32 as the reference computes it
+    /// The sizes, selection size and the key's columns in the cached row, fixed at load.
+    pub dims: IndexerDims,
 }
 
 /// Routed experts with their router and optional shared experts.
@@ -281,6 +302,36 @@ impl Req<'_> {
         };
         Ok((q(uk_rows, dn, &uk_t)?, q(uv_rows, r, &uv)?))
     }
+    /// The indexer of the layer at `p`, when the config has one.
+    fn indexer(
+        &mut self,
+        cfg: &Config,
+        m: &MlaConfig,
+        p: &str,
+    ) -> Result<Option<Box<Indexer>>, ModelError> {
+        let (Some(ix), Some(rq)) = (&m.indexer, m.q_lora_rank) else {
+            return Ok(None);
+        };
+        let (d, w) = (cfg.hidden_size, ix.index_head_dim);
+        // weights_proj runs in f32 on the f32 input (the reference keeps it in float32): read
+        // as f32 values, never requantized.
+        let name = hf::at(p, hf::INDEX_WEIGHTS_PROJ);
+        let proj = self.src.load(&name, &[ix.index_n_heads, d])?;
+        let weights_proj = QMat::from_f32(DType::F32, ix.index_n_heads, d, &proj).map_err(|e| {
+            ModelError::Tensor {
+                name,
+                msg: e.to_string(),
+            }
+        })?;
+        Ok(Some(Box::new(Indexer {
+            wq_b: self.mat(&hf::at(p, hf::INDEX_WQ_B), ix.q_rows()?, rq)?,
+            wk: self.mat(&hf::at(p, hf::INDEX_WK), w, d)?,
+            k_norm: self.vec(&hf::at(p, hf::INDEX_K_NORM), w)?,
+            k_norm_bias: self.vec(&hf::at(p, hf::INDEX_K_NORM_BIAS), w)?,
+            weights_proj,
+            dims: IndexerDims::new(m, ix)?,
+        })))
+    }
     /// MLA weights of layer `layer` at `p` (`model.layers.{layer}`).
     fn mla(
         &mut self,
@@ -325,6 +376,7 @@ impl Req<'_> {
             uk_t,
             uv,
             o: self.mat(&hf::at(p, hf::O_PROJ), d, cfg.o_cols()?)?,
+            indexer: self.indexer(cfg, m, p)?,
             dims,
         })
     }
@@ -355,7 +407,7 @@ impl Req<'_> {
         let (d, e, w) = (cfg.hidden_size, m.n_routed_experts, m.moe_intermediate_size);
         let bias_name = hf::at(p, hf::ROUTER_BIAS);
         // The correction bias belongs to noaux_tc; V3 checkpoints always carry it.
-        let bias = if self.src.contains(&bias_name) || cfg.model_type == ModelType::DeepseekV3 {
+        let bias = if self.src.contains(&bias_name) || cfg.model_type.routes_like_v3() {
             Some(self.vec(&bias_name, e)?)
         } else {
             None
@@ -470,6 +522,13 @@ impl Weights {
             v.push((hf::at(p, hf::KV_A_NORM), Vector(&a.kv_a_norm)));
             v.push((hf::at(p, hf::KV_B_PROJ), Matrix(&a.kv_b)));
             v.push((hf::at(p, hf::O_PROJ), Matrix(&a.o)));
+            if let Some(ix) = &a.indexer {
+                v.push((hf::at(p, hf::INDEX_WQ_B), Matrix(&ix.wq_b)));
+                v.push((hf::at(p, hf::INDEX_WK), Matrix(&ix.wk)));
+                v.push((hf::at(p, hf::INDEX_K_NORM), Vector(&ix.k_norm)));
+                v.push((hf::at(p, hf::INDEX_K_NORM_BIAS), Vector(&ix.k_norm_bias)));
+                v.push((hf::at(p, hf::INDEX_WEIGHTS_PROJ), Matrix(&ix.weights_proj)));
+            }
         }
         fn gqa<'a>(v: &mut Vec<(String, TensorRef<'a>)>, p: &str, a: &'a GqaAttention) {
             let projections = [

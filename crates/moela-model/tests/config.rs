@@ -250,3 +250,109 @@ fn every_field_at_its_bound_is_a_clean_result() {
     let (total, active) = c.parameter_counts().unwrap();
     assert!(total > active && active > 0);
 }
+
+/// A DeepSeek-V3.2 config: V3's sizes plus the indexer; `topk_method` and `moe_layer_freq`
+/// as written are ignored (transformers' `DeepseekV32Config` does not read them).
+fn v32() -> Value {
+    let mut v = with(v3(), "model_type", json!("deepseek_v32"));
+    for (key, x) in [
+        ("index_topk", json!(16)),
+        ("index_n_heads", json!(4)),
+        ("index_head_dim", json!(16)),
+        ("topk_method", json!("greedy")),
+        ("scoring_func", json!("softmax")),
+        ("moe_layer_freq", json!(2)),
+    ] {
+        v[key] = x;
+    }
+    v
+}
+
+#[test]
+fn v32_reads_its_indexer_and_routes_as_v3() {
+    let c = Config::from_hf_value(&v32()).unwrap();
+    let m = c.mla().unwrap();
+    let ix = m.indexer.as_ref().unwrap();
+    assert_eq!(
+        (ix.index_topk, ix.index_n_heads, ix.index_head_dim),
+        (16, 4, 16)
+    );
+    // The cached row: latent 24 + rope key 8 + indexer key 16; kv_a still 32 rows.
+    assert_eq!((c.latent_dim().unwrap(), m.latent_dim().unwrap()), (48, 32));
+    assert_eq!(c.kv_bytes_per_token(KvType::F16).unwrap(), 3 * 48 * 2);
+    let moe = c.moe.as_ref().unwrap();
+    assert_eq!(
+        (moe.topk_method, moe.scoring_func, moe.weighting),
+        (
+            TopkMethod::NoauxTc,
+            ScoringFunc::Sigmoid,
+            RouteWeighting::NormalizeThenScale
+        )
+    );
+    assert!(moe.norm_topk_prob);
+    assert!((0..3).map(|l| c.is_moe_layer(l)).eq([false, true, true]));
+    // The indexer's parameters per layer: wq_b 4·16×32, wk 16×48, k_norm 2×16, weights_proj 4×48.
+    let v3 = Config::from_hf_value(&v3()).unwrap();
+    let per_layer = 4 * 16 * 32 + 16 * 48 + 2 * 16 + 4 * 48;
+    let (t32, a32) = c.parameter_counts().unwrap();
+    let (t3, a3) = v3.parameter_counts().unwrap();
+    assert_eq!((t32 - t3, a32 - a3), (3 * per_layer, 3 * per_layer));
+    // Other model types ignore index_* keys.
+    let with_keys = with(v32(), "model_type", json!("deepseek_v3"));
+    assert_eq!(
+        Config::from_hf_value(&with_keys)
+            .unwrap()
+            .mla()
+            .unwrap()
+            .indexer,
+        None
+    );
+}
+
+#[test]
+fn v32_index_fields_missing_or_invalid_are_named() {
+    for key in ["index_topk", "index_n_heads", "index_head_dim"] {
+        let mut v = v32();
+        v.as_object_mut().unwrap().remove(key);
+        let (field, msg) = error(&v);
+        assert_eq!((field.as_str(), msg.as_str()), (key, "missing"));
+        refused(&with(v32(), key, json!(0)), key);
+        refused(&with(v32(), key, json!(-1)), key);
+        refused(&with(v32(), key, json!(1u64 << 62)), key);
+    }
+    refused(
+        &with(v32(), "index_topk", json!(MAX_CONTEXT + 1)),
+        "index_topk",
+    );
+    refused(
+        &with(v32(), "index_n_heads", json!(MAX_HEADS + 1)),
+        "index_n_heads",
+    );
+    refused(
+        &with(v32(), "index_head_dim", json!(MAX_DIM + 1)),
+        "index_head_dim",
+    );
+    // Odd, or too narrow for the 8 rope dims.
+    refused(&with(v32(), "index_head_dim", json!(15)), "index_head_dim");
+    refused(&with(v32(), "index_head_dim", json!(6)), "index_head_dim");
+    Config::from_hf_value(&with(v32(), "index_head_dim", json!(8))).unwrap();
+    // The indexer reads the q-LoRA latent.
+    refused(&with(v32(), "q_lora_rank", Value::Null), "q_lora_rank");
+    refused(&with(v32(), "q_lora_rank", json!(0)), "q_lora_rank");
+    // Hand-built: an indexer only on V3.2, and V3.2 only with one.
+    let mut c = Config::from_hf_value(&v32()).unwrap();
+    c.model_type = moela_model::ModelType::DeepseekV3;
+    let Err(ModelError::Config { field, .. }) = c.validate() else {
+        panic!("a V3 config with an indexer was accepted")
+    };
+    assert_eq!(field, "index_topk");
+    let mut c = Config::from_hf_value(&v32()).unwrap();
+    if let Attention::Mla(m) = &mut c.attention {
+        m.indexer = None;
+    }
+    let e = Model::load(c, &mut NoWeights, &mut |_, _| {}).err();
+    assert!(
+        matches!(&e, Some(ModelError::Config { field, .. }) if field == "index_topk"),
+        "{e:?}"
+    );
+}

@@ -143,6 +143,10 @@ struct RawConfig {
     moe_layer_freq: Option<Count>,
     moe_intermediate_size: Option<Count>,
     num_nextn_predict_layers: Option<Count>,
+    // DeepSeek-V3.2's indexer.
+    index_topk: Option<Count>,
+    index_n_heads: Option<Count>,
+    index_head_dim: Option<Count>,
     // GQA.
     num_key_value_heads: Option<Count>,
     head_dim: Option<Count>,
@@ -192,7 +196,7 @@ impl RawConfig {
         let num_hidden_layers = required(n(self.num_hidden_layers), "num_hidden_layers")?;
         let num_attention_heads = required(n(self.num_attention_heads), "num_attention_heads")?;
         let (attention, moe) = if model_type.is_mla() {
-            (self.mla()?, self.moe(model_type)?)
+            (self.mla(model_type)?, self.moe(model_type)?)
         } else {
             (
                 self.gqa(
@@ -249,8 +253,9 @@ impl RawConfig {
         Ok((theta, scaling))
     }
 
-    /// DeepSeek's attention sizes; it has no attention biases.
-    fn mla(&self) -> Result<Attention, ModelError> {
+    /// DeepSeek's attention sizes; it has no attention biases. V3.2's indexer sizes are
+    /// required (its release config states them); other types ignore `index_*`.
+    fn mla(&self, model_type: ModelType) -> Result<Attention, ModelError> {
         if self.attention_bias == Some(true) {
             return Err(cfg_err(
                 "attention_bias",
@@ -264,28 +269,43 @@ impl RawConfig {
             qk_nope_head_dim: required(n(self.qk_nope_head_dim), "qk_nope_head_dim")?,
             qk_rope_head_dim: required(n(self.qk_rope_head_dim), "qk_rope_head_dim")?,
             v_head_dim: required(n(self.v_head_dim), "v_head_dim")?,
+            indexer: match model_type {
+                ModelType::DeepseekV32 => Some(IndexerConfig {
+                    index_topk: required(n(self.index_topk), "index_topk")?,
+                    index_n_heads: required(n(self.index_n_heads), "index_n_heads")?,
+                    index_head_dim: required(n(self.index_head_dim), "index_head_dim")?,
+                }),
+                _ => None,
+            },
         }))
     }
 
     /// DeepSeekMoE routing, when `n_routed_experts` is set (0 or null: no experts). Defaults
     /// per model type follow the published definitions: V2 greedy/softmax, V3
     /// noaux_tc/sigmoid with `norm_topk_prob` true; the V2 and V3 weight rules differ too.
+    /// V3.2 routes as V3 whatever `topk_method` / `scoring_func` say, and its MoE layers are
+    /// all from `first_k_dense_replace` on (`moe_layer_freq` ignored), as transformers reads it.
     fn moe(&self, model_type: ModelType) -> Result<Option<MoeConfig>, ModelError> {
         let Some(e) = n(self.n_routed_experts).filter(|&e| e > 0) else {
             return Ok(None);
         };
-        let v3 = model_type == ModelType::DeepseekV3;
+        let v3 = model_type.routes_like_v3();
+        let v32 = model_type == ModelType::DeepseekV32;
+        let (topk_method, scoring_func, moe_layer_freq) = match v32 {
+            true => (None, None, None),
+            false => (self.topk_method, self.scoring_func, n(self.moe_layer_freq)),
+        };
         Ok(Some(MoeConfig {
             n_routed_experts: e,
             n_shared_experts: n(self.n_shared_experts).unwrap_or(0),
             num_experts_per_tok: n(self.num_experts_per_tok).unwrap_or(0),
             n_group: n(self.n_group).unwrap_or(1),
             topk_group: n(self.topk_group).unwrap_or(1),
-            topk_method: self.topk_method.unwrap_or(match v3 {
+            topk_method: topk_method.unwrap_or(match v3 {
                 true => TopkMethod::NoauxTc,
                 false => TopkMethod::Greedy,
             }),
-            scoring_func: self.scoring_func.unwrap_or(match v3 {
+            scoring_func: scoring_func.unwrap_or(match v3 {
                 true => ScoringFunc::Sigmoid,
                 false => ScoringFunc::Softmax,
             }),
@@ -296,7 +316,7 @@ impl RawConfig {
                 false => RouteWeighting::NormalizeOrScale,
             },
             first_k_dense_replace: n(self.first_k_dense_replace).unwrap_or(0),
-            moe_layer_freq: n(self.moe_layer_freq).unwrap_or(1),
+            moe_layer_freq: moe_layer_freq.unwrap_or(1),
             moe_intermediate_size: required(
                 n(self.moe_intermediate_size),
                 "moe_intermediate_size",

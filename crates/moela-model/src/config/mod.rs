@@ -3,7 +3,8 @@
 //! derived sizes as checked methods.
 //!
 //! Two architecture families share the common part ([`Config`]): DeepSeek MLA + MoE
-//! (`deepseek_v2`, `deepseek_v3`: [`Attention::Mla`], usually with a [`MoeConfig`]) and the dense
+//! (`deepseek_v2`, `deepseek_v3`, `deepseek_v32`: [`Attention::Mla`], usually with a
+//! [`MoeConfig`]; V3.2 adds an [`IndexerConfig`]) and the dense
 //! GQA decoders of the R1 distills (`qwen2`, `llama`: [`Attention::Gqa`], no MoE). Reading
 //! `config.json` is `hf.rs`; the bounds and derived sizes are `sizes.rs`; this file holds the
 //! types and the validation.
@@ -35,6 +36,9 @@ pub enum ModelType {
     DeepseekV2,
     /// DeepSeek-V3 / R1: MLA, MoE routed by sigmoid scores with a correction bias.
     DeepseekV3,
+    /// DeepSeek-V3.2: V3 plus DeepSeek Sparse Attention (a lightning indexer picks the keys
+    /// each query attends to).
+    DeepseekV32,
     /// Qwen2 (R1-Distill-Qwen): GQA with q/k/v biases.
     Qwen2,
     /// Llama (R1-Distill-Llama): GQA, optional attention biases, Llama-3 RoPE scaling.
@@ -47,6 +51,7 @@ impl ModelType {
         match self {
             ModelType::DeepseekV2 => "deepseek_v2",
             ModelType::DeepseekV3 => "deepseek_v3",
+            ModelType::DeepseekV32 => "deepseek_v32",
             ModelType::Qwen2 => "qwen2",
             ModelType::Llama => "llama",
         }
@@ -55,7 +60,16 @@ impl ModelType {
     /// Whether the model uses multi-head latent attention (the DeepSeek family); otherwise it
     /// is a dense grouped-query-attention decoder.
     pub fn is_mla(self) -> bool {
-        matches!(self, ModelType::DeepseekV2 | ModelType::DeepseekV3)
+        matches!(
+            self,
+            ModelType::DeepseekV2 | ModelType::DeepseekV3 | ModelType::DeepseekV32
+        )
+    }
+
+    /// Whether routing follows DeepSeek-V3 (noaux_tc over sigmoid scores by default, weights
+    /// normalized then scaled, a correction bias in every MoE layer): V3 and V3.2.
+    pub fn routes_like_v3(self) -> bool {
+        matches!(self, ModelType::DeepseekV3 | ModelType::DeepseekV32)
     }
 }
 
@@ -151,6 +165,22 @@ pub struct MlaConfig {
     pub qk_rope_head_dim: usize,
     /// Per-head value width.
     pub v_head_dim: usize,
+    /// DeepSeek Sparse Attention's lightning indexer (V3.2); `None`: every query attends to
+    /// all its causal keys.
+    pub indexer: Option<IndexerConfig>,
+}
+
+/// The lightning indexer of DeepSeek-V3.2 (`index_*` in `config.json`): per layer it scores
+/// every causal key for each query and keeps the best `index_topk`; MLA attends to those only.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IndexerConfig {
+    /// Keys each query keeps (`index_topk`; 2048 in the release).
+    pub index_topk: usize,
+    /// Indexer query heads (`index_n_heads`; 64).
+    pub index_n_heads: usize,
+    /// Width of an indexer head and of the one indexer key cached per token
+    /// (`index_head_dim`; 128). Its leading `qk_rope_head_dim` dims carry RoPE.
+    pub index_head_dim: usize,
 }
 
 /// Grouped-query attention sizes and options (Qwen2, Llama).
@@ -354,6 +384,21 @@ impl Config {
                 "must be a positive even number",
             ));
         }
+        let v32 = self.model_type == ModelType::DeepseekV32;
+        match &m.indexer {
+            None if v32 => return Err(cfg_err("index_topk", "missing")),
+            None => {}
+            Some(_) if !v32 => {
+                return Err(cfg_err(
+                    "index_topk",
+                    format!(
+                        "{} has no sparse-attention indexer",
+                        self.model_type.as_str()
+                    ),
+                ))
+            }
+            Some(ix) => validate_indexer(m, ix)?,
+        }
         match &self.rope_scaling {
             None => {}
             Some(RopeScaling::Yarn(y)) => positive("rope_scaling.factor", y.factor)?,
@@ -440,6 +485,34 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The indexer's relations to the attention: it reads the q-LoRA latent, and its heads carry
+/// the rope dims in their leading half-split pairs.
+fn validate_indexer(m: &MlaConfig, ix: &IndexerConfig) -> Result<(), ModelError> {
+    if m.q_lora_rank.is_none() {
+        return Err(cfg_err(
+            "q_lora_rank",
+            "deepseek_v32 needs a q-LoRA latent (its indexer reads it)",
+        ));
+    }
+    let d = ix.index_head_dim;
+    if !d.is_multiple_of(2) {
+        return Err(cfg_err(
+            "index_head_dim",
+            format!("must be a positive even number, found {d}"),
+        ));
+    }
+    if m.qk_rope_head_dim > d {
+        return Err(cfg_err(
+            "index_head_dim",
+            format!(
+                "must hold the {} rope dims (qk_rope_head_dim), found {d}",
+                m.qk_rope_head_dim
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The relations between the routing fields.

@@ -5,7 +5,9 @@
 //! no real config meets them, while every product the engine forms from bounded fields (a
 //! matrix's elements, a layer's cache row, the parameter count) stays far from overflowing.
 
-use super::{cfg_err, yarn_get_mscale, Attention, Config, GqaConfig, MlaConfig, MoeConfig};
+use super::{
+    cfg_err, yarn_get_mscale, Attention, Config, GqaConfig, IndexerConfig, MlaConfig, MoeConfig,
+};
 use crate::cache::KvType;
 use crate::error::ModelError;
 
@@ -78,6 +80,18 @@ impl MlaConfig {
         )
     }
 
+    /// Values cached per token per layer: the latent and rope key ([`MlaConfig::latent_dim`])
+    /// plus, with an indexer, its key (`index_head_dim`): 576 at V3 sizes, 704 at V3.2's.
+    pub fn cache_row(&self) -> Result<usize, ModelError> {
+        let index_key = self.indexer.as_ref().map_or(0, |ix| ix.index_head_dim);
+        add(
+            "index_head_dim",
+            "kv_lora_rank + qk_rope_head_dim + index_head_dim",
+            self.latent_dim()?,
+            index_key,
+        )
+    }
+
     /// Rows of `kv_b_proj` for `heads` heads: `heads × (qk_nope_head_dim + v_head_dim)`.
     pub fn kv_b_rows(&self, heads: usize) -> Result<usize, ModelError> {
         let per_head = add(
@@ -101,6 +115,18 @@ impl MlaConfig {
             "num_attention_heads × kv_lora_rank",
             heads,
             self.kv_lora_rank,
+        )
+    }
+}
+
+impl IndexerConfig {
+    /// Rows of the indexer's `wq_b`: `index_n_heads × index_head_dim`.
+    pub fn q_rows(&self) -> Result<usize, ModelError> {
+        mul(
+            "index_n_heads",
+            "index_n_heads × index_head_dim",
+            self.index_n_heads,
+            self.index_head_dim,
         )
     }
 }
@@ -179,6 +205,13 @@ impl Config {
                     ("qk_rope_head_dim", m.qk_rope_head_dim, MAX_DIM),
                     ("v_head_dim", m.v_head_dim, MAX_DIM),
                 ]);
+                if let Some(ix) = &m.indexer {
+                    fields.extend([
+                        ("index_topk", ix.index_topk, MAX_CONTEXT),
+                        ("index_n_heads", ix.index_n_heads, MAX_HEADS),
+                        ("index_head_dim", ix.index_head_dim, MAX_DIM),
+                    ]);
+                }
             }
             Attention::Gqa(g) => fields.extend([
                 ("num_key_value_heads", g.num_key_value_heads, MAX_HEADS),
@@ -222,6 +255,13 @@ impl Config {
                     ("kv_lora_rank", "W_UK", m.uk_t_rows(h)?, m.qk_nope_head_dim),
                     ("num_attention_heads", "W_UV", self.o_cols()?, rank),
                 ]);
+                if let (Some(ix), Some(q)) = (&m.indexer, m.q_lora_rank) {
+                    shapes.extend([
+                        ("index_n_heads", "indexer.wq_b", ix.q_rows()?, q),
+                        ("index_head_dim", "indexer.wk", ix.index_head_dim, d),
+                        ("index_n_heads", "indexer.weights_proj", ix.index_n_heads, d),
+                    ]);
+                }
             }
             Attention::Gqa(g) => shapes.push(("num_key_value_heads", "k_proj", g.kv_rows()?, d)),
         }
@@ -277,11 +317,11 @@ impl Config {
     }
 
     /// Values cached per token per layer. MLA: the normalized latent plus the rope key (576 at
-    /// V3 sizes). GQA: the post-RoPE keys then the values of every KV head
+    /// V3 sizes), plus the indexer key with DSA ([`MlaConfig::cache_row`]). GQA: the post-RoPE keys then the values of every KV head
     /// (`2 · num_key_value_heads · head_dim`).
     pub fn latent_dim(&self) -> Result<usize, ModelError> {
         match &self.attention {
-            Attention::Mla(m) => m.latent_dim(),
+            Attention::Mla(m) => m.cache_row(),
             Attention::Gqa(g) => mul("num_key_value_heads", "2 × k_proj rows", 2, g.kv_rows()?),
         }
     }
@@ -364,7 +404,19 @@ impl Config {
                 let kv_a = m(h, d, n(a.latent_dim()?))?;
                 let kv_b = m(h, r, n(a.kv_b_rows(self.num_attention_heads)?))?;
                 let o = m(h, n(self.o_cols()?), d)?;
-                s(h, &[q_proj, kv_a, r, kv_b, o, m(h, 2, d)?])?
+                // wq_b, wk, k_norm's weight and bias, weights_proj.
+                let indexer = match (&a.indexer, a.q_lora_rank.map(n)) {
+                    (Some(ix), Some(q)) => {
+                        let (i, w) = ("index_n_heads", n(ix.index_head_dim));
+                        let proj = m(i, n(ix.index_n_heads), d)?;
+                        s(
+                            i,
+                            &[m(i, n(ix.q_rows()?), q)?, m(i, w, d)?, m(i, 2, w)?, proj],
+                        )?
+                    }
+                    _ => 0,
+                };
+                s(h, &[q_proj, kv_a, r, kv_b, o, m(h, 2, d)?, indexer])?
             }
             Attention::Gqa(g) => {
                 let q = n(self.q_rows()?);

@@ -1,4 +1,6 @@
-//! Helpers shared by the model crate's tests: random weights, config parsing, comparisons.
+//! Helpers shared by the model crate's tests (each test binary uses a subset): random weights,
+//! config parsing, comparisons.
+#![allow(dead_code)]
 
 use moela_model::{Config, ModelError, WeightSource};
 
@@ -7,11 +9,27 @@ use moela_model::{Config, ModelError, WeightSource};
 pub struct RandomSource {
     state: u64,
     scale: f32,
+    /// Each tensor's values from a seed of its name rather than from where the stream is.
+    by_name: bool,
 }
 
 impl RandomSource {
     pub fn new(seed: u64, scale: f32) -> RandomSource {
-        RandomSource { state: seed, scale }
+        RandomSource {
+            state: seed,
+            scale,
+            by_name: false,
+        }
+    }
+
+    /// Weights seeded by their names: two configs that share tensor names get the same values
+    /// whatever else they request.
+    pub fn by_name(scale: f32) -> RandomSource {
+        RandomSource {
+            state: 0,
+            scale,
+            by_name: true,
+        }
     }
 }
 
@@ -19,6 +37,11 @@ impl WeightSource for RandomSource {
     fn load(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
         let n: usize = shape.iter().product();
         let norm = name.contains("norm");
+        if self.by_name {
+            self.state = name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            });
+        }
         Ok((0..n)
             .map(|_| {
                 self.state = self
