@@ -199,25 +199,7 @@ fn inspect_shows_the_v32_indexer_and_the_cache_bytes_per_token() {
 
 #[test]
 fn quantize_refuses_v32_clearly() {
-    let dir = case_dir("v32");
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("x.gguf");
-    let o = moela(&[
-        "quantize",
-        "--model",
-        dir.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--type",
-        "q8_0",
-    ]);
-    let err = stderr(&o);
-    assert!(!o.status.success() && !err.contains("panicked"), "{err}");
-    assert!(
-        err.contains("DeepSeek-V3.2") && err.contains("not supported"),
-        "{err}"
-    );
-    assert!(!out.exists());
+    common::assert_quantize_refused("v32", &["DeepSeek-V3.2", "not supported"]);
 }
 
 #[test]
@@ -440,4 +422,27 @@ fn mmap_only_generates_what_the_default_does() {
         last_json(&o)["token_ids"].clone()
     };
     assert_eq!(run(&["--mmap-only"]), run(&[]));
+}
+
+#[test]
+fn deepseek_v32_prompts_use_deepseeks_own_encoding() {
+    use moela_text::{ChatFormat, ChatMessage, RenderOptions, Role, Tokenizer};
+    let dir = case_dir("v32");
+    let o = moela(&gen_args(dir.to_str().unwrap(), &["--json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = last_json(&o)["usage"]["prompt_tokens"].as_u64().unwrap() as usize;
+    // The fixture's tokenizer files carry DeepSeek-V3's Jinja template; V3.2 must not use it.
+    let tok = Tokenizer::from_dir(&dir).unwrap();
+    let msgs = [ChatMessage::new(Role::User, "Hello there")];
+    let opts = RenderOptions {
+        add_generation_prompt: true,
+        ..Default::default()
+    };
+    let jinja = tok.apply_chat_template(&msgs, &opts).unwrap();
+    let v32 = tok
+        .with_chat_format(ChatFormat::DeepseekV32)
+        .apply_chat_template(&msgs, &opts)
+        .unwrap();
+    assert_ne!(jinja.text, v32.text);
+    assert_eq!(got, v32.ids.len(), "{}", v32.text);
 }

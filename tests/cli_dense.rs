@@ -78,22 +78,7 @@ fn inspect_describes_gqa_models() {
 
 #[test]
 fn quantize_refuses_dense_models_clearly() {
-    let dir = case_dir("qwen2");
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("x.gguf");
-    let o = moela(&[
-        "quantize",
-        "--model",
-        dir.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--type",
-        "q8_0",
-    ]);
-    let err = stderr(&o);
-    assert!(!o.status.success() && !err.contains("panicked"), "{err}");
-    assert!(err.contains("qwen2 model"), "{err}");
-    assert!(!out.exists());
+    common::assert_quantize_refused("qwen2", &["qwen2 model"]);
 }
 
 #[test]

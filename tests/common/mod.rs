@@ -121,3 +121,26 @@ pub fn last_json(o: &Output) -> Value {
     let line = out.lines().last().unwrap_or_default();
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
+
+/// `moela quantize` of fixture `case` fails cleanly (no panic, no output file) with an error
+/// containing every one of `needles`.
+pub fn assert_quantize_refused(case: &str, needles: &[&str]) {
+    let dir = case_dir(case);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.gguf");
+    let o = moela(&[
+        "quantize",
+        "--model",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--type",
+        "q8_0",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "missing {n:?}: {err}");
+    }
+    assert!(!out.exists());
+}
