@@ -34,7 +34,7 @@ pub const KVALUES: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -
 /// Half the scale of exponent byte `e`, 2^(e−128), bit for bit as ggml's
 /// `GGML_E8M0_TO_FP32_HALF` (subnormal for `e < 2`; `e = 255` gives 2^127).
 #[inline]
-pub fn e8m0_to_f32_half(e: u8) -> f32 {
+pub const fn e8m0_to_f32_half(e: u8) -> f32 {
     let bits = if e < 2 {
         0x0020_0000u32 << e
     } else {

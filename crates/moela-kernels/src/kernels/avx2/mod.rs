@@ -15,7 +15,7 @@
 //!   offset (`Q6_K`) are applied through the activations' 16-value sums.
 //!
 //! FP8 E4M3 is widened in registers (see `float`); `MXFP4` is decoded exactly to f32 and
-//! multiplied with f32 activations (see `mxfp4`).
+//! multiplied with f32 activations (see `mxfp4`; with AVX-512, in 512-bit registers).
 //!
 //! Files: `float` (F32/F16/BF16 and FP8 micro-kernels), `int8` (`Q8_0`/`Q4_0`, plain and
 //! packed), `kquant` (`Q4_K`/`Q6_K`), `mxfp4`, `rows` (attention-row kernels), `quantize` (activation
@@ -30,7 +30,7 @@ use crate::quant::QK;
 use elementwise::{exp_sum, silu_mul};
 use float::{dot_f32, micro_bf16, micro_f16, micro_f32, micro_fp8};
 use kquant::{micro_q4_k, micro_q6_k};
-use mxfp4::micro_mxfp4;
+use mxfp4::{micro_mxfp4, micro_mxfp4_512};
 use quantize::{quant_q8, quant_q8k};
 use rows::{rows_dot, rows_dot_tiles, weighted_sum, weighted_sum_tiles};
 
@@ -329,8 +329,9 @@ macro_rules! int_kernels {
                     DType::Q4_0 => drive!(c, nr, nt, out, micro_q4_0, 4 => [3, 2, 1], 1 => [4, 3, 2, 1]),
                     DType::Q4_K => drive!(c, nr, nt, out, micro_q4_k, 1 => [1], 1 => [4, 3, 2, 1]),
                     DType::Q6_K => drive!(c, nr, nt, out, micro_q6_k, 1 => [1], 1 => [4, 3, 2, 1]),
-                    // Exact float products: the float tiles' shapes.
-                    DType::MXFP4 if $vnni => drive!(c, nr, nt, out, micro_mxfp4, 4 => [3, 2, 1], 1 => [4, 3, 2, 1]),
+                    // Exactly decoded f32 weights: 512-bit decode and FMA with AVX-512 (4 × 3
+                    // tiles, 24 accumulators), the 2 × 2 float tiles in plain AVX2.
+                    DType::MXFP4 if $vnni => drive!(c, nr, nt, out, micro_mxfp4_512, 4 => [3, 2, 1], 1 => [4, 3, 2, 1]),
                     DType::MXFP4 => drive!(c, nr, nt, out, micro_mxfp4, 2 => [2, 1], 1 => [4, 3, 2, 1]),
                 }
             }
