@@ -4,7 +4,7 @@ use super::*;
 use crate::qmat::QMat;
 
 /// Deterministic values: roughly normal (sum of three uniforms), scaled, with rare outliers.
-fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+pub(crate) fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut u = move || {
         s ^= s << 13;

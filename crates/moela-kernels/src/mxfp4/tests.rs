@@ -18,16 +18,11 @@ fn release_value(codes: &[u8], scales: &[u8], cols: usize, r: usize, c: usize) -
     (if code & 8 != 0 { -mag } else { mag }) as f32
 }
 
-/// Deterministic bytes.
+/// Deterministic bytes (mantissa bits of the kernel tests' values).
 fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 32) as u8
-        })
+    crate::kernels::tests::data(n, seed, 1.0)
+        .iter()
+        .map(|v| (v.to_bits() >> 7) as u8)
         .collect()
 }
 

@@ -92,6 +92,27 @@ pub(super) struct Ctx {
     r0: usize,
 }
 
+impl Ctx {
+    /// Pointers to weight rows `r..r+MR` and f32 activation tokens `t..t+NR` of a micro-tile.
+    ///
+    /// # Safety
+    /// Rows and tokens of the validated task `self` describes.
+    #[inline(always)]
+    unsafe fn f32_tile<const MR: usize, const NR: usize>(
+        &self,
+        r: usize,
+        t: usize,
+    ) -> ([*const u8; MR], [*const f32; NR]) {
+        // SAFETY: inside the task's rows and tokens (this function's contract).
+        unsafe {
+            (
+                std::array::from_fn(|i| self.w.add((r + i) * self.rb)),
+                std::array::from_fn(|j| self.x.add((t + j) * self.cols)),
+            )
+        }
+    }
+}
+
 fn ctx(t: &Task<'_>) -> Ctx {
     let mut c = Ctx {
         w: t.w.as_ptr(),

@@ -111,8 +111,7 @@ pub(super) unsafe fn micro_mxfp4<const MR: usize, const NR: usize>(
     // block indices stay below cols/32, so every read lies inside its row or token.
     unsafe {
         let cols = c.cols;
-        let wp: [*const u8; MR] = std::array::from_fn(|i| c.w.add((r + i) * c.rb));
-        let xp: [*const f32; NR] = std::array::from_fn(|j| c.x.add((t + j) * cols));
+        let (wp, xp) = c.f32_tile::<MR, NR>(r, t);
         let table = _mm_loadu_si128(KVALUES.as_ptr() as *const __m128i);
         let mut acc0 = [[_mm256_setzero_ps(); NR]; MR];
         let mut acc1 = [[_mm256_setzero_ps(); NR]; MR];
@@ -155,8 +154,7 @@ pub(super) unsafe fn micro_mxfp4_512<const MR: usize, const NR: usize>(
     // its row, every 16-value activation load in its token.
     unsafe {
         let cols = c.cols;
-        let wp: [*const u8; MR] = std::array::from_fn(|i| c.w.add((r + i) * c.rb));
-        let xp: [*const f32; NR] = std::array::from_fn(|j| c.x.add((t + j) * cols));
+        let (wp, xp) = c.f32_tile::<MR, NR>(r, t);
         let table = _mm512_loadu_ps(KVALUES_F32.as_ptr());
         let mut acc0 = [[_mm512_setzero_ps(); NR]; MR];
         let mut acc1 = [[_mm512_setzero_ps(); NR]; MR];
