@@ -34,7 +34,8 @@ pub enum Isa {
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
     /// [`Isa::Avx2`] plus AVX512-VNNI and AVX512-VL: 256-bit `vpdpbusd` for the 8-bit dot
-    /// products and 32 vector registers (larger float tiles). Needs both extensions.
+    /// products and 32 vector registers (larger float tiles; `MXFP4` in 512-bit registers).
+    /// Needs both extensions.
     Avx512Vnni,
     /// [`Isa::Avx512Vnni`] plus Intel AMX (AMX-TILE/INT8, with AVX-512) for packed `Q8_0`/`Q4_0`
     /// products of several tokens.
