@@ -62,7 +62,7 @@ struct ModelArgs {
     /// Context length in tokens (prompt + generated); default: the model's maximum.
     #[arg(long)]
     ctx: Option<usize>,
-    /// Quantize weights while loading: q4_0, q8_0, q4_k, q6_k, f16, bf16 or f32.
+    /// Quantize weights while loading: q4_0, q8_0, q4_k, q6_k, mxfp4, f16, bf16 or f32.
     #[arg(long, value_parser = parse_dtype)]
     quant: Option<DType>,
     /// KV cache type: f16 or f32 (default: f32 for safetensors checkpoints, f16 for GGUF).
@@ -209,7 +209,7 @@ struct QuantizeArgs {
     /// HF checkpoint directory or GGUF file to read.
     #[arg(long)]
     model: PathBuf,
-    /// Weight type: q4_0, q8_0, q4_k, q6_k, f16, bf16 or f32.
+    /// Weight type: q4_0, q8_0, q4_k, q6_k, mxfp4, f16, bf16 or f32.
     #[arg(long = "type", value_parser = parse_dtype)]
     dtype: DType,
     /// The GGUF file to write.

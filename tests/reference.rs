@@ -102,8 +102,9 @@ fn greedy_continuation_matches_reference_token_by_token() {
 }
 
 /// `moela quantize` at F32 writes a GGUF whose model computes what the checkpoint does; at
-/// Q8_0 the mean NLL stays within 1% of the reference. (The `v3` fixture is left out: its
-/// mscale 1.0 / mscale_all_dim 0.707 pair has no GGUF spelling — GGUF stores one multiplier.)
+/// Q8_0 the mean NLL stays within 1% of the reference, at MXFP4 within 4%. (The `v3` fixture is
+/// left out: its mscale 1.0 / mscale_all_dim 0.707 pair has no GGUF spelling — GGUF stores one
+/// multiplier.)
 #[test]
 fn gguf_export_round_trips() {
     use moela_kernels::DType;
@@ -117,7 +118,12 @@ fn gguf_export_round_trips() {
         let want = floats(&c.golden["nll"]);
         let v = c.model.config.vocab_size;
         let base = prefill_logits(&c.model, &tokens, AttentionMode::Auto);
-        for (dtype, tol) in [(DType::F32, 1e-5), (DType::Q8_0, 0.01)] {
+        // MXFP4 (every matrix, not just the experts): 0.5–2 % on these fixtures.
+        for (dtype, tol) in [
+            (DType::F32, 1e-5),
+            (DType::Q8_0, 0.01),
+            (DType::MXFP4, 0.04),
+        ] {
             let tmp = tempfile::tempdir().unwrap();
             let path = tmp.path().join("m.gguf");
             export_deepseek2(&c.model, &tok, Some(&cfg), dtype, case, &path).unwrap();

@@ -10,7 +10,8 @@
 //! `--shapes 4096x4096,1408x2048` sets the matrix shapes; `--packed-only` skips the file
 //! layouts.
 //!
-//! `--tokens N` sets the GEMM's token count (default 128).
+//! `--tokens N` sets the GEMM's token count (default 128). `--types mxfp4,q4_0` limits the
+//! table to those weight types.
 //!
 //! `--hot` reuses one copy of each matrix (weights stay in cache: measures compute, not DRAM).
 //! `--isa NAME` forces a kernel level (`scalar`, `avx2`, `avx512vnni`, `amx`, `neon`); `--scalar` adds a
@@ -179,15 +180,23 @@ fn main() {
         format!("n={nt} GFLOP/s (2)")
     );
     // Each type in the file layout, then Q8_0/Q4_0 in the packed layout the engine runs on.
+    let types: Vec<DType> = match flag(&args, "--types") {
+        Some(list) => list
+            .split(',')
+            .map(|t| t.parse().unwrap_or_else(|e| panic!("--types: {e}")))
+            .collect(),
+        None => DType::ALL.to_vec(),
+    };
     let file_layouts = if args.iter().any(|a| a == "--packed-only") {
         vec![]
     } else {
-        DType::ALL.to_vec()
+        types.clone()
     };
-    let cases = file_layouts
-        .into_iter()
-        .map(|d| (d, false))
-        .chain([(DType::Q8_0, true), (DType::Q4_0, true)]);
+    let cases = file_layouts.into_iter().map(|d| (d, false)).chain(
+        [(DType::Q8_0, true), (DType::Q4_0, true)]
+            .into_iter()
+            .filter(|(d, _)| types.contains(d)),
+    );
     for (dtype, packed) in cases {
         for &(rows, cols) in &shapes {
             let file_layout =

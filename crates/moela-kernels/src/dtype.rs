@@ -20,6 +20,10 @@ pub enum DType {
     /// DeepSeek's FP8: one E4M3 byte per value plus one f32 scale per 128×128 block
     /// (`[ceil(rows/128), ceil(cols/128)]`, value = fp8 · scale). No ggml equivalent.
     F8E4M3Block128,
+    /// 32 values: e8m0 exponent byte `e` + 16 bytes of FP4 (e2m1) codes, low nibble of byte `j`
+    /// = element `j`, high nibble = element `j+16`; value = e2m1(code) · 2^(e−127) (see
+    /// [`crate::mxfp4`]). DeepSeek-V4's routed experts, repacked as llama.cpp does.
+    MXFP4,
 }
 
 /// Side of the square blocks that share one FP8 scale.
@@ -27,7 +31,7 @@ pub const FP8_BLOCK: usize = 128;
 
 impl DType {
     /// Every type, for tests and tools.
-    pub const ALL: [DType; 8] = [
+    pub const ALL: [DType; 9] = [
         DType::F32,
         DType::F16,
         DType::BF16,
@@ -36,6 +40,7 @@ impl DType {
         DType::Q4_K,
         DType::Q6_K,
         DType::F8E4M3Block128,
+        DType::MXFP4,
     ];
 
     /// The `ggml_type` id used in GGUF tensor infos, if ggml has this type.
@@ -48,6 +53,7 @@ impl DType {
             DType::Q4_K => 12,
             DType::Q6_K => 14,
             DType::BF16 => 30,
+            DType::MXFP4 => 39,
             DType::F8E4M3Block128 => return None,
         })
     }
@@ -61,7 +67,7 @@ impl DType {
     pub fn block_size(self) -> usize {
         match self {
             DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3Block128 => 1,
-            DType::Q8_0 | DType::Q4_0 => 32,
+            DType::Q8_0 | DType::Q4_0 | DType::MXFP4 => 32,
             DType::Q4_K | DType::Q6_K => 256,
         }
     }
@@ -74,6 +80,7 @@ impl DType {
             DType::F8E4M3Block128 => 1,
             DType::Q8_0 => 34,
             DType::Q4_0 => 18,
+            DType::MXFP4 => 17,
             DType::Q4_K => 144,
             DType::Q6_K => 210,
         }
@@ -88,12 +95,35 @@ impl DType {
                 block: self.block_size(),
             });
         }
-        Ok(cols / self.block_size() * self.type_size())
+        (cols / self.block_size())
+            .checked_mul(self.type_size())
+            .ok_or(KernelError::TooLarge {
+                dtype: self,
+                rows: 1,
+                cols,
+            })
     }
 
-    /// True for the block-quantized integer formats (those whose matmul quantizes activations).
+    /// Bytes of a `[rows, cols]` matrix in this type's block layout (checked: a row length
+    /// that is not whole blocks or a size past `usize` is an error).
+    pub fn matrix_bytes(self, rows: usize, cols: usize) -> Result<usize, KernelError> {
+        self.row_bytes(cols)?
+            .checked_mul(rows)
+            .ok_or(KernelError::TooLarge {
+                dtype: self,
+                rows,
+                cols,
+            })
+    }
+
+    /// True for the block-quantized formats with their scales inside the blocks (the GGUF
+    /// quant types). All but `MXFP4` quantize the activations in a matmul; `MXFP4` multiplies
+    /// exact f32 weight values with f32 activations.
     pub fn is_quantized(self) -> bool {
-        matches!(self, DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q6_K)
+        matches!(
+            self,
+            DType::Q8_0 | DType::Q4_0 | DType::Q4_K | DType::Q6_K | DType::MXFP4
+        )
     }
 
     /// Lower-case name as used on the command line (`f32`, `q4_k`, `fp8`, ...).
@@ -107,6 +137,7 @@ impl DType {
             DType::Q4_K => "q4_k",
             DType::Q6_K => "q6_k",
             DType::F8E4M3Block128 => "fp8",
+            DType::MXFP4 => "mxfp4",
         }
     }
 }
@@ -161,6 +192,36 @@ pub enum KernelError {
     },
     #[error("{0}: block scales are only used by fp8")]
     UnexpectedScales(DType),
+    #[error(
+        "{dtype} [{rows}, {cols}]: expected a [{rows}, {}] grid of one scale per {block} \
+         values ({expected} scales), got {got}",
+        cols / block
+    )]
+    BadScaleGrid {
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        block: usize,
+        expected: usize,
+        got: usize,
+    },
+    #[error(
+        "fp4 codes [{rows}, {cols}]: expected {expected} bytes ([{rows}, {}], two e2m1 codes \
+         per byte), got {got}",
+        cols / 2
+    )]
+    BadCodes {
+        rows: usize,
+        cols: usize,
+        expected: usize,
+        got: usize,
+    },
+    #[error("{dtype} [{rows}, {cols}]: the size in bytes overflows usize")]
+    TooLarge {
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+    },
     #[error("mapped range {offset}+{len} lies outside the {file_len}-byte mapping")]
     BadMapRange {
         offset: usize,

@@ -2,10 +2,11 @@
 //! and the worker pool they run on.
 //!
 //! This crate knows nothing about models. Map:
-//! - [`dtype`]: [`DType`] (F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q6_K/FP8-E4M3 with 128×128 block
-//!   scales) and [`KernelError`];
+//! - [`dtype`]: [`DType`] (F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q6_K/MXFP4/FP8-E4M3 with 128×128
+//!   block scales) and [`KernelError`];
 //! - [`quant`], [`fp`]: the block layouts (bit-compatible with ggml/GGUF) and scalar
-//!   quantize/dequantize — the reference forms;
+//!   quantize/dequantize — the reference forms; [`mxfp4`]: MXFP4 blocks and DeepSeek-V4's FP4
+//!   release layout;
 //! - [`QMat`]: a weight matrix in any type with `matmul`/`forward`; [`storage`]: where its bytes
 //!   live ([`Storage`]: owned or a range of a shared mapping); [`placement`]: the one decision
 //!   between the loader's bytes and the kernels' layout ([`Placement`]);
@@ -23,6 +24,7 @@ pub mod fp;
 mod kernels;
 mod leaf;
 pub mod mmap;
+pub mod mxfp4;
 pub mod ops;
 mod pack;
 pub mod parallel;

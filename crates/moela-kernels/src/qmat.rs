@@ -38,15 +38,19 @@ impl QMat {
         data: &[f32],
     ) -> Result<QMat, KernelError> {
         let rb = dtype.row_bytes(cols)?;
-        if data.len() != rows * cols {
+        let total = dtype.matrix_bytes(rows, cols)?;
+        let expected = rows
+            .checked_mul(cols)
+            .ok_or(KernelError::TooLarge { dtype, rows, cols })?;
+        if data.len() != expected {
             return Err(KernelError::BadF32Len {
                 rows,
                 cols,
-                expected: rows * cols,
+                expected,
                 got: data.len(),
             });
         }
-        let mut bytes = vec![0u8; rows * rb];
+        let mut bytes = vec![0u8; total];
         let mut scales = None;
         if dtype == DType::F8E4M3Block128 {
             let s = fp8_scales_for(rows, cols, data);
@@ -59,11 +63,12 @@ impl QMat {
             });
             scales = Some(s);
         } else if rb > 0 {
-            // Rough cost per value: the K-quant searches are ~100× a plain conversion.
-            let cost = if matches!(dtype, DType::Q4_K | DType::Q6_K) {
-                400
-            } else {
-                8
+            // Rough cost per value: the K-quant searches are ~100× a plain conversion, MXFP4's
+            // nearest-of-16 search ~10×.
+            let cost = match dtype {
+                DType::Q4_K | DType::Q6_K => 400,
+                DType::MXFP4 => 64,
+                _ => 8,
             };
             parallel_chunks(&mut bytes, rb, rows * cols * cost, |r, out| {
                 quantize_row(dtype, &data[r * cols..(r + 1) * cols], out);
@@ -93,14 +98,14 @@ impl QMat {
         data: Storage,
         scales: Option<Vec<f32>>,
     ) -> Result<QMat, KernelError> {
-        let rb = dtype.row_bytes(cols)?;
+        let expected = dtype.matrix_bytes(rows, cols)?;
         let got = data.bytes().len();
-        if got != rows * rb {
+        if got != expected {
             return Err(KernelError::BadLength {
                 dtype,
                 rows,
                 cols,
-                expected: rows * rb,
+                expected,
                 got,
             });
         }
@@ -136,6 +141,20 @@ impl QMat {
             scales,
             packed: false,
         })
+    }
+
+    /// An `MXFP4` matrix from DeepSeek-V4's release layout of its FP4 experts: `codes`
+    /// `[rows, cols/2]` (two e2m1 codes per byte, low nibble first) and `scales`
+    /// `[rows, cols/32]` (ue8m0 bytes), repacked exactly into GGUF's blocks (see
+    /// [`crate::mxfp4::from_release`], which names each size error).
+    pub fn from_mxfp4_release(
+        rows: usize,
+        cols: usize,
+        codes: &[u8],
+        scales: &[u8],
+    ) -> Result<QMat, KernelError> {
+        let bytes = crate::mxfp4::from_release(rows, cols, codes, scales)?;
+        QMat::from_storage(DType::MXFP4, rows, cols, Storage::Owned(bytes), None)
     }
 
     /// This matrix in the layout the matmul kernels of this CPU run fastest on: `Q4_0` and
@@ -261,8 +280,8 @@ impl QMat {
     }
 
     /// `y[n, rows] = x[n, cols] · selfᵀ`. Quantized types first quantize `x` once (to `Q8`
-    /// blocks for `Q8_0`/`Q4_0`, `Q8_K` for `Q4_K`/`Q6_K`). Runs on the worker pool with the
-    /// best kernels this CPU supports.
+    /// blocks for `Q8_0`/`Q4_0`, `Q8_K` for `Q4_K`/`Q6_K`; `MXFP4` and the float types use
+    /// `x` as is). Runs on the worker pool with the best kernels this CPU supports.
     pub fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) {
         kernels::gemm(kernels::best(), &self.weight_ref(), x, n, y)
     }
@@ -276,7 +295,7 @@ impl QMat {
 
     /// Quantizes `x[n, cols]` once for this matrix's type, to feed [`QMat::matmul_prepared`]
     /// of this and other matrices of a compatible type (same activation format: `Q8_0`/`Q4_0`,
-    /// `Q4_K`/`Q6_K`, or any float type) and the same column count.
+    /// `Q4_K`/`Q6_K`, or f32 for the float types and `MXFP4`) and the same column count.
     pub fn prepare<'a>(&self, x: &'a [f32], n: usize) -> PreparedInput<'a> {
         PreparedInput::new(self.dtype, x, n, self.cols)
     }
@@ -451,6 +470,7 @@ pub fn quantize_row(dtype: DType, x: &[f32], out: &mut [u8]) {
         DType::Q4_0 => quant::quantize_row_q4_0(x, out),
         DType::Q4_K => quant::quantize_row_q4_k(x, out),
         DType::Q6_K => quant::quantize_row_q6_k(x, out),
+        DType::MXFP4 => crate::mxfp4::quantize_row_mxfp4(x, out),
         DType::F8E4M3Block128 => {
             panic!("quantize_row: fp8 needs 128-row blocks; use QMat::from_f32")
         }
@@ -480,6 +500,7 @@ pub fn dequantize_row(dtype: DType, b: &[u8], out: &mut [f32]) {
         DType::Q4_0 => quant::dequantize_row_q4_0(b, out),
         DType::Q4_K => quant::dequantize_row_q4_k(b, out),
         DType::Q6_K => quant::dequantize_row_q6_k(b, out),
+        DType::MXFP4 => crate::mxfp4::dequantize_row_mxfp4(b, out),
         DType::F8E4M3Block128 => panic!("dequantize_row: fp8 needs its block scales; use QMat"),
     }
 }
@@ -547,6 +568,21 @@ mod tests {
         assert_eq!(DType::Q4_K.ggml_type(), Some(12));
         assert_eq!(DType::Q6_K.ggml_type(), Some(14));
         assert_eq!(DType::BF16.ggml_type(), Some(30));
+        assert_eq!(DType::MXFP4.ggml_type(), Some(39));
+        assert_eq!(DType::MXFP4.row_bytes(64), Ok(34));
+        assert!(DType::MXFP4.is_quantized());
+        assert_eq!(
+            DType::MXFP4.row_bytes(48),
+            Err(KernelError::BadCols {
+                dtype: DType::MXFP4,
+                cols: 48,
+                block: 32
+            })
+        );
+        assert!(matches!(
+            DType::F32.matrix_bytes(usize::MAX / 2, 4),
+            Err(KernelError::TooLarge { .. })
+        ));
         assert_eq!(DType::F8E4M3Block128.ggml_type(), None);
         assert_eq!(DType::from_ggml_type(3), None); // Q4_1: not supported
         assert_eq!(DType::Q4_K.row_bytes(512), Ok(288));
@@ -648,6 +684,9 @@ mod tests {
                 DType::Q8_0 | DType::Q6_K => amax / 40.0,
                 DType::F8E4M3Block128 => amax / 14.0,
                 DType::Q4_0 | DType::Q4_K => amax / 6.0,
+                // Half the widest gap (4 → 6 in the top octave), or a block maximum clipped
+                // from below 8 to 6 units: a quarter of the block's maximum at worst.
+                DType::MXFP4 => amax / 4.0,
             };
             assert!(err <= bound, "{d}: max error {err} > {bound}");
         }

@@ -424,6 +424,8 @@ impl GgmlType {
     pub const I64: GgmlType = GgmlType(27);
     pub const F64: GgmlType = GgmlType(28);
     pub const BF16: GgmlType = GgmlType(30);
+    /// 32 FP4 (e2m1) values with one e8m0 exponent byte (`moela_kernels::mxfp4`).
+    pub const MXFP4: GgmlType = GgmlType(39);
 
     /// `(id, name, block_size, type_size)` for every type whose byte size we know. Sizes are
     /// ggml's (`ggml_type_traits`), checked against the `gguf` Python package's
@@ -449,6 +451,7 @@ impl GgmlType {
         (27, "I64", 1, 8),
         (28, "F64", 1, 8),
         (30, "BF16", 1, 2),
+        (39, "MXFP4", 32, 17),
     ];
 
     fn entry(self) -> Option<&'static (u32, &'static str, u64, u64)> {
@@ -520,6 +523,12 @@ mod tests {
         assert_eq!(GgmlType::F32.tensor_bytes(&[3, 5]), Ok(60));
         assert_eq!(GgmlType::Q8_0.tensor_bytes(&[64, 2]), Ok(2 * 2 * 34));
         assert_eq!(GgmlType::Q4_K.tensor_bytes(&[256, 3]), Ok(3 * 144));
+        assert_eq!(
+            GgmlType::MXFP4.tensor_bytes(&[64, 3, 2]),
+            Ok(2 * 3 * 2 * 17)
+        );
+        assert!(GgmlType::MXFP4.tensor_bytes(&[48, 1]).is_err());
+        assert_eq!(GgmlType::MXFP4.to_string(), "MXFP4");
         assert!(GgmlType::Q4_0.tensor_bytes(&[33, 1]).is_err());
         assert!(GgmlType(99).tensor_bytes(&[1]).is_err());
         assert!(GgmlType::F32.tensor_bytes(&[u64::MAX, u64::MAX]).is_err());

@@ -295,13 +295,14 @@ fn sample_values() -> Vec<(&'static str, GgufValue)> {
 /// `(name, ggml dims, type, bytes)`.
 fn sample_tensors() -> Vec<(&'static str, Vec<u64>, GgmlType, Vec<u8>)> {
     let mut out = Vec::new();
-    let specs: [(&str, &[u64], GgmlType); 6] = [
+    let specs: [(&str, &[u64], GgmlType); 7] = [
         ("a.f32", &[3, 5], GgmlType::F32),
         ("b.q8_0", &[64, 2], GgmlType::Q8_0),
         ("c.empty", &[0, 4], GgmlType::F32),
         ("d.q4_k", &[256, 1, 1, 2], GgmlType::Q4_K),
         ("e.unknown", &[10], GgmlType(99)),
         ("f.bf16", &[3], GgmlType::BF16),
+        ("g.mxfp4", &[64, 3, 2], GgmlType::MXFP4),
     ];
     for (seed, (name, dims, ty)) in specs.into_iter().enumerate() {
         let n = ty.tensor_bytes(dims).unwrap_or(13) as usize;
@@ -528,7 +529,7 @@ fn writer_output_for_python() {
             })
         })
         .collect();
-    assert_eq!(infos.len(), 5);
+    assert_eq!(infos.len(), 6);
     let expected =
         serde_json::json!({"alignment": f.alignment(), "metadata": meta, "tensors": infos});
     let mut exp_path = path.into_os_string();

@@ -3,7 +3,7 @@
 //! Structure:
 //! - [`gemm`] is the driver: it quantizes the activations once per call into the weight's
 //!   partner format (`Q8` = 32-value blocks with an f32 scale for `Q8_0`/`Q4_0`, `Q8_K` for
-//!   `Q4_K`/`Q6_K`; the float types use `x` as is), cuts the output into tasks of
+//!   `Q4_K`/`Q6_K`; the float types and `MXFP4` use `x` as is), cuts the output into tasks of
 //!   (row range × token range) and runs them on the worker pool.
 //! - A task is computed by one [`KernelSet`]'s `gemm` function, chosen once per process from
 //!   what the CPU supports ([`Isa`]): `avx2` (with FMA and F16C; `avx512vnni` when
@@ -34,7 +34,8 @@ pub enum Isa {
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
     /// [`Isa::Avx2`] plus AVX512-VNNI and AVX512-VL: 256-bit `vpdpbusd` for the 8-bit dot
-    /// products and 32 vector registers (larger float tiles). Needs both extensions.
+    /// products and 32 vector registers (larger float tiles; `MXFP4` in 512-bit registers).
+    /// Needs both extensions.
     Avx512Vnni,
     /// [`Isa::Avx512Vnni`] plus Intel AMX (AMX-TILE/INT8, with AVX-512) for packed `Q8_0`/`Q4_0`
     /// products of several tokens.
@@ -208,9 +209,10 @@ impl Task<'_> {
         assert!(self.w.len() >= nr * self.row_bytes, "task: weight bytes");
         assert!(self.out.nr == nr && self.out.nt == nt, "task: output tile");
         match (self.dtype, self.acts) {
-            (DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3Block128, Acts::F32(x)) => {
-                assert!(x.len() >= nt * cols, "task: activations")
-            }
+            (
+                DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3Block128 | DType::MXFP4,
+                Acts::F32(x),
+            ) => assert!(x.len() >= nt * cols, "task: activations"),
             (DType::Q8_0 | DType::Q4_0, Acts::Q8 { qs, d, s }) => {
                 assert!(
                     qs.len() >= nt * cols
@@ -847,4 +849,4 @@ impl Plan {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -5,7 +5,7 @@
 //! 4 independent accumulators. F16 and FP8 are widened with integer bit tricks (the f16/fp8
 //! magnitude bits shifted into an f32 and multiplied by 2^112 / 2^120, which also handles
 //! subnormals; inf/NaN codes, absent from weights, come out finite), because the f16 vector
-//! types are not stable in Rust yet. The K-quants use the scalar dots.
+//! types are not stable in Rust yet. The K-quants and `MXFP4` use the scalar dots.
 
 // NEON intrinsics that only touch registers became safe functions in Rust 1.87; the `unsafe`
 // blocks around them keep older compilers happy and are harmless on newer ones.
@@ -29,7 +29,7 @@ pub(crate) static KERNELS: KernelSet = KernelSet {
     exp_sum: scalar::exp_sum,
 };
 
-/// The NEON dots (the K-quants use the scalar ones).
+/// The NEON dots (the K-quants and `MXFP4` use the scalar ones).
 static DOTS: scalar::RowDots = scalar::RowDots {
     f32: dot_f32,
     f16: dot_f16,
@@ -39,6 +39,7 @@ static DOTS: scalar::RowDots = scalar::RowDots {
     q4_0: dot_q4_0,
     q4_k: scalar::dot_q4_k,
     q6_k: scalar::dot_q6_k,
+    mxfp4: scalar::dot_mxfp4,
 };
 
 fn gemm(t: &mut Task<'_>) {

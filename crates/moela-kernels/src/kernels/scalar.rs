@@ -6,6 +6,7 @@
 use super::{Acts, RowData, Task};
 use crate::dtype::{DType, FP8_BLOCK};
 use crate::fp::{bf16_to_f32, f16_to_f32, fp8_e4m3_to_f32};
+use crate::mxfp4::{e8m0_to_f32_half, KVALUES, MXFP4_BYTES};
 use crate::pack::{unpack_row, PACK_ROWS};
 use crate::quant::{
     q4_k_scales_mins, q6_k_value, quantize_block_q8_act, quantize_block_q8_k, Q4_0_BYTES,
@@ -29,6 +30,8 @@ pub(crate) struct RowDots {
     pub q4_0: fn(&[u8], &[i8], &[f32]) -> f32,
     pub q4_k: KQuantDot,
     pub q6_k: KQuantDot,
+    /// `MXFP4` weights × f32 activations.
+    pub mxfp4: fn(&[u8], &[f32]) -> f32,
 }
 
 /// `(w, qs, d, bsums)` → one K-quant row·token dot.
@@ -44,6 +47,7 @@ static DOTS: RowDots = RowDots {
     q4_0: dot_q4_0,
     q4_k: dot_q4_k,
     q6_k: dot_q6_k,
+    mxfp4: dot_mxfp4,
 };
 
 pub(crate) fn gemm(t: &mut Task<'_>) {
@@ -77,6 +81,7 @@ pub(crate) fn gemm_rows(t: &mut Task<'_>, dots: &RowDots) {
                             let srow = &t.scales[(t.r0 + r) / FP8_BLOCK * scb..][..scb];
                             (dots.fp8)(w, srow, x)
                         }
+                        DType::MXFP4 => (dots.mxfp4)(w, x),
                         _ => unreachable!("validated"),
                     }
                 }
@@ -148,6 +153,23 @@ pub(crate) fn dot_fp8(w: &[u8], srow: &[f32], x: &[f32]) -> f32 {
             p += fp8_e4m3_to_f32(q) as f64 * xv as f64;
         }
         s += p * srow[b] as f64;
+    }
+    s as f32
+}
+
+/// One `MXFP4` row: each weight decoded exactly (`KVALUES[code] · 2^(e−128)`, see
+/// [`crate::mxfp4`]) and multiplied with the f32 activation, summed in f64: the product of
+/// the dequantized weights.
+pub(crate) fn dot_mxfp4(w: &[u8], x: &[f32]) -> f32 {
+    let mut s = 0.0f64;
+    for (blk, xb) in w.chunks_exact(MXFP4_BYTES).zip(x.chunks_exact(QK)) {
+        let d = e8m0_to_f32_half(blk[0]);
+        for j in 0..QK / 2 {
+            let q = blk[1 + j];
+            let lo = KVALUES[(q & 0x0F) as usize] as f32 * d;
+            let hi = KVALUES[(q >> 4) as usize] as f32 * d;
+            s += lo as f64 * xb[j] as f64 + hi as f64 * xb[j + QK / 2] as f64;
+        }
     }
     s as f32
 }

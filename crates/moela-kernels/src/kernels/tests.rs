@@ -4,7 +4,7 @@ use super::*;
 use crate::qmat::QMat;
 
 /// Deterministic values: roughly normal (sum of three uniforms), scaled, with rare outliers.
-fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+pub(crate) fn data(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut u = move || {
         s ^= s << 13;
@@ -150,6 +150,51 @@ fn q4_k_fast_matches_scalar() {
 #[test]
 fn q6_k_fast_matches_scalar() {
     check_all_shapes(DType::Q6_K, &[512, 256]);
+}
+
+#[test]
+fn mxfp4_fast_matches_scalar() {
+    check_all_shapes(DType::MXFP4, &[96, 32, 64, 160, 1024]);
+}
+
+/// `MXFP4` weights from release-layout bytes (every code, the −0 one included, over 26
+/// exponents): the fast kernels against the scalar ones, and the scalar kernels against the
+/// f64 product of the dequantized weights (the exact float path computes exactly that, up to
+/// summation order).
+#[test]
+fn mxfp4_release_weights_match_scalar_and_dequantized_product() {
+    for (rows, cols, n) in [(5, 64, 1), (16, 256, 3), (33, 96, 8), (9, 2048, 2)] {
+        let codes: Vec<u8> = data(rows * cols / 2, cols as u64, 1.0)
+            .iter()
+            .map(|v| (v.to_bits() >> 7) as u8)
+            .collect();
+        let scales: Vec<u8> = (0..rows * cols / 32)
+            .map(|i| 110 + (i * 7 % 26) as u8)
+            .collect();
+        let q = QMat::from_mxfp4_release(rows, cols, &codes, &scales).unwrap();
+        let wd = q.to_f32().data;
+        let x = data(n * cols, rows as u64, 1.0);
+        let exact = naive(&wd, &x, rows, cols, n);
+        let bound = abs_products(&wd, &x, rows, cols, n);
+        let mut want = vec![0.0; n * rows];
+        q.matmul_with(Isa::Scalar, &x, n, &mut want);
+        for i in 0..n * rows {
+            let tol = 1e-6 * bound[i] + 1e-30;
+            assert!(
+                (want[i] as f64 - exact[i]).abs() <= tol,
+                "scalar [{rows}, {cols}] n {n} out[{i}] = {} vs {}",
+                want[i],
+                exact[i]
+            );
+        }
+        for isa in fast_isas() {
+            let mut got = vec![f32::NAN; n * rows];
+            q.matmul_with(isa, &x, n, &mut got);
+            assert_within_order_error(&got, &want, &bound, || {
+                format!("release mxfp4 {isa:?} [{rows}, {cols}] n {n}")
+            });
+        }
+    }
 }
 
 /// `Q8_0` weights where every fifth quant is −128.
@@ -364,6 +409,8 @@ fn quantized_matmul_close_to_f32_of_original_weights() {
         (DType::Q6_K, 0.03),
         (DType::Q4_K, 0.08),
         (DType::Q4_0, 0.12),
+        // Power-of-two block scales: about 12% on this data.
+        (DType::MXFP4, 0.15),
     ] {
         let q = QMat::from_f32(dtype, rows, cols, &wf).unwrap();
         let y = q.forward(&x);
@@ -432,7 +479,7 @@ fn mat_matmul_uses_fast_kernels_and_matches_naive() {
 #[test]
 fn many_tokens_span_several_token_blocks() {
     // n > TOKEN_BLOCK exercises the token-chunk split of the driver.
-    for dtype in [DType::Q4_0, DType::Q6_K, DType::F16] {
+    for dtype in [DType::Q4_0, DType::Q6_K, DType::F16, DType::MXFP4] {
         let cols = dtype.block_size().max(64);
         check_fast_vs_scalar(dtype, 12, cols, 2 * TOKEN_BLOCK + 5);
         let wf = data(12 * cols, 1, 0.05);

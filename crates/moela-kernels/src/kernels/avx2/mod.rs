@@ -14,10 +14,11 @@
 //! - `Q4_K`/`Q6_K`: the raw 4-/6-bit values are already unsigned; the min (`Q4_K`) and the −32
 //!   offset (`Q6_K`) are applied through the activations' 16-value sums.
 //!
-//! FP8 E4M3 is widened in registers (see `float`).
+//! FP8 E4M3 is widened in registers (see `float`); `MXFP4` is decoded exactly to f32 and
+//! multiplied with f32 activations (see `mxfp4`; with AVX-512, in 512-bit registers).
 //!
 //! Files: `float` (F32/F16/BF16 and FP8 micro-kernels), `int8` (`Q8_0`/`Q4_0`, plain and
-//! packed), `kquant` (`Q4_K`/`Q6_K`), `rows` (attention-row kernels), `quantize` (activation
+//! packed), `kquant` (`Q4_K`/`Q6_K`), `mxfp4`, `rows` (attention-row kernels), `quantize` (activation
 //! quantizers), `elementwise` (exp, SwiGLU), `amx` (AMX tiles for packed int8); this file
 //! holds the shared helpers and the per-ISA entry points.
 
@@ -29,6 +30,7 @@ use crate::quant::QK;
 use elementwise::{exp_sum, silu_mul};
 use float::{dot_f32, micro_bf16, micro_f16, micro_f32, micro_fp8};
 use kquant::{micro_q4_k, micro_q6_k};
+use mxfp4::{micro_mxfp4, micro_mxfp4_512};
 use quantize::{quant_q8, quant_q8k};
 use rows::{rows_dot, rows_dot_tiles, weighted_sum, weighted_sum_tiles};
 
@@ -50,6 +52,7 @@ mod float;
 #[macro_use]
 mod int8;
 mod kquant;
+mod mxfp4;
 mod quantize;
 mod rows;
 
@@ -87,6 +90,27 @@ pub(super) struct Ctx {
     sc: *const f32,
     sc_cols: usize,
     r0: usize,
+}
+
+impl Ctx {
+    /// Pointers to weight rows `r..r+MR` and f32 activation tokens `t..t+NR` of a micro-tile.
+    ///
+    /// # Safety
+    /// Rows and tokens of the validated task `self` describes.
+    #[inline(always)]
+    unsafe fn f32_tile<const MR: usize, const NR: usize>(
+        &self,
+        r: usize,
+        t: usize,
+    ) -> ([*const u8; MR], [*const f32; NR]) {
+        // SAFETY: inside the task's rows and tokens (this function's contract).
+        unsafe {
+            (
+                std::array::from_fn(|i| self.w.add((r + i) * self.rb)),
+                std::array::from_fn(|j| self.x.add((t + j) * self.cols)),
+            )
+        }
+    }
 }
 
 fn ctx(t: &Task<'_>) -> Ctx {
@@ -326,6 +350,10 @@ macro_rules! int_kernels {
                     DType::Q4_0 => drive!(c, nr, nt, out, micro_q4_0, 4 => [3, 2, 1], 1 => [4, 3, 2, 1]),
                     DType::Q4_K => drive!(c, nr, nt, out, micro_q4_k, 1 => [1], 1 => [4, 3, 2, 1]),
                     DType::Q6_K => drive!(c, nr, nt, out, micro_q6_k, 1 => [1], 1 => [4, 3, 2, 1]),
+                    // Exactly decoded f32 weights: 512-bit decode and FMA with AVX-512 (4 × 3
+                    // tiles, 24 accumulators), the 2 × 2 float tiles in plain AVX2.
+                    DType::MXFP4 if $vnni => drive!(c, nr, nt, out, micro_mxfp4_512, 4 => [3, 2, 1], 1 => [4, 3, 2, 1]),
+                    DType::MXFP4 => drive!(c, nr, nt, out, micro_mxfp4, 2 => [2, 1], 1 => [4, 3, 2, 1]),
                 }
             }
         }
