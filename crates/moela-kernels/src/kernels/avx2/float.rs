@@ -97,8 +97,7 @@ macro_rules! float_micro {
             unsafe {
                 let cols = c.cols;
                 let n8 = cols / 8 * 8;
-                let wp: [*const u8; MR] = std::array::from_fn(|i| c.w.add((r + i) * c.rb));
-                let xp: [*const f32; NR] = std::array::from_fn(|j| c.x.add((t + j) * cols));
+                let (wp, xp) = c.f32_tile::<MR, NR>(r, t);
                 // Two accumulators per output (alternate 8-column steps), so even a 1×1 tile
                 // (a lone dot product) has two FMA chains in flight. Every tile shape does the
                 // same arithmetic per output, so results do not depend on the tiling.
@@ -168,8 +167,7 @@ pub(super) unsafe fn micro_fp8<const MR: usize, const NR: usize>(
     // up to (r0+r+MR-1)/128 (validated); column indices stay below `cols`.
     unsafe {
         let cols = c.cols;
-        let wp: [*const u8; MR] = std::array::from_fn(|i| c.w.add((r + i) * c.rb));
-        let xp: [*const f32; NR] = std::array::from_fn(|j| c.x.add((t + j) * cols));
+        let (wp, xp) = c.f32_tile::<MR, NR>(r, t);
         let srow: [*const f32; MR] =
             std::array::from_fn(|i| c.sc.add((c.r0 + r + i) / FP8_BLOCK * c.sc_cols));
         let mut facc = [[_mm256_setzero_ps(); NR]; MR];

@@ -30,7 +30,7 @@ macro_rules! int8_kernels {
             // cols/32 f32 (validated); block indices stay below cols/32.
             unsafe {
                 let nb = c.cols / QK;
-                let wp: [*const u8; MR] = std::array::from_fn(|i| c.w.add((r + i) * c.rb));
+                let wp: [*const u8; MR] = c.weight_rows(r);
                 let ap: [*const i8; NR] = std::array::from_fn(|j| c.qs.add((t + j) * c.cols));
                 let dp: [*const f32; NR] = std::array::from_fn(|j| c.d.add((t + j) * nb));
                 let ones = _mm256_set1_epi16(1);
@@ -74,7 +74,7 @@ macro_rules! int8_kernels {
             // cols/32 f32 (validated); block indices stay below cols/32.
             unsafe {
                 let nb = c.cols / QK;
-                let wp: [*const u8; MR] = std::array::from_fn(|i| c.w.add((r + i) * c.rb));
+                let wp: [*const u8; MR] = c.weight_rows(r);
                 let ap: [*const i8; NR] = std::array::from_fn(|j| c.qs.add((t + j) * c.cols));
                 let dp: [*const f32; NR] = std::array::from_fn(|j| c.d.add((t + j) * nb));
                 let ones = _mm256_set1_epi16(1);

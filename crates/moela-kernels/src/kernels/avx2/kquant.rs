@@ -32,7 +32,7 @@ pub(super) unsafe fn micro_q4_k<const MR: usize, const NR: usize>(
     // f32 and cols/16 i16 (validated); super-block indices stay below cols/256.
     unsafe {
         let nsb = c.cols / QK_K;
-        let wp: [*const u8; MR] = std::array::from_fn(|i| c.w.add((r + i) * c.rb));
+        let wp: [*const u8; MR] = c.weight_rows(r);
         let ap: [*const i8; NR] = std::array::from_fn(|j| c.qs.add((t + j) * c.cols));
         let dp: [*const f32; NR] = std::array::from_fn(|j| c.d.add((t + j) * nsb));
         let bp: [*const i16; NR] = std::array::from_fn(|j| c.bs.add((t + j) * nsb * 16));
@@ -98,7 +98,7 @@ pub(super) unsafe fn micro_q6_k<const MR: usize, const NR: usize>(
     // f32 and cols/16 i16 (validated); super-block indices stay below cols/256.
     unsafe {
         let nsb = c.cols / QK_K;
-        let wp: [*const u8; MR] = std::array::from_fn(|i| c.w.add((r + i) * c.rb));
+        let wp: [*const u8; MR] = c.weight_rows(r);
         let ap: [*const i8; NR] = std::array::from_fn(|j| c.qs.add((t + j) * c.cols));
         let dp: [*const f32; NR] = std::array::from_fn(|j| c.d.add((t + j) * nsb));
         let bp: [*const i16; NR] = std::array::from_fn(|j| c.bs.add((t + j) * nsb * 16));

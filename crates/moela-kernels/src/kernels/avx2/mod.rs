@@ -106,10 +106,20 @@ impl Ctx {
         // SAFETY: inside the task's rows and tokens (this function's contract).
         unsafe {
             (
-                std::array::from_fn(|i| self.w.add((r + i) * self.rb)),
+                self.weight_rows(r),
                 std::array::from_fn(|j| self.x.add((t + j) * self.cols)),
             )
         }
+    }
+
+    /// Pointers to weight rows `r..r+MR` of the task.
+    ///
+    /// # Safety
+    /// Rows of the validated task `self` describes.
+    #[inline(always)]
+    unsafe fn weight_rows<const MR: usize>(&self, r: usize) -> [*const u8; MR] {
+        // SAFETY: inside the task's rows (this function's contract).
+        std::array::from_fn(|i| unsafe { self.w.add((r + i) * self.rb) })
     }
 }
 
