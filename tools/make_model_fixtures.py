@@ -726,6 +726,28 @@ def file_digest(path: Path) -> str:
 # One case
 # ----------------------------------------------------------------------------------------------
 
+def hidden_tensors(store, L: int, per_layer=None) -> "OrderedDict[str, torch.Tensor]":
+    """The hidden.safetensors tensors from a capture(): hidden states, sublayer outputs, routing
+    (ascending expert ids), final norm and logits, as F32/I32. `per_layer(hid, l)` adds a case's
+    own tensors of layer l after its routing."""
+    hid = OrderedDict()
+    for i in range(L + 1):
+        hid[f"hidden.{i}"] = store[f"hidden.{i}"].to(torch.float32).contiguous()
+    for l in range(L):
+        hid[f"attn_out.{l}"] = store[f"attn_out.{l}"].to(torch.float32).contiguous()
+        hid[f"mlp_out.{l}"] = store[f"mlp_out.{l}"].to(torch.float32).contiguous()
+        if f"router.{l}" in store:
+            _, w, idx = store[f"router.{l}"]
+            order = torch.argsort(idx, dim=-1)
+            hid[f"router_topk_idx.{l}"] = torch.gather(idx, 1, order).to(torch.int32).contiguous()
+            hid[f"router_topk_weight.{l}"] = torch.gather(w, 1, order).to(torch.float32).contiguous()
+        if per_layer is not None:
+            per_layer(hid, l)
+    hid["final_norm"] = store["final_norm"].to(torch.float32).contiguous()
+    hid["logits"] = store["logits"].to(torch.float32).contiguous()
+    return hid
+
+
 def run_case(case: Case, out_root: Path, tok_dir: Path) -> dict:
     out = out_root / case.name
     if out.exists():
@@ -795,19 +817,7 @@ def run_case(case: Case, out_root: Path, tok_dir: Path) -> dict:
     full_store = capture(model, nll_tokens)
     routing = routing_summary(case, model, full_store)
     full_store.pop("_hf_hidden_states")
-    hid = OrderedDict()
-    for i in range(L + 1):
-        hid[f"hidden.{i}"] = store[f"hidden.{i}"].to(torch.float32).contiguous()
-    for l in range(L):
-        hid[f"attn_out.{l}"] = store[f"attn_out.{l}"].to(torch.float32).contiguous()
-        hid[f"mlp_out.{l}"] = store[f"mlp_out.{l}"].to(torch.float32).contiguous()
-        if f"router.{l}" in store:
-            _, w, idx = store[f"router.{l}"]
-            order = torch.argsort(idx, dim=-1)
-            hid[f"router_topk_idx.{l}"] = torch.gather(idx, 1, order).to(torch.int32).contiguous()
-            hid[f"router_topk_weight.{l}"] = torch.gather(w, 1, order).to(torch.float32).contiguous()
-    hid["final_norm"] = store["final_norm"].to(torch.float32).contiguous()
-    hid["logits"] = store["logits"].to(torch.float32).contiguous()
+    hid = hidden_tensors(store, L)
     assert torch.allclose(store["logits"], logits[:N_HIDDEN], rtol=0, atol=1e-9)
     save_file(dict(hid), str(out / "hidden.safetensors"), metadata={"format": "pt"})
 

@@ -437,17 +437,7 @@ def run(out_root: Path) -> dict:
     full_store.pop("_hf_hidden_states")
     routing = mmf.routing_summary(case, model, full_store)
 
-    hid = OrderedDict()
-    for i in range(L + 1):
-        hid[f"hidden.{i}"] = store[f"hidden.{i}"].to(torch.float32).contiguous()
-    for l in range(L):
-        hid[f"attn_out.{l}"] = store[f"attn_out.{l}"].to(torch.float32).contiguous()
-        hid[f"mlp_out.{l}"] = store[f"mlp_out.{l}"].to(torch.float32).contiguous()
-        if f"router.{l}" in store:
-            _, w, idx = store[f"router.{l}"]
-            order = torch.argsort(idx, dim=-1)
-            hid[f"router_topk_idx.{l}"] = torch.gather(idx, 1, order).to(torch.int32).contiguous()
-            hid[f"router_topk_weight.{l}"] = torch.gather(w, 1, order).to(torch.float32).contiguous()
+    def indexer_tensors(hid, l):
         k_rot, scores = indexer_f64(case, exact, l, rec[l])
         hid[f"index_k.{l}"] = k_rot[:mmf.N_HIDDEN].to(torch.float32).contiguous()
         hid[f"index_scores.{l}"] = scores[:mmf.N_HIDDEN, :mmf.N_HIDDEN].to(torch.float32).contiguous()
@@ -455,8 +445,8 @@ def run(out_root: Path) -> dict:
         for t, row in enumerate(sel[l]):
             table[t, : len(row)] = torch.tensor(row, dtype=torch.int32)
         hid[f"index_topk_idx.{l}"] = table
-    hid["final_norm"] = store["final_norm"].to(torch.float32).contiguous()
-    hid["logits"] = store["logits"].to(torch.float32).contiguous()
+
+    hid = mmf.hidden_tensors(store, L, indexer_tensors)
     save_file(dict(hid), str(out / "hidden.safetensors"), metadata={"format": "pt"})
 
     hidden_note = (
