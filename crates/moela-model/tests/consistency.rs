@@ -297,33 +297,19 @@ fn batched_decode_steps_equal_solo_steps_to_the_bit() {
                 let next: Vec<[u32; 1]> = (0..prompts.len() as u32)
                     .map(|i| [(step * 11 + i * 5) % v as u32])
                     .collect();
+                // Solo: each sequence in a pass of its own.
                 let want: Vec<Vec<f32>> = solo
-                    .iter_mut()
-                    .zip(&next)
-                    .map(|(c, t)| {
-                        let mut s = [SeqInput {
-                            tokens: t,
-                            cache: c,
-                            logits: Logits::Last,
-                        }];
-                        m.forward(&mut s, &ForwardOptions::default())
-                            .unwrap()
-                            .remove(0)
-                    })
+                    .chunks_mut(1)
+                    .zip(next.chunks(1))
+                    .map(|(c, t)| common::forward_each(&m, c, t, Logits::Last).remove(0))
                     .collect();
-                let mut batch: Vec<SeqInput> = batched
-                    .iter_mut()
-                    .zip(&next)
-                    .map(|(c, t)| SeqInput {
-                        tokens: t,
-                        cache: c,
-                        logits: Logits::Last,
-                    })
-                    .collect();
-                let got = m.forward(&mut batch, &ForwardOptions::default()).unwrap();
+                let got = common::forward_each(&m, &mut batched, &next, Logits::Last);
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(g), bits(w), "{kv:?}, sequence {i}, step {step}");
+                    assert_eq!(
+                        common::f32_bits(g),
+                        common::f32_bits(w),
+                        "{kv:?}, sequence {i}, step {step}"
+                    );
                 }
             }
         }

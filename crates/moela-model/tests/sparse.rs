@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{config, max_diff, RandomSource};
+use common::{config, f32_bits as bits, max_diff, RandomSource};
 use moela_model::{
     AttentionMode, Config, ForwardOptions, KvType, Logits, Model, SeqCache, SeqInput,
 };
@@ -55,10 +55,6 @@ fn feed(m: &Model, cache: &mut SeqCache, tokens: &[u32], mode: AttentionMode) ->
 
 fn run(m: &Model, toks: &[u32], mode: AttentionMode) -> Vec<f32> {
     feed(m, &mut m.new_cache(), toks, mode)
-}
-
-fn bits(x: &[f32]) -> Vec<u32> {
-    x.iter().map(|f| f.to_bits()).collect()
 }
 
 #[test]
@@ -149,16 +145,7 @@ fn batched_equals_solo(m: &Model, lens: &[usize]) {
             .zip(&next)
             .map(|(c, t)| feed(m, c, t, AttentionMode::Auto))
             .collect();
-        let mut batch: Vec<SeqInput> = batched
-            .iter_mut()
-            .zip(&next)
-            .map(|(c, t)| SeqInput {
-                tokens: t,
-                cache: c,
-                logits: Logits::All,
-            })
-            .collect();
-        let got = m.forward(&mut batch, &ForwardOptions::default()).unwrap();
+        let got = common::forward_each(m, &mut batched, &next, Logits::All);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert_eq!(
                 bits(g),

@@ -75,3 +75,29 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// One forward pass over every sequence in `caches`, each fed its own `tokens[i]` with
+/// `logits`; returns each sequence's logits.
+pub fn forward_each(
+    m: &moela_model::Model,
+    caches: &mut [moela_model::SeqCache],
+    tokens: &[[u32; 1]],
+    logits: moela_model::Logits,
+) -> Vec<Vec<f32>> {
+    let mut batch: Vec<moela_model::SeqInput> = caches
+        .iter_mut()
+        .zip(tokens)
+        .map(|(cache, t)| moela_model::SeqInput {
+            tokens: t,
+            cache,
+            logits,
+        })
+        .collect();
+    m.forward(&mut batch, &moela_model::ForwardOptions::default())
+        .unwrap()
+}
+
+/// The bit patterns of `x` (for comparisons to the bit that print as numbers).
+pub fn f32_bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|f| f.to_bits()).collect()
+}
