@@ -724,6 +724,17 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let kv_bytes_per_token = c.kv_bytes_per_token(m.model.kv_type())?;
     let rss = moela_engine::peak_rss_bytes();
     let threads = moela_kernels::num_threads();
+    // Weights copied into anonymous memory in a repacked layout (0 with --mmap-only).
+    let repacked: usize = m
+        .model
+        .weights
+        .named_tensors()
+        .iter()
+        .filter_map(|(_, t)| match t {
+            moela_model::weights::TensorRef::Matrix(q) if q.is_packed() => Some(q.nbytes()),
+            _ => None,
+        })
+        .sum();
     if a.json {
         println!(
             "{}",
@@ -744,6 +755,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 "load_s": load_s,
                 "peak_rss_bytes": rss,
                 "kv_bytes_per_token": kv_bytes_per_token,
+                "repacked_weight_bytes": repacked,
                 "threads": threads,
                 "isa": format!("{:?}", moela_kernels::Isa::best()),
             })

@@ -422,6 +422,19 @@ fn mmap_only_generates_what_the_default_does() {
         last_json(&o)["token_ids"].clone()
     };
     assert_eq!(run(&["--mmap-only"]), run(&[]));
+    // The flag is what keeps the matrices in place: nothing repacked with it.
+    let repacked = |extra: &[&str]| {
+        let mut args = vec!["bench", "--model", d, "--quant", "q4_0", "--json"];
+        args.extend_from_slice(&["--prompt-tokens", "4", "--gen-tokens", "2", "--no-warmup"]);
+        args.extend_from_slice(extra);
+        let o = moela(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        last_json(&o)["repacked_weight_bytes"].as_u64().unwrap()
+    };
+    assert_eq!(repacked(&["--mmap-only"]), 0);
+    if moela_kernels::Isa::active() != moela_kernels::Isa::Scalar {
+        assert!(repacked(&[]) > 0);
+    }
 }
 
 #[test]
