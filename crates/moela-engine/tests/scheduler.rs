@@ -469,3 +469,30 @@ fn max_batch_full_context_requests_run_together() {
     assert_eq!(engine.stats().running.load(Ordering::SeqCst), 16);
     drop(rxs);
 }
+
+/// The CLI's chat keeps one engine per conversation: a turn's prompt, which extends the last
+/// turn's, is served from the cache as far as the last turn's full blocks reach.
+#[test]
+fn a_conversation_on_one_engine_reuses_the_last_turns_prefix() {
+    let (model, tok) = fixture();
+    let mut engine = Engine::new(
+        model,
+        Some(tok),
+        EngineConfig {
+            ctx: 256,
+            max_batch: 1,
+            max_queue: 1,
+            ..Default::default()
+        },
+    );
+    let turn1: Vec<u32> = (0..40).map(|i| (i * 7 % 500) as u32).collect();
+    let out1 = generate(&mut engine, request(turn1.clone(), 8), &mut |_| {}).unwrap();
+    assert_eq!(out1.cached_tokens, 0);
+    let mut turn2 = turn1;
+    turn2.extend(&out1.token_ids);
+    turn2.extend([3, 4, 5]);
+    let out2 = generate(&mut engine, request(turn2, 4), &mut |_| {}).unwrap();
+    // The first turn cached its 40 prompt tokens and 7 of its 8 generated ones (the last is
+    // sampled, never fed): two full 16-token blocks.
+    assert_eq!(out2.cached_tokens, (40 + 8 - 1) / 16 * 16);
+}
