@@ -29,6 +29,19 @@ pub fn f32_to_bf16(x: f32) -> u16 {
     half::bf16::from_f32(x).to_bits()
 }
 
+/// The power of two a ue8m0 (`F8_E8M0`) scale byte `e` stands for, 2^(e−127), exactly (2^−127
+/// for `e = 0` is an f32 subnormal). `e = 255` is NaN in the OCP MX format; callers reject it
+/// first (it comes out as +∞ here).
+#[inline]
+pub const fn e8m0_to_f32(e: u8) -> f32 {
+    let bits = if e == 0 {
+        0x0040_0000u32
+    } else {
+        (e as u32) << 23
+    };
+    f32::from_bits(bits)
+}
+
 /// Decodes one FP8 E4M3 byte. `const` so the lookup table is built at compile time.
 pub const fn fp8_e4m3_decode(b: u8) -> f32 {
     let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
@@ -165,6 +178,20 @@ mod tests {
             assert!((v - x.clamp(-448.0, 448.0)).abs() <= best + 1e-6, "{x}");
             x += 0.37;
         }
+    }
+
+    #[test]
+    fn e8m0_is_the_power_of_two() {
+        for e in 0..255u8 {
+            assert_eq!(e8m0_to_f32(e) as f64, 2f64.powi(e as i32 - 127), "e = {e}");
+            // Twice ggml's half scale, bit for bit.
+            assert_eq!(
+                e8m0_to_f32(e),
+                2.0 * crate::mxfp4::e8m0_to_f32_half(e),
+                "e = {e}"
+            );
+        }
+        assert_eq!(e8m0_to_f32(127), 1.0);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Checkpoint loading: HF directories with single-file or sharded safetensors (memory-mapped),
-//! tensor dtypes F32/F16/BF16 and DeepSeek's FP8-E4M3 with block scales; GGUF files (read and
+//! tensor dtypes F32/F16/BF16 and DeepSeek's FP8-E4M3 with block scales (f32 `weight_scale_inv` or
+//! V4's ue8m0 `.scale`), V4's FP4 experts (`release.rs`); GGUF files (read and
 //! write, `deepseek2` metadata and tensor names).
 //!
 //! This crate converts formats and nothing else; the model asks for tensors by their HF
@@ -12,6 +13,7 @@ pub mod gguf_export;
 pub mod gguf_model;
 pub mod model_files;
 mod progress;
+mod release;
 pub mod safetensors_dir;
 
 pub use error::LoadError;

@@ -13,6 +13,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::error::LoadError;
 use crate::progress::LoadProgress;
+use crate::release;
 
 /// How to load a model.
 #[derive(Clone, Debug, Default)]
@@ -239,8 +240,73 @@ impl Checkpoint {
         Ok(t)
     }
 
+    /// Weight matrix `name` (`[rows, cols]`) as stored, mapped where its layout is a kernel's:
+    /// F32/F16/BF16, FP8 with its block scales, DeepSeek's FP4 experts repacked into `MXFP4`.
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
+        if let Some(m) = self.fp4_matrix(name, rows, cols)? {
+            return Ok(m);
+        }
+        let t = self.checked(name, &[rows, cols])?;
+        self.stored_matrix(name, t, rows, cols)
+    }
+
+    /// The stored bytes of tensor `t`.
+    fn bytes(&self, t: &TensorInfo) -> &[u8] {
+        &self.shards[t.shard].map[t.start..t.end]
+    }
+
+    /// The `[⌈rows/128⌉, ⌈cols/128⌉]` block scales of FP8 weight `name`: Hugging Face's
+    /// `<name>_scale_inv` (V3) or DeepSeek's `<stem>.scale` (V4's release names, ue8m0).
+    fn fp8_scales(&self, name: &str, rows: usize, cols: usize) -> Result<Vec<f32>, ModelError> {
+        let grid = [rows.div_ceil(FP8_BLOCK), cols.div_ceil(FP8_BLOCK)];
+        let hf = format!("{name}_scale_inv");
+        let release = release::scale_name(name);
+        for sname in std::iter::once(hf.clone()).chain(release.clone()) {
+            if let Some(t) = self.tensors.get(&sname) {
+                if t.dtype == "F8_E8M0" {
+                    let t = self.checked(&sname, &grid)?;
+                    return release::e8m0_values(&sname, self.bytes(t));
+                }
+                return self.tensor_f32(&sname, &grid);
+            }
+        }
+        let also = release.map_or(String::new(), |r| format!(" or `{r}`"));
+        Err(ModelError::Tensor {
+            name: name.into(),
+            msg: format!("FP8 weight without its block scales `{hf}`{also}"),
+        })
+    }
+
+    /// Tensor `name` as a `[rows, cols]` matrix if it is stored as DeepSeek-V4's FP4 experts
+    /// (see [`release::fp4_codes`]): repacked exactly into `MXFP4` blocks.
+    fn fp4_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Option<QMat>, ModelError> {
+        let Some(t) = self.tensors.get(name) else {
+            return Ok(None);
+        };
+        if !release::fp4_codes(&t.dtype, &t.shape, rows, cols) {
+            return Ok(None);
+        }
+        let err = |msg: String| ModelError::Tensor {
+            name: name.into(),
+            msg,
+        };
+        let sname = release::scale_name(name)
+            .filter(|s| self.tensors.contains_key(s))
+            .ok_or_else(|| err("FP4 codes without their `.scale` tensor".into()))?;
+        let st = self.checked(&sname, &[rows, cols / moela_kernels::mxfp4::QK_MXFP4])?;
+        if !matches!(st.dtype.as_str(), "F8_E8M0" | "U8" | "I8") {
+            return Err(ModelError::Tensor {
+                name: sname,
+                msg: format!("FP4 scales stored as {} (expected F8_E8M0)", st.dtype),
+            });
+        }
+        QMat::from_mxfp4_release(rows, cols, self.bytes(t), self.bytes(st))
+            .map(Some)
+            .map_err(|e| err(e.to_string()))
+    }
+
     /// Tensor `t` (called `name`) as a `[rows, cols]` matrix in its stored type, mapped without
-    /// copying; FP8 weights carry their `weight_scale_inv` block scales.
+    /// copying; FP8 weights carry their block scales.
     fn stored_matrix(
         &self,
         name: &str,
@@ -259,16 +325,7 @@ impl Checkpoint {
             ))
         })?;
         let scales = if dtype == DType::F8E4M3Block128 {
-            let sname = format!("{name}_scale_inv");
-            if !self.tensors.contains_key(&sname) {
-                return Err(err(format!(
-                    "FP8 weight without its block scales `{sname}`"
-                )));
-            }
-            Some(self.tensor_f32(
-                &sname,
-                &[rows.div_ceil(FP8_BLOCK), cols.div_ceil(FP8_BLOCK)],
-            )?)
+            Some(self.fp8_scales(name, rows, cols)?)
         } else {
             None
         };
@@ -328,8 +385,6 @@ impl WeightSource for Source<'_> {
     /// The stored bytes, mapped without copying (FP8 with its block scales), optionally
     /// quantized.
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
-        let t = self.ckpt.checked(name, &[rows, cols])?;
-        let m = self.ckpt.stored_matrix(name, t, rows, cols)?;
-        requantize(m, name, self.quant)
+        requantize(self.ckpt.matrix(name, rows, cols)?, name, self.quant)
     }
 }
