@@ -48,7 +48,7 @@ enum Command {
     Inspect(InspectArgs),
     /// Prefill and decode speed, time to first token, peak memory, load time.
     Bench(BenchArgs),
-    /// Write a model as a deepseek2 GGUF file (llama.cpp loads it) with weights in one type.
+    /// Write a DeepSeek model as a deepseek2 (V2/V3) or deepseek32 (V3.2) GGUF file (llama.cpp loads it) with weights in one type.
     Quantize(QuantizeArgs),
     /// Serve an OpenAI- and DeepSeek-compatible HTTP API (SIGTERM drains, then exits).
     Serve(ServeArgs),
@@ -789,7 +789,7 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     let files = ModelFiles::open(&a.model)?;
     if !files.config().model_type.is_mla() {
         bail!(
-            "moela quantize writes DeepSeek (deepseek2) GGUF files only; {} is a {} model (use --quant to quantize it while loading)",
+            "moela quantize writes DeepSeek (deepseek2 / deepseek32) GGUF files only; {} is a {} model (use --quant to quantize it while loading)",
             a.model.display(),
             files.config().model_type.as_str()
         );
@@ -818,7 +818,7 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         .model
         .file_stem()
         .map_or_else(|| "moela".to_string(), |n| n.to_string_lossy().into_owned());
-    moela_loader::export_deepseek2(&model, &tok, tok_cfg.as_deref(), a.dtype, &name, &a.out)?;
+    moela_loader::export_mla_gguf(&model, &tok, tok_cfg.as_deref(), a.dtype, &name, &a.out)?;
     let size = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
     eprintln!(
         "wrote {} ({}, {})",

@@ -198,8 +198,20 @@ fn inspect_shows_the_v32_indexer_and_the_cache_bytes_per_token() {
 }
 
 #[test]
-fn quantize_refuses_v32_clearly() {
-    common::assert_quantize_refused("v32", &["DeepSeek-V3.2", "not supported"]);
+fn quantize_writes_v32_as_deepseek32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("v32-q8_0.gguf");
+    let o = common::quantize_q8_0("v32", &out);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let o = moela(&["inspect", "--model", out.to_str().unwrap()]);
+    let text = common::stdout(&o);
+    for want in [
+        "model_type:   deepseek_v32",
+        "indexer:      DSA, 16 heads of 16 (RoPE on the leading 8), top 8 keys per query",
+        "q8_0 ×",
+    ] {
+        assert!(text.contains(want), "missing {want}: {text}");
+    }
 }
 
 #[test]

@@ -108,7 +108,7 @@ fn greedy_continuation_matches_reference_token_by_token() {
 #[test]
 fn gguf_export_round_trips() {
     use moela_kernels::DType;
-    use moela_loader::{export_deepseek2, GgufModel};
+    use moela_loader::{export_mla_gguf, GgufModel};
     for case in ["v2_lite", "v3_fp8", "v2_lite_plain_rope"] {
         let c = load(case);
         let dir = case_dir(case);
@@ -126,7 +126,7 @@ fn gguf_export_round_trips() {
         ] {
             let tmp = tempfile::tempdir().unwrap();
             let path = tmp.path().join("m.gguf");
-            export_deepseek2(&c.model, &tok, Some(&cfg), dtype, case, &path).unwrap();
+            export_mla_gguf(&c.model, &tok, Some(&cfg), dtype, case, &path).unwrap();
             let g = GgufModel::open(&path).unwrap();
             assert_eq!(g.config.num_hidden_layers, c.model.config.num_hidden_layers);
             let m = g.load_model_with(&common::exact_cache()).unwrap();

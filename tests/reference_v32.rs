@@ -396,3 +396,83 @@ fn the_engine_generates_the_reference_tokens_beside_other_requests() {
     let out = run(std::slice::from_ref(&b), 12);
     assert_eq!(out[0], greedy_tokens(&model, &b, 12).unwrap());
 }
+
+/// The same checkpoint converted by llama.cpp's own converter (b11434, architecture
+/// `deepseek32`: `tools/make_gguf_v32_fixture.py`): the config read back from its metadata
+/// (indexer keys, NextN layers counted in `block_count`), per-token NLL within 1e-4 in both MLA
+/// forms, the greedy continuation, and the tokenizer rebuilt from the file.
+#[test]
+fn llama_cpp_deepseek32_gguf_matches_reference() {
+    use moela_loader::GgufModel;
+    let path = case_dir(CASE).join("../../gguf/deepseek32_v32.gguf");
+    let g = GgufModel::open(&path).unwrap();
+    let hf = load();
+    let (a, b) = (&g.config, &hf.config);
+    assert_eq!(g.arch, "deepseek32");
+    assert_eq!(a.model_type, ModelType::DeepseekV32);
+    assert_eq!(a.num_hidden_layers, b.num_hidden_layers);
+    assert_eq!(a.attention, b.attention, "MLA and indexer sizes");
+    assert_eq!(a.moe, b.moe);
+    assert_eq!(a.num_nextn_predict_layers, b.num_nextn_predict_layers);
+    assert_eq!(a.kv_bytes_per_token(KvType::F32).unwrap(), 3 * 56 * 4);
+    let m = g.load_model_with(&common::exact_cache()).unwrap();
+    let golden = golden(CASE);
+    check_nll(&m, &golden, AttentionMode::Absorbed);
+    check_nll(&m, &golden, AttentionMode::Standard);
+    let got = greedy_tokens(&m, &ids(&golden["greedy_prompt"]), 24).unwrap();
+    assert_eq!(got, ids(&golden["greedy_tokens"]));
+    let (tj, tc) = g.tokenizer_json().unwrap();
+    let t1 = moela_text::Tokenizer::from_json_str(&tj, Some(&tc)).unwrap();
+    let t0 = moela_text::Tokenizer::from_dir(&case_dir(CASE)).unwrap();
+    for text in [
+        "def add(a, b):\n    return a + b  # 12345 <｜User｜>",
+        "Grüße, 世界! ½ × 3 — ok?",
+    ] {
+        assert_eq!(
+            t1.encode(text, true).unwrap(),
+            t0.encode(text, true).unwrap()
+        );
+    }
+}
+
+/// `moela quantize`'s writer on V3.2: a `deepseek32` file with the metadata llama.cpp's
+/// converter writes (every `deepseek32.*` key of the converter's file, same value, except the
+/// NextN layer the fixture does not store weights for), the indexer tensors under the
+/// converter's names, and NLLs within 1e-4 of the reference when read back (F32 and BF16,
+/// which is exact for these BF16 weights).
+#[test]
+fn deepseek32_export_matches_the_converter_and_reference() {
+    use moela_kernels::DType;
+    use moela_loader::{export_mla_gguf, GgufFile, GgufModel};
+    let hf = load();
+    let dir = case_dir(CASE);
+    let tok = std::fs::read_to_string(dir.join("tokenizer.json")).unwrap();
+    let cfg = std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap();
+    let theirs = GgufFile::open(dir.join("../../gguf/deepseek32_v32.gguf")).unwrap();
+    let golden = golden(CASE);
+    for dtype in [DType::F32, DType::BF16] {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("v32.gguf");
+        export_mla_gguf(&hf, &tok, Some(&cfg), dtype, "v32", &path).unwrap();
+        let ours = GgufFile::open(&path).unwrap();
+        assert_eq!(ours.architecture().unwrap(), "deepseek32");
+        for (key, value) in theirs.metadata_entries() {
+            let skip = ["deepseek32.block_count", "deepseek32.nextn_predict_layers"];
+            if !key.starts_with("deepseek32.") || skip.contains(&key) {
+                continue;
+            }
+            assert_eq!(ours.metadata(key), Some(value), "{key}");
+        }
+        for t in theirs.tensors() {
+            if t.name.contains(".indexer.") {
+                let o = ours.tensor(&t.name).unwrap_or_else(|| panic!("{}", t.name));
+                assert_eq!(o.dims, t.dims, "{}", t.name);
+            }
+        }
+        let m = GgufModel::open(&path)
+            .unwrap()
+            .load_model_with(&common::exact_cache())
+            .unwrap();
+        check_nll(&m, &golden, AttentionMode::Absorbed);
+    }
+}

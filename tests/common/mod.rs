@@ -124,11 +124,10 @@ pub fn last_json(o: &Output) -> Value {
 
 /// `moela quantize` of fixture `case` fails cleanly (no panic, no output file) with an error
 /// containing every one of `needles`.
-pub fn assert_quantize_refused(case: &str, needles: &[&str]) {
+/// `moela quantize` of fixture `case` to `out` as Q8_0.
+pub fn quantize_q8_0(case: &str, out: &Path) -> Output {
     let dir = case_dir(case);
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("x.gguf");
-    let o = moela(&[
+    moela(&[
         "quantize",
         "--model",
         dir.to_str().unwrap(),
@@ -136,7 +135,13 @@ pub fn assert_quantize_refused(case: &str, needles: &[&str]) {
         out.to_str().unwrap(),
         "--type",
         "q8_0",
-    ]);
+    ])
+}
+
+pub fn assert_quantize_refused(case: &str, needles: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.gguf");
+    let o = quantize_q8_0(case, &out);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && !err.contains("panicked"), "{err}");
     for n in needles {

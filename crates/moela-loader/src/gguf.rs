@@ -1,5 +1,5 @@
 //! GGUF files (llama.cpp's single-file format): a reader, a streaming writer, and the
-//! architecture specifics — `deepseek2`, `qwen2` and `llama` (HF config.json and tokenizer.json
+//! architecture specifics — `deepseek2`/`deepseek32`, `qwen2` and `llama` (HF config.json and tokenizer.json
 //! rebuilt from metadata, the tensor name table, the `kv_b_proj` ↔ `attn_k_b`/`attn_v_b` layout
 //! rule, the `llama` RoPE row permutation).
 //!
@@ -27,7 +27,7 @@ mod writer;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use deepseek2::{deepseek2_config_json, is_deepseek_v3};
+pub use deepseek2::{deepseek2_config_json, is_deepseek_v3, MLA_ARCHS};
 pub use dense::{dense_config_json, DENSE_ARCHITECTURES};
 pub use names::{
     gguf_name_to_hf, hf_name_to_gguf, kv_b_from_split, permute_rope_rows, rope_permuted,

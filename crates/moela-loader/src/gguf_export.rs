@@ -1,5 +1,5 @@
-//! `moela quantize`: writes a loaded model as a `deepseek2` GGUF file that llama.cpp loads —
-//! the metadata keys of its converter, the split `attn_k_b`/`attn_v_b` MLA layout, stacked
+//! `moela quantize`: writes a loaded model as a `deepseek2` (V2/V3) or `deepseek32` (V3.2) GGUF
+//! file that llama.cpp loads — the metadata keys of its converter, the split `attn_k_b`/`attn_v_b` MLA layout, stacked
 //! expert tensors, and the tokenizer.
 
 use std::path::Path;
@@ -50,9 +50,20 @@ fn ggml(d: DType) -> Result<GgmlType, LoadError> {
     })
 }
 
-/// The `deepseek2.*` and `general.*` metadata for `c`, whose attention is `m` with rows of
+/// The architecture `m` is written as: `deepseek32` (llama.cpp's V3.2, DSA indexer) or
+/// `deepseek2`.
+fn mla_arch(m: &MlaConfig) -> &'static str {
+    if m.indexer.is_some() {
+        "deepseek32"
+    } else {
+        "deepseek2"
+    }
+}
+
+/// The `{arch}.*` and `general.*` metadata for `c`, whose attention is `m` with rows of
 /// `latent` cached values and query/key heads `qk` wide. Sizes fit in u32: [`Config::validate`]
-/// bounds them.
+/// bounds them. No NextN layers are written, so `block_count` is the decoder's layers for
+/// `deepseek32` too (as llama.cpp's converter with `--no-mtp`).
 fn write_metadata(
     w: &mut GgufWriter,
     c: &Config,
@@ -60,8 +71,9 @@ fn write_metadata(
     (latent, qk): (usize, usize),
     name: &str,
 ) -> Result<(), GgufError> {
-    let k = |s: &str| format!("deepseek2.{s}");
-    w.add_string("general.architecture", "deepseek2")?;
+    let arch = mla_arch(m);
+    let k = |s: &str| format!("{arch}.{s}");
+    w.add_string("general.architecture", arch)?;
     w.add_string("general.name", name)?;
     w.add_u32(k("context_length"), c.max_position_embeddings as u32)?;
     w.add_u32(k("embedding_length"), c.hidden_size as u32)?;
@@ -106,6 +118,11 @@ fn write_metadata(
             w.add_u32(k("expert_group_used_count"), moe.topk_group as u32)?;
         }
     }
+    if let Some(ix) = &m.indexer {
+        w.add_u32(k("attention.indexer.head_count"), ix.index_n_heads as u32)?;
+        w.add_u32(k("attention.indexer.key_length"), ix.index_head_dim as u32)?;
+        w.add_u32(k("attention.indexer.top_k"), ix.index_topk as u32)?;
+    }
     if let Some(y) = c.yarn() {
         w.add_string(k("rope.scaling.type"), "yarn")?;
         w.add_f32(k("rope.scaling.factor"), y.factor as f32)?;
@@ -113,6 +130,8 @@ fn write_metadata(
             k("rope.scaling.original_context_length"),
             y.original_max_position_embeddings as u32,
         )?;
+        w.add_f32(k("rope.scaling.yarn_beta_fast"), y.beta_fast as f32)?;
+        w.add_f32(k("rope.scaling.yarn_beta_slow"), y.beta_slow as f32)?;
         w.add_f32(
             k("rope.scaling.yarn_log_multiplier"),
             (0.1 * y.mscale_all_dim) as f32,
@@ -123,7 +142,7 @@ fn write_metadata(
 
 /// Writes `model` to `out` with matrices in `dtype` (norms, biases and routers stay F32;
 /// matrices whose width does not fit the blocks are F16).
-pub fn export_deepseek2(
+pub fn export_mla_gguf(
     model: &Model,
     tokenizer_json: &str,
     tokenizer_config_json: Option<&str>,
@@ -136,17 +155,11 @@ pub fn export_deepseek2(
         return Err(LoadError::file(
             out,
             format!(
-                "GGUF export writes DeepSeek (deepseek2) models only; this is a {} model",
+                "GGUF export writes DeepSeek (deepseek2 / deepseek32) models only; this is a {} model",
                 c.model_type.as_str()
             ),
         ));
     };
-    if mla.indexer.is_some() {
-        return Err(LoadError::file(
-            out,
-            "GGUF export of DeepSeek-V3.2 (sparse-attention indexer) is not supported",
-        ));
-    }
     if c.moe.as_ref().is_some_and(|m| m.moe_layer_freq != 1) {
         return Err(LoadError::file(
             out,
@@ -165,7 +178,11 @@ pub fn export_deepseek2(
                 parts: vec![Part::Vector(v)],
             }),
             (GgufTarget::Whole(g), TensorRef::Matrix(m)) => {
-                let d = if hf.ends_with(".mlp.gate.weight") {
+                // Routers and the indexer's head weights stay F32 (the reference computes
+                // them in f32; llama.cpp's converter writes `indexer.proj` so too).
+                let d = if hf.ends_with(".mlp.gate.weight")
+                    || hf.ends_with(".indexer.weights_proj.weight")
+                {
                     DType::F32
                 } else {
                     pick(dtype, m.cols)

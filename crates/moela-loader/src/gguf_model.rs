@@ -1,4 +1,4 @@
-//! A `deepseek2`, `qwen2` or `llama` GGUF file as a model: config from its metadata, weights
+//! A `deepseek2`, `deepseek32`, `qwen2` or `llama` GGUF file as a model: config from its metadata, weights
 //! mapped without copying (quantized blocks stay quantized; `llama` q/k rows are un-permuted
 //! into an owned copy), tokenizer rebuilt from `tokenizer.ggml.*`.
 
@@ -11,12 +11,12 @@ use crate::error::LoadError;
 use crate::gguf::{
     deepseek2_config_json, dense_config_json, hf_name_to_gguf, kv_b_from_split, rope_permuted,
     tokenizer_json_from_gguf, unpermute_rope_rows, GgufFile, GgufTarget, KvBDims, RopeHeads,
-    DENSE_ARCHITECTURES,
+    DENSE_ARCHITECTURES, MLA_ARCHS,
 };
 use crate::progress::LoadProgress;
 use crate::safetensors_dir::{requantize, LoadOptions};
 
-/// An opened `deepseek2`, `qwen2` or `llama` GGUF file.
+/// An opened `deepseek2`, `deepseek32`, `qwen2` or `llama` GGUF file.
 pub struct GgufModel {
     pub path: PathBuf,
     pub file: GgufFile,
@@ -34,7 +34,7 @@ impl GgufModel {
             path: path.to_path_buf(),
             source,
         };
-        let (config, config_json) = if arch == "deepseek2" {
+        let (config, config_json) = if MLA_ARCHS.contains(&arch.as_str()) {
             let json = deepseek2_config_json(&file)?;
             (Config::from_hf_value(&json).map_err(model_err)?, json)
         } else if DENSE_ARCHITECTURES.contains(&arch.as_str()) {
@@ -60,7 +60,7 @@ impl GgufModel {
             return Err(LoadError::file(
                 path,
                 format!(
-                    "GGUF architecture {arch:?} is not supported (expected deepseek2, qwen2 or llama)"
+                    "GGUF architecture {arch:?} is not supported (expected deepseek2, deepseek32, qwen2 or llama)"
                 ),
             ));
         };

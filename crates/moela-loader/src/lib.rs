@@ -18,7 +18,7 @@ pub mod safetensors_dir;
 
 pub use error::LoadError;
 pub use gguf::{GgufError, GgufFile, GgufWriter};
-pub use gguf_export::export_deepseek2;
+pub use gguf_export::export_mla_gguf;
 pub use gguf_model::GgufModel;
 pub use model_files::{ModelFiles, TensorSummary};
 pub use safetensors_dir::{Checkpoint, LoadOptions, TensorInfo};

@@ -1,18 +1,22 @@
-//! An HF-style `config.json` rebuilt from `deepseek2` GGUF metadata (llama.cpp's converter,
-//! `DeepseekV2Model.set_gguf_parameters`, wrote it from the HF config; this undoes that).
+//! An HF-style `config.json` rebuilt from `deepseek2` / `deepseek32` GGUF metadata (llama.cpp's
+//! converter, `DeepseekV2Model.set_gguf_parameters` and `DeepseekV32Model`'s additions, wrote it
+//! from the HF config; this undoes that).
 
 use serde_json::{json, Map, Value};
 
 use super::{GgufError, GgufFile};
 
-const ARCH: &str = "deepseek2";
+/// The MLA architectures: DeepSeek V2/V3 (`deepseek2`) and V3.2 (`deepseek32`: the same keys
+/// under its own prefix, plus the indexer's, with `block_count` counting the NextN layers).
+pub const MLA_ARCHS: [&str; 2] = ["deepseek2", "deepseek32"];
+const V32: &str = "deepseek32";
 
 /// llama.cpp's `expert_gating_func` values.
 const GATING_SOFTMAX: u32 = 1;
 const GATING_SIGMOID: u32 = 2;
 
-fn key(suffix: &str) -> String {
-    format!("{ARCH}.{suffix}")
+fn key(arch: &str, suffix: &str) -> String {
+    format!("{arch}.{suffix}")
 }
 
 /// `x` rounded to 12 significant digits (drops the noise of f32 → decimal → ×10 arithmetic).
@@ -31,8 +35,10 @@ fn key_error(f: &GgufFile, key: &str, msg: impl Into<String>) -> GgufError {
 /// Whether the file is a DeepSeek-V3-family model: sigmoid gating
 /// (`deepseek2.expert_gating_func == 2`) or `exp_probs_b` (the V3 routing bias) tensors.
 pub fn is_deepseek_v3(f: &GgufFile) -> Result<bool, GgufError> {
-    let gating = f.opt_u32(&key("expert_gating_func"))?;
-    Ok(gating == Some(GATING_SIGMOID)
+    let arch = f.architecture()?;
+    let gating = f.opt_u32(&key(arch, "expert_gating_func"))?;
+    Ok(arch == V32
+        || gating == Some(GATING_SIGMOID)
         || f.tensors()
             .iter()
             .any(|t| t.name.ends_with(".exp_probs_b.bias")))
@@ -56,18 +62,31 @@ pub fn is_deepseek_v3(f: &GgufFile) -> Result<bool, GgufError> {
 ///   `leading_dense_block_count` on an MoE layer).
 pub fn deepseek2_config_json(f: &GgufFile) -> Result<Value, GgufError> {
     let arch = f.architecture()?;
-    if arch != ARCH {
+    if !MLA_ARCHS.contains(&arch) {
         return Err(key_error(
             f,
             super::KEY_ARCHITECTURE,
-            format!("expected {ARCH:?}, found {arch:?}"),
+            format!("expected one of {MLA_ARCHS:?}, found {arch:?}"),
         ));
     }
+    let key = |s: &str| key(arch, s);
     let usize_req = |s: &str| f.get_usize(&key(s));
     let usize_opt = |s: &str| f.opt_usize(&key(s));
 
     let hidden_size = usize_req("embedding_length")?;
-    let num_hidden_layers = usize_req("block_count")?;
+    let block_count = usize_req("block_count")?;
+    let nextn = usize_opt("nextn_predict_layers")?;
+    // deepseek32 counts the NextN (MTP) layers in block_count; deepseek2 does not.
+    let num_hidden_layers = match nextn {
+        Some(n) if arch == V32 => block_count.checked_sub(n).ok_or_else(|| {
+            key_error(
+                f,
+                &key("nextn_predict_layers"),
+                format!("{n} is more than block_count {block_count}"),
+            )
+        })?,
+        _ => block_count,
+    };
     let num_attention_heads = usize_req("attention.head_count")?;
     let intermediate_size = usize_req("feed_forward_length")?;
     let max_position_embeddings = usize_req("context_length")?;
@@ -136,12 +155,14 @@ pub fn deepseek2_config_json(f: &GgufFile) -> Result<Value, GgufError> {
         "greedy"
     };
 
-    let rope_scaling = rope_scaling(f)?;
+    let rope_scaling = rope_scaling(f, arch)?;
 
     let vocab_size = vocab_size(f, &key("vocab_size"))?;
 
     let mut c = Map::new();
-    let (class, model_type) = if v3 {
+    let (class, model_type) = if arch == V32 {
+        ("DeepseekV32ForCausalLM", "deepseek_v32")
+    } else if v3 {
         ("DeepseekV3ForCausalLM", "deepseek_v3")
     } else {
         ("DeepseekV2ForCausalLM", "deepseek_v2")
@@ -196,14 +217,29 @@ pub fn deepseek2_config_json(f: &GgufFile) -> Result<Value, GgufError> {
         "tie_word_embeddings".into(),
         json!(f.tensor("output.weight").is_none()),
     );
-    if let Some(n) = usize_opt("nextn_predict_layers")? {
+    if let Some(n) = nextn {
         c.insert("num_nextn_predict_layers".into(), json!(n));
+    }
+    if arch == V32 {
+        c.insert(
+            "index_n_heads".into(),
+            json!(usize_req("attention.indexer.head_count")?),
+        );
+        c.insert(
+            "index_head_dim".into(),
+            json!(usize_req("attention.indexer.key_length")?),
+        );
+        c.insert(
+            "index_topk".into(),
+            json!(usize_req("attention.indexer.top_k")?),
+        );
     }
     Ok(Value::Object(c))
 }
 
-/// `rope_scaling` from `deepseek2.rope.scaling.*`: `null` when absent or `none`.
-fn rope_scaling(f: &GgufFile) -> Result<Value, GgufError> {
+/// `rope_scaling` from `{arch}.rope.scaling.*`: `null` when absent or `none`.
+fn rope_scaling(f: &GgufFile, arch: &str) -> Result<Value, GgufError> {
+    let key = |s: &str| key(arch, s);
     let type_key = key("rope.scaling.type");
     let kind = f.opt_str(&type_key)?;
     match kind {

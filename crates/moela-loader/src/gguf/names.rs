@@ -1,4 +1,4 @@
-//! The one table mapping GGUF tensor names (`deepseek2`, `qwen2`, `llama`) to HF checkpoint
+//! The one table mapping GGUF tensor names (`deepseek2`, `deepseek32`, `qwen2`, `llama`) to HF checkpoint
 //! names, the layout rule that relates llama.cpp's split `attn_k_b`/`attn_v_b` to HF's
 //! `kv_b_proj`, and the per-architecture RoPE row permutation of `llama` files.
 //!
@@ -120,6 +120,15 @@ pub const LAYER_NAMES: &[NameRule] = &[
         kind: RuleKind::KvBValue,
     },
     plain("attn_output.weight", "self_attn.o_proj.weight"),
+    // V3.2's lightning indexer (`deepseek32`).
+    plain("indexer.attn_q_b.weight", "self_attn.indexer.wq_b.weight"),
+    plain("indexer.attn_k.weight", "self_attn.indexer.wk.weight"),
+    plain("indexer.k_norm.weight", "self_attn.indexer.k_norm.weight"),
+    plain("indexer.k_norm.bias", "self_attn.indexer.k_norm.bias"),
+    plain(
+        "indexer.proj.weight",
+        "self_attn.indexer.weights_proj.weight",
+    ),
     plain("ffn_norm.weight", "post_attention_layernorm.weight"),
     plain("ffn_gate.weight", "mlp.gate_proj.weight"),
     plain("ffn_up.weight", "mlp.up_proj.weight"),
