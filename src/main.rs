@@ -68,9 +68,10 @@ struct ModelArgs {
     /// KV cache type: f16 or f32 (default: f32 for safetensors checkpoints, f16 for GGUF).
     #[arg(long)]
     kv_type: Option<KvType>,
-    /// Keep every weight matrix in the file mapping, in the file's layout, paged in on demand
-    /// (for models larger than free memory); by default Q4_0/Q8_0 matrices get a repacked copy
-    /// in RAM where this CPU's kernels run faster on it.
+    /// Keep every weight matrix in the file mapping, in the file's layout, paged in on demand;
+    /// by default Q4_0/Q8_0 matrices get a repacked copy in RAM where this CPU's kernels run
+    /// faster on it, unless those copies would not fit in the memory available at load (then
+    /// this is chosen for you, with a note).
     #[arg(long)]
     mmap_only: bool,
 }
@@ -322,15 +323,24 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         Some(c) => c,
         None => max,
     };
+    let requested = if args.mmap_only {
+        Placement::InPlace
+    } else {
+        Placement::Fastest
+    };
+    let choice = files.placement(requested);
+    if choice.placement != requested {
+        eprintln!(
+            "note: weights stay in the file mapping, paged in on demand: their repacked copies ({}) would not fit in the memory available ({})",
+            bytes(choice.copy_bytes),
+            choice.available.map_or("unknown".into(), bytes)
+        );
+    }
     let opts = LoadOptions {
         progress: std::io::stderr().is_terminal(),
         quant: args.quant,
         kv_type: args.kv_type,
-        placement: if args.mmap_only {
-            Placement::InPlace
-        } else {
-            Placement::Fastest
-        },
+        placement: choice.placement,
     };
     let model = Arc::new(files.load_model(&opts)?);
     Ok(Loaded {

@@ -107,7 +107,7 @@ fn greedy_continuation_matches_reference_token_by_token() {
 /// multiplier.)
 #[test]
 fn gguf_export_round_trips() {
-    use moela_kernels::DType;
+    use moela_kernels::{DType, Placement};
     use moela_loader::{export_mla_gguf, GgufModel};
     for case in ["v2_lite", "v3_fp8", "v2_lite_plain_rope"] {
         let c = load(case);
@@ -129,6 +129,30 @@ fn gguf_export_round_trips() {
             export_mla_gguf(&c.model, &tok, Some(&cfg), dtype, case, &path).unwrap();
             let g = GgufModel::open(&path).unwrap();
             assert_eq!(g.config.num_hidden_layers, c.model.config.num_hidden_layers);
+            // Fastest copies exactly the packable Q8_0 matrices (on x86 SIMD), and a model this
+            // small keeps that placement.
+            let choice = moela_loader::ModelFiles::open(&path)
+                .unwrap()
+                .placement(Placement::Fastest);
+            let packable: u64 = g
+                .file
+                .tensors()
+                .iter()
+                .filter(|t| t.ggml_type.0 == 8 && t.dims[1] % 8 == 0)
+                .map(|t| t.n_bytes().unwrap())
+                .sum();
+            let x86 = cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("avx2");
+            assert!(
+                dtype != DType::Q8_0 || packable > 0,
+                "{case}: no packable matrix"
+            );
+            let copied = if dtype == DType::Q8_0 && x86 {
+                packable
+            } else {
+                0
+            };
+            assert_eq!(choice.copy_bytes, copied, "{case} {dtype:?}");
+            assert_eq!(choice.placement, Placement::Fastest);
             let m = g.load_model_with(&common::exact_cache()).unwrap();
             let logits = prefill_logits(&m, &tokens, AttentionMode::Auto);
             let got = nll_from_logits(&logits, &tokens, v);

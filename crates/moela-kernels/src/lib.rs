@@ -23,6 +23,7 @@ pub mod dtype;
 pub mod fp;
 mod kernels;
 mod leaf;
+pub mod memory;
 pub mod mmap;
 pub mod mxfp4;
 pub mod ops;

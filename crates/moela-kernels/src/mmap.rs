@@ -4,13 +4,21 @@ use std::fs::File;
 
 pub use memmap2::{Mmap, MmapMut};
 
-/// Maps `file` read-only.
+/// Maps `file` read-only, pre-faulting every page (MAP_POPULATE) when the file fits in the
+/// memory that is available ([`crate::memory::fits`]): otherwise each first touch of a weight
+/// page during inference takes a page fault (millions for a multi-GB model). A file larger than
+/// that is paged in on demand instead: reading it all up front would only evict its own first
+/// pages again.
 pub fn map_readonly(file: &File) -> std::io::Result<Mmap> {
+    let len = file.metadata()?.len();
+    let populate = crate::memory::fits(len, crate::memory::available_bytes());
+    let mut opts = memmap2::MmapOptions::new();
+    if populate {
+        opts.populate();
+    }
     // SAFETY: the mapping is read-only and never outlives the `Mmap`; like every mmap-based
     // loader, we assume the checkpoint file is not truncated or rewritten while mapped.
-    // MAP_POPULATE pre-faults every page once at load: otherwise each first touch of a weight
-    // page during inference takes a page fault (millions for a multi-GB model).
-    unsafe { memmap2::MmapOptions::new().populate().map(file) }
+    unsafe { opts.map(file) }
 }
 
 /// Drops this process's pages of `len` bytes at `offset` (rounded out to whole pages) once

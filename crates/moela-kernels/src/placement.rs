@@ -2,12 +2,13 @@
 //! bytes a loader hands over and what the kernels read. The model never makes it; it asks for
 //! products of whatever [`QMat`] the loader placed.
 //!
-//! CPU placements are the only ones today. A file-streamed placement (expert weights paged in
-//! from the mapping on demand, for models larger than RAM) is [`Placement::InPlace`] plus a
-//! residency policy; a GPU placement would be one more variant whose `QMat` storage is device
+//! CPU placements are the only ones today. `Fastest` gives way to `InPlace` when its copies
+//! would not fit in memory ([`Placement::within_memory`]). A residency policy (hot experts
+//! packed, cold ones paged in from the mapping) would sit between the two; a GPU placement would be one more variant whose `QMat` storage is device
 //! memory, with the kernels' driver choosing the device products.
 
 use crate::qmat::QMat;
+use crate::DType;
 
 /// How a loader places each weight matrix.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,6 +25,26 @@ pub enum Placement {
     InPlace,
 }
 
+impl Placement {
+    /// Whether a `rows`-row matrix stored as `dtype` gets a copy in anonymous memory when
+    /// placed `self` (the layout-changing copies of `Fastest`).
+    pub fn copies(self, dtype: DType, rows: usize) -> bool {
+        self == Placement::Fastest
+            && crate::kernels::packed_kernels_pay()
+            && crate::pack::packable(dtype, rows)
+    }
+
+    /// `self`, unless it is `Fastest` and its copies (`copy_bytes` in all) would not fit in
+    /// `available` memory ([`crate::memory::fits`]): then `InPlace`, so a model larger than
+    /// memory is read from its file mapping instead of being killed while copying.
+    pub fn within_memory(self, copy_bytes: u64, available: Option<u64>) -> Placement {
+        match self {
+            Placement::Fastest if !crate::memory::fits(copy_bytes, available) => Placement::InPlace,
+            p => p,
+        }
+    }
+}
+
 impl QMat {
     /// This matrix placed as `p` asks (see [`Placement`]); the products are equal whatever the
     /// placement, up to float summation order.
@@ -38,7 +59,23 @@ impl QMat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::DType;
+
+    #[test]
+    fn fastest_gives_way_when_copies_do_not_fit() {
+        let gib = 1u64 << 30;
+        let f = Placement::Fastest;
+        assert_eq!(f.within_memory(9 * gib, Some(7 * gib)), Placement::InPlace);
+        assert_eq!(f.within_memory(5 * gib, Some(7 * gib)), Placement::Fastest);
+        assert_eq!(f.within_memory(9 * gib, None), Placement::Fastest);
+        let p = Placement::InPlace;
+        assert_eq!(p.within_memory(0, Some(7 * gib)), Placement::InPlace);
+        assert!(!p.copies(DType::Q4_0, 64));
+        assert!(!f.copies(DType::BF16, 64));
+        assert!(
+            !f.copies(DType::Q4_0, 7),
+            "7 rows cannot be interleaved by 8"
+        );
+    }
 
     #[test]
     fn placements_give_the_same_products() {

@@ -20,5 +20,5 @@ pub use error::LoadError;
 pub use gguf::{GgufError, GgufFile, GgufWriter};
 pub use gguf_export::export_mla_gguf;
 pub use gguf_model::GgufModel;
-pub use model_files::{ModelFiles, TensorSummary};
+pub use model_files::{ModelFiles, PlacementChoice, TensorSummary};
 pub use safetensors_dir::{Checkpoint, LoadOptions, TensorInfo};

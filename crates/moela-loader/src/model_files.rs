@@ -3,6 +3,7 @@
 use std::io::Read;
 use std::path::Path;
 
+use moela_kernels::{DType, Placement};
 use moela_model::{Config, Model};
 
 use crate::error::LoadError;
@@ -15,6 +16,16 @@ pub struct TensorSummary {
     pub name: String,
     pub dtype: String,
     pub shape: Vec<usize>,
+}
+
+/// What [`ModelFiles::placement`] decided and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlacementChoice {
+    pub placement: Placement,
+    /// Bytes `Fastest` would copy into anonymous memory.
+    pub copy_bytes: u64,
+    /// Memory available at the decision ([`moela_kernels::memory::available_bytes`]).
+    pub available: Option<u64>,
 }
 
 /// An opened checkpoint of either format.
@@ -56,10 +67,41 @@ impl ModelFiles {
         }
     }
 
+    /// Loads the model, placed as [`ModelFiles::placement`] resolves `opts.placement`.
     pub fn load_model(&self, opts: &LoadOptions) -> Result<Model, LoadError> {
+        let opts = LoadOptions {
+            placement: self.placement(opts.placement).placement,
+            ..opts.clone()
+        };
         match self {
-            ModelFiles::Hf(c) => c.load_model_with(opts),
-            ModelFiles::Gguf(g) => g.load_model_with(opts),
+            ModelFiles::Hf(c) => c.load_model_with(&opts),
+            ModelFiles::Gguf(g) => g.load_model_with(&opts),
+        }
+    }
+
+    /// Where the weights go when `requested` is asked for: `Fastest` becomes `InPlace` when the
+    /// copies it would make (a GGUF file's Q4_0/Q8_0 matrices, repacked into anonymous memory)
+    /// do not fit in the memory available now (see [`Placement::within_memory`]). An HF
+    /// checkpoint's stored types are read in place either way.
+    pub fn placement(&self, requested: Placement) -> PlacementChoice {
+        let copy_bytes = match self {
+            ModelFiles::Hf(_) => 0,
+            ModelFiles::Gguf(g) => g
+                .file
+                .tensors()
+                .iter()
+                .filter(|t| {
+                    let rows = t.dims.get(1).map_or(1, |&r| r as usize);
+                    DType::from_ggml_type(t.ggml_type.0).is_some_and(|d| requested.copies(d, rows))
+                })
+                .map(|t| t.n_bytes().unwrap_or(0))
+                .sum(),
+        };
+        let available = moela_kernels::memory::available_bytes();
+        PlacementChoice {
+            placement: requested.within_memory(copy_bytes, available),
+            copy_bytes,
+            available,
         }
     }
 
