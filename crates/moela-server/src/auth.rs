@@ -1,4 +1,5 @@
-//! API keys: `Authorization: Bearer KEY` on every `/v1/` route when keys are configured.
+//! API keys: `Authorization: Bearer KEY` (or `x-api-key: KEY`) on every `/v1/` route when keys
+//! are configured.
 //!
 //! A key file has one key per line, `KEY` or `NAME KEY`; blank lines and `#` comments are
 //! skipped. The name (default `key1`, `key2`, … by position; `default` for `--api-key`) labels
@@ -115,13 +116,18 @@ impl ApiKeys {
         !self.keys.is_empty()
     }
 
-    /// The name of the key an `Authorization` header value carries, if it is one of ours.
-    pub fn check(&self, authorization: Option<&str>) -> Option<String> {
-        let token = authorization?.trim();
-        let token = token
-            .strip_prefix("Bearer ")
-            .or_else(|| token.strip_prefix("bearer "))?
-            .trim();
+    /// The name of the key an `Authorization: Bearer KEY` header value or an `x-api-key: KEY`
+    /// header value (Anthropic's spelling) carries, if it is one of ours.
+    pub fn check(&self, authorization: Option<&str>, x_api_key: Option<&str>) -> Option<String> {
+        let token = match authorization {
+            Some(a) => {
+                let a = a.trim();
+                a.strip_prefix("Bearer ")
+                    .or_else(|| a.strip_prefix("bearer "))?
+                    .trim()
+            }
+            None => x_api_key?.trim(),
+        };
         // Compare with every key so the time taken does not tell which one matched.
         let mut found = None;
         for k in &self.keys {

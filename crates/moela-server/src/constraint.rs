@@ -186,19 +186,22 @@ impl Grammars {
         &self.table
     }
 
-    /// Compiles a Lark grammar; errors (a bad schema) are the client's.
+    /// Compiles a Lark grammar; errors (a bad schema) are the client's, reported in one short
+    /// line ([`grammar_error`]). A panic inside llguidance is caught here too.
     pub fn compile(&self, lark: &str, param: &str) -> Result<CompiledGrammar, ApiError> {
         let grammar = TopLevelGrammar::from_lark(lark.to_string());
-        let parser = self
-            .factory
-            .create_parser(grammar)
-            .map_err(|e| ApiError::bad(param, format!("cannot use this schema or grammar: {e}")))?;
-        let matcher = Matcher::new(Ok(parser));
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.factory
+                .create_parser(grammar)
+                .map(|p| Matcher::new(Ok(p)))
+        }));
+        let matcher = match built {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return Err(grammar_error(param, &e.to_string())),
+            Err(_) => return Err(grammar_error(param, "panic")),
+        };
         if let Some(e) = matcher.get_error() {
-            return Err(ApiError::bad(
-                param,
-                format!("cannot use this schema or grammar: {e}"),
-            ));
+            return Err(grammar_error(param, &e));
         }
         Ok(CompiledGrammar {
             matcher,
@@ -206,6 +209,23 @@ impl Grammars {
             stop_ids: self.stop_ids.clone(),
         })
     }
+}
+
+/// The client's error for a grammar llguidance refused: its first line, at most 200 bytes; a
+/// panic inside the library (it reports those with a backtrace) becomes a plain statement that
+/// the grammar is past the engine's limits.
+fn grammar_error(param: &str, msg: &str) -> ApiError {
+    let first = msg.lines().next().unwrap_or("").trim();
+    let what = if first.starts_with("panic") || msg.contains("<backtrace>") {
+        "it is too large or too complex for the constraint engine (e.g. fewer tools or a smaller schema)".to_string()
+    } else {
+        let mut end = first.len().min(200);
+        while !first.is_char_boundary(end) {
+            end -= 1;
+        }
+        first[..end].to_string()
+    };
+    ApiError::bad(param, format!("cannot use this schema or grammar: {what}"))
 }
 
 /// A compiled grammar, ready to hand out constraints.
@@ -658,6 +678,32 @@ mod tests {
                 assert!(args.is_object());
             }
         }
+    }
+
+    /// A grammar past llguidance's limits (more than 2^16 symbols trips an assertion inside
+    /// it): a short 400, no panic text or backtrace for the client.
+    #[test]
+    fn grammars_past_the_library_limits_are_short_client_errors() {
+        let g = grammars();
+        let mut lark = String::from("start: r0");
+        for i in 1..70_000 {
+            lark.push_str(&format!(" | r{i}"));
+        }
+        lark.push('\n');
+        for i in 0..70_000 {
+            lark.push_str(&format!("r{i}: \"w{i}\"\n"));
+        }
+        let Err(e) = g.compile(&lark, "tools") else {
+            panic!("compiled")
+        };
+        let msg = e.to_string();
+        assert!(matches!(e, ApiError::BadRequest { .. }));
+        assert!(msg.contains("too large or too complex"), "{msg}");
+        assert!(msg.len() < 400, "{} bytes: {msg}", msg.len());
+        assert!(
+            !msg.contains("panicked") && !msg.contains("backtrace") && !msg.contains(".rs:"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -337,16 +337,18 @@ async fn catch_panics(req: Request, next: Next) -> Response {
 async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let keys = &s.inner.settings.keys;
     let label = if keys.is_enabled() {
-        let header = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.trim().is_empty());
-        match keys.check(header) {
+        let value = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.trim().is_empty())
+        };
+        let (bearer, x_api_key) = (value(header::AUTHORIZATION.as_str()), value("x-api-key"));
+        match keys.check(bearer, x_api_key) {
             Some(name) => name,
             None => {
-                let msg = if header.is_none() {
-                    "missing API key: send it as \"Authorization: Bearer KEY\""
+                let msg = if bearer.is_none() && x_api_key.is_none() {
+                    "missing API key: send it as \"Authorization: Bearer KEY\" or \"x-api-key: KEY\""
                 } else {
                     "incorrect API key"
                 };

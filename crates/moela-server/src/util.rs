@@ -47,10 +47,35 @@ pub fn unix_time() -> u64 {
         .unwrap_or(0)
 }
 
-/// Compares two secrets in time independent of where they differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Whether `token` equals `secret`, in time that depends only on the length of `token` (what
+/// the client sent): every byte of it is compared (against the secret cycled), the lengths too,
+/// and the results are combined without branching (`subtle`), so neither where the two differ
+/// nor the secret's length shows in the time taken.
+pub fn constant_time_eq(secret: &[u8], token: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    if secret.is_empty() {
+        return token.is_empty(); // keys are never empty (ApiKeys refuses them)
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let mut diff = 0u8;
+    for (i, &t) in token.iter().enumerate() {
+        diff |= t ^ secret[i % secret.len()];
+    }
+    let same_len = (token.len() as u64).ct_eq(&(secret.len() as u64));
+    (same_len & diff.ct_eq(&0)).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn keys_compare_equal_only_when_identical() {
+        assert!(constant_time_eq(b"sk-test", b"sk-test"));
+        assert!(!constant_time_eq(b"sk-test", b"sk-tesT"));
+        assert!(!constant_time_eq(b"sk-test", b"sk-tes"));
+        // The secret repeated: same bytes cycled, different length.
+        assert!(!constant_time_eq(b"sk-test", b"sk-testsk-test"));
+        assert!(!constant_time_eq(b"sk-test", b""));
+        assert!(!constant_time_eq(b"abc", b"abcabc"));
+    }
 }

@@ -123,15 +123,16 @@ async fn api_keys_guard_v1_and_label_usage_without_revealing_secrets() {
     settings.keys = ApiKeys::from_file(&file).unwrap();
     let s = server_with(settings, engine_config(), v3_tokenizer());
     let body = json!({"messages": user("Hi"), "max_tokens": 2}).to_string();
-    let with = |key: Option<&str>| {
+    let with_header = |name: &str, key: Option<&str>| {
         let mut b = Request::builder()
             .method(Method::POST)
             .uri("/v1/chat/completions");
         if let Some(k) = key {
-            b = b.header(header::AUTHORIZATION, k);
+            b = b.header(name, k);
         }
         b.body(Body::from(body.clone())).unwrap()
     };
+    let with = |key: Option<&str>| with_header(header::AUTHORIZATION.as_str(), key);
     let e = send(&s.app, with(None))
         .await
         .error(StatusCode::UNAUTHORIZED);
@@ -158,11 +159,21 @@ async fn api_keys_guard_v1_and_label_usage_without_revealing_secrets() {
             .status,
         StatusCode::OK
     );
+    // Anthropic's header works too (a second request as alice); a wrong one is refused.
+    assert_eq!(
+        send(&s.app, with_header("x-api-key", Some("sk-alice-secret")))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    send(&s.app, with_header("x-api-key", Some("sk-alice-secreT")))
+        .await
+        .error(StatusCode::UNAUTHORIZED);
     // Health and metrics stay open.
     assert_eq!(send(&s.app, get("/health")).await.status, StatusCode::OK);
     let m = send(&s.app, get("/metrics")).await.text();
     assert!(
-        m.contains("moela_key_requests_total{key=\"alice\"} 1"),
+        m.contains("moela_key_requests_total{key=\"alice\"} 2"),
         "{m}"
     );
     assert!(
@@ -171,7 +182,7 @@ async fn api_keys_guard_v1_and_label_usage_without_revealing_secrets() {
     );
     assert!(!m.contains("secret"));
     assert!(
-        m.contains("moela_requests_total{endpoint=\"/v1/chat/completions\",status=\"401\"} 3"),
+        m.contains("moela_requests_total{endpoint=\"/v1/chat/completions\",status=\"401\"} 4"),
         "{m}"
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -247,6 +258,31 @@ async fn metrics_expose_engine_state_counters_and_histograms() {
         let (_, value) = line.rsplit_once(' ').unwrap();
         value.parse::<f64>().unwrap_or_else(|_| panic!("{line}"));
     }
+}
+
+/// More choices than the queue could ever hold is the request's fault: a 400 naming `n`, not a
+/// 429 that no retry can satisfy (issue: `n: 12` with `--max-queue 8` on an idle server).
+#[tokio::test]
+async fn n_above_the_queue_is_a_400_not_a_429() {
+    let s = server_with(Settings::new("v3"), engine_config(), v3_tokenizer());
+    for _ in 0..2 {
+        let r = chat(
+            &s,
+            json!({"messages": user("Hi"), "max_tokens": 2, "n": 12}),
+        )
+        .await;
+        let e = r.error(StatusCode::BAD_REQUEST);
+        assert_eq!(e["param"], "n");
+        let msg = e["message"].as_str().unwrap();
+        assert!(
+            msg.contains("12 choices") && msg.contains("--max-queue"),
+            "{msg}"
+        );
+    }
+    // As many as the queue holds are served.
+    let r = chat(&s, json!({"messages": user("Hi"), "max_tokens": 2, "n": 8})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["choices"].as_array().unwrap().len(), 8);
 }
 
 #[tokio::test]

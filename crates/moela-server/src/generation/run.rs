@@ -233,6 +233,18 @@ impl Run {
         let mut rxs = Vec::new();
         let mut choices = Vec::new();
         let ctx = state.inner.engine.config().ctx;
+        // Choices are queued together: more than the queue holds could never be admitted, so
+        // that is the request's fault (400), not a busy server's (429 and retry forever).
+        let max_queue = state.inner.engine.config().max_queue;
+        let total = plan.prompts.len().saturating_mul(n);
+        if total > max_queue {
+            return Err(ApiError::bad(
+                "n",
+                format!(
+                    "{total} choices (prompts × n) exceed the {max_queue} requests this server queues at once (--max-queue)"
+                ),
+            ));
+        }
         for (pi, prompt) in plan.prompts.iter().enumerate() {
             for j in 0..n {
                 let index = pi * n + j;
