@@ -101,6 +101,12 @@ impl TokenTable {
         self.bytes.len()
     }
 
+    /// The most bytes of text one token stands for (at least 1): a text of `b` bytes is at
+    /// least `b / max_token_bytes` tokens.
+    pub fn max_token_bytes(&self) -> usize {
+        self.bytes.iter().map(Vec::len).max().unwrap_or(1).max(1)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }

@@ -125,6 +125,9 @@ struct Inner {
     template_reads_tools: bool,
     call_format: CallFormat,
     draining: AtomicBool,
+    /// Bounds the request work done off the async runtime (tokenizing, rendering templates,
+    /// compiling grammars) to one job per core.
+    cpu_work: tokio::sync::Semaphore,
 }
 
 impl AppState {
@@ -153,8 +156,30 @@ impl AppState {
                 metrics,
                 created: util::unix_time(),
                 draining: AtomicBool::new(false),
+                cpu_work: tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get()),
+                ),
             }),
         }
+    }
+
+    /// Runs `work` (a request's CPU-heavy planning) on the blocking pool, at most one job per
+    /// core at a time, so that a hostile prompt or tool list never holds the async workers that
+    /// answer `/health`, other requests and streams.
+    pub async fn off_runtime<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _permit = self
+            .inner
+            .cpu_work
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Unavailable("the server is shutting down".into()))?;
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || work(&state))
+            .await
+            .map_err(|_| ApiError::Internal("internal error while preparing the request".into()))?
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -364,10 +389,11 @@ async fn authenticate(State(s): State<AppState>, mut req: Request, next: Next) -
 
 // ---------------------------------------------------------------- body extraction
 
-/// A JSON body: size-capped, UTF-8 checked, parsed with the failing field's path reported.
-struct JsonBody<T>(T);
+/// A request body, size-capped; parsed with [`parse_json`] off the async runtime (a body of
+/// megabytes takes milliseconds to parse).
+struct BodyBytes(Bytes);
 
-impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+impl FromRequest<AppState> for BodyBytes {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
@@ -380,11 +406,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 ApiError::invalid(format!("cannot read the request body: {}", e.body_text()))
             }
         })?;
-        parse_json(&bytes).map(JsonBody)
+        Ok(BodyBytes(bytes))
     }
 }
 
-/// Parses a request body, naming the offending field on error.
+/// Parses a request body (UTF-8 checked), naming the offending field on error.
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         ApiError::invalid(format!(
@@ -419,20 +445,24 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 async fn chat_completions(
     State(s): State<AppState>,
     Extension(KeyLabel(key)): Extension<KeyLabel>,
-    JsonBody(req): JsonBody<protocol::ChatRequest>,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    let plan = s.plan_chat(req)?;
+    let plan = s
+        .off_runtime(move |s| s.plan_chat(parse_json(&body)?))
+        .await?;
     generation::execute(s, plan, key, arrived).await
 }
 
 async fn completions(
     State(s): State<AppState>,
     Extension(KeyLabel(key)): Extension<KeyLabel>,
-    JsonBody(req): JsonBody<protocol::CompletionRequest>,
+    BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    let plan = s.plan_completion(req)?;
+    let plan = s
+        .off_runtime(move |s| s.plan_completion(parse_json(&body)?))
+        .await?;
     generation::execute(s, plan, key, arrived).await
 }
 

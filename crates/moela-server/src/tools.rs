@@ -65,7 +65,17 @@ pub fn template_reads_tools(template: &ChatTemplate) -> bool {
 }
 
 /// Parses and checks `tools`.
+/// Most tools a request may declare (OpenAI's documented limit). Tool lists become prompt text
+/// and, when a call is forced, a grammar; thousands of tools only cost the server.
+pub const MAX_TOOLS: usize = 128;
+
 pub fn parse_tools(tools: &[JsonValue]) -> Result<Vec<ToolSpec>, ApiError> {
+    if tools.len() > MAX_TOOLS {
+        return Err(ApiError::bad(
+            "tools",
+            format!("{} tools; at most {MAX_TOOLS} are accepted", tools.len()),
+        ));
+    }
     let mut out: Vec<ToolSpec> = Vec::with_capacity(tools.len());
     for (i, t) in tools.iter().enumerate() {
         let param = format!("tools[{i}]");

@@ -171,6 +171,10 @@ fn logprobs_count(v: Option<i64>, param: &str) -> Result<usize, ApiError> {
 }
 
 /// The grammar part for `response_format`, if it constrains.
+/// Largest JSON schema (serialized) a `response_format` may carry: compiling a grammar is work
+/// for the server, and real schemas are a few kilobytes.
+const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+
 fn response_format_rule(rf: &Option<ResponseFormat>) -> Result<Option<String>, ApiError> {
     match rf {
         None | Some(ResponseFormat::Text) => Ok(None),
@@ -184,6 +188,13 @@ fn response_format_rule(rf: &Option<ResponseFormat>) -> Result<Option<String>, A
                     "a json_schema response format needs a schema",
                 )
             })?;
+            let size = serde_json::to_string(schema).map_or(0, |t| t.len());
+            if size > MAX_SCHEMA_BYTES {
+                return Err(ApiError::bad(
+                    "response_format.json_schema.schema",
+                    format!("the schema is {size} bytes; at most {MAX_SCHEMA_BYTES} are accepted"),
+                ));
+            }
             lark_json(schema)
                 .map(Some)
                 .map_err(|e| ApiError::bad("response_format.json_schema.schema", e))
@@ -200,6 +211,20 @@ impl AppState {
             )
         })?;
         g.compile(lark, param)
+    }
+
+    /// The tokens of a prompt text, refused without tokenizing when its byte length alone shows
+    /// it cannot fit the context (tokenizing megabytes of one word takes seconds).
+    fn encode_prompt(&self, text: &str, add_special: bool) -> Result<Vec<u32>, ApiError> {
+        let ctx = self.inner.engine.config().ctx;
+        let min_tokens = text.len() / self.inner.table.max_token_bytes();
+        if min_tokens > ctx {
+            return Err(ApiError::ContextLength(format!(
+                "the prompt is {} bytes, at least {min_tokens} tokens, but the context holds {ctx}",
+                text.len()
+            )));
+        }
+        Ok(self.inner.tokenizer.encode(text, add_special)?)
     }
 
     /// Plans a chat completion.
@@ -272,7 +297,7 @@ impl AppState {
         if let Some(p) = &prefix {
             text.push_str(p);
         }
-        let ids = self.inner.tokenizer.encode(&text, false)?;
+        let ids = self.encode_prompt(&text, false)?;
         let opens_reasoning = prompt_opens_reasoning(&text);
 
         let json_rule = response_format_rule(&common.response_format)?;
@@ -378,11 +403,11 @@ impl AppState {
                 .collect()
         };
         let (prompts, texts): (Vec<Vec<u32>>, Vec<String>) = match &req.prompt {
-            PromptField::Text(t) => (vec![tok.encode(t, true)?], vec![t.clone()]),
+            PromptField::Text(t) => (vec![self.encode_prompt(t, true)?], vec![t.clone()]),
             PromptField::Texts(ts) => {
                 let mut p = Vec::new();
                 for t in ts {
-                    p.push(tok.encode(t, true)?);
+                    p.push(self.encode_prompt(t, true)?);
                 }
                 (p, ts.clone())
             }
