@@ -485,9 +485,21 @@ def test_sigterm_drains_running_requests_then_exits(fresh_server):
     s = fresh_server()
     c = client(s, key="unused")
     stream = c.chat.completions.create(model=MODEL, messages=ask("Go on"), max_tokens=300, temperature=0, stream=True)
-    chunks = [next(iter(stream))]
+    it = iter(stream)
+    chunks = [next(it)]
     s.proc.send_signal(15)  # SIGTERM while the request runs
-    chunks += list(stream)
+    # Draining: the listener stays open; /health and new requests answer 503 with Retry-After.
+    deadline = time.monotonic() + 10
+    while raw(s, "GET", "/health")[0] != 503:
+        assert time.monotonic() < deadline, "/health never reported draining"
+        time.sleep(0.01)
+    status, _, body = raw(s, "GET", "/health")
+    assert status == 503 and json.loads(body)["status"] == "draining"
+    body = json.dumps({"model": MODEL, "messages": ask(), "max_tokens": 2}).encode()
+    status, headers, err = raw(s, "POST", "/v1/chat/completions", body)
+    assert status == 503 and headers.get("retry-after") == "1", (status, headers)
+    assert "shutting down" in json.loads(err)["error"]["message"]
+    chunks += list(it)
     finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
     assert finish == ["length"], "the running request finished in full"
     assert s.proc.wait(timeout=30) == 0
@@ -496,17 +508,21 @@ def test_sigterm_drains_running_requests_then_exits(fresh_server):
         c.models.list()
 
 
-def test_sigterm_drain_timeout_closes_requests_that_run_too_long(fresh_server):
+def test_sigterm_drain_timeout_ends_open_streams_with_an_error_and_done(fresh_server):
     s = fresh_server("--drain-timeout", "0", "--ctx", "2560")
-    c = client(s, key="unused")
-    stream = c.chat.completions.create(model=MODEL, messages=ask("Go on"), max_tokens=2500, temperature=0, stream=True)
-    it = iter(stream)
-    next(it)
-    started = time.monotonic()
-    s.proc.send_signal(15)
-    with pytest.raises(openai.APIConnectionError):
-        for _ in it:
-            pass
+    body = json.dumps({"model": MODEL, "messages": ask("Go on"), "max_tokens": 2500, "temperature": 0,
+                       "stream": True}).encode()
+    req = urllib.request.Request(s.url + "/v1/chat/completions", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        first = r.readline()
+        assert first.startswith(b"data: {"), first
+        started = time.monotonic()
+        s.proc.send_signal(15)
+        events = [line.strip() for line in r.read().decode().splitlines() if line.strip()]
+    assert events[-1] == "data: [DONE]", events[-3:]
+    error = json.loads(events[-2].removeprefix("data: "))["error"]
+    assert error["type"] == "server_error" and "shutting down" in error["message"], error
     assert s.proc.wait(timeout=30) == 0
     assert time.monotonic() - started < 15
     assert any("drain timeout" in line for line in s.log)

@@ -355,6 +355,20 @@ impl Engine {
         self.waiting.push_back(job);
     }
 
+    /// Ends every waiting and running request with `Event::Error(failure)` and frees their
+    /// cache (a drain out of time; what they generated so far was already sent as tokens).
+    pub fn abort_all(&mut self, failure: Failure) {
+        for job in self.waiting.drain(..) {
+            self.stats.queued.fetch_sub(1, Ordering::SeqCst);
+            let _ = job.tx.send(Event::Error(failure.clone()));
+        }
+        for seq in self.running.drain(..) {
+            let _ = seq.job.tx.send(Event::Error(failure.clone()));
+        }
+        self.stats.running.store(0, Ordering::Relaxed);
+        self.publish_kv();
+    }
+
     /// Whether nothing is queued or running (a step would do nothing).
     pub fn is_idle(&self) -> bool {
         self.waiting.is_empty() && self.running.is_empty()

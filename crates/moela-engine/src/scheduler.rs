@@ -11,7 +11,7 @@ use moela_text::Tokenizer;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::engine::{
-    check_request, Engine, EngineConfig, EngineStats, Event, Job, Request, SubmitError,
+    check_request, Engine, EngineConfig, EngineStats, Event, Failure, Job, Request, SubmitError,
 };
 
 /// A cloneable handle to the engine worker.
@@ -21,6 +21,8 @@ pub struct EngineHandle {
     stats: Arc<EngineStats>,
     config: Arc<EngineConfig>,
     closing: Arc<AtomicBool>,
+    /// Set by [`EngineHandle::abort_all`]; the worker clears it when done.
+    abort: Arc<AtomicBool>,
     worker: Arc<std::sync::Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -29,11 +31,13 @@ impl EngineHandle {
     pub fn start(model: Arc<Model>, tokenizer: Tokenizer, config: EngineConfig) -> EngineHandle {
         let (tx, rx) = mpsc::channel();
         let closing = Arc::new(AtomicBool::new(false));
+        let abort = Arc::new(AtomicBool::new(false));
         let engine = Engine::new(model, Some(tokenizer), config.clone());
         let stats = engine.stats().clone();
         let w = Worker {
             engine,
             closing: closing.clone(),
+            abort: abort.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("moela-engine".into())
@@ -44,6 +48,7 @@ impl EngineHandle {
             stats,
             config: Arc::new(config),
             closing,
+            abort,
             worker: Arc::new(std::sync::Mutex::new(handle)),
         }
     }
@@ -71,6 +76,13 @@ impl EngineHandle {
         Ok(rx)
     }
 
+    /// Ends every queued and running request now with [`Failure::Busy`] ("the server is
+    /// shutting down") and refuses new ones: a drain that ran out of time.
+    pub fn abort_all(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.abort.store(true, Ordering::SeqCst);
+    }
+
     /// Stops accepting requests, lets running and queued ones finish, then joins the worker.
     pub fn shutdown(&self) {
         self.closing.store(true, Ordering::SeqCst);
@@ -86,11 +98,19 @@ impl EngineHandle {
 struct Worker {
     engine: Engine,
     closing: Arc<AtomicBool>,
+    abort: Arc<AtomicBool>,
 }
 
 impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Job>) {
         loop {
+            if self.abort.swap(false, Ordering::SeqCst) {
+                while let Ok(job) = rx.try_recv() {
+                    self.engine.enqueue(job);
+                }
+                self.engine
+                    .abort_all(Failure::Busy("the server is shutting down".into()));
+            }
             // Intake: block while idle, otherwise take whatever arrived.
             if self.engine.is_idle() {
                 match rx.recv_timeout(std::time::Duration::from_millis(50)) {

@@ -131,6 +131,44 @@ fn cancelled_request_is_dropped_and_others_finish() {
     engine.shutdown();
 }
 
+/// A drain out of time: every running and queued request ends with a `Busy` error (no `Done`),
+/// the cache is freed, and new requests are refused.
+#[test]
+fn abort_all_ends_running_and_queued_requests_with_an_error() {
+    let (model, tok) = fixture();
+    let engine = EngineHandle::start(
+        model,
+        tok,
+        EngineConfig {
+            ctx: 2048,
+            max_batch: 1,
+            ..Default::default()
+        },
+    );
+    let mut running = engine.submit(request(vec![0, 1, 2], 2000)).unwrap();
+    let queued = engine.submit(request(vec![0, 3], 2000)).unwrap();
+    // The first request is generating.
+    assert!(matches!(running.blocking_recv(), Some(Event::Token(_))));
+    engine.abort_all();
+    for mut rx in [running, queued] {
+        let last = std::iter::from_fn(|| rx.blocking_recv()).last();
+        match last {
+            Some(Event::Error(moela_engine::Failure::Busy(m))) => {
+                assert!(m.contains("shutting down"), "{m}")
+            }
+            other => panic!("expected a Busy error last, got {other:?}"),
+        }
+    }
+    assert_eq!(engine.stats().queued.load(Ordering::SeqCst), 0);
+    assert_eq!(engine.stats().running.load(Ordering::SeqCst), 0);
+    assert_eq!(engine.stats().kv_tokens.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        engine.submit(request(vec![0], 1)).unwrap_err(),
+        SubmitError::ShuttingDown
+    );
+    engine.shutdown();
+}
+
 #[test]
 fn full_queue_and_long_prompts_are_refused() {
     let (model, tok) = fixture();

@@ -22,7 +22,7 @@ mod util;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -128,6 +128,17 @@ struct Inner {
     /// Bounds the request work done off the async runtime (tokenizing, rendering templates,
     /// compiling grammars) to one job per core.
     cpu_work: tokio::sync::Semaphore,
+    /// Generation requests not yet answered in full (planning, queued, running, streaming).
+    active: Arc<AtomicUsize>,
+}
+
+/// Counts one open generation request while it lives (see `Inner::active`).
+pub(crate) struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl AppState {
@@ -159,8 +170,20 @@ impl AppState {
                 cpu_work: tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map_or(2, |n| n.get()),
                 ),
+                active: Arc::new(AtomicUsize::new(0)),
             }),
         }
+    }
+
+    /// Marks a generation request open until the returned guard drops.
+    pub(crate) fn active(&self) -> Active {
+        self.inner.active.fetch_add(1, Ordering::SeqCst);
+        Active(self.inner.active.clone())
+    }
+
+    /// Generation requests still open.
+    pub fn open_requests(&self) -> usize {
+        self.inner.active.load(Ordering::SeqCst)
     }
 
     /// Runs `work` (a request's CPU-heavy planning) on the blocking pool, at most one job per
@@ -203,7 +226,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_while_draining,
+        ));
     Router::new()
         .merge(v1)
         .route("/health", get(health))
@@ -266,27 +293,42 @@ pub fn serve(
             "moela: serving {} on http://{local} ({auth}; max batch {}, queue {}, context {})",
             opts.model_name, opts.engine.max_batch, opts.engine.max_queue, opts.engine.ctx
         );
-        let signalled = Arc::new(tokio::sync::Notify::new());
-        let on_signal = {
-            let signalled = signalled.clone();
-            let state = state.clone();
-            async move {
-                shutdown_signal().await;
-                state.inner.draining.store(true, Ordering::SeqCst);
-                eprintln!("moela: shutting down: draining running requests");
-                signalled.notify_waiters();
-            }
-        };
-        let server = axum::serve(listener, router(state)).with_graceful_shutdown(on_signal);
-        let grace = opts.drain_timeout;
-        let deadline = async {
-            signalled.notified().await;
-            tokio::time::sleep(grace).await;
-        };
+        let app = router(state.clone());
+        let mut server = tokio::spawn(async move { axum::serve(listener, app).await });
         tokio::select! {
-            r = server => r?,
-            _ = deadline => eprintln!("moela: drain timeout ({grace:?}) reached; closing open requests"),
+            _ = shutdown_signal() => {}
+            r = &mut server => {
+                // The listener failed: nothing to drain.
+                r.map_err(|e| std::io::Error::other(e.to_string()))??;
+            }
         }
+        // Drain: the listener stays open and answers new requests 503 (and /health 503) while
+        // the open ones finish, up to the drain timeout; then those still open are ended with an
+        // error event (streams also get `[DONE]`).
+        state.inner.draining.store(true, Ordering::SeqCst);
+        let grace = opts.drain_timeout;
+        eprintln!(
+            "moela: shutting down: draining {} open requests (up to {grace:?}; new ones get 503)",
+            state.open_requests()
+        );
+        let deadline = tokio::time::Instant::now() + grace;
+        while state.open_requests() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if state.open_requests() > 0 {
+            eprintln!(
+                "moela: drain timeout ({grace:?}) reached; ending {} open requests",
+                state.open_requests()
+            );
+            engine.abort_all();
+            let flush = tokio::time::Instant::now() + Duration::from_secs(2);
+            while state.open_requests() > 0 && tokio::time::Instant::now() < flush {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        // Let the last bytes of finished streams reach their sockets.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.abort();
         Ok::<_, ServerError>(engine)
     })?;
     // Shutting the runtime down drops any connection still open after the drain timeout, and
@@ -356,6 +398,18 @@ async fn catch_panics(req: Request, next: Next) -> Response {
             ApiError::Internal("internal error while handling the request".into()).into_response()
         }
     }
+}
+
+/// While draining, new `/v1/` requests get 503 with `Retry-After` (the listener stays open, so
+/// clients and load balancers see why instead of a refused connection).
+async fn refuse_while_draining(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if s.inner.draining.load(Ordering::SeqCst) {
+        return ApiError::Unavailable(
+            "the server is shutting down; retry on another instance".into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Checks the bearer key on `/v1/` routes and labels the request with the key's name.
@@ -448,6 +502,7 @@ async fn chat_completions(
     BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
+    let _planning = s.active();
     let plan = s
         .off_runtime(move |s| s.plan_chat(parse_json(&body)?))
         .await?;
@@ -460,6 +515,7 @@ async fn completions(
     BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
     let arrived = Instant::now();
+    let _planning = s.active();
     let plan = s
         .off_runtime(move |s| s.plan_completion(parse_json(&body)?))
         .await?;

@@ -16,7 +16,7 @@ use crate::metrics::KeyUsage;
 use crate::protocol::*;
 use crate::tools::{self, ToolSplitter};
 use crate::util::{random_id, random_u64, unix_time};
-use crate::AppState;
+use crate::{Active, AppState};
 
 use super::plan::{Endpoint, Plan};
 
@@ -218,6 +218,8 @@ struct Run {
     rxs: Vec<Option<UnboundedReceiver<Event>>>,
     choices: Vec<ChoiceState>,
     start: usize,
+    /// Counts this request as open until the response (or its stream) is done.
+    _active: Active,
 }
 
 impl Run {
@@ -292,7 +294,6 @@ impl Run {
             Endpoint::Completions => "cmpl-",
         };
         Ok(Run {
-            state,
             plan,
             key,
             id: random_id(prefix, 29),
@@ -302,6 +303,8 @@ impl Run {
             rxs,
             choices,
             start: 0,
+            _active: state.active(),
+            state,
         })
     }
 
@@ -728,10 +731,13 @@ impl Run {
                             let piece = run.choices[i].on_done(&tail, finish_reason, usage);
                             queue.extend(run.chunks_for(i, piece, &mut offsets));
                         }
+                        // A failure mid-stream: an error event, then `[DONE]` as any stream
+                        // ends, so clients stop reading cleanly.
                         Some((_, Some(Event::Error(e)))) => {
                             run.state.inner.metrics.count_stream_error();
                             let err = ApiError::from(e);
                             queue.push_back(sse_json(&err.body()));
+                            queue.push_back(SseEvent::default().data("[DONE]"));
                             run.rxs.iter_mut().for_each(|r| *r = None);
                             phase = Phase::Finished;
                         }
@@ -743,6 +749,7 @@ impl Run {
                                 "the engine stopped before the request finished".into(),
                             );
                             queue.push_back(sse_json(&err.body()));
+                            queue.push_back(SseEvent::default().data("[DONE]"));
                             run.rxs.iter_mut().for_each(|r| *r = None);
                             phase = Phase::Finished;
                         }
