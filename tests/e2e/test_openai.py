@@ -357,7 +357,7 @@ def test_metrics(server):
         "moela_kv_blocks_used", "moela_kv_blocks_free", "moela_prompt_tokens_total",
         "moela_generation_tokens_total", "moela_prompt_cache_hit_tokens_total",
         "moela_time_to_first_token_seconds_count", "moela_inter_token_latency_seconds_count",
-        'moela_key_requests_total{key="default"}',
+        'moela_key_requests_total{key="default",outcome="completed"}',
     ):
         assert name in m, name
     assert m['moela_requests_total{endpoint="/v1/chat/completions",status="200"}'] >= 1

@@ -80,6 +80,37 @@ pub struct KeyUsage {
     pub cost: f64,
 }
 
+impl KeyUsage {
+    fn add(&mut self, u: &KeyUsage) {
+        self.requests += u.requests;
+        self.prompt_tokens += u.prompt_tokens;
+        self.cache_hit_tokens += u.cache_hit_tokens;
+        self.completion_tokens += u.completion_tokens;
+        self.cost += u.cost;
+    }
+}
+
+/// How a generation request ended, a label of the per-key counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    /// Answered in full.
+    Completed,
+    /// The client went away first (it is billed for what was generated).
+    Cancelled,
+    /// The engine or server ended it with an error (a drain timeout, a fault).
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Failed => "error",
+        }
+    }
+}
+
 /// The server's own metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -90,7 +121,7 @@ pub struct Metrics {
     pub ttft: Histogram,
     pub inter_token: Histogram,
     pub request_duration: Histogram,
-    keys: Mutex<BTreeMap<String, KeyUsage>>,
+    keys: Mutex<BTreeMap<(String, Outcome), KeyUsage>>,
     currency: Option<String>,
 }
 
@@ -117,20 +148,20 @@ impl Metrics {
         *self.stream_errors.lock().unwrap_or_else(|p| p.into_inner()) += 1;
     }
 
-    /// Adds a finished request's usage to its key.
-    pub fn add_key_usage(&self, key: &str, u: &KeyUsage) {
+    /// Adds an ended request's usage to its key, under how it ended.
+    pub fn add_key_usage(&self, key: &str, outcome: Outcome, u: &KeyUsage) {
         let mut m = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        let e = m.entry(key.to_string()).or_default();
-        e.requests += u.requests;
-        e.prompt_tokens += u.prompt_tokens;
-        e.cache_hit_tokens += u.cache_hit_tokens;
-        e.completion_tokens += u.completion_tokens;
-        e.cost += u.cost;
+        m.entry((key.to_string(), outcome)).or_default().add(u);
     }
 
+    /// A key's usage over every outcome.
     pub fn key_usage(&self, key: &str) -> Option<KeyUsage> {
         let m = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        m.get(key).cloned()
+        let mut found = None;
+        for (_, u) in m.iter().filter(|((k, _), _)| k == key) {
+            found.get_or_insert_with(KeyUsage::default).add(u);
+        }
+        found
     }
 
     /// The whole exposition.
@@ -186,7 +217,7 @@ impl Metrics {
         let per_key: [(&str, &str, Field); 4] = [
             (
                 "moela_key_requests_total",
-                "Completed requests per API key.",
+                "Generation requests per API key and outcome (completed, cancelled, error).",
                 |u| u.requests as f64,
             ),
             (
@@ -207,8 +238,14 @@ impl Metrics {
         ];
         for (name, help, f) in per_key {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (k, u) in &keys {
-                let _ = writeln!(out, "{name}{{key=\"{}\"}} {}", escape(k), f(u));
+            for ((k, outcome), u) in &keys {
+                let _ = writeln!(
+                    out,
+                    "{name}{{key=\"{}\",outcome=\"{}\"}} {}",
+                    escape(k),
+                    outcome.as_str(),
+                    f(u)
+                );
             }
         }
         if let Some(cur) = &self.currency {
@@ -217,11 +254,12 @@ impl Metrics {
                 out,
                 "# HELP {name} Cost per API key under the price table.\n# TYPE {name} counter"
             );
-            for (k, u) in &keys {
+            for ((k, outcome), u) in &keys {
                 let _ = writeln!(
                     out,
-                    "{name}{{key=\"{}\",currency=\"{}\"}} {}",
+                    "{name}{{key=\"{}\",outcome=\"{}\",currency=\"{}\"}} {}",
                     escape(k),
+                    outcome.as_str(),
                     escape(cur),
                     u.cost
                 );

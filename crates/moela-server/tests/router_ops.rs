@@ -173,11 +173,11 @@ async fn api_keys_guard_v1_and_label_usage_without_revealing_secrets() {
     assert_eq!(send(&s.app, get("/health")).await.status, StatusCode::OK);
     let m = send(&s.app, get("/metrics")).await.text();
     assert!(
-        m.contains("moela_key_requests_total{key=\"alice\"} 2"),
+        m.contains("moela_key_requests_total{key=\"alice\",outcome=\"completed\"} 2"),
         "{m}"
     );
     assert!(
-        m.contains("moela_key_requests_total{key=\"key2\"} 1"),
+        m.contains("moela_key_requests_total{key=\"key2\",outcome=\"completed\"} 1"),
         "{m}"
     );
     assert!(!m.contains("secret"));
@@ -213,7 +213,9 @@ async fn cost_is_reported_per_request_and_per_key() {
     );
     let m = send(&s.app, get("/metrics")).await.text();
     assert!(
-        m.contains("moela_key_cost_total{key=\"anonymous\",currency=\"USD\"}"),
+        m.contains(
+            "moela_key_cost_total{key=\"anonymous\",outcome=\"completed\",currency=\"USD\"}"
+        ),
         "{m}"
     );
 }
@@ -283,6 +285,65 @@ async fn n_above_the_queue_is_a_400_not_a_429() {
     let r = chat(&s, json!({"messages": user("Hi"), "max_tokens": 2, "n": 8})).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["choices"].as_array().unwrap().len(), 8);
+}
+
+/// Streams cut by their clients are billed: one `cancelled` request each, their prompts, and
+/// every token the engine sent them, buffered or not (issue: 10 cut streams generated 914
+/// tokens and 315 were billed).
+#[tokio::test]
+async fn cancelled_streams_are_billed_for_every_token_sent() {
+    let cfg = EngineConfig {
+        ctx: 2048,
+        ..engine_config()
+    };
+    let s = server_with(Settings::new("v3"), cfg, v3_tokenizer());
+    let body =
+        json!({"messages": user("Go on"), "max_tokens": 400, "temperature": 0, "stream": true})
+            .to_string();
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        let r = s
+            .app
+            .clone()
+            .oneshot(post("/v1/chat/completions", body.clone()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        bodies.push(r.into_body());
+    }
+    // Each client reads a few events while the engine runs ahead of them, then goes away.
+    for b in &mut bodies {
+        for _ in 0..3 {
+            b.frame().await.unwrap().unwrap();
+        }
+    }
+    eventually("tokens buffered beyond what was read", || {
+        gauge(&s, "moela_generation_tokens_total") > 40.0
+    })
+    .await;
+    drop(bodies);
+    eventually("engine idle", || {
+        gauge(&s, "moela_running_sequences") == 0.0 && gauge(&s, "moela_kv_blocks_used") == 0.0
+    })
+    .await;
+    let cancelled = |name: &str| {
+        gauge(
+            &s,
+            &format!("{name}{{key=\"anonymous\",outcome=\"cancelled\"}}"),
+        )
+    };
+    let generated = gauge(&s, "moela_generation_tokens_total");
+    let billed = cancelled("moela_key_completion_tokens_total");
+    assert_eq!(cancelled("moela_key_requests_total"), 4.0);
+    // At most the token each sequence produced after its client left is not billed.
+    assert!(
+        billed <= generated && billed >= generated - 4.0,
+        "billed {billed} of {generated} generated tokens"
+    );
+    assert_eq!(
+        cancelled("moela_key_prompt_tokens_total"),
+        gauge(&s, "moela_prompt_tokens_total")
+    );
 }
 
 #[tokio::test]

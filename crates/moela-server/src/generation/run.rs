@@ -12,7 +12,7 @@ use moela_text::{CompletionParser, ReasoningParser};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::error::ApiError;
-use crate::metrics::KeyUsage;
+use crate::metrics::{KeyUsage, Outcome};
 use crate::protocol::*;
 use crate::tools::{self, ToolSplitter};
 use crate::util::{random_id, random_u64, unix_time};
@@ -38,6 +38,8 @@ struct ChoiceState {
     calls: Vec<ToolCallOut>,
     finish: Option<&'static str>,
     usage: Usage,
+    /// Token events received (what is billed if the request ends without `Done`).
+    received: usize,
     last_token: Option<Instant>,
     done: bool,
     single_call: bool,
@@ -71,6 +73,7 @@ impl ChoiceState {
             calls: Vec::new(),
             finish: None,
             usage: Usage::default(),
+            received: 0,
             last_token: None,
             done: false,
             single_call: false,
@@ -218,8 +221,32 @@ struct Run {
     rxs: Vec<Option<UnboundedReceiver<Event>>>,
     choices: Vec<ChoiceState>,
     start: usize,
+    /// Whether the usage was added to the key's metrics (once, whatever the outcome).
+    billed: bool,
     /// Counts this request as open until the response (or its stream) is done.
     _active: Active,
+}
+
+impl Drop for Run {
+    /// A request that ends without being billed (the client went away, or the server dropped
+    /// it): the tokens already sent to its channels are counted too, then it is billed as
+    /// cancelled.
+    fn drop(&mut self) {
+        if self.billed {
+            return;
+        }
+        for (i, rx) in self.rxs.iter_mut().enumerate() {
+            let Some(rx) = rx.as_mut() else { continue };
+            while let Ok(ev) = rx.try_recv() {
+                match ev {
+                    Event::Token(_) => self.choices[i].received += 1,
+                    Event::Done { usage, .. } => self.choices[i].usage = usage,
+                    _ => {}
+                }
+            }
+        }
+        self.bill(Outcome::Cancelled);
+    }
 }
 
 impl Run {
@@ -303,12 +330,14 @@ impl Run {
             rxs,
             choices,
             start: 0,
+            billed: false,
             _active: state.active(),
             state,
         })
     }
 
     fn note_token(&mut self, i: usize) {
+        self.choices[i].received += 1;
         let now = Instant::now();
         let m = &self.state.inner.metrics;
         if !self.first_token {
@@ -321,11 +350,21 @@ impl Run {
         self.choices[i].last_token = Some(now);
     }
 
-    /// Usage over all choices (each prompt counted once), with cost, and its metrics.
-    fn finish_usage(&self) -> UsageOut {
+    /// Usage over all choices (each prompt counted once), with cost; added to the key's metrics
+    /// under `outcome` (the first call only). A request that did not complete pays for the
+    /// prompts that produced a token and for the tokens sent.
+    fn bill(&mut self, outcome: Outcome) -> UsageOut {
         let mut prompt_tokens = 0;
         let mut cached = 0;
         for (pi, p) in self.plan.prompts.iter().enumerate() {
+            let started = outcome == Outcome::Completed
+                || self
+                    .choices
+                    .iter()
+                    .any(|c| c.prompt == pi && (c.received > 0 || c.done));
+            if !started {
+                continue;
+            }
             prompt_tokens += p.len();
             cached += self
                 .choices
@@ -333,7 +372,11 @@ impl Run {
                 .find(|c| c.prompt == pi)
                 .map_or(0, |c| c.usage.cached_tokens.min(p.len()));
         }
-        let completion: usize = self.choices.iter().map(|c| c.usage.completion_tokens).sum();
+        let completion: usize = self
+            .choices
+            .iter()
+            .map(|c| c.usage.completion_tokens.max(c.received))
+            .sum();
         let reasoning: usize = self.choices.iter().map(|c| c.reasoning_tokens).sum();
         let miss = prompt_tokens - cached;
         let cost = self
@@ -344,17 +387,21 @@ impl Run {
             .as_ref()
             .map(|t| t.cost(cached, miss, completion, unix_time()));
         let m = &self.state.inner.metrics;
-        m.request_duration.observe(self.arrived.elapsed());
-        m.add_key_usage(
-            &self.key,
-            &KeyUsage {
-                requests: 1,
-                prompt_tokens: prompt_tokens as u64,
-                cache_hit_tokens: cached as u64,
-                completion_tokens: completion as u64,
-                cost: cost.as_ref().map_or(0.0, |c| c.total),
-            },
-        );
+        if !self.billed {
+            self.billed = true;
+            m.request_duration.observe(self.arrived.elapsed());
+            m.add_key_usage(
+                &self.key,
+                outcome,
+                &KeyUsage {
+                    requests: 1,
+                    prompt_tokens: prompt_tokens as u64,
+                    cache_hit_tokens: cached as u64,
+                    completion_tokens: completion as u64,
+                    cost: cost.as_ref().map_or(0.0, |c| c.total),
+                },
+            );
+        }
         UsageOut {
             prompt_tokens,
             completion_tokens: completion,
@@ -434,17 +481,21 @@ impl Run {
                 }) => {
                     self.choices[i].on_done(&tail, finish_reason, usage);
                 }
-                Some(Event::Error(e)) => return Err(ApiError::from(e)),
+                Some(Event::Error(e)) => {
+                    self.bill(Outcome::Failed);
+                    return Err(ApiError::from(e));
+                }
                 // Not requested by the server.
                 Some(Event::PromptScores(_)) => {}
                 None => {
+                    self.bill(Outcome::Failed);
                     return Err(ApiError::Unavailable(
                         "the engine stopped before the request finished".into(),
-                    ))
+                    ));
                 }
             }
         }
-        let usage = self.finish_usage();
+        let usage = self.bill(Outcome::Completed);
         let model = self.state.inner.settings.model_name.clone();
         let resp = match self.plan.endpoint {
             Endpoint::Chat => {
@@ -734,6 +785,7 @@ impl Run {
                         // A failure mid-stream: an error event, then `[DONE]` as any stream
                         // ends, so clients stop reading cleanly.
                         Some((_, Some(Event::Error(e)))) => {
+                            run.bill(Outcome::Failed);
                             run.state.inner.metrics.count_stream_error();
                             let err = ApiError::from(e);
                             queue.push_back(sse_json(&err.body()));
@@ -744,6 +796,7 @@ impl Run {
                         // Not requested by the server.
                         Some((_, Some(Event::PromptScores(_)))) => {}
                         Some((_, None)) => {
+                            run.bill(Outcome::Failed);
                             run.state.inner.metrics.count_stream_error();
                             let err = ApiError::Unavailable(
                                 "the engine stopped before the request finished".into(),
@@ -754,7 +807,7 @@ impl Run {
                             phase = Phase::Finished;
                         }
                         None => {
-                            let usage = run.finish_usage();
+                            let usage = run.bill(Outcome::Completed);
                             if run.plan.params.include_usage {
                                 queue.push_back(run.usage_chunk(usage));
                             }
