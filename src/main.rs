@@ -203,6 +203,16 @@ struct ServeArgs {
     /// Seconds SIGTERM waits for running requests.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
+    /// Open client connections at most (default: 1,024, less where the open-file limit is lower).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Seconds a client has to send a request's headers; an idle keep-alive connection is
+    /// closed after as long.
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
+    /// Seconds a client has to send a request's body (408 after).
+    #[arg(long, default_value_t = 30)]
+    body_timeout: u64,
 }
 
 #[derive(Args)]
@@ -510,8 +520,11 @@ fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
 }
 
 fn cmd_serve(a: ServeArgs) -> Result<()> {
-    if a.max_batch == 0 || a.max_queue == 0 {
-        bail!("--max-batch and --max-queue must be at least 1");
+    if a.max_batch == 0 || a.max_queue == 0 || a.max_connections == Some(0) {
+        bail!("--max-batch, --max-queue and --max-connections must be at least 1");
+    }
+    if a.header_timeout == 0 || a.body_timeout == 0 {
+        bail!("--header-timeout and --body-timeout must be at least 1 second");
     }
     let dir = model_dir(&a.model.model)?;
     let name = match a.served_model_name {
@@ -541,6 +554,13 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         },
         max_body_bytes: moela_server::DEFAULT_MAX_BODY_BYTES,
         drain_timeout: std::time::Duration::from_secs(a.drain_timeout),
+        limits: moela_server::ConnLimits {
+            max_connections: a
+                .max_connections
+                .unwrap_or_else(moela_server::default_max_connections),
+            header_timeout: std::time::Duration::from_secs(a.header_timeout),
+        },
+        body_timeout: std::time::Duration::from_secs(a.body_timeout),
     };
     moela_server::serve(opts, m.model, m.tokenizer)?;
     Ok(())

@@ -5,6 +5,7 @@ streams and ends by checking the engine is idle with every KV block released.
 """
 
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -458,6 +459,54 @@ def test_hostile_requests_get_cheap_400s_and_never_stall_health(server):
     assert p99 < 0.05, f"/health p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms"
     assert set(outcomes) == {200, 400}, outcomes
     wait_idle(server)
+
+
+def closed_within(sock, seconds):
+    """Whether the server closes `sock` within `seconds` (reading whatever it sends first)."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except (socket.timeout, TimeoutError):
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_slow_and_idle_clients_are_cut_and_capped(fresh_server):
+    """Header-read, keep-alive idle and body timeouts, and a connection cap: idle and slow clients
+    are closed, and they cannot keep /health from being answered (issue: 300 idle connections under
+    `ulimit -n 256` made /health time out)."""
+    s = fresh_server("--header-timeout", "1", "--body-timeout", "1", "--max-connections", "8")
+    host, port = "127.0.0.1", s.port
+    # An idle connection (never sends a byte) and one whose headers trickle in are closed.
+    idle = socket.create_connection((host, port))
+    slow = socket.create_connection((host, port))
+    slow.sendall(b"GET /health HTTP/1.1\r\n")
+    assert closed_within(idle, 5) and closed_within(slow, 5)
+    # Keep-alive: after a response, an idle connection is closed too.
+    ka = socket.create_connection((host, port))
+    ka.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    ka.settimeout(5)
+    assert ka.recv(4096).startswith(b"HTTP/1.1 200")
+    assert closed_within(ka, 5)
+    # A body that never completes: 408 after the body timeout.
+    body = socket.create_connection((host, port))
+    body.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 100\r\n\r\n{\"messages\"")
+    body.settimeout(5)
+    reply = body.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 408"), reply
+    assert b"request_timeout" in reply
+    # 30 idle connections against a cap of 8: /health is still answered, within the time the
+    # idle ones hold their slots (rounds of 8 connections, 1 s header timeout each).
+    hogs = [socket.create_connection((host, port)) for _ in range(30)]
+    t0 = time.monotonic()
+    status, _, _ = raw(s, "GET", "/health")
+    assert status == 200 and time.monotonic() - t0 < 8
+    for h in hogs + [idle, slow, ka, body]:
+        h.close()
 
 
 def test_full_queue_answers_429(fresh_server):

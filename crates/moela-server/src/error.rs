@@ -28,6 +28,9 @@ pub enum ApiError {
     /// The route exists, the method does not (405).
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The client was too slow sending its request (408).
+    #[error("{0}")]
+    Timeout(String),
     /// The body is larger than the server accepts (413).
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -91,7 +95,8 @@ impl ApiError {
             | ApiError::ContextLength(_)
             | ApiError::NotFound(_)
             | ApiError::MethodNotAllowed(_)
-            | ApiError::PayloadTooLarge { .. } => "invalid_request_error",
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::Timeout(_) => "invalid_request_error",
             ApiError::Unauthorized(_) => "authentication_error",
             ApiError::Overloaded { .. } => "rate_limit_error",
             ApiError::Unavailable(_) | ApiError::Internal(_) => "server_error",
@@ -105,6 +110,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => Some("invalid_api_key"),
             ApiError::NotFound(_) => Some("not_found"),
             ApiError::PayloadTooLarge { .. } => Some("request_too_large"),
+            ApiError::Timeout(_) => Some("request_timeout"),
             ApiError::Overloaded { .. } => Some("server_overloaded"),
             _ => None,
         }

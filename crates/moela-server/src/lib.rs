@@ -14,6 +14,7 @@ mod auth;
 mod constraint;
 mod error;
 mod generation;
+mod listen;
 mod metrics;
 mod pricing;
 mod protocol;
@@ -41,6 +42,7 @@ use serde::de::DeserializeOwned;
 pub use auth::{ApiKeys, KeyError, ANONYMOUS};
 pub use constraint::{CompiledGrammar, Grammars, TokenTable};
 pub use error::ApiError;
+pub use listen::{default_max_connections, ConnLimits};
 pub use metrics::{KeyUsage, Metrics};
 pub use pricing::{PriceError, PriceTable};
 pub use tools::{parse_tools, tool_call_grammar, CallFormat, ToolSplitter};
@@ -65,6 +67,10 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// How long SIGTERM waits for running requests before closing them.
     pub drain_timeout: Duration,
+    /// Open connections and the header-read / idle timeout.
+    pub limits: ConnLimits,
+    /// Time a client has to send a request body once its headers arrived (408 after).
+    pub body_timeout: Duration,
 }
 
 /// Why the server could not start or stopped abnormally.
@@ -93,7 +99,12 @@ pub struct Settings {
     pub keys: ApiKeys,
     pub prices: Option<PriceTable>,
     pub max_body_bytes: usize,
+    /// See [`ServeOptions::body_timeout`].
+    pub body_timeout: Duration,
 }
+
+/// Default of [`ServeOptions::body_timeout`].
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Settings {
     pub fn new(model_name: impl Into<String>) -> Settings {
@@ -102,6 +113,7 @@ impl Settings {
             keys: ApiKeys::none(),
             prices: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
     }
 }
@@ -267,6 +279,7 @@ pub fn serve(
         keys,
         prices,
         max_body_bytes: opts.max_body_bytes,
+        body_timeout: opts.body_timeout,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -293,15 +306,12 @@ pub fn serve(
             "moela: serving {} on http://{local} ({auth}; max batch {}, queue {}, context {})",
             opts.model_name, opts.engine.max_batch, opts.engine.max_queue, opts.engine.ctx
         );
-        let app = router(state.clone());
-        let mut server = tokio::spawn(async move { axum::serve(listener, app).await });
-        tokio::select! {
-            _ = shutdown_signal() => {}
-            r = &mut server => {
-                // The listener failed: nothing to drain.
-                r.map_err(|e| std::io::Error::other(e.to_string()))??;
-            }
-        }
+        let server = tokio::spawn(listen::serve_connections(
+            listener,
+            router(state.clone()),
+            opts.limits,
+        ));
+        shutdown_signal().await;
         // Drain: the listener stays open and answers new requests 503 (and /health 503) while
         // the open ones finish, up to the drain timeout; then those still open are ended with an
         // error event (streams also get `[DONE]`).
@@ -451,7 +461,16 @@ impl FromRequest<AppState> for BodyBytes {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+        let limit = state.inner.settings.body_timeout;
+        let read = tokio::time::timeout(limit, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| {
+                ApiError::Timeout(format!(
+                    "the request body did not arrive within {} s",
+                    limit.as_secs_f64()
+                ))
+            })?;
+        let bytes = read.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge {
                     limit: state.inner.settings.max_body_bytes,
