@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# llama.cpp reads what `moela quantize` writes for DeepSeek-V3.2 (`deepseek32`): a V3.2 model is
+# written both by llama.cpp's own converter and by Moela (BF16, the stored type, so both files hold
+# the same weights), and llama.cpp's greedy completion must be byte-identical on the two; Moela's
+# Q8_0 file must load and generate too.
+#
+# The committed fixture (tests/fixtures/models/v32) has index_head_dim 16, which llama.cpp b11434
+# cannot run (its indexer applies a Hadamard rotation of at least 64 dims: GGML_ASSERT in
+# ggml_mul_mat), so this builds the same case with index_head_dim 64 in a temporary directory.
+#
+# Needs: the reference venv of tools/requirements-v32.txt ($REF_PY), the converter venv of
+# tools/requirements-llamacpp-convert.txt ($CONV_PY), llama.cpp b11434 built by
+# bench/build_llamacpp.sh ($LLAMA_BIN) and its source tree ($LLAMA_SRC), target/debug/moela.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REF_PY=${REF_PY:?python of a venv with tools/requirements-v32.txt}
+CONV_PY=${CONV_PY:?python of a venv with tools/requirements-llamacpp-convert.txt}
+LLAMA_BIN=${LLAMA_BIN:?llama.cpp bin directory (bench/build_llamacpp.sh prints it)}
+LLAMA_SRC=${LLAMA_SRC:?llama.cpp source directory (the one holding convert_hf_to_gguf.py)}
+MOELA=${MOELA:-target/debug/moela}
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+cp -r tests/fixtures/models/tokenizer "$TMP/"
+"$REF_PY" - "$TMP" <<'EOF'
+import sys
+from pathlib import Path
+sys.path.insert(0, "tools")
+import make_v32_fixtures as m
+m.CONFIG["index_head_dim"] = 64  # llama.cpp's smallest indexer rotation
+m.CONFIG["index_n_heads"] = 8
+print("seed", m.run(Path(sys.argv[1]))["seed"])
+EOF
+"$CONV_PY" - "$TMP" "$LLAMA_SRC" <<'EOF'
+import importlib.util, sys
+from pathlib import Path
+tmp, src = Path(sys.argv[1]), sys.argv[2]
+spec = importlib.util.spec_from_file_location("mk", "tools/make_gguf_v32_fixture.py")
+mk = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mk)
+mk.SRC = tmp / "v32"
+sys.argv = ["mk", "--llama-cpp", src, "--out", str(tmp / "converter-bf16.gguf")]
+mk.main()
+EOF
+"$MOELA" quantize --model "$TMP/v32" --type bf16 --out "$TMP/moela-bf16.gguf"
+"$MOELA" quantize --model "$TMP/v32" --type q8_0 --out "$TMP/moela-q8_0.gguf"
+complete() {
+    "$LLAMA_BIN/llama-completion" -m "$1" -p "The quick brown fox jumps over the lazy dog and then" \
+        -n 32 --temp 0 -no-cnv --no-warmup -t 2 2>/dev/null
+}
+a=$(complete "$TMP/converter-bf16.gguf" | md5sum)
+b=$(complete "$TMP/moela-bf16.gguf" | md5sum)
+echo "llama.cpp on the converter's file: $a"
+echo "llama.cpp on Moela's file:         $b"
+[[ "$a" == "$b" ]] || { echo "FAIL: llama.cpp generates differently from Moela's file"; exit 1; }
+complete "$TMP/moela-q8_0.gguf" >/dev/null
+echo "OK: identical greedy output; Moela's Q8_0 file runs"
