@@ -260,6 +260,9 @@ struct BenchArgs {
 struct InspectArgs {
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Also read every stored tensor and fail if any value is NaN or infinite.
+    #[arg(long)]
+    check: bool,
 }
 
 fn main() -> ExitCode {
@@ -708,7 +711,38 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         c.latent_dim()?,
         c.kv_bytes_per_token(moela_model::KvType::F32)?
     );
+    if a.check {
+        check_weights(&ck)?;
+    }
     Ok(())
+}
+
+/// `inspect --check`: every stored value decoded and tested for NaN / ±∞.
+fn check_weights(files: &ModelFiles) -> Result<()> {
+    let r = files.scan_non_finite()?;
+    if r.bad.is_empty() {
+        println!(
+            "check:        {} tensors, {} values: no NaN or infinity{}",
+            r.tensors,
+            r.values,
+            match r.skipped.len() {
+                0 => String::new(),
+                n => format!(" ({n} non-float tensors not read)"),
+            }
+        );
+        return Ok(());
+    }
+    for b in &r.bad {
+        println!(
+            "check:        {}: {} non-finite values, the first {} at index {}",
+            b.tensor, b.count, b.value, b.index
+        );
+    }
+    bail!(
+        "{} of {} tensors hold NaN or infinite values",
+        r.bad.len(),
+        r.tensors
+    )
 }
 
 fn human(n: u64) -> String {

@@ -197,6 +197,42 @@ fn inspect_shows_the_v32_indexer_and_the_cache_bytes_per_token() {
     }
 }
 
+/// `inspect --check` reads every stored value: a NaN planted in one weight makes it fail naming
+/// the tensor and the position, while plain `inspect` (and loading) cannot see it.
+#[test]
+fn inspect_check_finds_a_planted_nan() {
+    let dir = copy_fixture("v2");
+    let path = dir.path().to_str().unwrap();
+    let o = moela(&["inspect", "--model", path, "--check"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("no NaN or infinity"), "{}", stdout(&o));
+    let name = "model.layers.2.mlp.experts.3.up_proj.weight";
+    let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    let (dtype, shape) = (t.dtype(), t.shape().to_vec());
+    let mut data = t.data().to_vec();
+    let width = dtype.bitsize() / 8;
+    let nan: Vec<u8> = match dtype {
+        Dtype::BF16 => 0x7FC0u16.to_le_bytes().to_vec(),
+        Dtype::F32 => f32::NAN.to_le_bytes().to_vec(),
+        d => panic!("{d:?}"),
+    };
+    data[7 * width..8 * width].copy_from_slice(&nan);
+    rewrite_tensor(dir.path(), name, Some((dtype, shape, data)));
+    assert!(moela(&["inspect", "--model", path]).status.success());
+    let o = moela(&["inspect", "--model", path, "--check"]);
+    assert!(!o.status.success());
+    assert!(
+        stdout(&o).contains(&format!(
+            "{name}: 1 non-finite values, the first NaN at index 7"
+        )),
+        "{}",
+        stdout(&o)
+    );
+    assert_clean_error(&o, &["1 of", "tensors hold NaN or infinite values"]);
+}
+
 #[test]
 fn quantize_writes_v32_as_deepseek32() {
     let tmp = tempfile::tempdir().unwrap();

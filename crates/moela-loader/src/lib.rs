@@ -6,6 +6,7 @@
 //! This crate converts formats and nothing else; the model asks for tensors by their HF
 //! checkpoint names through [`moela_model::WeightSource`].
 
+mod check;
 pub mod dtype;
 pub mod error;
 pub mod gguf;
@@ -16,6 +17,7 @@ mod progress;
 mod release;
 pub mod safetensors_dir;
 
+pub use check::{NonFinite, ScanReport};
 pub use error::LoadError;
 pub use gguf::{GgufError, GgufFile, GgufWriter};
 pub use gguf_export::export_mla_gguf;

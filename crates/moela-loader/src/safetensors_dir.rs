@@ -251,7 +251,7 @@ impl Checkpoint {
     }
 
     /// The stored bytes of tensor `t`.
-    fn bytes(&self, t: &TensorInfo) -> &[u8] {
+    pub(crate) fn tensor_bytes(&self, t: &TensorInfo) -> &[u8] {
         &self.shards[t.shard].map[t.start..t.end]
     }
 
@@ -265,7 +265,7 @@ impl Checkpoint {
             if let Some(t) = self.tensors.get(&sname) {
                 if t.dtype == "F8_E8M0" {
                     let t = self.checked(&sname, &grid)?;
-                    return release::e8m0_values(&sname, self.bytes(t));
+                    return release::e8m0_values(&sname, self.tensor_bytes(t));
                 }
                 return self.tensor_f32(&sname, &grid);
             }
@@ -300,7 +300,7 @@ impl Checkpoint {
                 msg: format!("FP4 scales stored as {} (expected F8_E8M0)", st.dtype),
             });
         }
-        QMat::from_mxfp4_release(rows, cols, self.bytes(t), self.bytes(st))
+        QMat::from_mxfp4_release(rows, cols, self.tensor_bytes(t), self.tensor_bytes(st))
             .map(Some)
             .map_err(|e| err(e.to_string()))
     }
