@@ -20,7 +20,8 @@
 //! - `llama-bpe` / `llama3` / `llama-v3` (R1-Distill-Llama): Llama 3's `Split` regex (digits
 //!   in runs of up to 3), then `ByteLevel`; llama.cpp `LLAMA_VOCAB_PRE_TYPE_LLAMA3`.
 //!
-//! No normalizer is rebuilt (llama.cpp applies none for these).
+//! Each is reached from every label llama.cpp gives it ([`PRE_LABELS`]). No normalizer is
+//! rebuilt (llama.cpp applies none for these).
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -123,24 +124,94 @@ fn byte_level(use_regex: bool) -> Value {
     })
 }
 
-/// The `pre_tokenizer` of `tokenizer.json` for a `tokenizer.ggml.pre` name we know.
+/// The pre-tokenizers the supported families use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PreKind {
+    DeepseekV3,
+    DeepseekLlm,
+    Gpt2,
+    Qwen2,
+    Llama3,
+}
+
+/// Every `tokenizer.ggml.pre` label llama.cpp b11434 gives one of those pre-tokenizers
+/// (`llama_vocab::impl::load` maps each label to a `LLAMA_VOCAB_PRE_TYPE_*`, and these types
+/// share one regex list): files from the hub carry many labels for the same few regexes, e.g.
+/// its converter labels DeepSeek-V3's own tokenizer `joyai-llm` (its check-string hash is that
+/// model's). `gpt2` is this crate's older spelling of `gpt-2`.
+const PRE_LABELS: &[(PreKind, &[&str])] = &[
+    (
+        PreKind::DeepseekV3,
+        &["deepseek-v3", "joyai-llm", "hunyuan-dense", "hy_v4"],
+    ),
+    (PreKind::DeepseekLlm, &["deepseek-llm"]),
+    (
+        PreKind::Gpt2,
+        &[
+            "gpt2",
+            "gpt-2",
+            "phi-2",
+            "jina-es",
+            "jina-de",
+            "gigachat",
+            "jina-v2-es",
+            "jina-v2-de",
+            "a.x-4.0",
+            "mellum",
+            "modern-bert",
+        ],
+    ),
+    (
+        PreKind::Qwen2,
+        &["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2"],
+    ),
+    (
+        PreKind::Llama3,
+        &[
+            "llama-bpe",
+            "llama3",
+            "llama-v3",
+            "falcon3",
+            "falcon-h1",
+            "pixtral",
+            "midm-2.0",
+            "lfm2",
+            "jina-v5-nano",
+            "dbrx",
+            "smaug-bpe",
+        ],
+    ),
+];
+
+/// Every label [`pre_tokenizer_json`] knows, for error messages.
+fn known_pre_labels() -> String {
+    let all: Vec<&str> = PRE_LABELS
+        .iter()
+        .flat_map(|(_, l)| l.iter().copied())
+        .collect();
+    all.join(", ")
+}
+
+/// The `pre_tokenizer` of `tokenizer.json` for a `tokenizer.ggml.pre` label we know.
 pub(crate) fn pre_tokenizer_json(pre: &str) -> Option<Value> {
     let seq = |mut items: Vec<Value>| {
         items.push(byte_level(false));
         json!({"type": "Sequence", "pretokenizers": items})
     };
-    match pre {
-        "deepseek-v3" => Some(seq(DEEPSEEK_V3_SPLITS.iter().map(|r| split(r)).collect())),
-        "deepseek-llm" => {
+    let (kind, _) = PRE_LABELS
+        .iter()
+        .find(|(_, labels)| labels.contains(&pre))?;
+    Some(match kind {
+        PreKind::DeepseekV3 => seq(DEEPSEEK_V3_SPLITS.iter().map(|r| split(r)).collect()),
+        PreKind::DeepseekLlm => {
             let mut items: Vec<Value> = DEEPSEEK_LLM_SPLITS.iter().map(|r| split(r)).collect();
             items.push(json!({"type": "Digits", "individual_digits": true}));
-            Some(seq(items))
+            seq(items)
         }
-        "gpt2" => Some(byte_level(true)),
-        "qwen2" | "deepseek-r1-qwen" => Some(seq(vec![split(QWEN2_SPLIT)])),
-        "llama-bpe" | "llama3" | "llama-v3" => Some(seq(vec![split(LLAMA3_SPLIT)])),
-        _ => None,
-    }
+        PreKind::Gpt2 => byte_level(true),
+        PreKind::Qwen2 => seq(vec![split(QWEN2_SPLIT)]),
+        PreKind::Llama3 => seq(vec![split(LLAMA3_SPLIT)]),
+    })
 }
 
 /// tokenizer.json, serialized directly (a 129k-token vocabulary is slow as a `Value` tree).
@@ -231,7 +302,8 @@ pub fn tokenizer_json_from_gguf(f: &GgufFile) -> Result<(String, String), GgufEr
             f,
             KEY_PRE,
             format!(
-                "pre-tokenizer {pre:?} is not one we can rebuild (deepseek-v3, deepseek-llm, gpt2, qwen2, deepseek-r1-qwen, llama-bpe)"
+                "pre-tokenizer {pre:?} is not one we can rebuild (known: {})",
+                known_pre_labels()
             ),
         )
     })?;
@@ -659,7 +731,7 @@ fn merge_string(m: &Value) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::pre_tokenizer_json;
+    use super::{known_pre_labels, pre_tokenizer_json, PRE_LABELS};
     use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
 
     fn pieces(pre: &str, text: &str) -> Vec<String> {
@@ -685,5 +757,43 @@ mod tests {
             ["I", "'M", "Ġ", "123", "45", "Ġok"]
         );
         assert_eq!(pieces("qwen2", "a\n\nb"), pieces("llama3", "a\n\nb"));
+    }
+
+    /// Every label of a group splits text as the group's first label does (the pre-tokenizers
+    /// differ between groups on these strings), and an unknown label's error lists them all.
+    #[test]
+    fn every_llama_cpp_label_of_a_pre_tokenizer_splits_alike() {
+        let texts = [
+            "I'M 12345 ok,\n\n  def f(x): return x**2  # π ≈ 3.14159",
+            "中文和日本語のテキスト、カタカナ 1234567 and naïve café",
+            "Привет, мир! ½ × 3 — ok? 😀 \t\ttabs",
+        ];
+        let mut seen = Vec::new();
+        for (_, labels) in PRE_LABELS {
+            let first: Vec<Vec<String>> = texts.iter().map(|t| pieces(labels[0], t)).collect();
+            for l in labels.iter() {
+                for (t, want) in texts.iter().zip(&first) {
+                    assert_eq!(&pieces(l, t), want, "{l} vs {}", labels[0]);
+                }
+            }
+            assert!(
+                !seen.contains(&first),
+                "{} splits like another group",
+                labels[0]
+            );
+            seen.push(first);
+        }
+        let known = known_pre_labels();
+        for l in [
+            "joyai-llm",
+            "hy_v4",
+            "kormo",
+            "falcon3",
+            "gpt-2",
+            "deepseek-llm",
+        ] {
+            assert!(known.contains(l), "{l}");
+        }
+        assert!(pre_tokenizer_json("kimi-k2").is_none());
     }
 }
