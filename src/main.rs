@@ -9,7 +9,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use moela_engine::{
-    generate, perplexity, Engine, EngineConfig, EngineError, Request, SamplingParams,
+    fill_sampling, generate, perplexity, Engine, EngineConfig, EngineError, Request,
+    SamplingDefaults, SamplingParams,
 };
 use moela_kernels::{DType, Placement};
 use moela_loader::{LoadOptions, ModelFiles};
@@ -92,19 +93,22 @@ struct SamplingArgs {
     /// Maximum tokens to generate.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
-    /// Sampling temperature; 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    /// 0 = off.
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
-    /// 0 = off.
-    #[arg(long, default_value_t = 0.0)]
-    min_p: f32,
-    #[arg(long, default_value_t = 1.0)]
-    repetition_penalty: f32,
+    /// Sampling temperature; 0 = greedy. Default: the model's recommendation
+    /// (generation_config.json, GGUF general.sampling.*), else 0.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Default: the model's recommendation, else 1 (off).
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// 0 = off. Default: the model's recommendation, else 0.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// 0 = off. Default: the model's recommendation, else 0.
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// 1 = off. Default: the model's recommendation, else 1.
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
     #[arg(long, default_value_t = 0.0)]
     presence_penalty: f32,
     #[arg(long, default_value_t = 0.0)]
@@ -118,17 +122,26 @@ struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    fn params(&self) -> SamplingParams {
-        SamplingParams {
+    /// The values given on the command line.
+    fn explicit(&self) -> SamplingDefaults {
+        SamplingDefaults {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
             min_p: self.min_p,
             repetition_penalty: self.repetition_penalty,
+        }
+    }
+
+    /// Flags first, then the model's recommendation (`model`), then greedy without penalties.
+    fn params(&self, model: &SamplingDefaults) -> SamplingParams {
+        let base = SamplingParams {
             presence_penalty: self.presence_penalty,
             frequency_penalty: self.frequency_penalty,
             seed: self.seed,
-        }
+            ..SamplingParams::default()
+        };
+        fill_sampling(model, &self.explicit(), base)
     }
 }
 
@@ -311,6 +324,8 @@ struct Loaded {
     model: Arc<Model>,
     tokenizer: Tokenizer,
     ctx: usize,
+    /// The model's recommended sampling.
+    sampling: SamplingDefaults,
 }
 
 fn load(args: &ModelArgs) -> Result<Loaded> {
@@ -355,11 +370,13 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         kv_type: args.kv_type,
         placement: choice.placement,
     };
+    let sampling = files.sampling_defaults()?;
     let model = Arc::new(files.load_model(&opts)?);
     Ok(Loaded {
         model,
         tokenizer,
         ctx,
+        sampling,
     })
 }
 
@@ -380,10 +397,34 @@ impl Loaded {
         Ok((p.ids, p.opens_reasoning))
     }
 
+    /// Says once which of the model's recommended sampling values apply (those no flag set).
+    fn announce_sampling(&self, s: &SamplingArgs) {
+        let e = s.explicit();
+        let used = SamplingDefaults {
+            temperature: self
+                .sampling
+                .temperature
+                .filter(|_| e.temperature.is_none()),
+            top_k: self.sampling.top_k.filter(|_| e.top_k.is_none()),
+            top_p: self.sampling.top_p.filter(|_| e.top_p.is_none()),
+            min_p: self.sampling.min_p.filter(|_| e.min_p.is_none()),
+            repetition_penalty: self
+                .sampling
+                .repetition_penalty
+                .filter(|_| e.repetition_penalty.is_none()),
+        };
+        if !used.is_empty() {
+            eprintln!(
+                "sampling: {} (the model's defaults; flags override)",
+                used.describe()
+            );
+        }
+    }
+
     fn request(&self, prompt: Vec<u32>, s: &SamplingArgs) -> Request {
         Request {
             max_tokens: s.max_tokens,
-            sampling: s.params(),
+            sampling: s.params(&self.sampling),
             stop: s.stop.clone(),
             stop_token_ids: self.stop_ids(),
             ..Request::new(prompt, 0)
@@ -404,6 +445,7 @@ impl Loaded {
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let m = load(&a.model)?;
+    m.announce_sampling(&a.sampling);
     let (prompt, in_reasoning) = if a.raw {
         (m.tokenizer.encode(&a.prompt, true)?, false)
     } else {
@@ -448,6 +490,7 @@ fn engine_error(e: EngineError) -> anyhow::Error {
 
 fn cmd_chat(a: ChatArgs) -> Result<()> {
     let m = load(&a.model)?;
+    m.announce_sampling(&a.sampling);
     let interactive = std::io::stdin().is_terminal();
     let mut history: Vec<ChatMessage> = Vec::new();
     if let Some(s) = &a.system {
@@ -564,7 +607,14 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
             header_timeout: std::time::Duration::from_secs(a.header_timeout),
         },
         body_timeout: std::time::Duration::from_secs(a.body_timeout),
+        sampling: m.sampling,
     };
+    if !m.sampling.is_empty() {
+        eprintln!(
+            "sampling: {} (the model's defaults for requests that do not set them)",
+            m.sampling.describe()
+        );
+    }
     moela_server::serve(opts, m.model, m.tokenizer)?;
     Ok(())
 }

@@ -233,6 +233,52 @@ fn inspect_check_finds_a_planted_nan() {
     assert_clean_error(&o, &["1 of", "tensors hold NaN or infinite values"]);
 }
 
+/// The model's recommended sampling (generation_config.json) applies where no flag is given,
+/// is printed once, and flags win: with the same seed, the recommended temperature gives what
+/// the same explicit `--temperature` gives.
+#[test]
+fn generation_config_sampling_is_the_default_and_flags_win() {
+    let dir = copy_fixture("v3");
+    std::fs::write(
+        dir.path().join("generation_config.json"),
+        r#"{"bos_token_id": 0, "eos_token_id": 1, "do_sample": true, "temperature": 0.9, "top_p": 0.95}"#,
+    )
+    .unwrap();
+    let path = dir.path().to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let o = moela(&gen_args(
+            path,
+            &[&["--seed", "7", "--max-tokens", "12"], extra].concat(),
+        ));
+        assert!(o.status.success(), "{}", stderr(&o));
+        (stdout(&o), stderr(&o))
+    };
+    let (by_default, note) = run(&[]);
+    assert!(
+        note.contains(
+            "sampling: temperature 0.9, top_p 0.95 (the model's defaults; flags override)"
+        ),
+        "{note}"
+    );
+    let (explicit, note2) = run(&["--temperature", "0.9", "--top-p", "0.95"]);
+    assert_eq!(by_default, explicit);
+    assert!(!note2.contains("sampling:"), "{note2}");
+    let (greedy, note3) = run(&["--temperature", "0"]);
+    assert!(note3.contains("sampling: top_p 0.95"), "{note3}");
+    assert_ne!(
+        greedy, by_default,
+        "the recommended temperature was not applied"
+    );
+    // A value no sampler accepts is a clear error naming the file and field.
+    std::fs::write(
+        dir.path().join("generation_config.json"),
+        r#"{"temperature": -1}"#,
+    )
+    .unwrap();
+    let o = moela(&gen_args(path, &[]));
+    assert_clean_error(&o, &["generation_config.json temperature", "-1"]);
+}
+
 #[test]
 fn quantize_writes_v32_as_deepseek32() {
     let tmp = tempfile::tempdir().unwrap();

@@ -358,15 +358,19 @@ impl Engine {
     /// Ends every waiting and running request with `Event::Error(failure)` and frees their
     /// cache (a drain out of time; what they generated so far was already sent as tokens).
     pub fn abort_all(&mut self, failure: Failure) {
+        // Counters and cache first, then the events: whoever reads a request's error sees the
+        // engine already empty.
+        let mut ended: Vec<UnboundedSender<Event>> = Vec::new();
         for job in self.waiting.drain(..) {
             self.stats.queued.fetch_sub(1, Ordering::SeqCst);
-            let _ = job.tx.send(Event::Error(failure.clone()));
+            ended.push(job.tx);
         }
-        for seq in self.running.drain(..) {
-            let _ = seq.job.tx.send(Event::Error(failure.clone()));
-        }
-        self.stats.running.store(0, Ordering::Relaxed);
+        ended.extend(self.running.drain(..).map(|seq| seq.job.tx));
+        self.stats.running.store(0, Ordering::SeqCst);
         self.publish_kv();
+        for tx in ended {
+            let _ = tx.send(Event::Error(failure.clone()));
+        }
     }
 
     /// Whether nothing is queued or running (a step would do nothing).

@@ -16,6 +16,7 @@ pub use engine::{
     Request, SubmitError, TokenEvent, TokenLogprob, Usage, PREFILL_CHUNK,
 };
 pub use generate::{drive, generate, greedy_tokens, perplexity, EngineError, GenerateOutput};
-pub use sampler::{argmax, Rng, Sampler, SamplingParams};
+pub use moela_model::SamplingDefaults;
+pub use sampler::{argmax, fill_sampling, Rng, Sampler, SamplingParams};
 pub use scheduler::EngineHandle;
 pub use stop::{stop_token_ids, StopMatcher};

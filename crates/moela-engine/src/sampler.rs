@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use moela_model::SamplingDefaults;
+
 /// Sampling parameters, OpenAI/llama.cpp style. Defaults: greedy, no penalties.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplingParams {
@@ -36,6 +38,30 @@ impl Default for SamplingParams {
             seed: None,
         }
     }
+}
+
+/// `params` with every field the caller left unset (`None` in `explicit`) taken from the model's
+/// recommended `defaults`, else kept (the caller's own default). Explicit values always win.
+pub fn fill_sampling(
+    defaults: &SamplingDefaults,
+    explicit: &SamplingDefaults,
+    mut params: SamplingParams,
+) -> SamplingParams {
+    let pick = |e: Option<f32>, d: Option<f32>, base: f32| e.or(d).unwrap_or(base);
+    params.temperature = pick(
+        explicit.temperature,
+        defaults.temperature,
+        params.temperature,
+    );
+    params.top_p = pick(explicit.top_p, defaults.top_p, params.top_p);
+    params.min_p = pick(explicit.min_p, defaults.min_p, params.min_p);
+    params.repetition_penalty = pick(
+        explicit.repetition_penalty,
+        defaults.repetition_penalty,
+        params.repetition_penalty,
+    );
+    params.top_k = explicit.top_k.or(defaults.top_k).unwrap_or(params.top_k);
+    params
 }
 
 impl SamplingParams {

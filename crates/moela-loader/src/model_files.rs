@@ -4,9 +4,10 @@ use std::io::Read;
 use std::path::Path;
 
 use moela_kernels::{DType, Placement};
-use moela_model::{Config, Model};
+use moela_model::{Config, Model, SamplingDefaults};
 
 use crate::error::LoadError;
+use crate::gguf::GgufFile;
 use crate::gguf_model::GgufModel;
 use crate::safetensors_dir::{Checkpoint, LoadOptions};
 
@@ -77,6 +78,30 @@ impl ModelFiles {
             ModelFiles::Hf(c) => c.load_model_with(&opts),
             ModelFiles::Gguf(g) => g.load_model_with(&opts),
         }
+    }
+
+    /// The model's recommended sampling: `generation_config.json` of an HF directory, the
+    /// `general.sampling.*` keys of a GGUF file (llama.cpp's converter copies them there).
+    pub fn sampling_defaults(&self) -> Result<SamplingDefaults, LoadError> {
+        let (path, source, json) = match self {
+            ModelFiles::Hf(c) => {
+                let p = c.dir.join("generation_config.json");
+                if !p.exists() {
+                    return Ok(SamplingDefaults::default());
+                }
+                let text = std::fs::read_to_string(&p).map_err(|e| LoadError::io(&p, e))?;
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| LoadError::file(&p, format!("not valid JSON: {e}")))?;
+                (p, "generation_config.json", v)
+            }
+            ModelFiles::Gguf(g) => (
+                g.path.clone(),
+                "general.sampling",
+                gguf_sampling_json(&g.file)?,
+            ),
+        };
+        SamplingDefaults::from_generation_config(source, &json)
+            .map_err(|source| LoadError::Model { path, source })
     }
 
     /// Where the weights go when `requested` is asked for: `Fastest` becomes `InPlace` when the
@@ -157,5 +182,49 @@ impl ModelFiles {
             ModelFiles::Hf(c) => c.file_bytes(),
             ModelFiles::Gguf(g) => g.file.mmap().len() as u64,
         }
+    }
+}
+
+/// A GGUF file's `general.sampling.*` keys under their `generation_config.json` names (the
+/// reverse of llama.cpp's converter, `gguf.Metadata.load`).
+fn gguf_sampling_json(f: &GgufFile) -> Result<serde_json::Value, LoadError> {
+    let mut v = serde_json::Map::new();
+    for (key, field) in [
+        ("general.sampling.temp", "temperature"),
+        ("general.sampling.top_p", "top_p"),
+        ("general.sampling.min_p", "min_p"),
+        ("general.sampling.penalty_repeat", "repetition_penalty"),
+    ] {
+        if let Some(x) = f.opt_f64(key)? {
+            v.insert(field.into(), serde_json::json!(x));
+        }
+    }
+    if let Some(k) = f.opt_i64("general.sampling.top_k")? {
+        v.insert("top_k".into(), serde_json::json!(k));
+    }
+    Ok(serde_json::Value::Object(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::GgufWriter;
+
+    #[test]
+    fn gguf_sampling_keys_read_as_generation_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("s.gguf");
+        let mut w = GgufWriter::new();
+        w.add_f32("general.sampling.temp", 0.6).unwrap();
+        w.add_f32("general.sampling.top_p", 0.95).unwrap();
+        w.add_u32("general.sampling.top_k", 40).unwrap();
+        w.create(&path).unwrap().finish().unwrap();
+        let f = GgufFile::open(&path).unwrap();
+        let v = gguf_sampling_json(&f).unwrap();
+        let d = SamplingDefaults::from_generation_config("general.sampling", &v).unwrap();
+        assert_eq!(d.temperature, Some(0.6));
+        assert_eq!(d.top_p, Some(0.95));
+        assert_eq!(d.top_k, Some(40));
+        assert_eq!((d.min_p, d.repetition_penalty), (None, None));
     }
 }

@@ -15,6 +15,7 @@ mod mlp;
 pub mod model;
 pub mod moe;
 pub mod rope;
+pub mod sampling;
 mod tiled;
 pub mod weights;
 
@@ -27,4 +28,5 @@ pub use config::{
 pub use error::ModelError;
 pub use mla::AttentionMode;
 pub use model::{ForwardOptions, Logits, Model, SeqInput, Trace};
+pub use sampling::SamplingDefaults;
 pub use weights::{TensorRef, WeightSource};

@@ -71,6 +71,8 @@ pub struct ServeOptions {
     pub limits: ConnLimits,
     /// Time a client has to send a request body once its headers arrived (408 after).
     pub body_timeout: Duration,
+    /// The model's recommended sampling ([`Settings::sampling`]).
+    pub sampling: moela_engine::SamplingDefaults,
 }
 
 /// Why the server could not start or stopped abnormally.
@@ -101,6 +103,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// See [`ServeOptions::body_timeout`].
     pub body_timeout: Duration,
+    /// The model's recommended sampling, for fields a request leaves out.
+    pub sampling: moela_engine::SamplingDefaults,
 }
 
 /// Default of [`ServeOptions::body_timeout`].
@@ -114,6 +118,7 @@ impl Settings {
             prices: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             body_timeout: DEFAULT_BODY_TIMEOUT,
+            sampling: moela_engine::SamplingDefaults::default(),
         }
     }
 }
@@ -280,6 +285,7 @@ pub fn serve(
         prices,
         max_body_bytes: opts.max_body_bytes,
         body_timeout: opts.body_timeout,
+        sampling: opts.sampling,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

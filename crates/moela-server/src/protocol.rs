@@ -4,7 +4,7 @@
 //! Unknown request fields are ignored (clients send many we have no use for); known fields of
 //! the wrong type, or out of range, are a 400 naming the field.
 
-use moela_engine::SamplingParams;
+use moela_engine::{fill_sampling, SamplingDefaults, SamplingParams};
 use moela_text::JsonValue;
 use serde::{Deserialize, Serialize};
 
@@ -317,16 +317,19 @@ pub fn check_count(name: &str, v: Option<i64>, max: usize) -> Result<Option<usiz
 
 impl CommonFields {
     /// Checks every shared field; `max_tokens` is given separately (chat has two spellings).
+    /// Sampling values the request leaves out come from the model's recommendation
+    /// (`defaults`), else OpenAI's defaults (temperature 1, everything else off).
     pub fn validate(
         &self,
         max_tokens: Option<i64>,
         max_tokens_name: &str,
+        defaults: &SamplingDefaults,
     ) -> Result<GenParams, ApiError> {
         let max_tokens = check_count(max_tokens_name, max_tokens, usize::MAX >> 1)?;
         let n = check_count("n", self.n, MAX_N)?.unwrap_or(1);
-        let mut sampling = SamplingParams {
-            // OpenAI's default temperature is 1; an explicit 0 is greedy.
-            temperature: check_range("temperature", self.temperature, 0.0, 2.0)?.unwrap_or(1.0),
+        let mut explicit = SamplingDefaults {
+            temperature: check_range("temperature", self.temperature, 0.0, 2.0)?,
+            min_p: check_range("min_p", self.min_p, 0.0, 1.0)?,
             ..Default::default()
         };
         if let Some(p) = self.top_p {
@@ -336,26 +339,18 @@ impl CommonFields {
                     format!("top_p must be in (0, 1], got {p}"),
                 ));
             }
-            sampling.top_p = p as f32;
+            explicit.top_p = Some(p as f32);
         }
         match self.top_k {
-            None | Some(-1) | Some(0) => {}
-            Some(k) if k > 0 => sampling.top_k = k.min(u32::MAX as i64) as usize,
+            None => {}
+            Some(-1) | Some(0) => explicit.top_k = Some(0),
+            Some(k) if k > 0 => explicit.top_k = Some(k.min(u32::MAX as i64) as usize),
             Some(k) => {
                 return Err(ApiError::bad(
                     "top_k",
                     format!("top_k must be -1, 0 (off) or positive, got {k}"),
                 ))
             }
-        }
-        if let Some(m) = check_range("min_p", self.min_p, 0.0, 1.0)? {
-            sampling.min_p = m;
-        }
-        if let Some(p) = check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)? {
-            sampling.presence_penalty = p;
-        }
-        if let Some(p) = check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)? {
-            sampling.frequency_penalty = p;
         }
         if let Some(p) = self.repetition_penalty {
             if !(p.is_finite() && p > 0.0 && p <= 10.0) {
@@ -364,7 +359,19 @@ impl CommonFields {
                     format!("repetition_penalty must be in (0, 10], got {p}"),
                 ));
             }
-            sampling.repetition_penalty = p as f32;
+            explicit.repetition_penalty = Some(p as f32);
+        }
+        // OpenAI's default temperature is 1; an explicit 0 is greedy.
+        let base = SamplingParams {
+            temperature: 1.0,
+            ..Default::default()
+        };
+        let mut sampling = fill_sampling(defaults, &explicit, base);
+        if let Some(p) = check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)? {
+            sampling.presence_penalty = p;
+        }
+        if let Some(p) = check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)? {
+            sampling.frequency_penalty = p;
         }
         if let Some(s) = &self.seed {
             // Any JSON integer: negative ones keep their two's-complement bits.

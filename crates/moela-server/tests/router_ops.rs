@@ -12,7 +12,7 @@ use common::{
 use http_body_util::BodyExt;
 use moela_engine::EngineConfig;
 use moela_server::{ApiKeys, PriceTable, Settings};
-use serde_json::json;
+use serde_json::{json, Value};
 use tower::ServiceExt;
 
 #[tokio::test]
@@ -260,6 +260,51 @@ async fn metrics_expose_engine_state_counters_and_histograms() {
         let (_, value) = line.rsplit_once(' ').unwrap();
         value.parse::<f64>().unwrap_or_else(|_| panic!("{line}"));
     }
+}
+
+/// The model's recommended sampling fills what a request leaves out; the request's own values
+/// win. With a recommended temperature of 0, requests without one are greedy (OpenAI's default
+/// of 1 would sample): two of them, unseeded, agree with an explicit `temperature: 0`.
+#[tokio::test]
+async fn model_sampling_defaults_fill_what_requests_leave_out() {
+    let mut settings = Settings::new("v3");
+    settings.sampling = moela_engine::SamplingDefaults {
+        temperature: Some(0.0),
+        ..Default::default()
+    };
+    let s = server_with(settings, engine_config(), v3_tokenizer());
+    let text = |v: Value| {
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let ask = |extra: Value| {
+        let mut body = json!({"messages": user("Tell me more"), "max_tokens": 16});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let a = text(chat(&s, ask(json!({}))).await.json());
+    let b = text(chat(&s, ask(json!({}))).await.json());
+    let greedy = text(chat(&s, ask(json!({"temperature": 0}))).await.json());
+    assert_eq!(a, b);
+    assert_eq!(a, greedy);
+    // An explicit temperature still samples (seeded runs differ from greedy somewhere).
+    let mut differs = false;
+    for seed in 0..4 {
+        let t = text(
+            chat(&s, ask(json!({"temperature": 1.5, "seed": seed})))
+                .await
+                .json(),
+        );
+        differs |= t != greedy;
+    }
+    assert!(
+        differs,
+        "explicit temperatures were overridden by the default"
+    );
 }
 
 /// More choices than the queue could ever hold is the request's fault: a 400 naming `n`, not a

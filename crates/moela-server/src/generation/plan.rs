@@ -234,7 +234,7 @@ impl AppState {
             (Some(m), _) => (Some(m), "max_completion_tokens"),
             (None, m) => (m, "max_tokens"),
         };
-        let params = common.validate(max_tokens, name)?;
+        let params = common.validate(max_tokens, name, &self.inner.settings.sampling)?;
         let logprobs = match req.logprobs {
             Some(true) => Some(logprobs_count(req.top_logprobs, "top_logprobs")?),
             _ if req.top_logprobs.is_some_and(|k| k > 0) => {
@@ -362,7 +362,11 @@ impl AppState {
     /// Plans a (legacy) completion.
     pub fn plan_completion(&self, req: CompletionRequest) -> Result<Plan, ApiError> {
         let common = req.common();
-        let mut params = common.validate(common.max_tokens, "max_tokens")?;
+        let mut params = common.validate(
+            common.max_tokens,
+            "max_tokens",
+            &self.inner.settings.sampling,
+        )?;
         if params.max_tokens.is_none() {
             params.max_tokens = Some(COMPLETIONS_DEFAULT_MAX_TOKENS);
         }
