@@ -215,7 +215,11 @@ impl Attend for V4Attention {
         let mut chosen: Vec<Vec<usize>> = vec![Vec::new(); n_tok];
         let idim = self.indexer.as_ref().map_or(0, |ix| ix.compressor.cols.dim);
         let ih = self.indexer.as_ref().map_or(0, |ix| ix.heads);
-        let work = n_tok * step.positions.last().map_or(1, |&p| p + 1) * ih.max(1) * idim.max(1);
+        // A rough multiply-add count (saturating: it only decides whether to use the pool).
+        let longest = step.positions.iter().max().map_or(1, |&p| p + 1);
+        let work = [longest, ih.max(1), idim.max(1)]
+            .iter()
+            .fold(n_tok, |w, &f| w.saturating_mul(f));
         parallel_chunks(&mut chosen, 1, work, |t, c| {
             let q = queries[t];
             let iq_t = iq.get(t * ih * idim..(t + 1) * ih * idim).unwrap_or(&[]);
@@ -235,7 +239,10 @@ impl Attend for V4Attention {
         // Attention, one query per task: [T, heads·head_dim].
         let mut heads = vec![0.0f32; n_tok * h * hd];
         let keys = d.window + chosen.iter().map(Vec::len).max().unwrap_or(0);
-        parallel_chunks(&mut heads, h * hd, n_tok * keys * h * hd * 2, |t, out| {
+        let work = [keys, h, hd, 2]
+            .iter()
+            .fold(n_tok, |w, &f| w.saturating_mul(f));
+        parallel_chunks(&mut heads, h * hd, work, |t, out| {
             let q_t = &q[t * h * hd..(t + 1) * h * hd];
             let qy = queries[t];
             self.attend_one(&views[qy.seq], q_t, qy.pos, &chosen[t], (&rope, t), out);
