@@ -225,10 +225,12 @@ impl Model {
     /// cached rows, `heads` = per-head outputs before `o_proj`; with DeepSeek-V3.2's indexer
     /// also `index_k` `[T, index_head_dim]` = its cached keys, `index_scores` = each token's
     /// scores of every key of its sequence (−∞ after it) and `index_topk` `[T, index_topk]` =
-    /// the keys each token attends to, ascending, −1 padded; GQA: `q`, `kv`, `heads`),
-    /// `layer.{l}.attn` (its output), `layer.{l}.ffn_norm`, `layer.{l}.moe.router_logits`
-    /// (MoE layers), `layer.{l}.ffn` (the FFN's output) and `layer.{l}` (the residual stream
-    /// `[T, hidden]` after the layer).
+    /// the keys each token attends to, ascending, −1 padded; GQA: `q`, `kv`, `heads`; V4: `q`,
+    /// `kv` = the window keys, `heads` = outputs after the inverse RoPE and, in CSA layers,
+    /// `index_topk` = the compressed entries each token attends to), `layer.{l}.attn` (its
+    /// output), `layer.{l}.ffn_norm`, `layer.{l}.moe.router_logits` (MoE layers),
+    /// `layer.{l}.ffn` (the FFN's output) and `layer.{l}` (the residual stream `[T, hidden]`
+    /// after the layer; V4: its `hc_mult` streams, `[T, hc_mult·hidden]`).
     pub fn forward_traced(
         &self,
         batch: &mut [SeqInput<'_>],

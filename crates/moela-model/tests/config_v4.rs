@@ -232,3 +232,12 @@ fn huge_sizes_are_clean_results() {
         }
     }
 }
+
+/// The parameter count is the fixture's stored elements (238,985, from make_v4_fixtures.py) less
+/// its buffers: `tid2eid` (2 × 512 × 2) and the correction bias (6), which V3 does not count
+/// either.
+#[test]
+fn parameter_count_matches_the_fixture() {
+    let c = Config::from_hf_value(&transformers_spelling()).unwrap();
+    assert_eq!(c.parameter_counts().unwrap().0, 238_985 - 2048 - 6);
+}
