@@ -245,3 +245,21 @@ impl HyperHead {
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_layouts_match_the_config_widths() {
+        // head_dim 32, index_head_dim 16: the v4 fixture's rows.
+        assert_eq!(RowLayout::new(32, None, None).width, 32);
+        let hca = RowLayout::new(32, Some(1), None);
+        let c = hca.compressor.unwrap();
+        assert_eq!((c.kv, c.gate, c.entry, hca.width), (32, 64, 96, 128));
+        let csa = RowLayout::new(32, Some(2), Some(16));
+        let (c, ix) = (csa.compressor.unwrap(), csa.indexer.unwrap());
+        assert_eq!((c.kv, c.gate, c.entry), (32, 96, 160));
+        assert_eq!((ix.kv, ix.gate, ix.entry, csa.width), (192, 224, 256, 272));
+    }
+}
