@@ -474,3 +474,57 @@ fn the_engine_generates_the_reference_tokens_beside_other_requests() {
     let out = run(std::slice::from_ref(&b), 12);
     assert_eq!(out[0], greedy_tokens(&model, &b, 12).unwrap());
 }
+
+/// A source offering only f32 tensors (`WeightSource`'s default `matrix` and `matrix_rows`,
+/// which slices the stacked experts from one f32 copy) loads the same model; a `tid2eid` naming
+/// an expert past `n_routed_experts` is an error naming the tensor, not a panic at run time.
+#[test]
+fn a_plain_f32_source_loads_v4_and_bad_hash_ids_are_refused() {
+    use moela_model::{ModelError, WeightSource};
+    struct Plain<'a> {
+        ck: &'a Checkpoint,
+        bad_ids: bool,
+    }
+    impl WeightSource for Plain<'_> {
+        fn load(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+            self.ck.tensor_f32(name, shape)
+        }
+        fn contains(&self, name: &str) -> bool {
+            self.ck.tensor_infos().iter().any(|t| t.name == name)
+        }
+        fn load_ints(&mut self, _: &str, shape: &[usize]) -> Result<Vec<i64>, ModelError> {
+            let n: usize = shape.iter().product();
+            Ok((0..n as i64)
+                .map(|i| if self.bad_ids { 6 } else { i % 6 })
+                .collect())
+        }
+    }
+    let ck = Checkpoint::open(&case_dir(CASE)).unwrap();
+    let g = golden(CASE);
+    let tokens = ids(&g["nll_tokens"]);
+    // The right table, read from the file, through the default methods.
+    let reference = load();
+    let mut src = Plain {
+        ck: &ck,
+        bad_ids: false,
+    };
+    let mut m = Model::load(ck.config.clone(), &mut src, &mut |_, _| {}).unwrap();
+    for (ours, theirs) in m.weights.layers.iter_mut().zip(&reference.weights.layers) {
+        if let (Ffn::Moe(a), Ffn::Moe(b)) = (&mut ours.ffn, &theirs.ffn) {
+            a.hash = b.hash.clone();
+        }
+    }
+    let (logits, _) = traced(&m, &tokens);
+    let err = nll_error(&m, &g, &logits);
+    assert!(err < 1e-4, "{err}");
+    let mut src = Plain {
+        ck: &ck,
+        bad_ids: true,
+    };
+    match Model::load(ck.config.clone(), &mut src, &mut |_, _| {}) {
+        Err(ModelError::Tensor { name, msg }) => {
+            assert!(name.ends_with("mlp.gate.tid2eid"), "{name}: {msg}")
+        }
+        other => panic!("{:?}", other.err()),
+    }
+}

@@ -195,11 +195,15 @@ fn hyper(
 ) -> Result<HyperConnection, ModelError> {
     let n = v.hc.hc_mult;
     let mixes = v.hc_mixes()?;
-    let scale = src.load(&at(prefix, "scale"), &[3])?;
+    let name = at(prefix, "scale");
+    let scale: [f32; 3] = src
+        .load(&name, &[3])?
+        .try_into()
+        .map_err(|v: Vec<f32>| tensor_err(&name, format!("{} values, expected 3", v.len())))?;
     Ok(HyperConnection {
         fn_: f32_mat(src, &at(prefix, "fn"), mixes, n * cfg.hidden_size)?,
         base: src.load(&at(prefix, "base"), &[mixes])?,
-        scale: [scale[0], scale[1], scale[2]],
+        scale,
         streams: n,
         sinkhorn_iters: v.hc.sinkhorn_iters,
         hc_eps: v.hc.eps,
@@ -227,11 +231,13 @@ pub(crate) fn load_head(
     v: &V4Config,
 ) -> Result<HyperHead, ModelError> {
     let n = v.hc.hc_mult;
-    let scale = src.load(&at(names::HC_HEAD, "hc_scale"), &[1])?;
+    let name = at(names::HC_HEAD, "hc_scale");
+    let scale = src.load(&name, &[1])?;
+    let scale = *scale.first().ok_or_else(|| tensor_err(&name, "no value"))?;
     Ok(HyperHead {
         fn_: f32_mat(src, &at(names::HC_HEAD, "hc_fn"), n, n * cfg.hidden_size)?,
         base: src.load(&at(names::HC_HEAD, "hc_base"), &[n])?,
-        scale: scale[0],
+        scale,
         streams: n,
         hc_eps: v.hc.eps,
         norm_eps: cfg.rms_norm_eps,
@@ -260,6 +266,12 @@ pub(crate) fn load_moe(
         true => {
             let name = at(p, names::TID2EID);
             let ids = src.load_ints(&name, &[cfg.vocab_size, k])?;
+            if Some(ids.len()) != cfg.vocab_size.checked_mul(k) {
+                return Err(tensor_err(
+                    &name,
+                    format!("{} ids, expected vocab × {k}", ids.len()),
+                ));
+            }
             let table = ids
                 .iter()
                 .map(|&x| {
