@@ -658,6 +658,20 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
                 w.layers.iter().filter(|&&s| s).count()
             ))
         ),
+        moela_model::Attention::V4(v) => {
+            println!(
+                "attention:    DeepSeek-V4, {} query heads of {} and one shared K=V head (RoPE on the last {}), q_lora_rank {}, output {} groups × {}, window {}, softmax scale {:.8}",
+                c.num_attention_heads,
+                v.head_dim,
+                v.qk_rope_head_dim,
+                v.q_lora_rank,
+                v.o_groups,
+                v.o_lora_rank,
+                v.sliding_window,
+                c.softmax_scale()?
+            );
+            inspect_v4(c, v);
+        }
     }
     if let Some(ix) = c.mla().and_then(|m| m.indexer.as_ref()) {
         println!(
@@ -741,26 +755,48 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
             bytes(kv_b as u64)
         ),
     }
-    // MLA's cached row, by part.
-    let row = match c.mla() {
-        Some(m) => format!(
-            " = latent {} + rope key {}{}",
-            m.kv_lora_rank,
-            m.qk_rope_head_dim,
-            m.indexer.as_ref().map_or(String::new(), |ix| format!(
-                " + index key {}",
-                ix.index_head_dim
-            ))
-        ),
-        None => String::new(),
-    };
-    println!(
-        "KV cache:     {} values/token ({} layers × {}{row}): {} B/token as f32",
-        c.kv_values_per_token()?,
-        c.num_hidden_layers,
-        c.latent_dim()?,
-        c.kv_bytes_per_token(moela_model::KvType::F32)?
-    );
+    if let Some(v) = c.v4() {
+        // Per layer kind: window key, compressor inputs, entry (and CSA's indexer).
+        let kinds = [
+            moela_model::V4LayerKind::Sliding,
+            moela_model::V4LayerKind::Csa,
+            moela_model::V4LayerKind::Hca,
+        ];
+        let mut rows = Vec::new();
+        for k in kinds {
+            let n = v.layers.iter().filter(|l| l.kind == k).count();
+            if n > 0 {
+                rows.push(format!("{n} × {} ({})", v.cache_row(k)?, k.as_str()));
+            }
+        }
+        println!(
+            "KV cache:     {} values/token ({}): {} B/token as f32",
+            c.kv_values_per_token()?,
+            rows.join(" + "),
+            c.kv_bytes_per_token(moela_model::KvType::F32)?
+        );
+    } else {
+        // MLA's cached row, by part.
+        let row = match c.mla() {
+            Some(m) => format!(
+                " = latent {} + rope key {}{}",
+                m.kv_lora_rank,
+                m.qk_rope_head_dim,
+                m.indexer.as_ref().map_or(String::new(), |ix| format!(
+                    " + index key {}",
+                    ix.index_head_dim
+                ))
+            ),
+            None => String::new(),
+        };
+        println!(
+            "KV cache:     {} values/token ({} layers × {}{row}): {} B/token as f32",
+            c.kv_values_per_token()?,
+            c.num_hidden_layers,
+            c.latent_dim()?,
+            c.kv_bytes_per_token(moela_model::KvType::F32)?
+        );
+    }
     if a.check {
         check_weights(&ck)?;
     }
@@ -793,6 +829,55 @@ fn check_weights(files: &ModelFiles) -> Result<()> {
         r.bad.len(),
         r.tensors
     )
+}
+
+/// DeepSeek-V4's layer kinds, compressed branches and hyper-connections (`inspect`).
+fn inspect_v4(c: &moela_model::Config, v: &moela_model::V4Config) {
+    use moela_model::V4LayerKind;
+    let count = |k: V4LayerKind| v.layers.iter().filter(|l| l.kind == k).count();
+    let hashed: Vec<String> = (0..v.layers.len())
+        .filter(|&l| v.layers[l].hash_moe)
+        .map(|l| l.to_string())
+        .collect();
+    println!(
+        "layers:       {} sliding, {} CSA (ratio {}), {} HCA (ratio {}); hash-routed layers: {}",
+        count(V4LayerKind::Sliding),
+        count(V4LayerKind::Csa),
+        v.csa_ratio,
+        count(V4LayerKind::Hca),
+        v.hca_ratio,
+        if hashed.is_empty() {
+            "none".to_string()
+        } else {
+            hashed.join(",")
+        }
+    );
+    println!(
+        "indexer:      CSA, {} heads of {}, top {} entries per query",
+        v.indexer.index_n_heads, v.indexer.index_head_dim, v.indexer.index_topk
+    );
+    match &v.compress_yarn {
+        Some(y) => println!(
+            "compressed:   rope theta {}, YaRN factor {} (orig {}), beta {}/{}, attention factor {}",
+            v.compress_rope_theta,
+            y.factor,
+            y.original_max_position_embeddings,
+            y.beta_fast,
+            y.beta_slow,
+            y.attention_factor.map_or("derived".to_string(), |f| f.to_string())
+        ),
+        None => println!("compressed:   rope theta {}, no scaling", v.compress_rope_theta),
+    }
+    println!(
+        "mHC:          {} streams, {} Sinkhorn iterations, eps {}; SwiGLU limit {}",
+        v.hc.hc_mult,
+        v.hc.sinkhorn_iters,
+        v.hc.eps,
+        c.moe
+            .as_ref()
+            .and_then(|m| m.swiglu_limit)
+            .map_or("none".to_string(), |l| l.to_string())
+    );
 }
 
 fn human(n: u64) -> String {

@@ -297,6 +297,42 @@ fn quantize_writes_v32_as_deepseek32() {
 }
 
 #[test]
+fn inspect_shows_the_v4_layers_and_cache_bytes_per_token() {
+    let dir = case_dir("v4");
+    let o = moela(&["inspect", "--model", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for want in [
+        "model_type:   deepseek_v4",
+        "layers:       1 sliding, 1 CSA (ratio 4), 1 HCA (ratio 128); hash-routed layers: 0,1",
+        "indexer:      CSA, 16 heads of 16, top 4 entries per query",
+        "mHC:          4 streams, 20 Sinkhorn iterations",
+        // Rows: sliding 32; CSA 6·32 + 5·16; HCA 4·32; 4 bytes each.
+        "KV cache:     432 values/token (1 × 32 (sliding_attention) + 1 × 272 (compressed_sparse_attention) + 1 × 128 (heavily_compressed_attention)): 1728 B/token as f32",
+    ] {
+        assert!(out.contains(want), "missing {want}: {out}");
+    }
+}
+
+#[test]
+fn generate_runs_deepseek_v4() {
+    let dir = case_dir("v4");
+    let o = moela(&gen_args(
+        dir.to_str().unwrap(),
+        &["--raw", "--max-tokens", "8", "--json"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j = last_json(&o);
+    let ids = j["token_ids"].as_array().unwrap();
+    assert!(!ids.is_empty() && ids.len() <= 8, "{j}");
+}
+
+#[test]
+fn quantize_refuses_v4_clearly() {
+    common::assert_quantize_refused("v4", &["deepseek_v4"]);
+}
+
+#[test]
 fn bench_json_reports_each_repetition_and_their_mean() {
     let dir = case_dir("v2");
     let o = moela(&[

@@ -110,7 +110,8 @@ fn write_metadata(
         w.add_bool(k("expert_weights_norm"), moe.norm_topk_prob)?;
         let gating = match moe.scoring_func {
             ScoringFunc::Softmax => 1,
-            ScoringFunc::Sigmoid => 2,
+            // √softplus is DeepSeek-V4's, which has no MLA part and never gets here.
+            ScoringFunc::Sigmoid | ScoringFunc::Sqrtsoftplus => 2,
         };
         w.add_u32(k("expert_gating_func"), gating)?;
         if moe.topk_method != TopkMethod::Greedy && moe.n_group > 1 {

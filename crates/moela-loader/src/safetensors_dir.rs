@@ -387,4 +387,64 @@ impl WeightSource for Source<'_> {
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
         requantize(self.ckpt.matrix(name, rows, cols)?, name, self.quant)
     }
+
+    /// Rows of a float tensor, mapped without copying (one expert of a stacked tensor),
+    /// optionally quantized.
+    fn matrix_rows(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        first: usize,
+        rows: usize,
+    ) -> Result<QMat, ModelError> {
+        let t = self.ckpt.checked(name, shape)?;
+        let err = |msg: String| ModelError::Tensor {
+            name: name.into(),
+            msg,
+        };
+        let dtype = match stored_dtype(&t.dtype) {
+            Some(d @ (DType::F32 | DType::F16 | DType::BF16)) => d,
+            _ => {
+                return Err(err(format!(
+                    "stacked tensors are read as F32, F16 or BF16, found {}",
+                    t.dtype
+                )))
+            }
+        };
+        let cols = shape.last().copied().unwrap_or(1);
+        let total = shape.iter().product::<usize>() / cols.max(1);
+        let row_bytes = dtype
+            .matrix_bytes(1, cols)
+            .map_err(|e| err(e.to_string()))?;
+        let end = first.checked_add(rows).filter(|&e| e <= total);
+        let Some(end) = end else {
+            return Err(err(format!("rows {first}+{rows} are outside {shape:?}")));
+        };
+        let (start, len) = (t.start + first * row_bytes, (end - first) * row_bytes);
+        let storage = Storage::mapped(self.ckpt.shards[t.shard].map.clone(), start, len)
+            .map_err(|e| err(e.to_string()))?;
+        let m =
+            QMat::from_storage(dtype, rows, cols, storage, None).map_err(|e| err(e.to_string()))?;
+        requantize(m, name, self.quant)
+    }
+
+    /// An I64 or I32 tensor (DeepSeek-V4's `tid2eid`).
+    fn load_ints(&mut self, name: &str, shape: &[usize]) -> Result<Vec<i64>, ModelError> {
+        let t = self.ckpt.checked(name, shape)?;
+        let bytes = &self.ckpt.shards[t.shard].map[t.start..t.end];
+        match t.dtype.as_str() {
+            "I64" => Ok(bytes
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                .collect()),
+            "I32" => Ok(bytes
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
+                .collect()),
+            d => Err(ModelError::Tensor {
+                name: name.into(),
+                msg: format!("expected an I64 or I32 tensor, found {d}"),
+            }),
+        }
+    }
 }

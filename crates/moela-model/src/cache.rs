@@ -3,7 +3,9 @@
 //! Per layer and token it holds only the normalized latent `c_n` (`kv_lora_rank` values) and
 //! the post-RoPE rope key (`qk_rope_head_dim` values) — never per-head keys or values — and,
 //! for DeepSeek-V3.2, the indexer key after them (`index_head_dim`): a row
-//! `[c_n | k_rope | k_index]` whose columns each reader narrows to its own. Storage
+//! `[c_n | k_rope | k_index]` whose columns each reader narrows to its own. Layers may differ in
+//! row width (DeepSeek-V4's sliding, CSA and HCA layers keep different rows; `v4/mod.rs`): a
+//! block holds each layer's `block_tokens` rows one layer after the other. Storage
 //! is a pool of fixed-size blocks (`block_tokens` tokens × all layers) with a free list; a
 //! sequence holds a block table and takes blocks only as it grows. Full blocks can be shared
 //! between sequences with the same token prefix (reference-counted, never written once full);
@@ -54,7 +56,7 @@ impl std::str::FromStr for KvType {
     }
 }
 
-/// A block's rows: `[layers, block_tokens, latent_dim]`.
+/// A block's rows: per layer `l`, `[block_tokens, widths[l]]`, the layers one after another.
 #[derive(Clone)]
 enum BlockData {
     F32(Vec<f32>),
@@ -83,7 +85,13 @@ struct PoolInner {
 
 /// A pool of latent-cache blocks shared by the sequences of one model.
 pub struct KvPool {
-    layers: usize,
+    /// Values per token of each layer.
+    widths: Vec<usize>,
+    /// Where each layer's rows start in a block, in rows of one value (`Σ widths[..l]`).
+    offsets: Vec<usize>,
+    /// `Σ widths`: values per token across layers.
+    row_total: usize,
+    /// The widest layer's row.
     latent_dim: usize,
     kv_type: KvType,
     block_tokens: usize,
@@ -121,9 +129,32 @@ impl KvPool {
         max_blocks: Option<usize>,
         prefix_caching: bool,
     ) -> Arc<KvPool> {
+        let widths = vec![latent_dim; layers];
+        KvPool::with_widths(widths, kv_type, block_tokens, max_blocks, prefix_caching)
+    }
+
+    /// A pool whose layer `l` keeps `widths[l]` values per token (the sizes come from a
+    /// validated config, whose checked sum bounds them).
+    pub fn with_widths(
+        widths: Vec<usize>,
+        kv_type: KvType,
+        block_tokens: usize,
+        max_blocks: Option<usize>,
+        prefix_caching: bool,
+    ) -> Arc<KvPool> {
+        let offsets = widths
+            .iter()
+            .scan(0, |acc, &w| {
+                let at = *acc;
+                *acc += w;
+                Some(at)
+            })
+            .collect();
         Arc::new(KvPool {
-            layers,
-            latent_dim,
+            row_total: widths.iter().sum(),
+            latent_dim: widths.iter().copied().max().unwrap_or(0),
+            widths,
+            offsets,
             kv_type,
             block_tokens: block_tokens.max(1),
             max_blocks,
@@ -141,8 +172,14 @@ impl KvPool {
         self.block_tokens
     }
 
+    /// The widest layer's values per token.
     pub fn latent_dim(&self) -> usize {
         self.latent_dim
+    }
+
+    /// Values per token of each layer.
+    pub fn widths(&self) -> &[usize] {
+        &self.widths
     }
 
     pub fn kv_type(&self) -> KvType {
@@ -151,7 +188,7 @@ impl KvPool {
 
     /// Bytes of one block.
     pub fn block_bytes(&self) -> usize {
-        self.layers * self.block_tokens * self.latent_dim * self.kv_type.size()
+        self.block_tokens * self.row_total * self.kv_type.size()
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolInner> {
@@ -239,7 +276,7 @@ impl KvPool {
         let id = if let Some(id) = g.free.pop() {
             id
         } else if self.max_blocks.is_none_or(|m| g.blocks.len() < m) {
-            let len = self.layers * self.block_tokens * self.latent_dim;
+            let len = self.block_tokens * self.row_total;
             g.blocks.push(Block {
                 data: match self.kv_type {
                     KvType::F32 => BlockData::F32(vec![0.0; len]),
@@ -336,7 +373,7 @@ impl SeqCache {
         self.len == 0
     }
 
-    /// Values per token per layer.
+    /// Values per token of the widest layer.
     pub fn latent_dim(&self) -> usize {
         self.pool.latent_dim
     }
@@ -543,7 +580,7 @@ impl<'a> BatchCache<'a> {
         })
     }
 
-    /// Writes layer `l`'s rows of a batch's new tokens — `rows` is `[T, latent_dim]`, the
+    /// Writes layer `l`'s rows of a batch's new tokens — `rows` is `[T, widths[l]]`, the
     /// `new` tokens of each `(seq, new)` in order — then returns each sequence's view of its
     /// rows `0..len + new` of that layer (every write before any read).
     pub(crate) fn write_and_view(
@@ -552,7 +589,7 @@ impl<'a> BatchCache<'a> {
         l: usize,
         rows: &[f32],
     ) -> Vec<LayerView<'_>> {
-        let lat = self.pool.latent_dim;
+        let lat = self.pool.widths[l];
         let mut t0 = 0;
         for &(seq, n) in seqs {
             self.write(seq, l, &rows[t0 * lat..(t0 + n) * lat]);
@@ -563,13 +600,14 @@ impl<'a> BatchCache<'a> {
             .collect()
     }
 
-    /// Writes `rows` (`[n, latent_dim]`) at positions `seq.len..` of layer `l`.
+    /// Writes `rows` (`[n, widths[l]]`) at positions `seq.len..` of layer `l`.
     fn write(&mut self, seq: &SeqCache, l: usize, rows: &[f32]) {
-        let (bt, lat) = (self.pool.block_tokens, self.pool.latent_dim);
+        let (bt, lat) = (self.pool.block_tokens, self.pool.widths[l]);
+        let base = bt * self.pool.offsets[l];
         for (i, row) in rows.chunks_exact(lat).enumerate() {
             let u = seq.len + i;
             let b = &mut self.guard.blocks[seq.blocks[u / bt]];
-            let off = ((l * bt) + u % bt) * lat;
+            let off = base + (u % bt) * lat;
             match &mut b.data {
                 BlockData::F32(d) => d[off..off + lat].copy_from_slice(row),
                 BlockData::F16(d) => f32_slice_to_f16(row, &mut d[off..off + lat]),
@@ -579,11 +617,12 @@ impl<'a> BatchCache<'a> {
 
     /// Rows `0..upto` of layer `l` of `seq`.
     fn view(&self, seq: &SeqCache, l: usize, upto: usize) -> LayerView<'_> {
-        let (bt, lat) = (self.pool.block_tokens, self.pool.latent_dim);
+        let (bt, lat) = (self.pool.block_tokens, self.pool.widths[l]);
+        let base = bt * self.pool.offsets[l];
         let blocks = seq.blocks[..upto.div_ceil(bt)]
             .iter()
             .map(|&id| {
-                let r = l * bt * lat..(l + 1) * bt * lat;
+                let r = base..base + bt * lat;
                 match &self.guard.blocks[id].data {
                     BlockData::F32(d) => RowData::f32(&d[r], lat),
                     BlockData::F16(d) => RowData::f16(&d[r], lat),

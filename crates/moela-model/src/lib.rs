@@ -1,5 +1,5 @@
-//! The models: DeepSeek MLA + MoE, and the dense GQA decoders of the R1 distills (Qwen2,
-//! Llama) — configuration, weights, and the forward pass over a batch.
+//! The models: DeepSeek MLA + MoE, DeepSeek-V4, and the dense GQA decoders of the R1 distills
+//! (Qwen2, Llama) — configuration, weights, and the forward pass over a batch.
 //!
 //! Shape comments list dimensions outermost first; a linear weight is `[out, in]` and
 //! `y = x · Wᵀ`. This crate never reads files: weights arrive through [`WeightSource`].
@@ -17,13 +17,15 @@ pub mod moe;
 pub mod rope;
 pub mod sampling;
 mod tiled;
+pub mod v4;
 pub mod weights;
 
 pub use cache::{KvPool, KvType, PoolStats, SeqCache, DEFAULT_BLOCK_TOKENS};
 pub use config::{
-    Attention, Config, GqaConfig, IndexerConfig, Llama3Rope, MlaConfig, ModelType, MoeConfig,
-    RopeScaling, RouteWeighting, ScoringFunc, SlidingWindow, TopkMethod, Yarn, MAX_CONTEXT,
-    MAX_DIM, MAX_EXPERTS, MAX_HEADS, MAX_LAYERS, MAX_MATRIX_ELEMENTS, MAX_VOCAB,
+    Attention, Config, GqaConfig, HyperConfig, IndexerConfig, Llama3Rope, MlaConfig, ModelType,
+    MoeConfig, RopeScaling, RouteWeighting, ScoringFunc, SlidingWindow, TopkMethod, V4Config,
+    V4Layer, V4LayerKind, Yarn, MAX_CONTEXT, MAX_DIM, MAX_EXPERTS, MAX_HEADS, MAX_LAYERS,
+    MAX_MATRIX_ELEMENTS, MAX_VOCAB,
 };
 pub use error::ModelError;
 pub use mla::AttentionMode;

@@ -1,5 +1,5 @@
-//! The dense SwiGLU MLP (`down(silu(gate·x) ⊙ up·x)`): a dense layer's FFN, every routed
-//! and shared expert of a MoE layer.
+//! The dense SwiGLU MLP (`down(silu(gate·x) ⊙ up·x)`, DeepSeek-V4's with its inputs clamped):
+//! a dense layer's FFN, every routed and shared expert of a MoE layer.
 
 use moela_kernels::{silu_mul, PreparedInput, QMat};
 
@@ -32,7 +32,15 @@ pub fn mlps_forward(jobs: &[(&Mlp, &[f32])]) -> Vec<Vec<f32>> {
         .collect();
     let mut gate_up = QMat::forward_batch(&items).into_iter();
     let mut gate: Vec<Vec<f32>> = Vec::with_capacity(jobs.len());
-    while let (Some(mut g), Some(u)) = (gate_up.next(), gate_up.next()) {
+    for &(m, _) in jobs {
+        let (Some(mut g), Some(mut u)) = (gate_up.next(), gate_up.next()) else {
+            break;
+        };
+        if let Some(l) = m.swiglu_limit {
+            // DeepSeek-V4: gate ≤ L, −L ≤ up ≤ L before the SwiGLU.
+            g.iter_mut().for_each(|v| *v = v.min(l));
+            u.iter_mut().for_each(|v| *v = v.clamp(-l, l));
+        }
         silu_mul(&mut g, &u);
         gate.push(g);
     }

@@ -4,7 +4,11 @@
 //! `h += attn(norm(h))` and `h += ffn(norm(h))` (SwiGLU or MoE), then the final norm and head.
 //! The families differ only in a layer's attention, which implements [`Attend`]: MLA over the
 //! latent cache in `mla.rs` (DeepSeek), grouped-query attention over per-head K/V in `gqa.rs`
-//! (Qwen2, Llama). A new attention kind is a new file with an `Attend` impl.
+//! (Qwen2, Llama), DeepSeek-V4's in `v4/`. A new attention kind is a new file with an `Attend`
+//! impl. DeepSeek-V4 also widens the residual into `hc_mult` streams: each sublayer reads their
+//! collapse and mixes its output back (`v4/hyper.rs`), and a head collapses them before the norm.
+
+use std::borrow::Cow;
 
 use moela_kernels::{add_in_place, rms_norm, rms_norm_in_place, QMat};
 
@@ -105,7 +109,7 @@ impl Step<'_> {
 
 /// A layer's attention in one architecture family: normalized rows `x` (`[T, hidden]`, the new
 /// tokens of every sequence in `batch`, concatenated) → `[T, hidden]`. Writes this layer's
-/// cache rows for the new tokens (`Config::latent_dim` values each) before attending.
+/// cache rows for the new tokens (`Config::cache_widths` values each) before attending.
 pub(crate) trait Attend {
     fn attend(
         &self,
@@ -127,6 +131,7 @@ impl Attend for LayerAttention {
         match self {
             LayerAttention::Mla(a) => a.attend(step, x, batch, cache),
             LayerAttention::Gqa(a) => a.attend(step, x, batch, cache),
+            LayerAttention::V4(a) => a.attend(step, x, batch, cache),
         }
     }
 }
@@ -136,8 +141,8 @@ pub struct Model {
     pub config: Config,
     pub weights: Weights,
     rope: Rope,
-    /// Cache values per token per layer ([`Config::latent_dim`]).
-    latent_dim: usize,
+    /// Cache values per token of each layer ([`Config::cache_widths`]).
+    widths: Vec<usize>,
     /// Unbounded pool behind [`Model::new_cache`] (no prefix caching).
     pool: Arc<KvPool>,
     kv_type: KvType,
@@ -151,12 +156,11 @@ impl Model {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Model, ModelError> {
         config.validate()?;
-        let latent_dim = config.latent_dim()?;
+        let widths = config.cache_widths()?;
         let weights = Weights::load(&config, src, progress)?;
         let rope = Rope::new(&config);
-        let pool = KvPool::new(
-            config.num_hidden_layers,
-            latent_dim,
+        let pool = KvPool::with_widths(
+            widths.clone(),
             KvType::F32,
             DEFAULT_BLOCK_TOKENS,
             None,
@@ -166,7 +170,7 @@ impl Model {
             config,
             weights,
             rope,
-            latent_dim,
+            widths,
             pool,
             kv_type: KvType::F32,
         })
@@ -196,9 +200,8 @@ impl Model {
         max_blocks: Option<usize>,
         prefix_caching: bool,
     ) -> Arc<KvPool> {
-        KvPool::new(
-            self.config.num_hidden_layers,
-            self.latent_dim,
+        KvPool::with_widths(
+            self.widths.clone(),
             self.kv_type,
             block_tokens,
             max_blocks,
@@ -222,10 +225,12 @@ impl Model {
     /// cached rows, `heads` = per-head outputs before `o_proj`; with DeepSeek-V3.2's indexer
     /// also `index_k` `[T, index_head_dim]` = its cached keys, `index_scores` = each token's
     /// scores of every key of its sequence (−∞ after it) and `index_topk` `[T, index_topk]` =
-    /// the keys each token attends to, ascending, −1 padded; GQA: `q`, `kv`, `heads`),
-    /// `layer.{l}.attn` (its output), `layer.{l}.ffn_norm`, `layer.{l}.moe.router_logits`
-    /// (MoE layers), `layer.{l}.ffn` (the FFN's output) and `layer.{l}` (the residual stream
-    /// `[T, hidden]` after the layer).
+    /// the keys each token attends to, ascending, −1 padded; GQA: `q`, `kv`, `heads`; V4: `q`,
+    /// `kv` = the window keys, `heads` = outputs after the inverse RoPE and, in CSA layers,
+    /// `index_topk` = the compressed entries each token attends to), `layer.{l}.attn` (its
+    /// output), `layer.{l}.ffn_norm`, `layer.{l}.moe.router_logits` (MoE layers),
+    /// `layer.{l}.ffn` (the FFN's output) and `layer.{l}` (the residual stream `[T, hidden]`
+    /// after the layer; V4: its `hc_mult` streams, `[T, hc_mult·hidden]`).
     pub fn forward_traced(
         &self,
         batch: &mut [SeqInput<'_>],
@@ -242,7 +247,7 @@ impl Model {
                     c.vocab_size
                 )));
             }
-            if s.cache.latent_dim() != self.latent_dim {
+            if s.cache.pool().widths() != self.widths {
                 return Err(ModelError::Input("cache was made for another model".into()));
             }
         }
@@ -261,13 +266,19 @@ impl Model {
         let mut kv = BatchCache::prepare(&pool, &mut reserve)?;
         drop(reserve);
         // Token rows of all sequences, concatenated.
-        let n_tok: usize = batch.iter().map(|s| s.tokens.len()).sum();
-        let mut h = vec![0.0f32; n_tok * d]; // [T, hidden]
-        for (row, &t) in h
-            .chunks_exact_mut(d)
-            .zip(batch.iter().flat_map(|s| s.tokens))
-        {
-            self.weights.embed.dequantize_row(t as usize, row);
+        let tokens: Vec<u32> = batch
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        let n_tok = tokens.len();
+        // The residual: one stream, or DeepSeek-V4's hc_mult streams, each the embedding.
+        let width = d * self.weights.hc_head.as_ref().map_or(1, |hh| hh.streams);
+        let mut h = vec![0.0f32; n_tok * width]; // [T, streams·hidden]
+        for (row, &t) in h.chunks_exact_mut(width).zip(&tokens) {
+            self.weights.embed.dequantize_row(t as usize, &mut row[..d]);
+            for s in 1..width / d {
+                row.copy_within(..d, s * d);
+            }
         }
         let rec = Recorder::new(trace.is_some());
         rec.record(|| "embed".into(), &h);
@@ -278,7 +289,9 @@ impl Model {
         let rope = self.rope.table(&positions);
         let mut x = vec![0.0f32; n_tok * d];
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            rms_norm(&h, &layer.attn_norm, c.rms_norm_eps, &mut x);
+            let hyper = layer.hyper.as_deref();
+            let (input, mix) = sublayer_input(hyper.map(|hy| &hy.attn), &h);
+            rms_norm(&input, &layer.attn_norm, c.rms_norm_eps, &mut x);
             rec.record(|| format!("layer.{l}.attn_norm"), &x);
             let step = Step {
                 layer: l,
@@ -290,17 +303,18 @@ impl Model {
             };
             let o = layer.attn.attend(&step, &x, batch, &mut kv);
             rec.record(|| format!("layer.{l}.attn"), &o);
-            add_in_place(&mut h, &o);
-            rms_norm(&h, &layer.ffn_norm, c.rms_norm_eps, &mut x);
+            sublayer_output(mix, &mut h, &o);
+            let (input, mix) = sublayer_input(hyper.map(|hy| &hy.ffn), &h);
+            rms_norm(&input, &layer.ffn_norm, c.rms_norm_eps, &mut x);
             rec.record(|| format!("layer.{l}.ffn_norm"), &x);
             let f = match &layer.ffn {
                 Ffn::Dense(m) => mlp_forward(m, &x),
-                Ffn::Moe(m) => moe_forward(m, &x, &|name, v| {
+                Ffn::Moe(m) => moe_forward(m, &x, &tokens, &|name, v| {
                     rec.record(|| format!("layer.{l}.moe.{name}"), v)
                 }),
             };
             rec.record(|| format!("layer.{l}.ffn"), &f);
-            add_in_place(&mut h, &f);
+            sublayer_output(mix, &mut h, &f);
             rec.record(|| format!("layer.{l}"), &h);
         }
         for s in batch.iter_mut() {
@@ -320,9 +334,12 @@ impl Model {
                 Logits::Last => n.saturating_sub(1)..n,
                 Logits::All => 0..n,
             };
-            hn.extend_from_slice(&h[(row0 + rows.start) * d..(row0 + rows.end) * d]);
+            hn.extend_from_slice(&h[(row0 + rows.start) * width..(row0 + rows.end) * width]);
             counts.push(rows.len());
             row0 += n;
+        }
+        if let Some(head) = &self.weights.hc_head {
+            hn = head.collapse(&hn);
         }
         rms_norm_in_place(&mut hn, &self.weights.norm, c.rms_norm_eps);
         let mut logits = match hn.is_empty() {
@@ -342,5 +359,28 @@ impl Model {
             t.extend(rec.into_trace());
         }
         Ok(out)
+    }
+}
+
+/// A sublayer's input: the residual `h` itself, or its streams collapsed by DeepSeek-V4's
+/// hyper-connection `hc` (with the mixing its output needs).
+fn sublayer_input<'h>(
+    hc: Option<&crate::v4::HyperConnection>,
+    h: &'h [f32],
+) -> (Cow<'h, [f32]>, Option<crate::v4::Mix>) {
+    match hc {
+        None => (Cow::Borrowed(h), None),
+        Some(hc) => {
+            let (collapsed, mix) = hc.enter(h);
+            (Cow::Owned(collapsed), Some(mix))
+        }
+    }
+}
+
+/// Adds a sublayer's output `o` to the residual: `h += o`, or mixed into the streams.
+fn sublayer_output(mix: Option<crate::v4::Mix>, h: &mut [f32], o: &[f32]) {
+    match mix {
+        None => add_in_place(h, o),
+        Some(m) => m.leave(h, o),
     }
 }

@@ -1,4 +1,5 @@
-//! DeepSeekMoE: router (every `topk_method`), token bucketing by expert, shared experts.
+//! DeepSeekMoE: router (every `topk_method`; DeepSeek-V4's √softplus scores and hash-routed
+//! layers), token bucketing by expert, shared experts.
 
 use moela_kernels::softmax_in_place;
 
@@ -20,17 +21,39 @@ fn top_k(v: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
-/// Routes one token from its router logits (computed in f32).
-pub fn route(cfg: &MoeConfig, logits: &[f32], bias: Option<&[f32]>) -> Route {
-    let e = logits.len();
-    let k = cfg.num_experts_per_tok;
+/// The router's scores of one token from its logits.
+fn scores(cfg: &MoeConfig, logits: &[f32]) -> Vec<f32> {
     let mut scores = logits.to_vec();
     match cfg.scoring_func {
         ScoringFunc::Softmax => softmax_in_place(&mut scores),
         ScoringFunc::Sigmoid => scores
             .iter_mut()
             .for_each(|s| *s = 1.0 / (1.0 + (-*s).exp())),
+        // torch's softplus returns x itself above 20.
+        ScoringFunc::Sqrtsoftplus => scores
+            .iter_mut()
+            .for_each(|s| *s = if *s > 20.0 { *s } else { s.exp().ln_1p() }.sqrt()),
     }
+    scores
+}
+
+/// A hash-routed token (DeepSeek-V4): its experts come from the `tid2eid` table, its weights
+/// from the router's scores as [`route`] forms them.
+pub fn route_hashed(cfg: &MoeConfig, logits: &[f32], experts: &[u32]) -> Route {
+    let scores = scores(cfg, logits);
+    let experts: Vec<usize> = experts.iter().map(|&e| e as usize).collect();
+    let weights = experts.iter().map(|&i| scores[i]).collect();
+    Route {
+        weights: weigh(cfg, weights),
+        experts,
+    }
+}
+
+/// Routes one token from its router logits (computed in f32).
+pub fn route(cfg: &MoeConfig, logits: &[f32], bias: Option<&[f32]>) -> Route {
+    let e = logits.len();
+    let k = cfg.num_experts_per_tok;
+    let scores = scores(cfg, logits);
     // Selection scores: the correction bias enters selection only, never the weights (V3).
     let mut choice: Vec<f32> = match (cfg.topk_method, bias) {
         (TopkMethod::NoauxTc, Some(b)) => scores.iter().zip(b).map(|(s, b)| s + b).collect(),
@@ -56,13 +79,22 @@ pub fn route(cfg: &MoeConfig, logits: &[f32], bias: Option<&[f32]>) -> Route {
         }
     }
     let experts = top_k(&choice, k);
-    let mut weights: Vec<f32> = experts.iter().map(|&i| scores[i]).collect();
-    let sum = || weights.iter().sum::<f32>() + 1e-20;
+    let weights: Vec<f32> = experts.iter().map(|&i| scores[i]).collect();
+    Route {
+        weights: weigh(cfg, weights),
+        experts,
+    }
+}
+
+/// The chosen experts' weights from their scores, by the model's rule.
+fn weigh(cfg: &MoeConfig, mut weights: Vec<f32>) -> Vec<f32> {
+    let k = weights.len();
+    let sum = |w: &[f32]| w.iter().sum::<f32>() + 1e-20;
     match cfg.weighting {
         // DeepSeek-V3: normalize (when asked), then always scale.
         RouteWeighting::NormalizeThenScale => {
             if cfg.norm_topk_prob {
-                let s = sum();
+                let s = sum(&weights);
                 weights.iter_mut().for_each(|w| *w /= s);
             }
             weights
@@ -72,7 +104,7 @@ pub fn route(cfg: &MoeConfig, logits: &[f32], bias: Option<&[f32]>) -> Route {
         // DeepSeek-V2: normalize when asked and k > 1, otherwise scale.
         RouteWeighting::NormalizeOrScale => {
             if cfg.norm_topk_prob && k > 1 {
-                let s = sum();
+                let s = sum(&weights);
                 weights.iter_mut().for_each(|w| *w /= s);
             } else {
                 weights
@@ -81,25 +113,35 @@ pub fn route(cfg: &MoeConfig, logits: &[f32], bias: Option<&[f32]>) -> Route {
             }
         }
     }
-    Route { experts, weights }
+    weights
 }
 
-/// MoE over `[n, hidden]` rows: routes every token, runs each expert once on the tokens sent
-/// to it, and adds the weighted results plus the shared experts.
+/// MoE over `[n, hidden]` rows (of the tokens `tokens`, which hash-routed layers look up):
+/// routes every token, runs each expert once on the tokens sent to it, and adds the weighted
+/// results plus the shared experts.
 /// `record(name, values)` receives the named intermediates (`router_logits`: `[n, experts]`).
-pub fn moe_forward(moe: &Moe, x: &[f32], record: &dyn Fn(&str, &[f32])) -> Vec<f32> {
+pub fn moe_forward(
+    moe: &Moe,
+    x: &[f32],
+    tokens: &[u32],
+    record: &dyn Fn(&str, &[f32]),
+) -> Vec<f32> {
     let d = moe.router.cols; // hidden
     let n = x.len() / d;
     let logits = moe.router.forward(x); // [n, experts]
     record("router_logits", &logits);
     let e = moe.router.rows;
     let mut buckets: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
+    let k = moe.config.num_experts_per_tok;
     for t in 0..n {
-        let r = route(
-            &moe.config,
-            &logits[t * e..(t + 1) * e],
-            moe.bias.as_deref(),
-        );
+        let lt = &logits[t * e..(t + 1) * e];
+        let r = match (&moe.hash, tokens.get(t)) {
+            (Some(table), Some(&tok)) => {
+                let at = tok as usize * k;
+                route_hashed(&moe.config, lt, &table[at..at + k])
+            }
+            _ => route(&moe.config, lt, moe.bias.as_deref()),
+        };
         for (&ex, &w) in r.experts.iter().zip(&r.weights) {
             buckets[ex].push((t, w));
         }

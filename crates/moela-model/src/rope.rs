@@ -2,7 +2,7 @@
 //! interleaved pairs with YaRN (MLA models), and the rotate-half (NeoX) layout of Qwen2 and
 //! Llama with Llama-3, linear or per-frequency scaling (dense models).
 
-use crate::config::{yarn_get_mscale, Attention, Config, Llama3Rope, RopeScaling};
+use crate::config::{yarn_get_mscale, Attention, Config, Llama3Rope, RopeScaling, Yarn};
 
 /// Precomputed inverse frequencies and cos/sin amplitude for one rotated head.
 #[derive(Clone, Debug)]
@@ -48,16 +48,18 @@ impl Rope {
     /// The rotation of `cfg`'s model: `qk_rope_head_dim` wide for MLA, `head_dim` for dense.
     pub fn new(cfg: &Config) -> Rope {
         match &cfg.attention {
-            Attention::Mla(m) => Rope::mla(cfg, m.qk_rope_head_dim),
+            Attention::Mla(m) => Rope::interleaved(m.qk_rope_head_dim, cfg.rope_theta, cfg.yarn()),
             Attention::Gqa(g) => Rope::dense(cfg, g.head_dim),
+            // The sliding layers' rotation; each V4 layer keeps its own (`Rope::interleaved`).
+            Attention::V4(v) => Rope::interleaved(v.qk_rope_head_dim, cfg.rope_theta, cfg.yarn()),
         }
     }
 
-    /// DeepSeek's rotation of the `dim`-wide rope part, with YaRN when configured.
-    fn mla(cfg: &Config, dim: usize) -> Rope {
-        let base = cfg.rope_theta;
+    /// DeepSeek's rotation of a `dim`-wide rope part with base θ `base`, with YaRN when given
+    /// (MLA's; DeepSeek-V4's main and compressed rotations).
+    pub fn interleaved(dim: usize, base: f64, yarn: Option<&Yarn>) -> Rope {
         let plain = plain_inv_freq(dim, base);
-        let Some(y) = cfg.yarn() else {
+        let Some(y) = yarn else {
             return Rope {
                 inv_freq: plain.iter().map(|&v| v as f32).collect(),
                 amplitude: 1.0,
@@ -164,6 +166,16 @@ impl RopeTable {
             let (a, b) = (x[2 * i], x[2 * i + 1]);
             x[2 * i] = a * c - b * s;
             x[2 * i + 1] = a * s + b * c;
+        }
+    }
+
+    /// The inverse of [`RopeTable::apply`] (rotation by the negated angle) at the position of
+    /// token row `t`: DeepSeek-V4 takes the rotation back out of its attention output.
+    pub fn apply_inverse(&self, t: usize, x: &mut [f32]) {
+        for (i, &(c, s)) in self.row(t).iter().enumerate() {
+            let (a, b) = (x[2 * i], x[2 * i + 1]);
+            x[2 * i] = a * c + b * s;
+            x[2 * i + 1] = b * c - a * s;
         }
     }
 

@@ -1,7 +1,8 @@
 //! Per-layer weight structs and how they are requested from a [`WeightSource`].
 //!
 //! Tensors are requested by their Hugging Face checkpoint names; a loader maps other
-//! formats' names onto these (the loader holds the one name table).
+//! formats' names onto these (the loader holds the one name table). DeepSeek-V4's weights
+//! (transformers' names) are requested in `v4/load.rs`.
 
 use moela_kernels::{DType, Mat, Placement, QMat};
 
@@ -11,6 +12,7 @@ use crate::experts::Experts;
 use crate::gqa::GqaDims;
 use crate::indexer::IndexerDims;
 use crate::mla::MlaDims;
+use crate::v4::{HyperHead, LayerHyper, V4Attention};
 
 /// HF checkpoint tensor names, spelled once: the loader requests them and the exporter
 /// (`Weights::named_tensors`) writes them.
@@ -94,6 +96,39 @@ pub trait WeightSource {
         let _ = (layer, cfg);
         Ok(None)
     }
+    /// Rows `first..first + rows` of tensor `name`, stored with `shape` (outermost first) and
+    /// read as the matrix `[shape[..-1].product(), shape[-1]]`: one expert of transformers'
+    /// stacked `[experts, out, in]` tensors, one group of a grouped projection. Loaders map the
+    /// stored rows in their type; the default converts [`Self::load`] to F32.
+    fn matrix_rows(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        first: usize,
+        rows: usize,
+    ) -> Result<QMat, ModelError> {
+        let cols = shape.last().copied().unwrap_or(1);
+        let all = self.load(name, shape)?;
+        let err = |msg: String| ModelError::Tensor {
+            name: name.to_string(),
+            msg,
+        };
+        let range = first
+            .checked_add(rows)
+            .and_then(|end| Some(first.checked_mul(cols)?..end.checked_mul(cols)?))
+            .filter(|r| r.end <= all.len())
+            .ok_or_else(|| err(format!("rows {first}+{rows} are outside {shape:?}")))?;
+        QMat::from_f32(DType::F32, rows, cols, &all[range]).map_err(|e| err(e.to_string()))
+    }
+    /// Integer tensor `name` of shape `shape` (stored I64 or I32), e.g. DeepSeek-V4's
+    /// `tid2eid`. The default: this source holds none.
+    fn load_ints(&mut self, name: &str, shape: &[usize]) -> Result<Vec<i64>, ModelError> {
+        let _ = shape;
+        Err(ModelError::Tensor {
+            name: name.to_string(),
+            msg: "integer tensors are not supported by this checkpoint format".into(),
+        })
+    }
 }
 
 /// A SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))`.
@@ -102,6 +137,8 @@ pub struct Mlp {
     pub gate: QMat, // [width, hidden]
     pub up: QMat,   // [width, hidden]
     pub down: QMat, // [hidden, width]
+    /// DeepSeek-V4's clamp of the SwiGLU inputs: gate ≤ L, |up| ≤ L.
+    pub swiglu_limit: Option<f32>,
 }
 
 /// Query projection: direct (V2-Lite) or low-rank with a norm in between.
@@ -160,9 +197,15 @@ pub struct Moe {
     pub bias: Option<Vec<f32>>, // [n_routed_experts] e_score_correction_bias (noaux_tc)
     pub experts: Experts, // n_routed_experts × width moe_intermediate_size
     pub shared: Option<Mlp>, // width moe_intermediate_size · n_shared_experts
+    /// DeepSeek-V4's hash routing: the experts of token `t` are
+    /// `hash[t·k..(t + 1)·k]` (`tid2eid`, `[vocab, num_experts_per_tok]`), not the router's
+    /// choice; the router's scores still weight them.
+    pub hash: Option<Vec<u32>>,
 }
 
 #[derive(Clone, Debug)]
+// One per layer: the size difference of the variants costs nothing worth an indirection.
+#[allow(clippy::large_enum_variant)]
 pub enum Ffn {
     Dense(Mlp),
     Moe(Moe),
@@ -189,6 +232,7 @@ pub struct GqaAttention {
 pub enum LayerAttention {
     Mla(MlaAttention),
     Gqa(GqaAttention),
+    V4(Box<V4Attention>),
 }
 
 #[derive(Clone, Debug)]
@@ -197,6 +241,9 @@ pub struct Layer {
     pub attn: LayerAttention,
     pub ffn_norm: Vec<f32>, // [hidden]
     pub ffn: Ffn,
+    /// DeepSeek-V4's hyper-connections around the attention and the FFN; `None`: one residual
+    /// stream, `h += sublayer(norm(h))`.
+    pub hyper: Option<Box<LayerHyper>>,
 }
 
 /// All weights of a model.
@@ -206,6 +253,8 @@ pub struct Weights {
     pub layers: Vec<Layer>,
     pub norm: Vec<f32>,        // [hidden]
     pub lm_head: Option<QMat>, // [vocab, hidden]; None when tied to `embed`
+    /// DeepSeek-V4's collapse of the residual streams before the final norm.
+    pub hc_head: Option<HyperHead>,
 }
 
 struct Req<'a> {
@@ -427,6 +476,7 @@ impl Req<'_> {
             bias,
             experts,
             shared,
+            hash: None,
         })
     }
     fn mlp(&mut self, prefix: &str, hidden: usize, width: usize) -> Result<Mlp, ModelError> {
@@ -434,6 +484,7 @@ impl Req<'_> {
             gate: self.mat(&hf::at(prefix, hf::GATE_PROJ), width, hidden)?,
             up: self.mat(&hf::at(prefix, hf::UP_PROJ), width, hidden)?,
             down: self.mat(&hf::at(prefix, hf::DOWN_PROJ), hidden, width)?,
+            swiglu_limit: None,
         })
     }
 }
@@ -454,12 +505,19 @@ impl Weights {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = &hf::layer(l);
-            let attn = match &cfg.attention {
-                Attention::Mla(m) => LayerAttention::Mla(req.mla(cfg, m, l, p)?),
-                Attention::Gqa(g) => LayerAttention::Gqa(req.gqa(cfg, g, l, p)?),
+            let (attn, hyper) = match &cfg.attention {
+                Attention::Mla(m) => (LayerAttention::Mla(req.mla(cfg, m, l, p)?), None),
+                Attention::Gqa(g) => (LayerAttention::Gqa(req.gqa(cfg, g, l, p)?), None),
+                Attention::V4(v) => (
+                    LayerAttention::V4(Box::new(crate::v4::load_attention(req.src, cfg, v, l, p)?)),
+                    Some(Box::new(crate::v4::load_hyper(req.src, cfg, v, p)?)),
+                ),
             };
-            let ffn = match &cfg.moe {
-                Some(m) if cfg.is_moe_layer(l) => Ffn::Moe(req.moe(cfg, m, p)?),
+            let ffn = match (&cfg.moe, &cfg.attention) {
+                (Some(m), Attention::V4(v)) => {
+                    Ffn::Moe(crate::v4::load_moe(req.src, cfg, m, v, l, p)?)
+                }
+                (Some(m), _) if cfg.is_moe_layer(l) => Ffn::Moe(req.moe(cfg, m, p)?),
                 _ => Ffn::Dense(req.mlp(&hf::at(p, hf::MLP), d, cfg.intermediate_size)?),
             };
             layers.push(Layer {
@@ -467,10 +525,15 @@ impl Weights {
                 attn,
                 ffn_norm: req.vec(&hf::at(p, hf::FFN_NORM), d)?,
                 ffn,
+                hyper,
             });
             progress(l + 2, total);
         }
         let norm = req.vec(hf::NORM, d)?;
+        let hc_head = match cfg.v4() {
+            Some(v) => Some(crate::v4::load_head(req.src, cfg, v)?),
+            None => None,
+        };
         let tied = cfg.tie_word_embeddings && !req.src.contains(hf::LM_HEAD);
         let lm_head = if tied {
             None
@@ -488,6 +551,7 @@ impl Weights {
             layers,
             norm,
             lm_head,
+            hc_head,
         })
     }
 }
@@ -550,6 +614,10 @@ impl Weights {
             match &layer.attn {
                 LayerAttention::Mla(a) => mla(&mut v, p, a),
                 LayerAttention::Gqa(a) => gqa(&mut v, p, a),
+                LayerAttention::V4(a) => a.named_tensors(&mut v, p),
+            }
+            if let Some(h) = &layer.hyper {
+                h.named_tensors(&mut v, p);
             }
             v.push((hf::at(p, hf::FFN_NORM), Vector(&layer.ffn_norm)));
             match &layer.ffn {
@@ -567,6 +635,9 @@ impl Weights {
                     }
                 }
             }
+        }
+        if let Some(h) = &self.hc_head {
+            h.named_tensors(&mut v);
         }
         v.push((hf::NORM.into(), Vector(&self.norm)));
         if let Some(h) = &self.lm_head {

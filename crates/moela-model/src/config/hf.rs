@@ -1,7 +1,9 @@
 //! Reading an HF `config.json` (the official spelling and the transformers-5 spelling) into a
 //! [`Config`]: serde reads it into [`RawConfig`] (every field optional, `null` = absent, a
 //! wrongly typed value an error at its path), and each rule that turns it into a `Config` lives
-//! in one function below.
+//! in one function below (DeepSeek-V4's in `hf/v4.rs`).
+
+mod v4;
 
 use std::fmt;
 
@@ -87,6 +89,9 @@ struct RawRope {
     attention_factor: Option<f64>,
     low_freq_factor: Option<f64>,
     high_freq_factor: Option<f64>,
+    /// DeepSeek-V4's nested form: `{"main": {...}, "compress": {...}}`.
+    main: Option<Box<RawRope>>,
+    compress: Option<Box<RawRope>>,
 }
 
 /// `quantization_config`.
@@ -97,11 +102,16 @@ struct RawQuant {
 }
 
 /// An entry of `layer_types` (transformers 5).
+// The variants spell transformers' values, which all end in `_attention`.
+#[allow(clippy::enum_variant_names)]
 #[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum LayerType {
     SlidingAttention,
     FullAttention,
+    /// DeepSeek-V4's CSA and HCA layers.
+    CompressedSparseAttention,
+    HeavilyCompressedAttention,
 }
 
 /// `config.json` as written, for every supported `model_type`; unknown keys are ignored.
@@ -156,6 +166,20 @@ struct RawConfig {
     sliding_window: Option<Count>,
     max_window_layers: Option<Count>,
     layer_types: Option<Vec<LayerType>>,
+    // DeepSeek-V4.
+    compress_ratios: Option<Vec<Count>>,
+    compress_rates: Option<v4::RawCompressRates>,
+    compress_rate_csa: Option<Count>,
+    compress_rate_hca: Option<Count>,
+    compress_rope_theta: Option<f64>,
+    hc_mult: Option<Count>,
+    hc_sinkhorn_iters: Option<Count>,
+    hc_eps: Option<f64>,
+    mlp_layer_types: Option<Vec<v4::MlpLayerType>>,
+    num_hash_layers: Option<Count>,
+    swiglu_limit: Option<f64>,
+    o_groups: Option<Count>,
+    o_lora_rank: Option<Count>,
 }
 
 impl Config {
@@ -192,10 +216,17 @@ impl RawConfig {
         }
         let vocab_size = required(n(self.vocab_size), "vocab_size")?;
         let hidden_size = required(n(self.hidden_size), "hidden_size")?;
-        let intermediate_size = required(n(self.intermediate_size), "intermediate_size")?;
+        let v4 = model_type == ModelType::DeepseekV4;
+        // V4 has no dense MLP; transformers reads `intermediate_size` as `moe_intermediate_size`.
+        let intermediate_size = match v4 {
+            true => required(n(self.moe_intermediate_size), "moe_intermediate_size")?,
+            false => required(n(self.intermediate_size), "intermediate_size")?,
+        };
         let num_hidden_layers = required(n(self.num_hidden_layers), "num_hidden_layers")?;
         let num_attention_heads = required(n(self.num_attention_heads), "num_attention_heads")?;
-        let (attention, moe) = if model_type.is_mla() {
+        let (attention, moe) = if v4 {
+            self.v4(num_hidden_layers)?
+        } else if model_type.is_mla() {
             (self.mla(model_type)?, self.moe(model_type)?)
         } else {
             (
@@ -208,7 +239,10 @@ impl RawConfig {
                 None,
             )
         };
-        let (rope_theta, rope_scaling) = self.rope()?;
+        let (rope_theta, rope_scaling) = match v4 {
+            true => self.v4_main_rope()?,
+            false => self.rope()?,
+        };
         let fp8_block = self.fp8_block(model_type)?;
         Ok(Config {
             model_type,
@@ -227,7 +261,7 @@ impl RawConfig {
             bos_token_id: TokenIds::into_vec(self.bos_token_id).first().copied(),
             eos_token_ids: TokenIds::into_vec(self.eos_token_id),
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
-            num_nextn_predict_layers: match model_type.is_mla() {
+            num_nextn_predict_layers: match model_type.is_mla() || v4 {
                 true => n(self.num_nextn_predict_layers).unwrap_or(0),
                 false => 0,
             },
@@ -295,6 +329,12 @@ impl RawConfig {
             true => (None, None, None),
             false => (self.topk_method, self.scoring_func, n(self.moe_layer_freq)),
         };
+        if scoring_func == Some(ScoringFunc::Sqrtsoftplus) {
+            return Err(cfg_err(
+                "scoring_func",
+                "sqrtsoftplus routing belongs to deepseek_v4",
+            ));
+        }
         Ok(Some(MoeConfig {
             n_routed_experts: e,
             n_shared_experts: n(self.n_shared_experts).unwrap_or(0),
@@ -321,6 +361,7 @@ impl RawConfig {
                 n(self.moe_intermediate_size),
                 "moe_intermediate_size",
             )?,
+            swiglu_limit: None,
         }))
     }
 
@@ -405,6 +446,12 @@ impl RawConfig {
         let Some(q) = &self.quantization_config else {
             return Ok(None);
         };
+        if model_type == ModelType::DeepseekV4 {
+            return Err(cfg_err(
+                "quantization_config",
+                "quantized DeepSeek-V4 checkpoints (FP8/FP4 release format) are not supported yet",
+            ));
+        }
         if !model_type.is_mla() {
             return Err(cfg_err(
                 "quantization_config",

@@ -2,15 +2,17 @@
 //! `config.json` (either the official spelling or the transformers-5 spelling), validated, with
 //! derived sizes as checked methods.
 //!
-//! Two architecture families share the common part ([`Config`]): DeepSeek MLA + MoE
+//! Three architecture families share the common part ([`Config`]): DeepSeek MLA + MoE
 //! (`deepseek_v2`, `deepseek_v3`, `deepseek_v32`: [`Attention::Mla`], usually with a
-//! [`MoeConfig`]; V3.2 adds an [`IndexerConfig`]) and the dense
+//! [`MoeConfig`]; V3.2 adds an [`IndexerConfig`]), DeepSeek-V4 (`deepseek_v4`:
+//! [`Attention::V4`], see `v4.rs`) and the dense
 //! GQA decoders of the R1 distills (`qwen2`, `llama`: [`Attention::Gqa`], no MoE). Reading
-//! `config.json` is `hf.rs`; the bounds and derived sizes are `sizes.rs`; this file holds the
-//! types and the validation.
+//! `config.json` is `hf.rs` (V4's keys `hf/v4.rs`); the bounds and derived sizes are `sizes.rs`;
+//! this file holds the types and the validation.
 
 mod hf;
 mod sizes;
+mod v4;
 
 use serde::Deserialize;
 
@@ -19,6 +21,7 @@ use crate::error::ModelError;
 pub use sizes::{
     MAX_CONTEXT, MAX_DIM, MAX_EXPERTS, MAX_HEADS, MAX_LAYERS, MAX_MATRIX_ELEMENTS, MAX_VOCAB,
 };
+pub use v4::{HyperConfig, V4Config, V4Layer, V4LayerKind, MAX_HC_MULT, MAX_SINKHORN_ITERS};
 
 /// A config error naming `field`.
 pub(crate) fn cfg_err(field: &str, msg: impl Into<String>) -> ModelError {
@@ -39,6 +42,9 @@ pub enum ModelType {
     /// DeepSeek-V3.2: V3 plus DeepSeek Sparse Attention (a lightning indexer picks the keys
     /// each query attends to).
     DeepseekV32,
+    /// DeepSeek-V4: sliding-window attention with compressed branches (CSA, HCA), mHC
+    /// hyper-connections, √softplus and hash routing.
+    DeepseekV4,
     /// Qwen2 (R1-Distill-Qwen): GQA with q/k/v biases.
     Qwen2,
     /// Llama (R1-Distill-Llama): GQA, optional attention biases, Llama-3 RoPE scaling.
@@ -52,6 +58,7 @@ impl ModelType {
             ModelType::DeepseekV2 => "deepseek_v2",
             ModelType::DeepseekV3 => "deepseek_v3",
             ModelType::DeepseekV32 => "deepseek_v32",
+            ModelType::DeepseekV4 => "deepseek_v4",
             ModelType::Qwen2 => "qwen2",
             ModelType::Llama => "llama",
         }
@@ -91,6 +98,8 @@ pub enum TopkMethod {
 pub enum ScoringFunc {
     Softmax,
     Sigmoid,
+    /// `sqrt(softplus(logit))` (DeepSeek-V4).
+    Sqrtsoftplus,
 }
 
 /// How the chosen experts' scores become their weights (the published definitions differ; set
@@ -205,6 +214,9 @@ pub enum Attention {
     Mla(MlaConfig),
     /// Grouped-query attention of the dense decoders.
     Gqa(GqaConfig),
+    /// DeepSeek-V4's sliding-window + compressed attention, with its block structure
+    /// (hyper-connections, hash-routed layers).
+    V4(V4Config),
 }
 
 /// Routed experts (DeepSeekMoE): which layers have them and how tokens are routed.
@@ -228,6 +240,8 @@ pub struct MoeConfig {
     pub moe_layer_freq: usize,
     /// Width of one routed expert.
     pub moe_intermediate_size: usize,
+    /// DeepSeek-V4's SwiGLU clamp on routed and shared experts: gate ≤ L, |up| ≤ L.
+    pub swiglu_limit: Option<f32>,
 }
 
 /// The configuration of a DeepSeek MLA + MoE model or of a dense GQA decoder (Qwen2, Llama):
@@ -269,7 +283,7 @@ pub fn yarn_get_mscale(scale: f64, mscale: f64) -> f64 {
 }
 
 /// `Ok` when `v` is finite and positive, else an error naming `field`.
-fn positive(field: &str, v: f64) -> Result<(), ModelError> {
+pub(crate) fn positive(field: &str, v: f64) -> Result<(), ModelError> {
     if v > 0.0 && v.is_finite() {
         Ok(())
     } else {
@@ -285,7 +299,7 @@ impl Config {
     pub fn mla(&self) -> Option<&MlaConfig> {
         match &self.attention {
             Attention::Mla(m) => Some(m),
-            Attention::Gqa(_) => None,
+            _ => None,
         }
     }
 
@@ -293,7 +307,7 @@ impl Config {
     pub fn gqa(&self) -> Option<&GqaConfig> {
         match &self.attention {
             Attention::Gqa(g) => Some(g),
-            Attention::Mla(_) => None,
+            _ => None,
         }
     }
 
@@ -301,7 +315,7 @@ impl Config {
     pub fn gqa_mut(&mut self) -> Option<&mut GqaConfig> {
         match &mut self.attention {
             Attention::Gqa(g) => Some(g),
-            Attention::Mla(_) => None,
+            _ => None,
         }
     }
 
@@ -358,7 +372,8 @@ impl Config {
         if !(self.rope_theta > 1.0 && self.rope_theta.is_finite()) {
             return Err(cfg_err("rope_theta", "must be greater than 1"));
         }
-        if self.model_type.is_mla() != self.mla().is_some() {
+        let v4 = self.model_type == ModelType::DeepseekV4;
+        if self.model_type.is_mla() != self.mla().is_some() || v4 != self.v4().is_some() {
             return Err(cfg_err(
                 "model_type",
                 format!(
@@ -370,6 +385,7 @@ impl Config {
         match &self.attention {
             Attention::Mla(m) => self.validate_mla(m)?,
             Attention::Gqa(g) => self.validate_gqa(g)?,
+            Attention::V4(v) => self.validate_v4(v)?,
         }
         if let Some(m) = &self.moe {
             validate_moe(m)?;

@@ -217,6 +217,8 @@ impl Config {
                 ("num_key_value_heads", g.num_key_value_heads, MAX_HEADS),
                 ("head_dim", g.head_dim, MAX_DIM),
             ]),
+            // Bounded with the rest of the V4 part (`validate_v4`).
+            Attention::V4(_) => {}
         }
         if let Some(m) = &self.moe {
             fields.extend([
@@ -264,6 +266,8 @@ impl Config {
                 }
             }
             Attention::Gqa(g) => shapes.push(("num_key_value_heads", "k_proj", g.kv_rows()?, d)),
+            // Checked with the rest of the V4 part (`validate_v4`).
+            Attention::V4(_) => {}
         }
         if let Some(m) = &self.moe {
             let (w, shared) = (m.moe_intermediate_size, m.shared_width()?);
@@ -283,11 +287,12 @@ impl Config {
         Ok(())
     }
 
-    /// One query/key head: `qk_nope_head_dim + qk_rope_head_dim` (MLA), `head_dim` (GQA).
+    /// One query/key head: `qk_nope_head_dim + qk_rope_head_dim` (MLA), `head_dim` (GQA, V4).
     pub fn qk_head_dim(&self) -> Result<usize, ModelError> {
         match &self.attention {
             Attention::Mla(m) => m.qk_head_dim(),
             Attention::Gqa(g) => Ok(g.head_dim),
+            Attention::V4(v) => Ok(v.head_dim),
         }
     }
 
@@ -302,11 +307,12 @@ impl Config {
     }
 
     /// Columns of `o_proj`, the heads' concatenated outputs: `num_attention_heads × v_head_dim`
-    /// (MLA) or `num_attention_heads × head_dim` (GQA).
+    /// (MLA) or `num_attention_heads × head_dim` (GQA; V4, the grouped projection's input).
     pub fn o_cols(&self) -> Result<usize, ModelError> {
         let v = match &self.attention {
             Attention::Mla(m) => m.v_head_dim,
             Attention::Gqa(g) => g.head_dim,
+            Attention::V4(v) => v.head_dim,
         };
         mul(
             "num_attention_heads",
@@ -318,16 +324,28 @@ impl Config {
 
     /// Values cached per token per layer. MLA: the normalized latent plus the rope key (576 at
     /// V3 sizes), plus the indexer key with DSA ([`MlaConfig::cache_row`]). GQA: the post-RoPE keys then the values of every KV head
-    /// (`2 · num_key_value_heads · head_dim`).
+    /// (`2 · num_key_value_heads · head_dim`). V4: the widest layer's row (its layers differ;
+    /// [`Config::cache_widths`] lists them).
     pub fn latent_dim(&self) -> Result<usize, ModelError> {
         match &self.attention {
             Attention::Mla(m) => m.cache_row(),
             Attention::Gqa(g) => mul("num_key_value_heads", "2 × k_proj rows", 2, g.kv_rows()?),
+            Attention::V4(v) => v
+                .layers
+                .iter()
+                .try_fold(0, |w, l| Ok(w.max(v.cache_row(l.kind)?))),
         }
     }
 
-    /// Cache values one token occupies across all layers (`num_hidden_layers · latent_dim`).
+    /// Cache values one token occupies across all layers (`num_hidden_layers · latent_dim`;
+    /// V4: the sum of its layers' rows).
     pub fn kv_values_per_token(&self) -> Result<usize, ModelError> {
+        if let Some(v) = self.v4() {
+            return v.layers.iter().try_fold(0usize, |acc, l| {
+                acc.checked_add(v.cache_row(l.kind)?)
+                    .ok_or_else(|| cfg_err("num_hidden_layers", "cache values per token overflow"))
+            });
+        }
         mul(
             "num_hidden_layers",
             "num_hidden_layers × latent_dim",
@@ -367,7 +385,8 @@ impl Config {
     /// `head_dim^-0.5` for GQA models.
     pub fn softmax_scale(&self) -> Result<f32, ModelError> {
         let mut s = 1.0 / (self.qk_head_dim()? as f64).sqrt();
-        if let Some(y) = self.yarn() {
+        // V4 (`head_dim^-0.5`) takes no YaRN factor.
+        if let (Some(y), Some(_)) = (self.yarn(), self.mla()) {
             // DeepSeek's definition: only a non-zero mscale_all_dim enters the softmax scale.
             if y.mscale_all_dim != 0.0 {
                 let m = yarn_get_mscale(y.factor, y.mscale_all_dim);
@@ -428,6 +447,8 @@ impl Config {
                     &[m(h, d, s(h, &[q, kv])?)?, m(h, q, d)?, bias, m(h, 2, d)?],
                 )?
             }
+            // Counted over all layers below (their kinds differ).
+            Attention::V4(_) => 0,
         };
         let mlp = |field: &str, width: u64| m(field, m(field, 3, d)?, width);
         let dense = mlp("intermediate_size", n(self.intermediate_size))?;
@@ -449,7 +470,10 @@ impl Config {
         let l = "num_hidden_layers";
         let moe_layers = n(self.moe_layer_count());
         let dense_layers = n(self.num_hidden_layers) - moe_layers;
-        let layers = m(l, n(self.num_hidden_layers), attn)?;
+        let layers = match self.v4() {
+            Some(v) => self.v4_attention_parameters(v)?,
+            None => m(l, n(self.num_hidden_layers), attn)?,
+        };
         let dense = m(l, dense_layers, dense)?;
         let total = s(l, &[layers, dense, m(l, moe_layers, moe_total)?])?;
         let active = s(l, &[layers, dense, m(l, moe_layers, moe_active)?])?;

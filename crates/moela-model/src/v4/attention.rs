@@ -1,0 +1,278 @@
+//! DeepSeek-V4's attention (`DeepseekV4Attention`), the executable spec: per query, one pass over
+//! its keys (no fast path yet).
+//!
+//! - Query: `q_b(rms_norm(q_a x))`, then per head an RMSNorm without weight, then RoPE on the
+//!   trailing `qk_rope_head_dim` dims (interleaved pairs).
+//! - One shared head is both key and value: `rms_norm(kv x)` with RoPE, cached per token.
+//! - A query at `p` attends to its window (positions `p − sliding_window + 1 ..= p`) plus, in a
+//!   CSA layer, the indexer's choice of visible entries, in an HCA layer every visible entry
+//!   (`compressor.rs`); scores `q·k / √head_dim`; each head's learned sink logit joins the softmax
+//!   denominator only.
+//! - The output's rope dims are rotated back (RoPE at `p` with the negated angle), then the grouped
+//!   projection: group g's heads through rows `g·o_lora_rank..` of `o_a`, all groups through `o_b`.
+//!
+//! Sliding layers rotate with the main θ; CSA and HCA layers with the compressed θ and YaRN —
+//! queries, window keys and entries alike.
+
+use moela_kernels::{parallel_chunks, rms_norm_in_place, QMat};
+
+use crate::cache::{BatchCache, LayerView, SeqCache};
+use crate::model::{Attend, SeqInput, Step};
+use crate::rope::RopeTable;
+
+use super::V4Attention;
+
+/// `x · 1/sqrt(mean(x²) + eps)` (mean in f64), in place.
+fn unweighted_rms_norm(x: &mut [f32], eps: f32) {
+    let ms = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / x.len() as f64;
+    let inv = (1.0 / (ms + eps as f64).sqrt()) as f32;
+    x.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Copies `src`'s `[T, width]` rows into columns `at..at + width` of `rows` (`[T, row]`).
+fn put_cols(rows: &mut [f32], row: usize, at: usize, src: &[f32]) {
+    let width = src.len() / (rows.len() / row).max(1);
+    for (r, s) in rows.chunks_exact_mut(row).zip(src.chunks_exact(width)) {
+        r[at..at + width].copy_from_slice(s);
+    }
+}
+
+/// A new token: its sequence and position.
+#[derive(Clone, Copy)]
+struct Query {
+    seq: usize,
+    pos: usize,
+}
+
+impl V4Attention {
+    /// The `kv` and `gate` projections of a compressor for every row of `x`, into `rows`.
+    fn project(&self, comp: &super::Compressor, x: &[f32], rows: &mut [f32]) {
+        let [kv, gate] = QMat::forward_many([&comp.kv, &comp.gate], x);
+        let w = self.dims.row.width;
+        put_cols(rows, w, comp.cols.kv, &kv);
+        put_cols(rows, w, comp.cols.gate, &gate);
+    }
+
+    /// The entries the new tokens complete (`(token row, entry column, values)`), from the
+    /// projections now in `views`.
+    fn new_entries(
+        &self,
+        views: &[LayerView<'_>],
+        queries: &[Query],
+    ) -> Vec<(usize, usize, Vec<f32>)> {
+        let d = &self.dims;
+        let comps = [
+            self.compressor.as_ref(),
+            self.indexer.as_ref().map(|ix| &ix.compressor),
+        ];
+        let mut out = Vec::new();
+        for comp in comps.into_iter().flatten() {
+            for (t, q) in queries.iter().enumerate() {
+                if (q.pos + 1) % comp.ratio == 0 {
+                    let w = (q.pos + 1) / comp.ratio - 1;
+                    let e = comp.entry(&views[q.seq], w, &d.rope, d.rope_dim, d.eps);
+                    out.push((t, comp.cols.entry, e));
+                }
+            }
+        }
+        out
+    }
+
+    /// The compressed entries query `q` attends to (window indices, ascending): CSA's
+    /// selection, HCA's every visible entry, none in a sliding layer.
+    fn entries_for(&self, view: &LayerView<'_>, q: Query, iq: &[f32], iw: &[f32]) -> Vec<usize> {
+        match (&self.indexer, &self.compressor) {
+            (Some(ix), Some(c)) => {
+                let visible = (q.pos + 1) / c.ratio;
+                ix.select(&ix.scores(view, iq, iw, visible))
+            }
+            (None, Some(c)) => (0..(q.pos + 1) / c.ratio).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// One query's attention over its window and `entries`, every head: `[heads, head_dim]`
+    /// into `out`, the rope dims rotated back at the query's position (row `t` of `rope`).
+    fn attend_one(
+        &self,
+        view: &LayerView<'_>,
+        q: &[f32],
+        pos: usize,
+        entries: &[usize],
+        rope: (&RopeTable, usize),
+        out: &mut [f32],
+    ) {
+        let d = &self.dims;
+        let hd = d.head_dim;
+        let first = (pos + 1).saturating_sub(d.window);
+        let ratio = self.compressor.as_ref().map_or(1, |c| c.ratio);
+        let entry_col = self
+            .compressor
+            .as_ref()
+            .map_or(0, |c: &super::Compressor| c.cols.entry);
+        // Keys (= values): the window's rows, then the entries' rows.
+        let rows: Vec<(usize, usize)> = (first..=pos)
+            .map(|u| (u, 0))
+            .chain(entries.iter().map(|&w| ((w + 1) * ratio - 1, entry_col)))
+            .collect();
+        let mut keys = vec![0.0f32; rows.len() * hd];
+        for (k, &(u, col)) in keys.chunks_exact_mut(hd).zip(&rows) {
+            view.copy_row(u, col, k);
+        }
+        let mut p = vec![0.0f32; rows.len()];
+        for (head, (qh, oh)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
+            for (pk, k) in p.iter_mut().zip(keys.chunks_exact(hd)) {
+                *pk = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * d.scale;
+            }
+            let sink = self.sinks[head];
+            let max = p.iter().copied().fold(sink, f32::max);
+            let mut den = (sink - max).exp();
+            for v in p.iter_mut() {
+                *v = (*v - max).exp();
+                den += *v;
+            }
+            oh.fill(0.0);
+            for (&pk, k) in p.iter().zip(keys.chunks_exact(hd)) {
+                let w = pk / den;
+                oh.iter_mut().zip(k).for_each(|(o, &kv)| *o += w * kv);
+            }
+            rope.0.apply_inverse(rope.1, &mut oh[hd - d.rope_dim..]);
+        }
+    }
+}
+
+impl Attend for V4Attention {
+    fn attend(
+        &self,
+        step: &Step<'_>,
+        x: &[f32],
+        batch: &[SeqInput<'_>],
+        cache: &mut BatchCache<'_>,
+    ) -> Vec<f32> {
+        let d = &self.dims;
+        let (h, hd, rd) = (d.heads, d.head_dim, d.rope_dim);
+        let n_tok = step.positions.len();
+        let rope = d.rope.table(step.positions);
+        // Queries: [T, heads·head_dim], per-head norm and RoPE.
+        let mut q_res = self.q_a.forward(x); // [T, q_lora_rank]
+        rms_norm_in_place(&mut q_res, &self.q_a_norm, d.eps);
+        let mut q = self.q_b.forward(&q_res);
+        for (t, qt) in q.chunks_exact_mut(h * hd).enumerate() {
+            for qh in qt.chunks_exact_mut(hd) {
+                unweighted_rms_norm(qh, d.eps);
+                rope.apply(t, &mut qh[hd - rd..]);
+            }
+        }
+        step.record("q", &q);
+        // The cache rows of the new tokens, entries still empty: [T, row].
+        let width = d.row.width;
+        let mut rows = vec![0.0f32; n_tok * width];
+        let mut kv = self.kv.forward(x); // [T, head_dim]
+        rms_norm_in_place(&mut kv, &self.kv_norm, d.eps);
+        for (t, k) in kv.chunks_exact_mut(hd).enumerate() {
+            rope.apply(t, &mut k[hd - rd..]);
+        }
+        put_cols(&mut rows, width, 0, &kv);
+        step.record("kv", &kv);
+        if let Some(c) = &self.compressor {
+            self.project(c, x, &mut rows);
+        }
+        // The indexer's queries ([T, heads, dim], RoPE on the trailing rope dims) and head
+        // weights ([T, heads] × heads^-½).
+        let (mut iq, mut iw) = (Vec::new(), Vec::new());
+        if let Some(ix) = &self.indexer {
+            self.project(&ix.compressor, x, &mut rows);
+            let dim = ix.compressor.cols.dim;
+            iq = ix.q_b.forward(&q_res);
+            for (t, qt) in iq.chunks_exact_mut(ix.heads * dim).enumerate() {
+                for qh in qt.chunks_exact_mut(dim) {
+                    rope.apply(t, &mut qh[dim - rd..]);
+                }
+            }
+            iw = ix.weights_proj.forward(x);
+            let s = 1.0 / (ix.heads as f32).sqrt();
+            iw.iter_mut().for_each(|w| *w *= s);
+        }
+        let seqs: Vec<(&SeqCache, usize)> =
+            batch.iter().map(|s| (&*s.cache, s.tokens.len())).collect();
+        let queries: Vec<Query> = seqs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &(s, n))| (s.len()..s.len() + n).map(move |pos| Query { seq: i, pos }))
+            .collect();
+        // Write the rows, pool the windows the new tokens complete from what is cached, and
+        // write those entries into their completing rows.
+        let mut views = cache.write_and_view(&seqs, step.layer, &rows);
+        let entries = self.new_entries(&views, &queries);
+        if !entries.is_empty() {
+            drop(views);
+            for (t, col, e) in &entries {
+                rows[t * width + col..t * width + col + e.len()].copy_from_slice(e);
+            }
+            views = cache.write_and_view(&seqs, step.layer, &rows);
+        }
+        // Each query's compressed entries (CSA: the indexer's choice).
+        let mut chosen: Vec<Vec<usize>> = vec![Vec::new(); n_tok];
+        let idim = self.indexer.as_ref().map_or(0, |ix| ix.compressor.cols.dim);
+        let ih = self.indexer.as_ref().map_or(0, |ix| ix.heads);
+        // A rough multiply-add count (saturating: it only decides whether to use the pool).
+        let longest = step.positions.iter().max().map_or(1, |&p| p + 1);
+        let work = [longest, ih.max(1), idim.max(1)]
+            .iter()
+            .fold(n_tok, |w, &f| w.saturating_mul(f));
+        parallel_chunks(&mut chosen, 1, work, |t, c| {
+            let q = queries[t];
+            let iq_t = iq.get(t * ih * idim..(t + 1) * ih * idim).unwrap_or(&[]);
+            let iw_t = iw.get(t * ih..(t + 1) * ih).unwrap_or(&[]);
+            c[0] = self.entries_for(&views[q.seq], q, iq_t, iw_t);
+        });
+        if step.tracing() && self.indexer.is_some() {
+            let k = self.indexer.as_ref().map_or(0, |ix| ix.topk);
+            let mut table = vec![-1.0f32; n_tok * k];
+            for (t, c) in chosen.iter().enumerate() {
+                for (slot, &w) in table[t * k..(t + 1) * k].iter_mut().zip(c) {
+                    *slot = w as f32;
+                }
+            }
+            step.record("index_topk", &table);
+        }
+        // Attention, one query per task: [T, heads·head_dim].
+        let mut heads = vec![0.0f32; n_tok * h * hd];
+        let keys = d.window + chosen.iter().map(Vec::len).max().unwrap_or(0);
+        let work = [keys, h, hd, 2]
+            .iter()
+            .fold(n_tok, |w, &f| w.saturating_mul(f));
+        parallel_chunks(&mut heads, h * hd, work, |t, out| {
+            let q_t = &q[t * h * hd..(t + 1) * h * hd];
+            let qy = queries[t];
+            self.attend_one(&views[qy.seq], q_t, qy.pos, &chosen[t], (&rope, t), out);
+        });
+        drop(views);
+        step.record("heads", &heads);
+        self.output(&heads, n_tok)
+    }
+}
+
+impl V4Attention {
+    /// The grouped output projection of `[T, heads·head_dim]`: `[T, hidden]`.
+    fn output(&self, heads: &[f32], n_tok: usize) -> Vec<f32> {
+        let d = &self.dims;
+        let group_in = heads.len() / n_tok.max(1) / d.o_groups;
+        let r = d.o_lora_rank;
+        let mut mid = vec![0.0f32; n_tok * d.o_groups * r]; // [T, groups·o_lora_rank]
+        let mut x = vec![0.0f32; n_tok * group_in];
+        let mut y = vec![0.0f32; n_tok * r];
+        for g in 0..d.o_groups {
+            for (t, xt) in x.chunks_exact_mut(group_in).enumerate() {
+                let at = (t * d.o_groups + g) * group_in;
+                xt.copy_from_slice(&heads[at..at + group_in]);
+            }
+            self.o_a.matmul_rows(g * r, r, &x, n_tok, &mut y);
+            for (t, yt) in y.chunks_exact(r).enumerate() {
+                let at = (t * d.o_groups + g) * r;
+                mid[at..at + r].copy_from_slice(yt);
+            }
+        }
+        self.o_b.forward(&mid)
+    }
+}
