@@ -3,6 +3,8 @@
 //! inputs). Both are read as stored: FP8 stays FP8 (its power-of-two scales become the f32
 //! block scales the FP8 kernels take), FP4 is repacked bit for bit into GGUF's `MXFP4` blocks.
 
+use std::collections::HashMap;
+
 use moela_kernels::fp::e8m0_to_f32;
 use moela_kernels::mxfp4::QK_MXFP4;
 use moela_model::ModelError;
@@ -40,9 +42,263 @@ pub(crate) fn fp4_codes(dtype: &str, shape: &[usize], rows: usize, cols: usize) 
     }
 }
 
+/// transformers' renames of DeepSeek-V4's release names (its conversion mapping for
+/// `deepseek_v4`), applied in order to every occurrence: `(from, to)`; a `from` starting with `^`
+/// only matches at the start.
+const V4_RENAMES: &[(&str, &str)] = &[
+    (".attn.", ".self_attn."),
+    (".ffn.", ".mlp."),
+    (".indexer.compressor.", ".compressor.indexer."),
+    ("^embed.weight", "embed_tokens.weight"),
+    ("^head.weight", "lm_head.weight"),
+    ("^hc_head_fn", "hc_head.hc_fn"),
+    ("^hc_head_base", "hc_head.hc_base"),
+    ("^hc_head_scale", "hc_head.hc_scale"),
+    (".attn_norm.", ".input_layernorm."),
+    (".ffn_norm.", ".post_attention_layernorm."),
+    (".hc_attn_fn", ".attn_hc.fn"),
+    (".hc_attn_base", ".attn_hc.base"),
+    (".hc_attn_scale", ".attn_hc.scale"),
+    (".hc_ffn_fn", ".ffn_hc.fn"),
+    (".hc_ffn_base", ".ffn_hc.base"),
+    (".hc_ffn_scale", ".ffn_hc.scale"),
+    (".attn_sink", ".sinks"),
+    (
+        ".indexer.weights_proj.",
+        ".compressor.indexer.scorer.weights_proj.",
+    ),
+    (".indexer.wq_b.", ".compressor.indexer.q_b_proj."),
+    (".norm.", ".kv_norm."),
+    (".ape", ".position_bias"),
+    (".wq_a.", ".q_a_proj."),
+    (".self_attn.wq_b.", ".self_attn.q_b_proj."),
+    (".wkv.", ".kv_proj."),
+    (".wgate.", ".gate_proj."),
+    (".wo_a.", ".o_a_proj."),
+    (".wo_b.", ".o_b_proj."),
+    (".q_norm.", ".q_a_norm."),
+    (".gate.bias", ".gate.e_score_correction_bias"),
+    (".shared_experts.w1.", ".shared_experts.gate_proj."),
+    (".shared_experts.w2.", ".shared_experts.down_proj."),
+    (".shared_experts.w3.", ".shared_experts.up_proj."),
+];
+
+/// The name transformers gives DeepSeek-V4 release tensor `release` (its state-dict name: the
+/// renames, then `model.` before everything but the head).
+pub(crate) fn v4_transformers_name(release: &str) -> String {
+    let mut n = release.to_string();
+    for (from, to) in V4_RENAMES {
+        match from.strip_prefix('^') {
+            Some(f) => {
+                if let Some(rest) = n.strip_prefix(f) {
+                    n = format!("{to}{rest}");
+                }
+            }
+            None => n = n.replace(from, to),
+        }
+    }
+    match n.starts_with("lm_head.") {
+        true => n,
+        false => format!("model.{n}"),
+    }
+}
+
+/// A DeepSeek-V4 checkpoint in the release's own names, read by the names the model asks for
+/// (transformers'): every stored tensor under its transformers name, and the routed experts,
+/// stored one matrix per expert (`layers.N.ffn.experts.E.w1/w2/w3`), read where the model asks
+/// for rows of transformers' stacked `mlp.experts.gate_up_proj` / `down_proj`.
+pub(crate) struct V4ReleaseNames {
+    stored: HashMap<String, String>,
+}
+
+impl V4ReleaseNames {
+    /// The names of a checkpoint holding `tensors`, if it is in DeepSeek's release layout (its
+    /// embedding is `embed.weight`).
+    pub(crate) fn detect<'a>(tensors: impl Iterator<Item = &'a str> + Clone) -> Option<Self> {
+        if !tensors.clone().any(|t| t == "embed.weight") {
+            return None;
+        }
+        let stored = tensors
+            .filter(|t| !t.ends_with(".scale")) // FP8/FP4 scales go with their weights
+            .map(|t| (v4_transformers_name(t), t.to_string()))
+            .collect();
+        Some(V4ReleaseNames { stored })
+    }
+
+    /// The stored name of requested tensor `name` (itself when it is not one of the renamed).
+    pub(crate) fn stored<'a>(&'a self, name: &'a str) -> &'a str {
+        self.stored.get(name).map_or(name, String::as_str)
+    }
+
+    /// For rows `first..first + rows` of a stacked expert tensor (`…mlp.experts.gate_up_proj`
+    /// `[E, 2·w, d]`: one expert's gate or up rows; `…mlp.experts.down_proj` `[E, d, w]`: one
+    /// expert's rows), the stored per-expert matrix: `(name, rows, cols)`. `None` for other
+    /// names; an error for a row range that is not one expert's whole projection.
+    pub(crate) fn expert(
+        &self,
+        name: &str,
+        shape: &[usize],
+        first: usize,
+        rows: usize,
+    ) -> Option<Result<(String, usize, usize), ModelError>> {
+        let layer = name.strip_prefix("model.layers.")?;
+        let (layer, proj) = layer.split_once(".mlp.experts.")?;
+        let &[_, per, cols] = shape else {
+            return None;
+        };
+        let bad = || ModelError::Tensor {
+            name: name.to_string(),
+            msg: format!("rows {first}+{rows} are not one expert's projection of {shape:?}"),
+        };
+        let (e, which) = match proj {
+            "gate_up_proj"
+                if per.is_multiple_of(2) && rows == per / 2 && first.is_multiple_of(rows) =>
+            {
+                let gate = first.is_multiple_of(per);
+                (first / per, if gate { "w1" } else { "w3" })
+            }
+            "down_proj" if rows == per && first.is_multiple_of(per) => (first / per, "w2"),
+            "gate_up_proj" | "down_proj" => return Some(Err(bad())),
+            _ => return None,
+        };
+        Some(Ok((
+            format!("layers.{layer}.ffn.experts.{e}.{which}.weight"),
+            rows,
+            cols,
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every name of the release listed in DeepSeek-V4's spec maps to the state-dict name
+    /// transformers loads it under.
+    #[test]
+    fn release_names_map_to_transformers_names() {
+        for (release, hf) in [
+            ("embed.weight", "model.embed_tokens.weight"),
+            ("head.weight", "lm_head.weight"),
+            ("norm.weight", "model.norm.weight"),
+            ("hc_head_fn", "model.hc_head.hc_fn"),
+            (
+                "layers.0.attn_norm.weight",
+                "model.layers.0.input_layernorm.weight",
+            ),
+            (
+                "layers.0.ffn_norm.weight",
+                "model.layers.0.post_attention_layernorm.weight",
+            ),
+            ("layers.2.hc_attn_base", "model.layers.2.attn_hc.base"),
+            ("layers.2.hc_ffn_scale", "model.layers.2.ffn_hc.scale"),
+            (
+                "layers.1.attn.wq_a.weight",
+                "model.layers.1.self_attn.q_a_proj.weight",
+            ),
+            (
+                "layers.1.attn.q_norm.weight",
+                "model.layers.1.self_attn.q_a_norm.weight",
+            ),
+            (
+                "layers.1.attn.wq_b.weight",
+                "model.layers.1.self_attn.q_b_proj.weight",
+            ),
+            (
+                "layers.1.attn.wkv.weight",
+                "model.layers.1.self_attn.kv_proj.weight",
+            ),
+            (
+                "layers.1.attn.kv_norm.weight",
+                "model.layers.1.self_attn.kv_norm.weight",
+            ),
+            (
+                "layers.1.attn.wo_a.weight",
+                "model.layers.1.self_attn.o_a_proj.weight",
+            ),
+            (
+                "layers.1.attn.wo_b.weight",
+                "model.layers.1.self_attn.o_b_proj.weight",
+            ),
+            ("layers.1.attn.attn_sink", "model.layers.1.self_attn.sinks"),
+            (
+                "layers.1.attn.compressor.wkv.weight",
+                "model.layers.1.self_attn.compressor.kv_proj.weight",
+            ),
+            (
+                "layers.1.attn.compressor.wgate.weight",
+                "model.layers.1.self_attn.compressor.gate_proj.weight",
+            ),
+            (
+                "layers.1.attn.compressor.ape",
+                "model.layers.1.self_attn.compressor.position_bias",
+            ),
+            (
+                "layers.1.attn.compressor.norm.weight",
+                "model.layers.1.self_attn.compressor.kv_norm.weight",
+            ),
+            (
+                "layers.1.attn.indexer.wq_b.weight",
+                "model.layers.1.self_attn.compressor.indexer.q_b_proj.weight",
+            ),
+            (
+                "layers.1.attn.indexer.weights_proj.weight",
+                "model.layers.1.self_attn.compressor.indexer.scorer.weights_proj.weight",
+            ),
+            (
+                "layers.1.attn.indexer.compressor.wkv.weight",
+                "model.layers.1.self_attn.compressor.indexer.kv_proj.weight",
+            ),
+            (
+                "layers.1.attn.indexer.compressor.ape",
+                "model.layers.1.self_attn.compressor.indexer.position_bias",
+            ),
+            ("layers.0.ffn.gate.weight", "model.layers.0.mlp.gate.weight"),
+            (
+                "layers.2.ffn.gate.bias",
+                "model.layers.2.mlp.gate.e_score_correction_bias",
+            ),
+            (
+                "layers.0.ffn.gate.tid2eid",
+                "model.layers.0.mlp.gate.tid2eid",
+            ),
+            (
+                "layers.0.ffn.shared_experts.w1.weight",
+                "model.layers.0.mlp.shared_experts.gate_proj.weight",
+            ),
+            (
+                "layers.0.ffn.shared_experts.w2.weight",
+                "model.layers.0.mlp.shared_experts.down_proj.weight",
+            ),
+        ] {
+            assert_eq!(v4_transformers_name(release), hf, "{release}");
+        }
+    }
+
+    #[test]
+    fn stacked_expert_rows_are_per_expert_matrices() {
+        let names = V4ReleaseNames::detect(["embed.weight"].into_iter()).unwrap();
+        let gu = "model.layers.2.mlp.experts.gate_up_proj";
+        let (w, d) = (32, 64);
+        let at = |first, rows| names.expert(gu, &[6, 2 * w, d], first, rows);
+        assert_eq!(
+            at(2 * w * 3, w).unwrap().unwrap(),
+            ("layers.2.ffn.experts.3.w1.weight".into(), w, d)
+        );
+        assert_eq!(
+            at(2 * w * 3 + w, w).unwrap().unwrap().0,
+            "layers.2.ffn.experts.3.w3.weight"
+        );
+        let down = names.expert("model.layers.2.mlp.experts.down_proj", &[6, d, w], 5 * d, d);
+        assert_eq!(
+            down.unwrap().unwrap(),
+            ("layers.2.ffn.experts.5.w2.weight".into(), d, w)
+        );
+        assert!(at(5, w).unwrap().is_err(), "not an expert's boundary");
+        assert!(names
+            .expert("model.layers.2.mlp.gate.weight", &[6, 2, 3], 0, 1)
+            .is_none());
+    }
 
     #[test]
     fn scale_names() {

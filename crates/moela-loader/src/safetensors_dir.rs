@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use moela_kernels::mmap::{map_readonly, Mmap};
 use moela_kernels::{DType, Placement, QMat, Storage, FP8_BLOCK};
-use moela_model::{Config, KvType, Model, ModelError, WeightSource};
+use moela_model::{Config, KvType, Model, ModelError, ModelType, WeightSource};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::LoadError;
 use crate::progress::LoadProgress;
-use crate::release;
+use crate::release::{self, V4ReleaseNames};
 
 /// How to load a model.
 #[derive(Clone, Debug, Default)]
@@ -191,10 +191,17 @@ impl Checkpoint {
                 ));
             }
         }
+        let names = match self.config.model_type {
+            ModelType::DeepseekV4 => {
+                V4ReleaseNames::detect(self.tensors.keys().map(String::as_str))
+            }
+            _ => None,
+        };
         let mut src = Source {
             ckpt: self,
             quant: opts.quant,
             placement: opts.placement,
+            names,
         };
         let mut bar = LoadProgress::new(opts.progress);
         let mut m = Model::load(self.config.clone(), &mut src, &mut |d, t| bar.update(d, t))
@@ -357,6 +364,15 @@ struct Source<'a> {
     ckpt: &'a Checkpoint,
     quant: Option<DType>,
     placement: Placement,
+    /// DeepSeek-V4 in the release's own names: where each requested name is stored.
+    names: Option<V4ReleaseNames>,
+}
+
+impl Source<'_> {
+    /// Where tensor `name` (as the model asks for it) is stored.
+    fn stored<'n>(&'n self, name: &'n str) -> &'n str {
+        self.names.as_ref().map_or(name, |n| n.stored(name))
+    }
 }
 
 fn stored_dtype(name: &str) -> Option<DType> {
@@ -375,17 +391,18 @@ impl WeightSource for Source<'_> {
     }
 
     fn load(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
-        self.ckpt.tensor_f32(name, shape)
+        self.ckpt.tensor_f32(self.stored(name), shape)
     }
 
     fn contains(&self, name: &str) -> bool {
-        self.ckpt.tensors.contains_key(name)
+        self.ckpt.tensors.contains_key(self.stored(name))
     }
 
-    /// The stored bytes, mapped without copying (FP8 with its block scales), optionally
-    /// quantized.
+    /// The stored bytes, mapped without copying (FP8 with its block scales, FP4 experts
+    /// repacked), optionally quantized.
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
-        requantize(self.ckpt.matrix(name, rows, cols)?, name, self.quant)
+        let stored = self.stored(name);
+        requantize(self.ckpt.matrix(stored, rows, cols)?, stored, self.quant)
     }
 
     /// Rows of a float tensor, mapped without copying (one expert of a stacked tensor),
@@ -397,6 +414,15 @@ impl WeightSource for Source<'_> {
         first: usize,
         rows: usize,
     ) -> Result<QMat, ModelError> {
+        // The release stores one matrix per expert and projection.
+        if let Some(e) = self
+            .names
+            .as_ref()
+            .and_then(|n| n.expert(name, shape, first, rows))
+        {
+            let (stored, rows, cols) = e?;
+            return requantize(self.ckpt.matrix(&stored, rows, cols)?, &stored, self.quant);
+        }
         let t = self.ckpt.checked(name, shape)?;
         let err = |msg: String| ModelError::Tensor {
             name: name.into(),
@@ -430,7 +456,7 @@ impl WeightSource for Source<'_> {
 
     /// An I64 or I32 tensor (DeepSeek-V4's `tid2eid`).
     fn load_ints(&mut self, name: &str, shape: &[usize]) -> Result<Vec<i64>, ModelError> {
-        let t = self.ckpt.checked(name, shape)?;
+        let t = self.ckpt.checked(self.stored(name), shape)?;
         let bytes = &self.ckpt.shards[t.shard].map[t.start..t.end];
         match t.dtype.as_str() {
             "I64" => Ok(bytes

@@ -197,8 +197,15 @@ fn bad_values_name_their_field() {
         &with(r(), "compress_rope_theta", json!(0.5)),
         "compress_rope_theta",
     );
-    let q = json!({"quant_method":"fp8","fmt":"e4m3","scale_fmt":"ue8m0"});
-    refused(&with(t(), "quantization_config", q), "quantization_config");
+    // The release's FP8 declaration is read (128×128 blocks); another method is refused.
+    let q = json!({"quant_method":"fp8","fmt":"e4m3","scale_fmt":"ue8m0","weight_block_size":[128,128]});
+    let c = moela_model::Config::from_hf_value(&with(t(), "quantization_config", q)).unwrap();
+    assert_eq!(c.fp8_block, Some([128, 128]));
+    let q = json!({"quant_method":"gptq"});
+    refused(
+        &with(t(), "quantization_config", q),
+        "quantization_config.quant_method",
+    );
     let linear = json!({"type":"linear","factor":2.0});
     refused(&with(r(), "rope_scaling", linear), "rope_scaling");
     // √softplus routing is V4's.

@@ -446,13 +446,7 @@ impl RawConfig {
         let Some(q) = &self.quantization_config else {
             return Ok(None);
         };
-        if model_type == ModelType::DeepseekV4 {
-            return Err(cfg_err(
-                "quantization_config",
-                "quantized DeepSeek-V4 checkpoints (FP8/FP4 release format) are not supported yet",
-            ));
-        }
-        if !model_type.is_mla() {
+        if !model_type.is_mla() && model_type != ModelType::DeepseekV4 {
             return Err(cfg_err(
                 "quantization_config",
                 "quantized Qwen2/Llama checkpoints are not supported (use a GGUF file or --quant)",
