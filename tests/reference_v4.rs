@@ -8,8 +8,11 @@
 
 mod common;
 
-use common::{case_dir, floats, golden, ids, max_abs_diff, nll_from_logits};
-use moela_engine::{greedy_tokens, Engine, EngineConfig, Event, Request};
+use common::{
+    case_dir, floats, golden, hidden_f64 as hidden, ids, max_abs_diff, max_diff32, nll_from_logits,
+    to64, trace_get as get,
+};
+use moela_engine::{greedy_tokens, Engine, EngineConfig};
 use moela_loader::Checkpoint;
 use moela_model::weights::{Ffn, LayerAttention};
 use moela_model::{
@@ -32,63 +35,12 @@ fn load_with(edit: impl FnOnce(&mut Config)) -> Model {
     ck.load_model(false).unwrap()
 }
 
-/// Runs `tokens` through `cache` in one forward call; its logits (`Logits::All`).
 fn step(m: &Model, cache: &mut SeqCache, tokens: &[u32]) -> Vec<f32> {
-    let mut s = [SeqInput {
-        tokens,
-        cache,
-        logits: Logits::All,
-    }];
-    m.forward(&mut s, &ForwardOptions::default())
-        .unwrap()
-        .remove(0)
+    common::forward_all(m, cache, tokens, &ForwardOptions::default())
 }
 
-/// One prefill of `tokens`: logits of every position and the trace.
 fn traced(m: &Model, tokens: &[u32]) -> (Vec<f32>, Trace) {
-    let mut cache = m.new_cache();
-    let mut trace = Vec::new();
-    let mut s = [SeqInput {
-        tokens,
-        cache: &mut cache,
-        logits: Logits::All,
-    }];
-    let logits = m
-        .forward_traced(&mut s, &ForwardOptions::default(), Some(&mut trace))
-        .unwrap()
-        .remove(0);
-    (logits, trace)
-}
-
-fn get<'a>(trace: &'a Trace, name: &str) -> &'a [f32] {
-    &trace
-        .iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("no {name} in the trace"))
-        .1
-}
-
-/// Tensor `name` of `hidden.safetensors` as f64 (F32 or I32 stored).
-fn hidden(st: &SafeTensors<'_>, name: &str) -> Vec<f64> {
-    let t = st.tensor(name).unwrap();
-    let words = t.data().chunks_exact(4).map(|b| [b[0], b[1], b[2], b[3]]);
-    match t.dtype() {
-        safetensors::Dtype::F32 => words.map(|w| f32::from_le_bytes(w) as f64).collect(),
-        safetensors::Dtype::I32 => words.map(|w| i32::from_le_bytes(w) as f64).collect(),
-        d => panic!("{name}: unexpected {d:?}"),
-    }
-}
-
-fn to64(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
-
-fn max_diff32(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    common::prefill_traced(m, tokens, &ForwardOptions::default())
 }
 
 /// Max |ΔNLL| of `logits` (every position of nll_tokens) against the golden.
@@ -440,28 +392,7 @@ fn the_engine_generates_the_reference_tokens_beside_other_requests() {
             ..Default::default()
         },
     );
-    let mut run = |prompts: &[Vec<u32>], n: usize| -> Vec<Vec<u32>> {
-        let mut rxs: Vec<_> = prompts
-            .iter()
-            .map(|p| engine.submit(Request::new(p.clone(), n)).unwrap())
-            .collect();
-        while !engine.is_idle() {
-            engine.step();
-        }
-        rxs.iter_mut()
-            .map(|rx| {
-                let mut ids = Vec::new();
-                while let Ok(ev) = rx.try_recv() {
-                    match ev {
-                        Event::Token(t) => ids.push(t.id),
-                        Event::Error(e) => panic!("{e}"),
-                        _ => {}
-                    }
-                }
-                ids
-            })
-            .collect()
-    };
+    let mut run = |prompts: &[Vec<u32>], n: usize| common::run_together(&mut engine, prompts, n);
     let greedy = ids(&g["greedy_prompt"]);
     let a = nll[..141].to_vec();
     let out = run(&[greedy, a.clone(), nll[50..53].to_vec()], 24);

@@ -149,3 +149,100 @@ pub fn assert_quantize_refused(case: &str, needles: &[&str]) {
     }
     assert!(!out.exists());
 }
+
+/// Submits `prompts` to `engine` together (`n` tokens each), steps it until idle, and returns
+/// each prompt's generated ids.
+pub fn run_together(
+    engine: &mut moela_engine::Engine,
+    prompts: &[Vec<u32>],
+    n: usize,
+) -> Vec<Vec<u32>> {
+    use moela_engine::{Event, Request};
+    let mut rxs: Vec<_> = prompts
+        .iter()
+        .map(|p| engine.submit(Request::new(p.clone(), n)).unwrap())
+        .collect();
+    while !engine.is_idle() {
+        engine.step();
+    }
+    rxs.iter_mut()
+        .map(|rx| {
+            let mut ids = Vec::new();
+            while let Ok(ev) = rx.try_recv() {
+                match ev {
+                    Event::Token(t) => ids.push(t.id),
+                    Event::Error(e) => panic!("{e}"),
+                    _ => {}
+                }
+            }
+            ids
+        })
+        .collect()
+}
+
+/// Runs `tokens` through `cache` in one forward call; its logits (`Logits::All`).
+pub fn forward_all(
+    m: &moela_model::Model,
+    cache: &mut moela_model::SeqCache,
+    tokens: &[u32],
+    o: &moela_model::ForwardOptions,
+) -> Vec<f32> {
+    let mut s = [moela_model::SeqInput {
+        tokens,
+        cache,
+        logits: moela_model::Logits::All,
+    }];
+    m.forward(&mut s, o).unwrap().remove(0)
+}
+
+/// One prefill of `tokens` in a fresh cache: the logits of every position and the trace.
+pub fn prefill_traced(
+    m: &moela_model::Model,
+    tokens: &[u32],
+    o: &moela_model::ForwardOptions,
+) -> (Vec<f32>, moela_model::Trace) {
+    let mut cache = m.new_cache();
+    let mut trace = Vec::new();
+    let mut s = [moela_model::SeqInput {
+        tokens,
+        cache: &mut cache,
+        logits: moela_model::Logits::All,
+    }];
+    let logits = m
+        .forward_traced(&mut s, o, Some(&mut trace))
+        .unwrap()
+        .remove(0);
+    (logits, trace)
+}
+
+/// The recorded tensor `name` of a trace.
+pub fn trace_get<'a>(trace: &'a moela_model::Trace, name: &str) -> &'a [f32] {
+    &trace
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no {name} in the trace"))
+        .1
+}
+
+/// Tensor `name` of a fixture's `hidden.safetensors` as f64 (F32 or I32 stored).
+pub fn hidden_f64(st: &safetensors::SafeTensors<'_>, name: &str) -> Vec<f64> {
+    let t = st.tensor(name).unwrap();
+    let words = t.data().chunks_exact(4).map(|b| [b[0], b[1], b[2], b[3]]);
+    match t.dtype() {
+        safetensors::Dtype::F32 => words.map(|w| f32::from_le_bytes(w) as f64).collect(),
+        safetensors::Dtype::I32 => words.map(|w| i32::from_le_bytes(w) as f64).collect(),
+        d => panic!("{name}: unexpected {d:?}"),
+    }
+}
+
+pub fn to64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+pub fn max_diff32(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
