@@ -253,7 +253,8 @@ impl QMat {
     }
 
     /// [`QMat::matmul`] with rows `r0..r0 + nr` only: `y[n, nr]` (e.g. one head's block of a
-    /// per-head stacked matrix). A packed matrix needs `r0` and `nr` in whole groups of 8.
+    /// per-head stacked matrix). A packed matrix needs `r0` and `nr` in whole groups of 8, an FP8
+    /// one `r0` on a 128-row scale block.
     pub fn matmul_rows(&self, r0: usize, nr: usize, x: &[f32], n: usize, y: &mut [f32]) {
         assert!(
             r0 + nr <= self.rows,
@@ -266,16 +267,21 @@ impl QMat {
                     && nr.is_multiple_of(crate::pack::PACK_ROWS)),
             "matmul_rows: packed rows {r0}+{nr} are not whole groups"
         );
+        let fp8 = self.dtype == DType::F8E4M3Block128;
         assert!(
-            self.dtype != DType::F8E4M3Block128,
-            "matmul_rows: fp8 scales are per 128 rows"
+            !fp8 || r0.is_multiple_of(FP8_BLOCK),
+            "matmul_rows: fp8 rows must start on a 128-row scale block, not at {r0}"
         );
         let rb = self.row_bytes();
-        let w = WeightRef {
+        let mut w = WeightRef {
             bytes: &self.bytes()[r0 * rb..(r0 + nr) * rb],
             rows: nr,
             ..self.weight_ref()
         };
+        if fp8 {
+            // The rows' scale blocks: from block row r0/128 on.
+            w.scales = &w.scales[(r0 / FP8_BLOCK) * self.cols.div_ceil(FP8_BLOCK)..];
+        }
         kernels::gemm(kernels::best(), &w, x, n, y)
     }
 
@@ -531,6 +537,33 @@ mod tests {
         let got = QMat::forward_many([&ws[0], &ws[1], &ws[2], &ws[3]], &x);
         for (w, y) in ws.iter().zip(&got) {
             assert_eq!(y, &w.forward(&x), "{}", w.dtype.name());
+        }
+    }
+
+    /// Rows of an FP8 matrix from a 128-row block on use their own blocks' scales: the same
+    /// outputs as those rows of the whole product (each block scaled differently).
+    #[test]
+    fn fp8_matmul_rows_from_a_scale_block() {
+        let (rows, cols, n) = (300, 200, 3);
+        let w: Vec<f32> = data(rows * cols)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * (1 << ((i / cols) / 128 * 3 + (i % cols) / 128)) as f32)
+            .collect();
+        let q = QMat::from_f32(DType::F8E4M3Block128, rows, cols, &w).unwrap();
+        let x = data(n * cols);
+        let mut full = vec![0.0; n * rows];
+        q.matmul(&x, n, &mut full);
+        for (r0, nr) in [(0, 300), (128, 100), (128, 172), (256, 44)] {
+            let mut y = vec![0.0; n * nr];
+            q.matmul_rows(r0, nr, &x, n, &mut y);
+            for t in 0..n {
+                assert_eq!(
+                    y[t * nr..(t + 1) * nr],
+                    full[t * rows + r0..t * rows + r0 + nr],
+                    "rows {r0}+{nr}, token {t}"
+                );
+            }
         }
     }
 

@@ -4,7 +4,7 @@
 //! (each expert's gate rows, then its up rows) and `mlp.experts.down_proj`
 //! `[experts, hidden, width]`, read one expert at a time ([`WeightSource::matrix_rows`]).
 
-use moela_kernels::{DType, QMat};
+use moela_kernels::{DType, QMat, FP8_BLOCK};
 
 use super::{
     Compressor, HyperConnection, HyperHead, LayerHyper, RowLayout, V4Attention, V4Dims, V4Indexer,
@@ -129,8 +129,16 @@ pub(crate) fn load_attention(
     let q_rows = cfg.q_rows()?;
     let o_rank = v.o_rank()?;
     let o_a_name = at(p, names::O_A);
-    // Kept as stored and unpacked: the grouped product takes it by row ranges.
+    // Kept as stored and unpacked: the grouped product takes it by row ranges. FP8 rows can
+    // only be taken from a 128-row scale block on; groups that do not start on one (tiny models:
+    // V4's o_lora_rank is 1024) get the exact f32 values their blocks decode to.
     let o_a = src.matrix(&o_a_name, o_rank, v.o_group_cols(h)?)?;
+    let o_a = match o_a.dtype {
+        DType::F8E4M3Block128 if !v.o_lora_rank.is_multiple_of(FP8_BLOCK) => {
+            QMat::from_mat(DType::F32, &o_a.to_f32()).map_err(|e| tensor_err(&o_a_name, e))?
+        }
+        _ => o_a,
+    };
     let compressor = match (v.ratio(kind), row.compressor) {
         (Some(ratio), Some(cols)) => Some(load_compressor(
             src,

@@ -1,0 +1,86 @@
+//! DeepSeek-V4 as DeepSeek releases it (`tests/fixtures/models/v4_release`, written by
+//! `tools/make_v4_fixtures.py --case v4_release`): DeepSeek's own tensor names, FP8 e4m3 with ue8m0
+//! 128×128 block scales (`<stem>.scale`, multi-block grids with partial edge blocks), routed experts
+//! in FP4 e2m1 (I8 codes + one ue8m0 scale per 32 inputs), the release config spelling
+//! (`compress_ratios`, `num_hash_layers`, `quantization_config`, `expert_dtype`). The golden comes
+//! from transformers 5.25 in float64 on exactly the values the stored tensors decode to.
+//! Checked: per-token NLL, greedy tokens, last logits, and that the matrices stay in their
+//! stored types (FP8 kept, FP4 repacked to MXFP4, nothing expanded to f32).
+
+mod common;
+
+use common::{case_dir, floats, golden, ids, max_abs_diff, nll_from_logits};
+use moela_engine::greedy_tokens;
+use moela_kernels::DType;
+use moela_loader::Checkpoint;
+use moela_model::weights::{Ffn, LayerAttention};
+use moela_model::{ForwardOptions, Model, ModelType, TensorRef};
+
+const CASE: &str = "v4_release";
+
+fn load() -> Model {
+    Checkpoint::open(&case_dir(CASE))
+        .unwrap()
+        .load_model(false)
+        .unwrap()
+}
+
+#[test]
+fn release_config_reads_as_the_v4_layer_kinds() {
+    let m = load();
+    let c = &m.config;
+    assert_eq!(c.model_type, ModelType::DeepseekV4);
+    assert_eq!(c.fp8_block, Some([128, 128]));
+    assert_eq!(c.num_hidden_layers, 3);
+    assert!(matches!(m.weights.layers[1].attn, LayerAttention::V4(_)));
+}
+
+#[test]
+fn release_storage_is_computed_as_stored() {
+    let m = load();
+    // FP8 projections stay FP8; FP4 experts are MXFP4 blocks.
+    let named: Vec<(String, DType)> = m
+        .weights
+        .named_tensors()
+        .into_iter()
+        .filter_map(|(n, t)| match t {
+            TensorRef::Matrix(q) => Some((n, q.dtype)),
+            TensorRef::Vector(_) => None,
+        })
+        .collect();
+    let dtypes: Vec<DType> = named.iter().map(|(_, d)| *d).collect();
+    assert!(dtypes.contains(&DType::F8E4M3Block128), "{named:?}");
+    let Ffn::Moe(moe) = &m.weights.layers[2].ffn else {
+        panic!("layer 2 is MoE")
+    };
+    let e = moe.experts.iter().next().unwrap();
+    assert_eq!(
+        (e.gate.dtype, e.up.dtype, e.down.dtype),
+        (DType::MXFP4, DType::MXFP4, DType::MXFP4)
+    );
+}
+
+#[test]
+fn nll_greedy_and_last_logits_match_reference() {
+    let (m, g) = (load(), golden(CASE));
+    let tokens = ids(&g["nll_tokens"]);
+    let (logits, _) = common::prefill_traced(&m, &tokens, &ForwardOptions::default());
+    let v = m.config.vocab_size;
+    let got = nll_from_logits(&logits, &tokens, v);
+    let err = max_abs_diff(&got, &floats(&g["nll"]));
+    println!(
+        "v4_release one prefill: max |ΔNLL| = {err:.2e} over {} tokens",
+        got.len()
+    );
+    assert!(err < 1e-4, "max |ΔNLL| = {err}");
+    let last = &logits[logits.len() - v..];
+    let want = floats(&g["last_logits"]);
+    let d = max_abs_diff(&common::to64(last), &want);
+    assert!(d < 1e-3, "last logits differ by {d}");
+    let greedy = greedy_tokens(
+        &m,
+        &ids(&g["greedy_prompt"]),
+        ids(&g["greedy_tokens"]).len(),
+    );
+    assert_eq!(greedy.unwrap(), ids(&g["greedy_tokens"]));
+}
