@@ -330,7 +330,7 @@ fn the_engine_generates_the_reference_tokens_beside_other_requests() {
 }
 
 /// The same checkpoint converted by llama.cpp's own converter (b11434, architecture
-/// `deepseek32`: `tools/make_gguf_v32_fixture.py`): the config read back from its metadata
+/// `deepseek32`: `tools/make_gguf_converter_fixtures.py`): the config read back from its metadata
 /// (indexer keys, NextN layers counted in `block_count`), per-token NLL within 1e-4 in both MLA
 /// forms, the greedy continuation, and the tokenizer rebuilt from the file.
 #[test]

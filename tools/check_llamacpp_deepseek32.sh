@@ -31,17 +31,8 @@ m.CONFIG["index_head_dim"] = 64  # llama.cpp's smallest indexer rotation
 m.CONFIG["index_n_heads"] = 8
 print("seed", m.run(Path(sys.argv[1]))["seed"])
 EOF
-"$CONV_PY" - "$TMP" "$LLAMA_SRC" <<'EOF'
-import importlib.util, sys
-from pathlib import Path
-tmp, src = Path(sys.argv[1]), sys.argv[2]
-spec = importlib.util.spec_from_file_location("mk", "tools/make_gguf_v32_fixture.py")
-mk = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mk)
-mk.SRC = tmp / "v32"
-sys.argv = ["mk", "--llama-cpp", src, "--out", str(tmp / "converter-bf16.gguf")]
-mk.main()
-EOF
+"$CONV_PY" tools/make_gguf_converter_fixtures.py --llama-cpp "$LLAMA_SRC" --case v32 \
+    --src "$TMP/v32" --out "$TMP/converter-bf16.gguf"
 "$MOELA" quantize --model "$TMP/v32" --type bf16 --out "$TMP/moela-bf16.gguf"
 "$MOELA" quantize --model "$TMP/v32" --type q8_0 --out "$TMP/moela-q8_0.gguf"
 complete() {

@@ -18,6 +18,7 @@
 //! table can be listed, but reading its bytes is an error.
 
 mod deepseek2;
+mod deepseek4;
 mod dense;
 mod names;
 mod reader;
@@ -28,6 +29,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use deepseek2::{deepseek2_config_json, is_deepseek_v3, MLA_ARCHS};
+pub use deepseek4::{deepseek4_config_json, v4_gguf_name};
 pub use dense::{dense_config_json, DENSE_ARCHITECTURES};
 pub use names::{
     gguf_name_to_hf, hf_name_to_gguf, kv_b_from_split, permute_rope_rows, rope_permuted,

@@ -1,19 +1,20 @@
-//! A `deepseek2`, `deepseek32`, `qwen2` or `llama` GGUF file as a model: config from its metadata, weights
+//! A `deepseek2`, `deepseek32`, `deepseek4`, `qwen2` or `llama` GGUF file as a model: config from its metadata, weights
 //! mapped without copying (quantized blocks stay quantized; `llama` q/k rows are un-permuted
 //! into an owned copy), tokenizer rebuilt from `tokenizer.ggml.*`.
 
 use std::path::{Path, PathBuf};
 
 use moela_kernels::{DType, Mat, Placement, QMat, Storage};
-use moela_model::{Config, KvType, Model, ModelError, RopeScaling, WeightSource};
+use moela_model::{Config, KvType, Model, ModelError, ModelType, RopeScaling, WeightSource};
 
 use crate::error::LoadError;
 use crate::gguf::{
-    deepseek2_config_json, dense_config_json, hf_name_to_gguf, kv_b_from_split, rope_permuted,
-    tokenizer_json_from_gguf, unpermute_rope_rows, GgufFile, GgufTarget, KvBDims, RopeHeads,
-    DENSE_ARCHITECTURES, MLA_ARCHS,
+    deepseek2_config_json, deepseek4_config_json, dense_config_json, hf_name_to_gguf,
+    kv_b_from_split, rope_permuted, tokenizer_json_from_gguf, unpermute_rope_rows, v4_gguf_name,
+    ExpertProj, GgufFile, GgufTarget, KvBDims, RopeHeads, DENSE_ARCHITECTURES, MLA_ARCHS,
 };
 use crate::progress::LoadProgress;
+use crate::release::v4_expert_rows;
 use crate::safetensors_dir::{requantize, LoadOptions};
 
 /// An opened `deepseek2`, `deepseek32`, `qwen2` or `llama` GGUF file.
@@ -36,6 +37,9 @@ impl GgufModel {
         };
         let (config, config_json) = if MLA_ARCHS.contains(&arch.as_str()) {
             let json = deepseek2_config_json(&file)?;
+            (Config::from_hf_value(&json).map_err(model_err)?, json)
+        } else if arch == "deepseek4" {
+            let json = deepseek4_config_json(&file)?;
             (Config::from_hf_value(&json).map_err(model_err)?, json)
         } else if DENSE_ARCHITECTURES.contains(&arch.as_str()) {
             let json = dense_config_json(&file)?;
@@ -60,7 +64,7 @@ impl GgufModel {
             return Err(LoadError::file(
                 path,
                 format!(
-                    "GGUF architecture {arch:?} is not supported (expected deepseek2, deepseek32, qwen2 or llama)"
+                    "GGUF architecture {arch:?} is not supported (expected deepseek2, deepseek32, deepseek4, qwen2 or llama)"
                 ),
             ));
         };
@@ -175,8 +179,17 @@ struct GgufSource<'a> {
 }
 
 impl GgufSource<'_> {
-    fn target(name: &str) -> Result<GgufTarget, ModelError> {
-        hf_name_to_gguf(name)
+    /// Where tensor `name` is stored: DeepSeek-V4's own table for `deepseek4` files, the shared
+    /// HF ↔ GGUF table otherwise.
+    fn gguf_target(&self, name: &str) -> Option<GgufTarget> {
+        match self.g.config.model_type {
+            ModelType::DeepseekV4 => v4_gguf_name(name).map(GgufTarget::Whole),
+            _ => hf_name_to_gguf(name),
+        }
+    }
+
+    fn target(&self, name: &str) -> Result<GgufTarget, ModelError> {
+        self.gguf_target(name)
             .ok_or_else(|| ModelError::MissingTensor(format!("{name} (no GGUF name)")))
     }
 
@@ -222,7 +235,7 @@ impl WeightSource for GgufSource<'_> {
                 })
             }
         };
-        let m = match Self::target(name)? {
+        let m = match self.target(name)? {
             GgufTarget::Whole(g) if shape.len() == 1 => {
                 // Vectors are stored 1-D: read as one row.
                 let info = self
@@ -284,7 +297,7 @@ impl WeightSource for GgufSource<'_> {
     }
 
     fn contains(&self, name: &str) -> bool {
-        match hf_name_to_gguf(name) {
+        match self.gguf_target(name) {
             Some(GgufTarget::Whole(g)) | Some(GgufTarget::Expert { name: g, .. }) => {
                 self.g.file.tensor(&g).is_some()
             }
@@ -322,7 +335,7 @@ impl WeightSource for GgufSource<'_> {
     }
 
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
-        let m = match Self::target(name)? {
+        let m = match self.target(name)? {
             GgufTarget::Whole(g) => {
                 let m = self.g.matrix_at(&g, None, name, rows, cols)?;
                 self.unpermute(&g, name, m)?
@@ -364,5 +377,66 @@ impl WeightSource for GgufSource<'_> {
             }
         };
         requantize(m, name, self.quant)
+    }
+
+    /// DeepSeek-V4's stacked experts: one expert's projection from llama.cpp's
+    /// `ffn_{gate,up,down}_exps` (`[experts, out, in]`, e.g. MXFP4 as its converter writes them).
+    fn matrix_rows(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        first: usize,
+        rows: usize,
+    ) -> Result<QMat, ModelError> {
+        let Some(e) = v4_expert_rows(name, shape, first, rows) else {
+            return Err(ModelError::MissingTensor(format!("{name} (no GGUF name)")));
+        };
+        let e = e?;
+        let stacked = match e.proj {
+            ExpertProj::Gate => "ffn_gate_exps",
+            ExpertProj::Up => "ffn_up_exps",
+            ExpertProj::Down => "ffn_down_exps",
+        };
+        let g = format!("blk.{}.{stacked}.weight", e.layer);
+        let m = self.g.matrix_at(&g, Some(e.expert), name, e.rows, e.cols)?;
+        requantize(m, name, self.quant)
+    }
+
+    /// An integer tensor (DeepSeek-V4's `tid2eid`, which llama.cpp's converter stores as I32).
+    fn load_ints(&mut self, name: &str, shape: &[usize]) -> Result<Vec<i64>, ModelError> {
+        let g = match self.target(name)? {
+            GgufTarget::Whole(g) => g,
+            _ => return Err(ModelError::MissingTensor(format!("{name} (no GGUF name)"))),
+        };
+        let err = |msg: String| ModelError::Tensor {
+            name: format!("{name} (GGUF `{g}`)"),
+            msg,
+        };
+        let (info, bytes) = self
+            .g
+            .file
+            .tensor_data(&g)
+            .map_err(|e| err(e.to_string()))?;
+        let found: Vec<usize> = info.shape().iter().map(|&d| d as usize).collect();
+        if found != shape {
+            return Err(ModelError::Shape {
+                name: format!("{name} (GGUF `{g}`)"),
+                expected: shape.to_vec(),
+                found,
+            });
+        }
+        match info.ggml_type.0 {
+            26 => Ok(bytes
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64)
+                .collect()),
+            27 => Ok(bytes
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                .collect()),
+            t => Err(err(format!(
+                "expected an I32 or I64 tensor, found ggml type {t}"
+            ))),
+        }
     }
 }

@@ -9,6 +9,8 @@ use moela_kernels::fp::e8m0_to_f32;
 use moela_kernels::mxfp4::QK_MXFP4;
 use moela_model::ModelError;
 
+use crate::gguf::ExpertProj;
+
 /// DeepSeek's name for the scales of weight `name` (`layers.0.attn.wq_a.weight` →
 /// `layers.0.attn.wq_a.scale`); `None` for a name that does not end in `.weight`.
 pub(crate) fn scale_name(name: &str) -> Option<String> {
@@ -130,10 +132,8 @@ impl V4ReleaseNames {
         self.stored.get(name).map_or(name, String::as_str)
     }
 
-    /// For rows `first..first + rows` of a stacked expert tensor (`…mlp.experts.gate_up_proj`
-    /// `[E, 2·w, d]`: one expert's gate or up rows; `…mlp.experts.down_proj` `[E, d, w]`: one
-    /// expert's rows), the stored per-expert matrix: `(name, rows, cols)`. `None` for other
-    /// names; an error for a row range that is not one expert's whole projection.
+    /// For rows `first..first + rows` of a stacked expert tensor, the stored per-expert matrix:
+    /// `(name, rows, cols)` (see [`v4_expert_rows`]).
     pub(crate) fn expert(
         &self,
         name: &str,
@@ -141,32 +141,72 @@ impl V4ReleaseNames {
         first: usize,
         rows: usize,
     ) -> Option<Result<(String, usize, usize), ModelError>> {
-        let layer = name.strip_prefix("model.layers.")?;
-        let (layer, proj) = layer.split_once(".mlp.experts.")?;
-        let &[_, per, cols] = shape else {
-            return None;
-        };
-        let bad = || ModelError::Tensor {
-            name: name.to_string(),
-            msg: format!("rows {first}+{rows} are not one expert's projection of {shape:?}"),
-        };
-        let (e, which) = match proj {
-            "gate_up_proj"
-                if per.is_multiple_of(2) && rows == per / 2 && first.is_multiple_of(rows) =>
-            {
-                let gate = first.is_multiple_of(per);
-                (first / per, if gate { "w1" } else { "w3" })
-            }
-            "down_proj" if rows == per && first.is_multiple_of(per) => (first / per, "w2"),
-            "gate_up_proj" | "down_proj" => return Some(Err(bad())),
-            _ => return None,
-        };
-        Some(Ok((
-            format!("layers.{layer}.ffn.experts.{e}.{which}.weight"),
-            rows,
-            cols,
-        )))
+        Some(v4_expert_rows(name, shape, first, rows)?.map(|e| {
+            let w = match e.proj {
+                ExpertProj::Gate => "w1",
+                ExpertProj::Up => "w3",
+                ExpertProj::Down => "w2",
+            };
+            let stored = format!("layers.{}.ffn.experts.{}.{w}.weight", e.layer, e.expert);
+            (stored, e.rows, e.cols)
+        }))
     }
+}
+
+/// One routed expert's projection, as the model asks for it from transformers' stacked tensors.
+pub(crate) struct ExpertRows {
+    pub layer: usize,
+    pub expert: usize,
+    pub proj: ExpertProj,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// Which expert projection rows `first..first + rows` of transformers' stacked V4 expert tensor
+/// `name` are: `…mlp.experts.gate_up_proj` `[E, 2·w, d]` holds each expert's gate rows then its
+/// up rows, `…mlp.experts.down_proj` `[E, d, w]` its down rows. `None` for other names; an error
+/// for a row range that is not one expert's whole projection.
+pub(crate) fn v4_expert_rows(
+    name: &str,
+    shape: &[usize],
+    first: usize,
+    rows: usize,
+) -> Option<Result<ExpertRows, ModelError>> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, proj) = rest.split_once(".mlp.experts.")?;
+    let layer: usize = layer.parse().ok()?;
+    let &[_, per, cols] = shape else {
+        return None;
+    };
+    let bad = || ModelError::Tensor {
+        name: name.to_string(),
+        msg: format!("rows {first}+{rows} are not one expert's projection of {shape:?}"),
+    };
+    let (expert, proj) = match proj {
+        "gate_up_proj"
+            if per.is_multiple_of(2) && rows == per / 2 && first.is_multiple_of(rows) =>
+        {
+            let gate = first.is_multiple_of(per);
+            (
+                first / per,
+                if gate {
+                    ExpertProj::Gate
+                } else {
+                    ExpertProj::Up
+                },
+            )
+        }
+        "down_proj" if rows == per && first.is_multiple_of(per) => (first / per, ExpertProj::Down),
+        "gate_up_proj" | "down_proj" => return Some(Err(bad())),
+        _ => return None,
+    };
+    Some(Ok(ExpertRows {
+        layer,
+        expert,
+        proj,
+        rows,
+        cols,
+    }))
 }
 
 #[cfg(test)]
