@@ -172,6 +172,24 @@ fn rope_freqs(file: &GgufFile) -> Result<Option<Vec<f32>>, LoadError> {
     Ok(Some(m.to_f32().data))
 }
 
+/// That GGUF tensor `g` (holding `name`) has the row-major `shape`.
+fn check_shape(
+    info: &crate::gguf::GgufTensorInfo,
+    name: &str,
+    g: &str,
+    shape: &[usize],
+) -> Result<(), ModelError> {
+    let found: Vec<usize> = info.shape().iter().map(|&d| d as usize).collect();
+    if found != shape {
+        return Err(ModelError::Shape {
+            name: format!("{name} (GGUF `{g}`)"),
+            expected: shape.to_vec(),
+            found,
+        });
+    }
+    Ok(())
+}
+
 struct GgufSource<'a> {
     g: &'a GgufModel,
     quant: Option<DType>,
@@ -243,14 +261,7 @@ impl WeightSource for GgufSource<'_> {
                     .file
                     .tensor(&g)
                     .ok_or_else(|| ModelError::MissingTensor(format!("{name} (GGUF `{g}`)")))?;
-                let found: Vec<usize> = info.shape().iter().map(|&d| d as usize).collect();
-                if found != shape {
-                    return Err(ModelError::Shape {
-                        name: format!("{name} (GGUF `{g}`)"),
-                        expected: shape.to_vec(),
-                        found,
-                    });
-                }
+                check_shape(info, name, &g, shape)?;
                 let dtype =
                     DType::from_ggml_type(info.ggml_type.0).ok_or_else(|| ModelError::Tensor {
                         name: name.into(),
@@ -417,14 +428,7 @@ impl WeightSource for GgufSource<'_> {
             .file
             .tensor_data(&g)
             .map_err(|e| err(e.to_string()))?;
-        let found: Vec<usize> = info.shape().iter().map(|&d| d as usize).collect();
-        if found != shape {
-            return Err(ModelError::Shape {
-                name: format!("{name} (GGUF `{g}`)"),
-                expected: shape.to_vec(),
-                found,
-            });
-        }
+        check_shape(info, name, &g, shape)?;
         match info.ggml_type.0 {
             26 => Ok(bytes
                 .chunks_exact(4)
