@@ -401,8 +401,9 @@ impl WeightSource for Source<'_> {
     /// The stored bytes, mapped without copying (FP8 with its block scales, FP4 experts
     /// repacked), optionally quantized.
     fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMat, ModelError> {
-        let stored = self.stored(name);
-        requantize(self.ckpt.matrix(stored, rows, cols)?, stored, self.quant)
+        // Requantized by the requested name (its rules know routers by their HF names).
+        let m = self.ckpt.matrix(self.stored(name), rows, cols)?;
+        requantize(m, name, self.quant)
     }
 
     /// Rows of a float tensor, mapped without copying (one expert of a stacked tensor),
@@ -421,7 +422,7 @@ impl WeightSource for Source<'_> {
             .and_then(|n| n.expert(name, shape, first, rows))
         {
             let (stored, rows, cols) = e?;
-            return requantize(self.ckpt.matrix(&stored, rows, cols)?, &stored, self.quant);
+            return requantize(self.ckpt.matrix(&stored, rows, cols)?, name, self.quant);
         }
         let t = self.ckpt.checked(name, shape)?;
         let err = |msg: String| ModelError::Tensor {
