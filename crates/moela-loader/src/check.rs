@@ -66,6 +66,11 @@ fn scan_bytes(
     match (dtype, ggml) {
         (_, Some(d)) => {
             let row = d.row_bytes(cols).ok()?;
+            // A tensor with a zero dimension holds no row, and its `cols` (from the file) can
+            // be anything: allocate a row only when the bytes hold one.
+            if row == 0 || bytes.len() < row {
+                return Some((0, None));
+            }
             let mut buf = vec![0.0f32; cols];
             for (r, b) in bytes.chunks_exact(row.max(1)).enumerate() {
                 dequantize_row(d, b, &mut buf);
@@ -146,6 +151,15 @@ impl ModelFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_tensor_with_a_huge_row_allocates_nothing() {
+        // Fuzzing finding (gguf target): dims {2^61, 0} of F32 asked for a 2^61-float row.
+        assert_eq!(
+            scan_bytes("w", "", Some(DType::F32), 1 << 61, &[]),
+            Some((0, None))
+        );
+    }
 
     #[test]
     fn finds_nan_and_infinity_in_each_float_type() {

@@ -229,6 +229,18 @@ impl AppState {
     pub fn engine(&self) -> &EngineHandle {
         &self.inner.engine
     }
+
+    /// Parses and plans a request body as `POST /v1/chat/completions` (`chat`) or
+    /// `POST /v1/completions` does — JSON, validation, prompt rendering and tokenizing, grammar
+    /// compilation — without starting the generation. For the fuzz targets (`crates/moela-fuzz`).
+    #[doc(hidden)]
+    pub fn plan_body(&self, chat: bool, body: &[u8]) -> Result<(), ApiError> {
+        if chat {
+            self.plan_chat(parse_json(body)?).map(drop)
+        } else {
+            self.plan_completion(parse_json(body)?).map(drop)
+        }
+    }
 }
 
 /// The API key a request was made with (its name), set by the auth layer.

@@ -1,0 +1,4 @@
+#![no_main]
+//! `cargo fuzz run safetensors`: see crates/moela-fuzz (the body) and docs/fuzzing.md.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| moela_fuzz::safetensors(data));
