@@ -15,7 +15,7 @@ const V32: &str = "deepseek32";
 const GATING_SOFTMAX: u32 = 1;
 const GATING_SIGMOID: u32 = 2;
 
-fn key(arch: &str, suffix: &str) -> String {
+pub(crate) fn key(arch: &str, suffix: &str) -> String {
     format!("{arch}.{suffix}")
 }
 
@@ -24,7 +24,7 @@ fn round_sig(x: f64) -> f64 {
     format!("{x:.11e}").parse().unwrap_or(x)
 }
 
-fn key_error(f: &GgufFile, key: &str, msg: impl Into<String>) -> GgufError {
+pub(crate) fn key_error(f: &GgufFile, key: &str, msg: impl Into<String>) -> GgufError {
     GgufError::Key {
         path: f.path().to_path_buf(),
         key: key.to_string(),
@@ -205,6 +205,19 @@ pub fn deepseek2_config_json(f: &GgufFile) -> Result<Value, GgufError> {
         "max_position_embeddings".into(),
         json!(max_position_embeddings),
     );
+    insert_token_keys(f, &mut c)?;
+    if let Some(n) = nextn {
+        c.insert("num_nextn_predict_layers".into(), json!(n));
+    }
+    if arch == V32 {
+        insert_indexer_keys(f, arch, &mut c)?;
+    }
+    Ok(Value::Object(c))
+}
+
+/// The keys every DeepSeek/dense architecture writes the same way: the special-token ids and
+/// whether the head is tied to the embedding (no `output.weight`).
+pub(crate) fn insert_token_keys(f: &GgufFile, c: &mut Map<String, Value>) -> Result<(), GgufError> {
     c.insert(
         "bos_token_id".into(),
         json!(f.opt_u32("tokenizer.ggml.bos_token_id")?),
@@ -217,28 +230,27 @@ pub fn deepseek2_config_json(f: &GgufFile) -> Result<Value, GgufError> {
         "tie_word_embeddings".into(),
         json!(f.tensor("output.weight").is_none()),
     );
-    if let Some(n) = nextn {
-        c.insert("num_nextn_predict_layers".into(), json!(n));
+    Ok(())
+}
+
+/// The DSA indexer's sizes (`{arch}.attention.indexer.*`, V3.2 and V4).
+pub(crate) fn insert_indexer_keys(
+    f: &GgufFile,
+    arch: &str,
+    c: &mut Map<String, Value>,
+) -> Result<(), GgufError> {
+    for (field, suffix) in [
+        ("index_n_heads", "attention.indexer.head_count"),
+        ("index_head_dim", "attention.indexer.key_length"),
+        ("index_topk", "attention.indexer.top_k"),
+    ] {
+        c.insert(field.into(), json!(f.get_usize(&key(arch, suffix))?));
     }
-    if arch == V32 {
-        c.insert(
-            "index_n_heads".into(),
-            json!(usize_req("attention.indexer.head_count")?),
-        );
-        c.insert(
-            "index_head_dim".into(),
-            json!(usize_req("attention.indexer.key_length")?),
-        );
-        c.insert(
-            "index_topk".into(),
-            json!(usize_req("attention.indexer.top_k")?),
-        );
-    }
-    Ok(Value::Object(c))
+    Ok(())
 }
 
 /// `rope_scaling` from `{arch}.rope.scaling.*`: `null` when absent or `none`.
-fn rope_scaling(f: &GgufFile, arch: &str) -> Result<Value, GgufError> {
+pub(crate) fn rope_scaling(f: &GgufFile, arch: &str) -> Result<Value, GgufError> {
     let key = |s: &str| key(arch, s);
     let type_key = key("rope.scaling.type");
     let kind = f.opt_str(&type_key)?;

@@ -4,6 +4,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::deepseek2::{insert_indexer_keys, insert_token_keys, key_error, rope_scaling};
 use super::{GgufError, GgufFile};
 
 const ARCH: &str = "deepseek4";
@@ -11,15 +12,7 @@ const ARCH: &str = "deepseek4";
 const GATING_SQRTSOFTPLUS: u32 = 4;
 
 fn key(suffix: &str) -> String {
-    format!("{ARCH}.{suffix}")
-}
-
-fn key_error(f: &GgufFile, key: &str, msg: impl Into<String>) -> GgufError {
-    GgufError::Key {
-        path: f.path().to_path_buf(),
-        key: key.to_string(),
-        msg: msg.into(),
-    }
+    super::deepseek2::key(ARCH, suffix)
 }
 
 /// The release-spelled config (`compress_ratios`, `num_hash_layers`, `rope_scaling` for the
@@ -94,18 +87,7 @@ pub fn deepseek4_config_json(f: &GgufFile) -> Result<Value, GgufError> {
         "sliding_window".into(),
         json!(usize_req("attention.sliding_window")?),
     );
-    c.insert(
-        "index_n_heads".into(),
-        json!(usize_req("attention.indexer.head_count")?),
-    );
-    c.insert(
-        "index_head_dim".into(),
-        json!(usize_req("attention.indexer.key_length")?),
-    );
-    c.insert(
-        "index_topk".into(),
-        json!(usize_req("attention.indexer.top_k")?),
-    );
+    insert_indexer_keys(f, ARCH, &mut c)?;
     c.insert("compress_ratios".into(), json!(ratios));
     c.insert(
         "compress_rope_theta".into(),
@@ -159,30 +141,8 @@ pub fn deepseek4_config_json(f: &GgufFile) -> Result<Value, GgufError> {
         "max_position_embeddings".into(),
         json!(usize_req("context_length")?),
     );
-    if f.opt_str(&key("rope.scaling.type"))? == Some("yarn") {
-        c.insert(
-            "rope_scaling".into(),
-            json!({
-                "type": "yarn",
-                "factor": f64_req("rope.scaling.factor")?,
-                "original_max_position_embeddings": usize_req("rope.scaling.original_context_length")?,
-                "beta_fast": f.opt_f64(&key("rope.scaling.yarn_beta_fast"))?.unwrap_or(32.0),
-                "beta_slow": f.opt_f64(&key("rope.scaling.yarn_beta_slow"))?.unwrap_or(1.0),
-            }),
-        );
-    }
-    c.insert(
-        "bos_token_id".into(),
-        json!(f.opt_u32("tokenizer.ggml.bos_token_id")?),
-    );
-    c.insert(
-        "eos_token_id".into(),
-        json!(f.opt_u32("tokenizer.ggml.eos_token_id")?),
-    );
-    c.insert(
-        "tie_word_embeddings".into(),
-        json!(f.tensor("output.weight").is_none()),
-    );
+    c.insert("rope_scaling".into(), rope_scaling(f, ARCH)?);
+    insert_token_keys(f, &mut c)?;
     Ok(Value::Object(c))
 }
 

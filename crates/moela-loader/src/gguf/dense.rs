@@ -4,7 +4,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::deepseek2::vocab_size;
+use super::deepseek2::{insert_token_keys, vocab_size};
 use super::{GgufError, GgufFile};
 
 /// The dense architectures whose files we read.
@@ -123,17 +123,6 @@ pub fn dense_config_json(f: &GgufFile) -> Result<Value, GgufError> {
         "max_position_embeddings".into(),
         json!(usize_req("context_length")?),
     );
-    c.insert(
-        "bos_token_id".into(),
-        json!(f.opt_u32("tokenizer.ggml.bos_token_id")?),
-    );
-    c.insert(
-        "eos_token_id".into(),
-        json!(f.opt_u32("tokenizer.ggml.eos_token_id")?),
-    );
-    c.insert(
-        "tie_word_embeddings".into(),
-        json!(f.tensor("output.weight").is_none()),
-    );
+    insert_token_keys(f, &mut c)?;
     Ok(Value::Object(c))
 }
