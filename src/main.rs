@@ -9,8 +9,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use moela_engine::{
-    fill_sampling, generate, perplexity, Engine, EngineConfig, EngineError, Request,
-    SamplingDefaults, SamplingParams,
+    fill_sampling, generate, perplexity, DraftConfig, DraftMode, Engine, EngineConfig, EngineError,
+    Request, SamplingDefaults, SamplingParams,
 };
 use moela_kernels::{DType, Placement};
 use moela_loader::{LoadOptions, ModelFiles};
@@ -146,6 +146,27 @@ impl SamplingArgs {
 }
 
 #[derive(Args)]
+struct DraftArgs {
+    /// Speculative decoding: `ngram` drafts the continuation of the latest earlier occurrence
+    /// of the last tokens (prompt lookup) and verifies the drafts in the same step; `none`
+    /// decodes one token per step. Output tokens are the same either way.
+    #[arg(long, default_value = "none")]
+    draft: DraftMode,
+    /// Tokens drafted per step, at most.
+    #[arg(long, default_value_t = moela_engine::DEFAULT_DRAFT_TOKENS)]
+    draft_tokens: usize,
+}
+
+impl DraftArgs {
+    fn config(&self) -> DraftConfig {
+        DraftConfig {
+            mode: self.draft,
+            tokens: self.draft_tokens,
+        }
+    }
+}
+
+#[derive(Args)]
 struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -162,6 +183,8 @@ struct GenerateArgs {
     json: bool,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    draft: DraftArgs,
 }
 
 #[derive(Args)]
@@ -172,6 +195,8 @@ struct ChatArgs {
     system: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    draft: DraftArgs,
 }
 
 #[derive(Args)]
@@ -226,6 +251,8 @@ struct ServeArgs {
     /// Seconds a client has to send a request's body (408 after).
     #[arg(long, default_value_t = 30)]
     body_timeout: u64,
+    #[command(flatten)]
+    draft: DraftArgs,
 }
 
 #[derive(Args)]
@@ -267,6 +294,8 @@ struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    draft: DraftArgs,
 }
 
 #[derive(Args)]
@@ -432,11 +461,12 @@ impl Loaded {
     }
 
     /// The engine the CLI's commands run through: one sequence at a time, the whole context.
-    fn engine(&self) -> Engine {
+    fn engine(&self, draft: DraftConfig) -> Engine {
         let config = EngineConfig {
             max_batch: 1,
             max_queue: 1,
             ctx: self.ctx,
+            draft,
             ..EngineConfig::default()
         };
         Engine::new(self.model.clone(), Some(self.tokenizer.clone()), config)
@@ -458,7 +488,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     };
     let req = m.request(prompt, &a.sampling);
     let mut out = std::io::stdout().lock();
-    let res = generate(&mut m.engine(), req, &mut |piece| {
+    let res = generate(&mut m.engine(a.draft.config()), req, &mut |piece| {
         let _ = out.write_all(piece.as_bytes());
         let _ = out.flush();
     })
@@ -502,7 +532,7 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     // One engine for the whole conversation: each turn reuses the cached prefix of the last.
-    let mut engine = m.engine();
+    let mut engine = m.engine(a.draft.config());
     loop {
         if interactive {
             eprint!("> ");
@@ -547,7 +577,7 @@ fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
     let m = load(&a.model)?;
     let text = std::fs::read_to_string(&a.file).with_context(|| format!("{}", a.file.display()))?;
     let tokens = m.tokenizer.encode(&text, true)?;
-    let nll = perplexity(&mut m.engine(), &tokens).map_err(engine_error)?;
+    let nll = perplexity(&mut m.engine(DraftConfig::default()), &tokens).map_err(engine_error)?;
     let mean = nll.iter().sum::<f64>() / nll.len() as f64;
     let ppl = mean.exp();
     if a.json {
@@ -596,6 +626,7 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
             max_batch: a.max_batch,
             max_queue: a.max_queue,
             ctx: m.ctx,
+            draft: a.draft.config(),
             ..Default::default()
         },
         max_body_bytes: moela_server::DEFAULT_MAX_BODY_BYTES,
@@ -910,6 +941,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         repetitions: a.repetitions as usize,
         warmup: !a.no_warmup,
         batch: a.batch as usize,
+        draft: a.draft.config(),
     };
     let need = cfg.context_needed();
     if need > m.ctx {
@@ -957,6 +989,10 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 "repacked_weight_bytes": repacked,
                 "threads": threads,
                 "isa": format!("{:?}", moela_kernels::Isa::best()),
+                "draft": a.draft.draft.as_str(),
+                "draft_tokens": a.draft.draft_tokens,
+                "acceptance_rate": r.acceptance_rate(),
+                "tokens_per_step": r.tokens_per_step(),
             })
         );
     } else {
@@ -978,6 +1014,15 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             "decode:       {:.2} ± {:.2} tok/s ({} tokens{batch} at context {}{runs})",
             r.decode_tok_s, r.decode_tok_s_sd, a.gen_tokens, r.decode_context
         );
+        if a.draft.draft != DraftMode::None {
+            println!(
+                "drafts:       {} (≤ {} per step): {:.1} % accepted, {:.2} tokens per step",
+                a.draft.draft.as_str(),
+                a.draft.draft_tokens,
+                100.0 * r.acceptance_rate(),
+                r.tokens_per_step()
+            );
+        }
         println!("peak RSS:     {}", rss.map_or("unknown".into(), bytes));
         println!("KV cache:     {kv_bytes_per_token} B/token");
     }

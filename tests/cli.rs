@@ -589,3 +589,59 @@ fn deepseek_v32_prompts_use_deepseeks_own_encoding() {
     assert_ne!(jinja.text, v32.text);
     assert_eq!(got, v32.ids.len(), "{}", v32.text);
 }
+
+/// `--draft ngram` on the built-in model: the same answer as `--draft none`; `bench --json`
+/// reports the drafting figures.
+#[test]
+fn prompt_lookup_drafts_change_no_output() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/moela-demo");
+    let d = dir.to_str().unwrap();
+    let answer = |draft: &str| {
+        let o = moela(&[
+            "generate",
+            "--model",
+            d,
+            "--prompt",
+            "Repeat after me: one two three, one two three, one two three.",
+            "--max-tokens",
+            "40",
+            "--temperature",
+            "0",
+            "--draft",
+            draft,
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        last_json(&o)["token_ids"].clone()
+    };
+    assert_eq!(answer("ngram"), answer("none"));
+    let o = moela(&[
+        "bench",
+        "--model",
+        d,
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "16",
+        "--draft",
+        "ngram",
+        "--draft-tokens",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j = last_json(&o);
+    assert_eq!(j["draft"], "ngram", "{j}");
+    assert_eq!(j["draft_tokens"], 2, "{j}");
+    let rate = j["acceptance_rate"].as_f64().unwrap();
+    let per_step = j["tokens_per_step"].as_f64().unwrap();
+    assert!(
+        (0.0..=1.0).contains(&rate) && (1.0..=3.0).contains(&per_step),
+        "{j}"
+    );
+    let o = moela(&[
+        "generate", "--model", d, "--prompt", "x", "--draft", "eagle",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("unknown draft mode \"eagle\" (expected none or ngram)"));
+}

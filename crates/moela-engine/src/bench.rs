@@ -1,11 +1,13 @@
 //! `moela bench`: prefill and decode speed of a model on synthetic token ids.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use moela_model::Model;
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::draft::{DraftConfig, DraftMode};
 use crate::engine::{Engine, EngineConfig, Event, Failure, Request, PREFILL_CHUNK};
 use crate::generate::{drive, EngineError};
 use crate::sampler::Rng;
@@ -28,6 +30,8 @@ pub struct BenchConfig {
     /// Sequences decoded together, one token each per step (each with its own cache and
     /// context of random tokens); decode tok/s counts every sequence's tokens. At least 1.
     pub batch: usize,
+    /// Speculative decoding during the decode measurement.
+    pub draft: DraftConfig,
 }
 
 /// Measured speeds: means over the repetitions, their sample standard deviations (0 for one
@@ -45,6 +49,29 @@ pub struct BenchResult {
     /// Each repetition's prefill and decode tok/s.
     pub prefill_samples: Vec<f64>,
     pub decode_samples: Vec<f64>,
+    /// Drafted and accepted tokens, and decode rows (one per sequence per step), over the
+    /// timed decodes.
+    pub drafted: u64,
+    pub accepted: u64,
+    pub decode_rows: u64,
+}
+
+impl BenchResult {
+    /// Accepted drafts per drafted token (0 without drafts).
+    pub fn acceptance_rate(&self) -> f64 {
+        match self.drafted {
+            0 => 0.0,
+            d => self.accepted as f64 / d as f64,
+        }
+    }
+
+    /// Tokens each sequence gained per decode step (1 without drafts).
+    pub fn tokens_per_step(&self) -> f64 {
+        match self.decode_rows {
+            0 => 1.0,
+            r => (r + self.accepted) as f64 / r as f64,
+        }
+    }
 }
 
 /// Mean and sample standard deviation (0 for fewer than 2 samples).
@@ -83,7 +110,9 @@ impl BenchConfig {
     /// decodes while the others' chunks go through).
     fn decode_budget(&self) -> usize {
         let prefill_steps = (self.batch.max(1) * self.decode_context()).div_ceil(PREFILL_CHUNK);
-        self.gen_tokens + usize::from(self.warmup) + prefill_steps + 1
+        // A step's accepted drafts may carry a sequence past the timed count.
+        let overshoot = self.draft.tokens * usize::from(self.draft.mode != DraftMode::None);
+        self.gen_tokens + usize::from(self.warmup) + prefill_steps + 1 + overshoot
     }
 
     /// The context length the run needs (cache positions of its longest sequence).
@@ -119,6 +148,7 @@ pub fn run_bench(model: &Arc<Model>, cfg: &BenchConfig) -> Result<BenchResult, E
             ctx: cfg.context_needed(),
             prefill_tokens_per_step: PREFILL_CHUNK,
             prefix_caching: false,
+            draft: cfg.draft,
             ..EngineConfig::default()
         },
     );
@@ -168,13 +198,28 @@ pub fn run_bench(model: &Arc<Model>, cfg: &BenchConfig) -> Result<BenchResult, E
             // Cache length when timing starts: context plus generated tokens but the last.
             contexts.push(got.iter().map(|g| ctx_len + g - 1).sum::<usize>() as f64 / batch as f64);
             let before: usize = got.iter().sum();
+            let stats = engine.stats().clone();
+            let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            let counts = || {
+                [
+                    load(&stats.drafted_tokens),
+                    load(&stats.accepted_tokens),
+                    load(&stats.decode_rows),
+                ]
+            };
+            let start = counts();
             let t = Instant::now();
-            for _ in 0..cfg.gen_tokens {
+            // `gen_tokens` per sequence: one step each without drafts, fewer with them.
+            while got.iter().sum::<usize>() - before < cfg.gen_tokens * batch && !engine.is_idle() {
                 engine.step();
                 collect_tokens(&mut rxs, &mut got)?;
             }
             let secs = t.elapsed().as_secs_f64();
             let timed = got.iter().sum::<usize>() - before;
+            let end = counts();
+            out.drafted += end[0] - start[0];
+            out.accepted += end[1] - start[1];
+            out.decode_rows += end[2] - start[2];
             out.decode_samples.push(timed as f64 / secs);
             // Cancel the rest and let the engine free their caches.
             drop(rxs);

@@ -15,6 +15,7 @@ use moela_model::{ForwardOptions, KvPool, Logits, Model, SeqCache, SeqInput};
 use moela_text::{StreamDecoder, Tokenizer};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use crate::draft::{DraftConfig, DraftMode, Drafter, PromptLookup};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::stop::StopMatcher;
 
@@ -171,6 +172,8 @@ pub struct EngineConfig {
     pub kv_blocks: usize,
     /// Share the cache of identical prompt prefixes across requests.
     pub prefix_caching: bool,
+    /// Speculative decoding (`draft.rs`).
+    pub draft: DraftConfig,
 }
 
 impl EngineConfig {
@@ -194,6 +197,7 @@ impl Default for EngineConfig {
             block_tokens: moela_model::DEFAULT_BLOCK_TOKENS,
             kv_blocks: 0,
             prefix_caching: true,
+            draft: DraftConfig::default(),
         }
     }
 }
@@ -224,6 +228,13 @@ pub struct EngineStats {
     pub kv_blocks_cached: AtomicUsize,
     pub kv_blocks_free: AtomicUsize,
     pub steps: AtomicU64,
+    /// Tokens proposed by the drafter and sent for verification.
+    pub drafted_tokens: AtomicU64,
+    /// Drafted tokens the model accepted (each one a token gained without a step of its own).
+    pub accepted_tokens: AtomicU64,
+    /// Decoding rows verified: one per decoding sequence per step (tokens per decode step =
+    /// (decode_rows + accepted_tokens) / decode_rows).
+    pub decode_rows: AtomicU64,
 }
 
 /// A queued request and where its events go.
@@ -295,6 +306,8 @@ struct Input {
     /// Whether this input ends the prompt (or is a decode token): the step samples after it.
     samples: bool,
     logits: Logits,
+    /// Drafted tokens fed after the last sampled one (`tokens[1..]`), verified by the step.
+    drafts: usize,
 }
 
 /// Continuous batching over one model; see the module documentation.
@@ -306,6 +319,8 @@ pub struct Engine {
     stats: Arc<EngineStats>,
     waiting: VecDeque<Job>,
     running: Vec<Seq>,
+    /// Where drafts come from (`config.draft.mode`, or [`Engine::set_drafter`]).
+    drafter: Option<Arc<dyn Drafter>>,
 }
 
 impl Engine {
@@ -325,11 +340,21 @@ impl Engine {
             model,
             pool,
             tokenizer,
+            drafter: match config.draft.mode {
+                DraftMode::None => None,
+                DraftMode::Ngram => Some(Arc::new(PromptLookup)),
+            },
             config,
             stats,
             waiting: VecDeque::new(),
             running: Vec::new(),
         }
+    }
+
+    /// Drafts from `drafter` from now on (up to `config.draft.tokens` per step), whatever the
+    /// configured mode.
+    pub fn set_drafter(&mut self, drafter: Arc<dyn Drafter>) {
+        self.drafter = Some(drafter);
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -498,17 +523,52 @@ impl Engine {
                     tokens: req.prompt[s.fed..s.fed + n].to_vec(),
                     samples,
                     logits,
+                    drafts: 0,
                 });
             } else if let Some(&last) = s.generated.last() {
+                let mut tokens = vec![last];
+                tokens.extend(self.draft_for(s));
+                let drafts = tokens.len() - 1;
                 inputs.push(Input {
                     seq: i,
-                    tokens: vec![last],
+                    tokens,
                     samples: true,
-                    logits: Logits::Last,
+                    logits: if drafts > 0 {
+                        Logits::All
+                    } else {
+                        Logits::Last
+                    },
+                    drafts,
                 });
             }
         }
         inputs
+    }
+
+    /// The tokens drafted for a decoding sequence this step: at most the configured number, and
+    /// never more than its remaining budget can emit after the last token (so its cache stays
+    /// within the blocks admission reserved for it).
+    fn draft_for(&self, s: &Seq) -> Vec<u32> {
+        let req = &s.job.req;
+        let budget = req
+            .max_tokens
+            .min(self.config.ctx.saturating_sub(req.prompt.len()));
+        let room = budget.saturating_sub(s.generated.len() + 1);
+        let k = self.config.draft.tokens.min(room);
+        if k == 0 {
+            return Vec::new();
+        }
+        let Some(drafter) = &self.drafter else {
+            return Vec::new();
+        };
+        let mut context = req.prompt.clone();
+        context.extend_from_slice(&s.generated);
+        let mut draft = drafter.draft(&context, k);
+        // A token outside the vocabulary would fail the whole batch's forward pass.
+        let vocab = self.model.config.vocab_size;
+        let valid = draft.iter().take_while(|&&t| (t as usize) < vocab).count();
+        draft.truncate(valid.min(k));
+        draft
     }
 
     fn forward_step(&mut self) {
@@ -560,8 +620,16 @@ impl Engine {
                     if !inp.samples {
                         continue;
                     }
-                    let last = rows.len().saturating_sub(vocab);
-                    match s.advance(self.config.ctx, &self.stats, &mut rows[last..]) {
+                    let outcome = if inp.drafts > 0 {
+                        s.verify(self.config.ctx, &self.stats, &inp.tokens, &mut rows)
+                    } else {
+                        let last = rows.len().saturating_sub(vocab);
+                        s.advance(self.config.ctx, &self.stats, &mut rows[last..], None)
+                    };
+                    if first >= s.job.req.prompt.len() {
+                        self.stats.decode_rows.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match outcome {
                         Outcome::Continue => {}
                         Outcome::Finished(reason) => {
                             s.finish(reason);
@@ -589,8 +657,55 @@ impl Engine {
 }
 
 impl Seq {
-    /// Samples the next token from `logits` (context `ctx`) and reports it.
-    fn advance(&mut self, ctx: usize, stats: &EngineStats, logits: &mut [f32]) -> Outcome {
+    /// Verifies the drafts of a decode step that fed `tokens` (`[last, d₁ … d_k]`; `rows`: the
+    /// logits of each, `[k + 1, vocab]`): emits the accepted drafts and the token after them
+    /// (`draft.rs`), then drops the rejected drafts' rows from the cache.
+    fn verify(
+        &mut self,
+        ctx: usize,
+        stats: &EngineStats,
+        tokens: &[u32],
+        rows: &mut [f32],
+    ) -> Outcome {
+        let vocab = rows.len() / tokens.len();
+        let drafts = &tokens[1..];
+        stats
+            .drafted_tokens
+            .fetch_add(drafts.len() as u64, Ordering::Relaxed);
+        let mut accepted = 0;
+        let mut outcome = Outcome::Continue;
+        for (j, row) in rows.chunks_exact_mut(vocab).enumerate() {
+            let draft = drafts.get(j).copied();
+            outcome = self.advance(ctx, stats, row, draft);
+            let took = draft.is_some() && self.generated.last().copied() == draft;
+            if !matches!(outcome, Outcome::Continue) || !took {
+                break;
+            }
+            accepted += 1;
+        }
+        stats
+            .accepted_tokens
+            .fetch_add(accepted as u64, Ordering::Relaxed);
+        if matches!(outcome, Outcome::Continue) {
+            // The cache holds `last` and every draft; keep `last` and the accepted ones.
+            let keep = self.cache.len() - drafts.len() + accepted;
+            if let Err(e) = self.cache.truncate(keep) {
+                let _ = self.job.tx.send(Event::Error(Failure::from(&e)));
+                return Outcome::Cancelled;
+            }
+        }
+        outcome
+    }
+
+    /// Samples the next token from `logits` (context `ctx`) and reports it; with `draft`, the
+    /// token proposed for this position is verified ([`Sampler::verify`]).
+    fn advance(
+        &mut self,
+        ctx: usize,
+        stats: &EngineStats,
+        logits: &mut [f32],
+        draft: Option<u32>,
+    ) -> Outcome {
         let req = &mut self.job.req;
         let budget = req.max_tokens.min(ctx - req.prompt.len());
         if budget == 0 {
@@ -601,7 +716,10 @@ impl Seq {
         if let Some(c) = req.constraint.as_mut() {
             c.mask(logits);
         }
-        let t = self.sampler.sample(logits, &self.generated);
+        let t = match draft {
+            Some(d) => self.sampler.verify(logits, &self.generated, d),
+            None => self.sampler.sample(logits, &self.generated),
+        };
         if let Some(c) = req.constraint.as_mut() {
             c.accept(t);
         }

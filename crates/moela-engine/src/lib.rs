@@ -4,6 +4,7 @@
 //! state.
 
 pub mod bench;
+pub mod draft;
 pub mod engine;
 pub mod generate;
 pub mod sampler;
@@ -11,6 +12,7 @@ pub mod scheduler;
 pub mod stop;
 
 pub use bench::{peak_rss_bytes, run_bench, BenchConfig, BenchResult};
+pub use draft::{ngram_draft, DraftConfig, DraftMode, Drafter, PromptLookup, DEFAULT_DRAFT_TOKENS};
 pub use engine::{
     token_nll, Constraint, Engine, EngineConfig, EngineStats, Event, Failure, FinishReason,
     Request, SubmitError, TokenEvent, TokenLogprob, Usage, PREFILL_CHUNK,

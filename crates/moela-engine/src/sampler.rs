@@ -170,9 +170,45 @@ impl Sampler {
     /// Picks the next token from `logits` (modified in place) given the generated tokens so far.
     pub fn sample(&mut self, logits: &mut [f32], generated: &[u32]) -> u32 {
         self.apply_penalties(logits, generated);
+        match self.distribution(logits) {
+            None => argmax(logits),
+            Some(dist) => pick(&dist, self.rng.next_f64()),
+        }
+    }
+
+    /// Speculative verification of a drafted token: the next token from `logits` given
+    /// `generated`, with `draft` proposed for it. Greedy: the argmax (the draft is accepted when
+    /// it is the argmax). Sampling: the draft is kept with its probability p(draft), else a token
+    /// is drawn from p without the draft, renormalized — for a drafter that proposes one token
+    /// (q = δ_draft) this is the rejection rule of speculative sampling, so the result is
+    /// distributed exactly as [`Sampler::sample`]'s.
+    pub fn verify(&mut self, logits: &mut [f32], generated: &[u32], draft: u32) -> u32 {
+        self.apply_penalties(logits, generated);
+        let Some(mut dist) = self.distribution(logits) else {
+            return argmax(logits);
+        };
+        let p_draft = dist
+            .iter()
+            .find(|&&(t, _)| t == draft)
+            .map_or(0.0, |&(_, p)| p);
+        if p_draft > 0.0 && self.rng.next_f64() < p_draft {
+            return draft;
+        }
+        dist.retain(|&(t, _)| t != draft);
+        if dist.is_empty() {
+            // p(draft) was 1 up to rounding: nothing else can be drawn.
+            return draft;
+        }
+        pick(&dist, self.rng.next_f64())
+    }
+
+    /// The distribution tokens are drawn from (penalties already applied): `(token, p)` best
+    /// first, after temperature, top-k, min-p and top-p, summing to 1; `None` when greedy (or
+    /// when no logit is finite).
+    fn distribution(&self, logits: &[f32]) -> Option<Vec<(u32, f64)>> {
         let p = &self.params;
         if p.temperature == 0.0 {
-            return argmax(logits);
+            return None;
         }
         // Candidates sorted by logit, best first (ties: lower id first).
         let mut cand: Vec<(u32, f32)> = logits
@@ -182,7 +218,7 @@ impl Sampler {
             .map(|(i, &l)| (i as u32, l))
             .collect();
         if cand.is_empty() {
-            return argmax(logits);
+            return None;
         }
         cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if p.top_k > 0 {
@@ -213,15 +249,26 @@ impl Sampler {
             probs.truncate(keep);
         }
         let total: f64 = probs.iter().sum();
-        let mut r = self.rng.next_f64() * total;
-        for (i, q) in probs.iter().enumerate() {
-            r -= q;
-            if r < 0.0 {
-                return cand[i].0;
-            }
-        }
-        cand[probs.len() - 1].0
+        Some(
+            cand.iter()
+                .zip(&probs)
+                .map(|(&(t, _), &q)| (t, q / total))
+                .collect(),
+        )
     }
+}
+
+/// The token of `dist` (`(token, p)`, p summing to its total) at the uniform draw `u ∈ [0, 1)`.
+fn pick(dist: &[(u32, f64)], u: f64) -> u32 {
+    let total: f64 = dist.iter().map(|&(_, p)| p).sum();
+    let mut r = u * total;
+    for &(t, p) in dist {
+        r -= p;
+        if r < 0.0 {
+            return t;
+        }
+    }
+    dist.last().map_or(0, |&(t, _)| t)
 }
 
 /// Index of the largest logit (lowest index on ties; NaN never wins).
@@ -323,6 +370,53 @@ mod tests {
             .count();
         let frac = ones as f64 / n as f64; // expected 0.75
         assert!((frac - 0.75).abs() < 0.02, "{frac}");
+    }
+
+    /// Speculative verification keeps the sampling distribution: over many draws with a fixed
+    /// draft, each token's frequency matches the distribution `sample` draws from (χ² over a
+    /// 5-token vocabulary, with top-k, temperature and a penalty in play), whichever token is
+    /// drafted — likely, unlikely, or one top-k removed.
+    #[test]
+    fn verification_keeps_the_distribution() {
+        let logits = [1.0f32, 0.2, -0.5, 0.9, -3.0];
+        let generated = [3u32];
+        let p = params(|p| {
+            p.temperature = 0.8;
+            p.top_k = 4;
+            p.presence_penalty = 0.3;
+        });
+        let mut expect = logits;
+        let s = Sampler::new(p.clone());
+        s.apply_penalties(&mut expect, &generated);
+        let dist = s.distribution(&expect).unwrap();
+        let n = 40_000;
+        for draft in [0u32, 2, 4] {
+            let mut v = Sampler::new(p.clone());
+            let mut counts = [0usize; 5];
+            for _ in 0..n {
+                counts[v.verify(&mut logits.clone(), &generated, draft) as usize] += 1;
+            }
+            assert_eq!(counts[4], 0, "top-k dropped token 4 (draft {draft})");
+            let chi2: f64 = dist
+                .iter()
+                .map(|&(t, q)| {
+                    let e = q * n as f64;
+                    (counts[t as usize] as f64 - e).powi(2) / e
+                })
+                .sum();
+            // 3 degrees of freedom: p(χ² > 16.3) = 0.001.
+            assert!(
+                chi2 < 16.3,
+                "draft {draft}: χ² {chi2}, counts {counts:?}, {dist:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn greedy_verification_is_argmax() {
+        let mut s = Sampler::new(SamplingParams::default());
+        assert_eq!(s.verify(&mut [0.1, 3.0, -1.0], &[], 1), 1);
+        assert_eq!(s.verify(&mut [0.1, 3.0, -1.0], &[], 2), 1);
     }
 
     #[test]

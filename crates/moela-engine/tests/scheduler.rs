@@ -476,6 +476,7 @@ fn bench_runs_through_the_engine() {
         repetitions: 2,
         warmup: true,
         batch: 3,
+        draft: Default::default(),
     };
     let r = run_bench(&model, &cfg).unwrap();
     assert_eq!(r.prefill_samples.len(), 2);

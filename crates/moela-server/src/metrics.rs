@@ -330,6 +330,21 @@ fn engine_counters(s: &EngineStats) -> Vec<(&'static str, &'static str, u64)> {
             "Forward passes run by the engine.",
             c(&s.steps),
         ),
+        (
+            "moela_spec_decode_draft_tokens_total",
+            "Tokens drafted for speculative decoding and sent for verification.",
+            c(&s.drafted_tokens),
+        ),
+        (
+            "moela_spec_decode_accepted_tokens_total",
+            "Drafted tokens the model accepted.",
+            c(&s.accepted_tokens),
+        ),
+        (
+            "moela_spec_decode_rows_total",
+            "Decode rows verified (one per decoding sequence per step).",
+            c(&s.decode_rows),
+        ),
     ]
 }
 
