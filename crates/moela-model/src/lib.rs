@@ -14,6 +14,7 @@ pub mod mla;
 mod mlp;
 pub mod model;
 pub mod moe;
+pub mod mtp;
 pub mod rope;
 pub mod sampling;
 mod tiled;
@@ -30,5 +31,6 @@ pub use config::{
 pub use error::ModelError;
 pub use mla::AttentionMode;
 pub use model::{ForwardOptions, Logits, Model, SeqInput, Trace};
+pub use mtp::{MtpInput, MtpLayer};
 pub use sampling::SamplingDefaults;
 pub use weights::{TensorRef, WeightSource};

@@ -21,7 +21,7 @@ use crate::error::ModelError;
 use crate::mlp::mlp_forward;
 use crate::moe::moe_forward;
 use crate::rope::{Rope, RopeTable};
-use crate::weights::{Ffn, LayerAttention, WeightSource, Weights};
+use crate::weights::{Ffn, Layer, LayerAttention, WeightSource, Weights};
 
 /// Which logits a sequence wants back from a forward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +61,11 @@ impl Recorder {
         Recorder {
             items: on.then(Default::default),
         }
+    }
+
+    /// A recorder that records nothing.
+    pub(crate) fn off() -> Recorder {
+        Recorder::new(false)
     }
 
     /// Records a copy of `v` under `name()` when tracing.
@@ -176,6 +181,16 @@ impl Model {
         })
     }
 
+    /// Cache values per token of each layer.
+    pub(crate) fn widths(&self) -> &[usize] {
+        &self.widths
+    }
+
+    /// The model's RoPE.
+    pub(crate) fn rope(&self) -> &Rope {
+        &self.rope
+    }
+
     /// The element type of the caches this model makes (default F32, exact).
     pub fn kv_type(&self) -> KvType {
         self.kv_type
@@ -237,6 +252,29 @@ impl Model {
         opts: &ForwardOptions,
         trace: Option<&mut Trace>,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.run(batch, opts, trace, false)
+            .map(|(logits, _)| logits)
+    }
+
+    /// [`Model::forward`] that also returns, per sequence, the final residual stream of every
+    /// new token (`[tokens, hidden]`, before the final norm): what DeepSeek's MTP layer reads.
+    #[allow(clippy::type_complexity)]
+    pub fn forward_hidden(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        opts: &ForwardOptions,
+    ) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), ModelError> {
+        self.run(batch, opts, None, true)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn run(
+        &self,
+        batch: &mut [SeqInput<'_>],
+        opts: &ForwardOptions,
+        trace: Option<&mut Trace>,
+        want_hidden: bool,
+    ) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>), ModelError> {
         let c = &self.config;
         let d = c.hidden_size;
         // Validate everything before touching any cache, so a bad request leaves no trace.
@@ -252,7 +290,7 @@ impl Model {
             }
         }
         let Some(pool) = batch.first().map(|s| s.cache.pool().clone()) else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         };
         if batch.iter().any(|s| !Arc::ptr_eq(s.cache.pool(), &pool)) {
             return Err(ModelError::Input(
@@ -289,10 +327,6 @@ impl Model {
         let rope = self.rope.table(&positions);
         let mut x = vec![0.0f32; n_tok * d];
         for (l, layer) in self.weights.layers.iter().enumerate() {
-            let hyper = layer.hyper.as_deref();
-            let (input, mix) = sublayer_input(hyper.map(|hy| &hy.attn), &h);
-            rms_norm(&input, &layer.attn_norm, c.rms_norm_eps, &mut x);
-            rec.record(|| format!("layer.{l}.attn_norm"), &x);
             let step = Step {
                 layer: l,
                 config: c,
@@ -301,35 +335,42 @@ impl Model {
                 opts,
                 rec: &rec,
             };
-            let o = layer.attn.attend(&step, &x, batch, &mut kv);
-            rec.record(|| format!("layer.{l}.attn"), &o);
-            sublayer_output(mix, &mut h, &o);
-            let (input, mix) = sublayer_input(hyper.map(|hy| &hy.ffn), &h);
-            rms_norm(&input, &layer.ffn_norm, c.rms_norm_eps, &mut x);
-            rec.record(|| format!("layer.{l}.ffn_norm"), &x);
-            let f = match &layer.ffn {
-                Ffn::Dense(m) => mlp_forward(m, &x),
-                Ffn::Moe(m) => moe_forward(m, &x, &tokens, &|name, v| {
-                    rec.record(|| format!("layer.{l}.moe.{name}"), v)
-                }),
-            };
-            rec.record(|| format!("layer.{l}.ffn"), &f);
-            sublayer_output(mix, &mut h, &f);
-            rec.record(|| format!("layer.{l}"), &h);
+            layer.run(&step, &mut h, &mut x, &tokens, batch, &mut kv);
         }
         for s in batch.iter_mut() {
             kv.commit(s.cache, s.tokens);
         }
         drop(kv);
-        // Logits for the rows each sequence asked for: every sequence's rows in one product
-        // (a decode step of many sequences reads the head once, not once per sequence).
+        let wants: Vec<(usize, Logits)> =
+            batch.iter().map(|s| (s.tokens.len(), s.logits)).collect();
+        let hidden = match want_hidden {
+            true => split_rows(&h, width, wants.iter().map(|w| w.0)),
+            false => Vec::new(),
+        };
+        let out = self.logits(&h, width, &wants, &self.weights.norm);
+        if let Some(t) = trace {
+            t.extend(rec.into_trace());
+        }
+        Ok((out, hidden))
+    }
+
+    /// The logits of the rows each sequence asks for (`wants`: its row count and [`Logits`]) of
+    /// the residual `h` (`[T, width]`): DeepSeek-V4's streams collapsed, `norm`, then the head,
+    /// every sequence's rows in one product (a decode step of many sequences reads the head
+    /// once, not once per sequence).
+    pub(crate) fn logits(
+        &self,
+        h: &[f32],
+        width: usize,
+        wants: &[(usize, Logits)],
+        norm: &[f32],
+    ) -> Vec<Vec<f32>> {
         let lm_head: &QMat = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
         let mut hn = Vec::new();
-        let mut counts = Vec::with_capacity(batch.len());
+        let mut counts = Vec::with_capacity(wants.len());
         let mut row0 = 0;
-        for s in batch.iter() {
-            let n = s.tokens.len();
-            let rows = match s.logits {
+        for &(n, want) in wants {
+            let rows = match want {
                 Logits::None => 0..0,
                 Logits::Last => n.saturating_sub(1)..n,
                 Logits::All => 0..n,
@@ -341,24 +382,72 @@ impl Model {
         if let Some(head) = &self.weights.hc_head {
             hn = head.collapse(&hn);
         }
-        rms_norm_in_place(&mut hn, &self.weights.norm, c.rms_norm_eps);
+        rms_norm_in_place(&mut hn, norm, self.config.rms_norm_eps);
         let mut logits = match hn.is_empty() {
             true => Vec::new(),
             false => lm_head.forward(&hn),
         };
         // Split from the end, so a single sequence keeps the product's buffer as it is.
         let v = lm_head.rows;
-        let mut out = Vec::with_capacity(batch.len());
+        let mut out = Vec::with_capacity(wants.len());
         let mut end = logits.len() / v.max(1);
         for &n in counts.iter().rev() {
             end -= n;
             out.push(logits.split_off(end * v));
         }
         out.reverse();
-        if let Some(t) = trace {
-            t.extend(rec.into_trace());
-        }
-        Ok(out)
+        out
+    }
+}
+
+/// `rows` (`[T, width]`) split into consecutive runs of `counts` rows, copied.
+pub(crate) fn split_rows(
+    rows: &[f32],
+    width: usize,
+    counts: impl Iterator<Item = usize>,
+) -> Vec<Vec<f32>> {
+    let mut at = 0;
+    counts
+        .map(|n| {
+            let part = rows[at * width..(at + n) * width].to_vec();
+            at += n;
+            part
+        })
+        .collect()
+}
+
+impl Layer {
+    /// One decoder layer over the residual `h` (`[T, streams·hidden]`, in place): attention
+    /// (writing its rows of the cache) and the FFN, each pre-normed into `x` (`[T, hidden]`).
+    pub(crate) fn run(
+        &self,
+        step: &Step<'_>,
+        h: &mut [f32],
+        x: &mut [f32],
+        tokens: &[u32],
+        batch: &[SeqInput<'_>],
+        kv: &mut BatchCache<'_>,
+    ) {
+        let (l, rec, eps) = (step.layer, step.rec, step.config.rms_norm_eps);
+        let hyper = self.hyper.as_deref();
+        let (input, mix) = sublayer_input(hyper.map(|hy| &hy.attn), h);
+        rms_norm(&input, &self.attn_norm, eps, x);
+        rec.record(|| format!("layer.{l}.attn_norm"), x);
+        let o = self.attn.attend(step, x, batch, kv);
+        rec.record(|| format!("layer.{l}.attn"), &o);
+        sublayer_output(mix, h, &o);
+        let (input, mix) = sublayer_input(hyper.map(|hy| &hy.ffn), h);
+        rms_norm(&input, &self.ffn_norm, eps, x);
+        rec.record(|| format!("layer.{l}.ffn_norm"), x);
+        let f = match &self.ffn {
+            Ffn::Dense(m) => mlp_forward(m, x),
+            Ffn::Moe(m) => moe_forward(m, x, tokens, &|name, v| {
+                rec.record(|| format!("layer.{l}.moe.{name}"), v)
+            }),
+        };
+        rec.record(|| format!("layer.{l}.ffn"), &f);
+        sublayer_output(mix, h, &f);
+        rec.record(|| format!("layer.{l}"), h);
     }
 }
 

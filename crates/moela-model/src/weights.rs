@@ -42,6 +42,10 @@ mod hf {
     pub const GATE_PROJ: &str = "gate_proj.weight";
     pub const UP_PROJ: &str = "up_proj.weight";
     pub const DOWN_PROJ: &str = "down_proj.weight";
+    pub const MTP_ENORM: &str = "enorm.weight";
+    pub const MTP_HNORM: &str = "hnorm.weight";
+    pub const MTP_EH_PROJ: &str = "eh_proj.weight";
+    pub const MTP_HEAD_NORM: &str = "shared_head.norm.weight";
 
     /// Decoder layer `l`: `model.layers.{l}`.
     pub fn layer(l: usize) -> String {
@@ -255,6 +259,8 @@ pub struct Weights {
     pub lm_head: Option<QMat>, // [vocab, hidden]; None when tied to `embed`
     /// DeepSeek-V4's collapse of the residual streams before the final norm.
     pub hc_head: Option<HyperHead>,
+    /// DeepSeek's first Multi-Token Prediction layer, when the checkpoint has its weights.
+    pub mtp: Option<Box<crate::mtp::MtpLayer>>,
 }
 
 struct Req<'a> {
@@ -262,6 +268,61 @@ struct Req<'a> {
 }
 
 impl Req<'_> {
+    /// Decoder layer `l` (`model.layers.{l}`): its attention, FFN and norms.
+    fn layer(&mut self, cfg: &Config, l: usize) -> Result<Layer, ModelError> {
+        let d = cfg.hidden_size;
+        let p = &hf::layer(l);
+        let (attn, hyper) = match &cfg.attention {
+            Attention::Mla(m) => (LayerAttention::Mla(self.mla(cfg, m, l, p)?), None),
+            Attention::Gqa(g) => (LayerAttention::Gqa(self.gqa(cfg, g, l, p)?), None),
+            Attention::V4(v) => (
+                LayerAttention::V4(Box::new(crate::v4::load_attention(self.src, cfg, v, l, p)?)),
+                Some(Box::new(crate::v4::load_hyper(self.src, cfg, v, p)?)),
+            ),
+        };
+        let ffn = match (&cfg.moe, &cfg.attention) {
+            (Some(m), Attention::V4(v)) => {
+                Ffn::Moe(crate::v4::load_moe(self.src, cfg, m, v, l, p)?)
+            }
+            (Some(m), _) if cfg.is_moe_layer(l) => Ffn::Moe(self.moe(cfg, m, p)?),
+            _ => Ffn::Dense(self.mlp(&hf::at(p, hf::MLP), d, cfg.intermediate_size)?),
+        };
+        Ok(Layer {
+            attn_norm: self.vec(&hf::at(p, hf::ATTN_NORM), d)?,
+            attn,
+            ffn_norm: self.vec(&hf::at(p, hf::FFN_NORM), d)?,
+            ffn,
+            hyper,
+        })
+    }
+
+    /// DeepSeek's first MTP layer (`model.layers.{num_hidden_layers}`: `enorm`, `hnorm`,
+    /// `eh_proj`, a decoder block, `shared_head.norm`; its head and embedding are the model's),
+    /// for MLA models whose config declares one and whose checkpoint has its weights.
+    fn mtp(&mut self, cfg: &Config) -> Result<Option<crate::mtp::MtpLayer>, ModelError> {
+        let n = cfg.num_hidden_layers;
+        let p = &hf::layer(n);
+        let mla = matches!(cfg.attention, Attention::Mla(_));
+        if cfg.num_nextn_predict_layers == 0
+            || !mla
+            || !self.src.contains(&hf::at(p, hf::MTP_EH_PROJ))
+        {
+            return Ok(None);
+        }
+        let d = cfg.hidden_size;
+        let two_d = d.checked_mul(2).ok_or_else(|| ModelError::Config {
+            field: "hidden_size".into(),
+            msg: format!("{d} is too large"),
+        })?;
+        Ok(Some(crate::mtp::MtpLayer {
+            enorm: self.vec(&hf::at(p, hf::MTP_ENORM), d)?,
+            hnorm: self.vec(&hf::at(p, hf::MTP_HNORM), d)?,
+            eh_proj: self.mat(&hf::at(p, hf::MTP_EH_PROJ), d, two_d)?,
+            block: self.layer(cfg, n)?,
+            norm: self.vec(&hf::at(p, hf::MTP_HEAD_NORM), d)?,
+        }))
+    }
+
     fn vec(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
         self.src.load(name, &[len])
     }
@@ -504,32 +565,11 @@ impl Weights {
         progress(1, total);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
-            let p = &hf::layer(l);
-            let (attn, hyper) = match &cfg.attention {
-                Attention::Mla(m) => (LayerAttention::Mla(req.mla(cfg, m, l, p)?), None),
-                Attention::Gqa(g) => (LayerAttention::Gqa(req.gqa(cfg, g, l, p)?), None),
-                Attention::V4(v) => (
-                    LayerAttention::V4(Box::new(crate::v4::load_attention(req.src, cfg, v, l, p)?)),
-                    Some(Box::new(crate::v4::load_hyper(req.src, cfg, v, p)?)),
-                ),
-            };
-            let ffn = match (&cfg.moe, &cfg.attention) {
-                (Some(m), Attention::V4(v)) => {
-                    Ffn::Moe(crate::v4::load_moe(req.src, cfg, m, v, l, p)?)
-                }
-                (Some(m), _) if cfg.is_moe_layer(l) => Ffn::Moe(req.moe(cfg, m, p)?),
-                _ => Ffn::Dense(req.mlp(&hf::at(p, hf::MLP), d, cfg.intermediate_size)?),
-            };
-            layers.push(Layer {
-                attn_norm: req.vec(&hf::at(p, hf::ATTN_NORM), d)?,
-                attn,
-                ffn_norm: req.vec(&hf::at(p, hf::FFN_NORM), d)?,
-                ffn,
-                hyper,
-            });
+            layers.push(req.layer(cfg, l)?);
             progress(l + 2, total);
         }
         let norm = req.vec(hf::NORM, d)?;
+        let mtp = req.mtp(cfg)?.map(Box::new);
         let hc_head = match cfg.v4() {
             Some(v) => Some(crate::v4::load_head(req.src, cfg, v)?),
             None => None,
@@ -552,6 +592,7 @@ impl Weights {
             norm,
             lm_head,
             hc_head,
+            mtp,
         })
     }
 }
