@@ -147,20 +147,33 @@ impl SamplingArgs {
 
 #[derive(Args)]
 struct DraftArgs {
-    /// Speculative decoding: `ngram` drafts the continuation of the latest earlier occurrence
-    /// of the last tokens (prompt lookup) and verifies the drafts in the same step; `none`
-    /// decodes one token per step. Output tokens are the same either way.
-    #[arg(long, default_value = "none")]
-    draft: DraftMode,
+    /// Speculative decoding: `mtp` drafts with the model's own Multi-Token Prediction layer,
+    /// `ngram` the continuation of the latest earlier occurrence of the last tokens (prompt
+    /// lookup); the model verifies the drafts in the same step. `none` decodes one token per
+    /// step. Output tokens are the same either way. Default: `mtp` when the model has an MTP
+    /// layer, else `none`.
+    #[arg(long)]
+    draft: Option<DraftMode>,
     /// Tokens drafted per step, at most.
     #[arg(long, default_value_t = moela_engine::DEFAULT_DRAFT_TOKENS)]
     draft_tokens: usize,
 }
 
 impl DraftArgs {
-    fn config(&self) -> DraftConfig {
+    /// The drafting `model` gets: the flag, else MTP where the model has an MTP layer. `mtp`
+    /// asked of a model without one decodes without drafts, with a note.
+    fn config(&self, model: &moela_model::Model) -> DraftConfig {
+        let mode = match self.draft {
+            Some(DraftMode::Mtp) if !model.has_mtp() => {
+                eprintln!("note: this model has no MTP layer weights: decoding without drafts");
+                DraftMode::None
+            }
+            Some(m) => m,
+            None if model.has_mtp() => DraftMode::Mtp,
+            None => DraftMode::None,
+        };
         DraftConfig {
-            mode: self.draft,
+            mode,
             tokens: self.draft_tokens,
         }
     }
@@ -488,7 +501,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     };
     let req = m.request(prompt, &a.sampling);
     let mut out = std::io::stdout().lock();
-    let res = generate(&mut m.engine(a.draft.config()), req, &mut |piece| {
+    let res = generate(&mut m.engine(a.draft.config(&m.model)), req, &mut |piece| {
         let _ = out.write_all(piece.as_bytes());
         let _ = out.flush();
     })
@@ -532,7 +545,7 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     // One engine for the whole conversation: each turn reuses the cached prefix of the last.
-    let mut engine = m.engine(a.draft.config());
+    let mut engine = m.engine(a.draft.config(&m.model));
     loop {
         if interactive {
             eprint!("> ");
@@ -626,7 +639,7 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
             max_batch: a.max_batch,
             max_queue: a.max_queue,
             ctx: m.ctx,
-            draft: a.draft.config(),
+            draft: a.draft.config(&m.model),
             ..Default::default()
         },
         max_body_bytes: moela_server::DEFAULT_MAX_BODY_BYTES,
@@ -941,7 +954,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         repetitions: a.repetitions as usize,
         warmup: !a.no_warmup,
         batch: a.batch as usize,
-        draft: a.draft.config(),
+        draft: a.draft.config(&m.model),
     };
     let need = cfg.context_needed();
     if need > m.ctx {
@@ -989,7 +1002,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 "repacked_weight_bytes": repacked,
                 "threads": threads,
                 "isa": format!("{:?}", moela_kernels::Isa::best()),
-                "draft": a.draft.draft.as_str(),
+                "draft": cfg.draft.mode.as_str(),
                 "draft_tokens": a.draft.draft_tokens,
                 "acceptance_rate": r.acceptance_rate(),
                 "tokens_per_step": r.tokens_per_step(),
@@ -1014,10 +1027,10 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             "decode:       {:.2} ± {:.2} tok/s ({} tokens{batch} at context {}{runs})",
             r.decode_tok_s, r.decode_tok_s_sd, a.gen_tokens, r.decode_context
         );
-        if a.draft.draft != DraftMode::None {
+        if cfg.draft.mode != DraftMode::None {
             println!(
                 "drafts:       {} (≤ {} per step): {:.1} % accepted, {:.2} tokens per step",
-                a.draft.draft.as_str(),
+                cfg.draft.mode.as_str(),
                 a.draft.draft_tokens,
                 100.0 * r.acceptance_rate(),
                 r.tokens_per_step()

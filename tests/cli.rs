@@ -61,6 +61,15 @@ fn rewrite_tensor(dir: &Path, name: &str, replace: Option<(Dtype, Vec<usize>, Ve
     std::fs::write(p, out).unwrap();
 }
 
+/// The `token_ids` of `moela generate` on `dir` with `args` then `extra` (`--json` in `args`).
+fn generated_ids(dir: &str, args: &[&str], extra: &[&str]) -> Value {
+    let mut all = gen_args(dir, args);
+    all.extend_from_slice(extra);
+    let o = moela(&all);
+    assert!(o.status.success(), "{}", stderr(&o));
+    last_json(&o)["token_ids"].clone()
+}
+
 fn gen_args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec!["generate", "--model", dir, "--prompt", "Hello there"];
     a.extend_from_slice(extra);
@@ -545,11 +554,11 @@ fn mmap_only_generates_what_the_default_does() {
     let dir = case_dir("qwen2");
     let d = dir.to_str().unwrap();
     let run = |extra: &[&str]| {
-        let mut args = gen_args(d, &["--max-tokens", "8", "--json", "--quant", "q4_0"]);
-        args.extend_from_slice(extra);
-        let o = moela(&args);
-        assert!(o.status.success(), "{}", stderr(&o));
-        last_json(&o)["token_ids"].clone()
+        generated_ids(
+            d,
+            &["--max-tokens", "8", "--json", "--quant", "q4_0"],
+            extra,
+        )
     };
     assert_eq!(run(&["--mmap-only"]), run(&[]));
     // The flag is what keeps the matrices in place: nothing repacked with it.
@@ -643,5 +652,37 @@ fn prompt_lookup_drafts_change_no_output() {
         "generate", "--model", d, "--prompt", "x", "--draft", "eagle",
     ]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("unknown draft mode \"eagle\" (expected none or ngram)"));
+    assert!(stderr(&o).contains("unknown draft mode \"eagle\" (expected mtp, ngram or none)"));
+}
+
+/// A checkpoint with an MTP layer drafts with it by default (`bench --json` says `mtp`), and its
+/// answer equals `--draft none`'s; `--draft mtp` on a model without one is a note, not an error.
+#[test]
+fn mtp_is_the_default_draft_where_the_model_has_one() {
+    let dir = case_dir("v3_mtp");
+    let d = dir.to_str().unwrap();
+    let answer = |extra: &[&str]| {
+        generated_ids(
+            d,
+            &["--max-tokens", "16", "--temperature", "0", "--json"],
+            extra,
+        )
+    };
+    assert_eq!(answer(&[]), answer(&["--draft", "none"]));
+    let o = moela(&[
+        "bench",
+        "--model",
+        d,
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "8",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(last_json(&o)["draft"], "mtp");
+    let plain = case_dir("v3");
+    let o = moela(&gen_args(plain.to_str().unwrap(), &["--draft", "mtp"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no MTP layer"), "{}", stderr(&o));
 }

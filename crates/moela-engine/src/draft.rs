@@ -22,6 +22,8 @@ pub enum DraftMode {
     /// Prompt lookup: the continuation of the latest earlier occurrence of the context's last
     /// tokens ([`ngram_draft`]).
     Ngram,
+    /// The model's own Multi-Token Prediction layer (`mtp.rs`), when it has one.
+    Mtp,
 }
 
 impl DraftMode {
@@ -29,6 +31,7 @@ impl DraftMode {
         match self {
             DraftMode::None => "none",
             DraftMode::Ngram => "ngram",
+            DraftMode::Mtp => "mtp",
         }
     }
 }
@@ -39,7 +42,10 @@ impl std::str::FromStr for DraftMode {
         match s {
             "none" => Ok(DraftMode::None),
             "ngram" => Ok(DraftMode::Ngram),
-            _ => Err(format!("unknown draft mode {s:?} (expected none or ngram)")),
+            "mtp" => Ok(DraftMode::Mtp),
+            _ => Err(format!(
+                "unknown draft mode {s:?} (expected mtp, ngram or none)"
+            )),
         }
     }
 }

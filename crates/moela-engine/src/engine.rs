@@ -11,12 +11,14 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use moela_model::{ForwardOptions, KvPool, Logits, Model, SeqCache, SeqInput};
-use moela_text::{StreamDecoder, Tokenizer};
+use moela_model::{ForwardOptions, KvPool, Logits, Model, SeqInput};
+use moela_text::Tokenizer;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::draft::{DraftConfig, DraftMode, Drafter, PromptLookup};
+use crate::mtp::{catch_up, CatchUp, MtpState};
 use crate::sampler::{Sampler, SamplingParams};
+use crate::sequence::{token_nll, Outcome, Seq};
 use crate::stop::StopMatcher;
 
 /// Prompt tokens fed per step by default (bounds activation memory; `Logits::All` rows of a
@@ -277,27 +279,6 @@ pub(crate) fn check_request(
     Ok(())
 }
 
-/// One sequence in the running batch.
-struct Seq {
-    job: Job,
-    cache: SeqCache,
-    /// Prompt tokens fed so far (starting after the reused prefix).
-    fed: usize,
-    /// Prompt tokens served from the prefix cache.
-    cached: usize,
-    generated: Vec<u32>,
-    sampler: Sampler,
-    /// `None` when the engine has no tokenizer: events carry ids and no text.
-    decoder: Option<StreamDecoder>,
-    stops: StopMatcher,
-}
-
-enum Outcome {
-    Continue,
-    Finished(FinishReason),
-    Cancelled,
-}
-
 /// What one sequence feeds into a step.
 struct Input {
     /// Index into the running batch.
@@ -321,6 +302,8 @@ pub struct Engine {
     running: Vec<Seq>,
     /// Where drafts come from (`config.draft.mode`, or [`Engine::set_drafter`]).
     drafter: Option<Arc<dyn Drafter>>,
+    /// The MTP layer's caches (`--draft mtp` on a model that has one; `mtp.rs`).
+    mtp_pool: Option<Arc<KvPool>>,
 }
 
 impl Engine {
@@ -336,14 +319,23 @@ impl Engine {
         stats
             .kv_blocks_free
             .store(config.pool_blocks(), Ordering::Relaxed);
+        let mtp_pool = match config.draft.mode {
+            DraftMode::Mtp => model.new_mtp_pool(
+                config.block_tokens,
+                Some(config.pool_blocks()),
+                config.prefix_caching,
+            ),
+            _ => None,
+        };
         Engine {
             model,
             pool,
             tokenizer,
             drafter: match config.draft.mode {
-                DraftMode::None => None,
+                DraftMode::None | DraftMode::Mtp => None,
                 DraftMode::Ngram => Some(Arc::new(PromptLookup)),
             },
+            mtp_pool,
             config,
             stats,
             waiting: VecDeque::new(),
@@ -478,10 +470,22 @@ impl Engine {
         self.stats
             .prompt_tokens
             .fetch_add(job.req.prompt.len() as u64, Ordering::Relaxed);
-        let cache = if job.req.score_prompt {
+        let mut cache = if job.req.score_prompt {
             self.pool.new_seq()
         } else {
             self.pool.seq_with_prefix(&job.req.prompt)
+        };
+        // The MTP cache's row p depends on the token after p: its prefix is looked up by the
+        // prompt shifted by one. Both caches keep the shorter reuse (the main model recomputes
+        // what the MTP layer needs residuals for).
+        let mtp = match (&self.mtp_pool, job.req.score_prompt) {
+            (Some(pool), false) => {
+                let mut m = pool.seq_with_prefix(job.req.prompt.get(1..).unwrap_or(&[]));
+                let reuse = m.len().min(cache.len());
+                let fits = m.truncate(reuse).and_then(|_| cache.truncate(reuse));
+                fits.ok().map(|_| MtpState::new(m))
+            }
+            _ => None,
         };
         let cached = cache.len();
         self.stats
@@ -495,6 +499,7 @@ impl Engine {
             sampler: Sampler::new(job.req.sampling.clone()),
             decoder: self.tokenizer.as_ref().map(|t| t.stream_decoder(true)),
             stops: StopMatcher::new(&job.req.stop),
+            mtp,
             job,
         }
     }
@@ -549,18 +554,17 @@ impl Engine {
     /// never more than its remaining budget can emit after the last token (so its cache stays
     /// within the blocks admission reserved for it).
     fn draft_for(&self, s: &Seq) -> Vec<u32> {
-        let req = &s.job.req;
-        let budget = req
-            .max_tokens
-            .min(self.config.ctx.saturating_sub(req.prompt.len()));
-        let room = budget.saturating_sub(s.generated.len() + 1);
-        let k = self.config.draft.tokens.min(room);
+        let k = self.draft_room(s);
         if k == 0 {
             return Vec::new();
+        }
+        if let Some(m) = &s.mtp {
+            return m.drafts.iter().take(k).copied().collect();
         }
         let Some(drafter) = &self.drafter else {
             return Vec::new();
         };
+        let req = &s.job.req;
         let mut context = req.prompt.clone();
         context.extend_from_slice(&s.generated);
         let mut draft = drafter.draft(&context, k);
@@ -571,6 +575,51 @@ impl Engine {
         draft
     }
 
+    /// How many tokens a decoding sequence may draft now: the configured number, capped so that
+    /// what it can emit stays within its budget.
+    fn draft_room(&self, s: &Seq) -> usize {
+        let req = &s.job.req;
+        let budget = req
+            .max_tokens
+            .min(self.config.ctx.saturating_sub(req.prompt.len()));
+        let room = budget.saturating_sub(s.generated.len() + 1);
+        self.config.draft.tokens.min(room)
+    }
+
+    /// Runs the positions every sequence's main cache gained through the MTP layer and drafts
+    /// for the next step (`mtp.rs`); a failure there only stops those sequences' drafting.
+    fn mtp_catch_up(&mut self) {
+        let rooms: Vec<usize> = self
+            .running
+            .iter()
+            .map(
+                |s| match s.fed >= s.job.req.prompt.len() && !s.generated.is_empty() {
+                    true => self.draft_room(s),
+                    false => 0,
+                },
+            )
+            .collect();
+        let mut parts: Vec<CatchUp<'_>> = Vec::new();
+        let mut who = Vec::new();
+        for (i, (s, k)) in self.running.iter_mut().zip(rooms).enumerate() {
+            if let Some(state) = s.mtp.as_mut() {
+                let mut known = s.job.req.prompt.clone();
+                known.extend_from_slice(&s.generated);
+                parts.push(CatchUp { state, known, k });
+                who.push(i);
+            }
+        }
+        if parts.is_empty() {
+            return;
+        }
+        if catch_up(&self.model, &mut parts).is_err() {
+            drop(parts);
+            for i in who {
+                self.running[i].mtp = None;
+            }
+        }
+    }
+
     fn forward_step(&mut self) {
         // Drop cancelled requests first: their caches are freed at once.
         self.running.retain(|s| !s.job.tx.is_closed());
@@ -578,6 +627,10 @@ impl Engine {
         if inputs.is_empty() {
             return;
         }
+        let before: Vec<usize> = inputs
+            .iter()
+            .map(|inp| self.running[inp.seq].cache.len())
+            .collect();
         // Borrow the chosen sequences' caches (inputs are in index order).
         let mut batch: Vec<SeqInput> = Vec::with_capacity(inputs.len());
         let mut next = inputs.iter().peekable();
@@ -590,15 +643,28 @@ impl Engine {
                 });
             }
         }
-        let result = self.model.forward(&mut batch, &ForwardOptions::default());
+        let opts = ForwardOptions::default();
+        let result = match self.mtp_pool.is_some() {
+            true => self.model.forward_hidden(&mut batch, &opts),
+            false => self
+                .model
+                .forward(&mut batch, &opts)
+                .map(|l| (l, Vec::new())),
+        };
         drop(batch);
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         let mut finished = vec![false; self.running.len()];
         match result {
-            Ok(logits) => {
+            Ok((logits, hidden)) => {
                 let vocab = self.model.config.vocab_size;
-                for (inp, mut rows) in inputs.iter().zip(logits) {
+                let d = self.model.config.hidden_size;
+                for (j, (inp, mut rows)) in inputs.iter().zip(logits).enumerate() {
                     let s = &mut self.running[inp.seq];
+                    if let (Some(m), Some(h)) = (s.mtp.as_mut(), hidden.get(j)) {
+                        // Residuals of the positions this step adds; trimmed to what the cache
+                        // keeps once drafts are verified (below).
+                        m.pending.extend_from_slice(h);
+                    }
                     let first = s.fed;
                     if s.fed < s.job.req.prompt.len() {
                         s.fed += inp.tokens.len();
@@ -629,6 +695,11 @@ impl Engine {
                     if first >= s.job.req.prompt.len() {
                         self.stats.decode_rows.fetch_add(1, Ordering::Relaxed);
                     }
+                    if let Some(m) = s.mtp.as_mut() {
+                        let kept = s.cache.len() - before[j];
+                        let drop_rows = inp.tokens.len() - kept;
+                        m.pending.truncate(m.pending.len() - drop_rows * d);
+                    }
                     match outcome {
                         Outcome::Continue => {}
                         Outcome::Finished(reason) => {
@@ -653,200 +724,8 @@ impl Engine {
             idx += 1;
             keep
         });
-    }
-}
-
-impl Seq {
-    /// Verifies the drafts of a decode step that fed `tokens` (`[last, d₁ … d_k]`; `rows`: the
-    /// logits of each, `[k + 1, vocab]`): emits the accepted drafts and the token after them
-    /// (`draft.rs`), then drops the rejected drafts' rows from the cache.
-    fn verify(
-        &mut self,
-        ctx: usize,
-        stats: &EngineStats,
-        tokens: &[u32],
-        rows: &mut [f32],
-    ) -> Outcome {
-        let vocab = rows.len() / tokens.len();
-        let drafts = &tokens[1..];
-        stats
-            .drafted_tokens
-            .fetch_add(drafts.len() as u64, Ordering::Relaxed);
-        let mut accepted = 0;
-        let mut outcome = Outcome::Continue;
-        for (j, row) in rows.chunks_exact_mut(vocab).enumerate() {
-            let draft = drafts.get(j).copied();
-            outcome = self.advance(ctx, stats, row, draft);
-            let took = draft.is_some() && self.generated.last().copied() == draft;
-            if !matches!(outcome, Outcome::Continue) || !took {
-                break;
-            }
-            accepted += 1;
+        if self.mtp_pool.is_some() {
+            self.mtp_catch_up();
         }
-        stats
-            .accepted_tokens
-            .fetch_add(accepted as u64, Ordering::Relaxed);
-        if matches!(outcome, Outcome::Continue) {
-            // The cache holds `last` and every draft; keep `last` and the accepted ones.
-            let keep = self.cache.len() - drafts.len() + accepted;
-            if let Err(e) = self.cache.truncate(keep) {
-                let _ = self.job.tx.send(Event::Error(Failure::from(&e)));
-                return Outcome::Cancelled;
-            }
-        }
-        outcome
-    }
-
-    /// Samples the next token from `logits` (context `ctx`) and reports it; with `draft`, the
-    /// token proposed for this position is verified ([`Sampler::verify`]).
-    fn advance(
-        &mut self,
-        ctx: usize,
-        stats: &EngineStats,
-        logits: &mut [f32],
-        draft: Option<u32>,
-    ) -> Outcome {
-        let req = &mut self.job.req;
-        let budget = req.max_tokens.min(ctx - req.prompt.len());
-        if budget == 0 {
-            return Outcome::Finished(FinishReason::Length);
-        }
-        // Log-probabilities come from the model's raw distribution (before penalties and masks).
-        let raw = req.logprobs.map(|n| (LogSoftmax::new(logits), n));
-        if let Some(c) = req.constraint.as_mut() {
-            c.mask(logits);
-        }
-        let t = match draft {
-            Some(d) => self.sampler.verify(logits, &self.generated, d),
-            None => self.sampler.sample(logits, &self.generated),
-        };
-        if let Some(c) = req.constraint.as_mut() {
-            c.accept(t);
-        }
-        if req.stop_token_ids.contains(&t) {
-            return Outcome::Finished(FinishReason::Stop);
-        }
-        self.generated.push(t);
-        stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
-        let piece = match self.decoder.as_mut().map(|d| d.push(t)) {
-            None => String::new(),
-            Some(Ok(p)) => p,
-            Some(Err(e)) => {
-                let _ = self
-                    .job
-                    .tx
-                    .send(Event::Error(Failure::Fault(e.to_string())));
-                return Outcome::Cancelled;
-            }
-        };
-        let text = self.stops.push(&piece);
-        let (logprob, top_logprobs) = match &raw {
-            Some((ls, n)) => (Some(ls.of(t)), ls.top(*n)),
-            None => (None, Vec::new()),
-        };
-        let ev = Event::Token(TokenEvent {
-            id: t,
-            text,
-            logprob,
-            top_logprobs,
-        });
-        if self.job.tx.send(ev).is_err() {
-            return Outcome::Cancelled;
-        }
-        if self.stops.stopped() || req.constraint.as_ref().is_some_and(|c| c.is_complete()) {
-            return Outcome::Finished(FinishReason::Stop);
-        }
-        if self.generated.len() >= budget {
-            return Outcome::Finished(FinishReason::Length);
-        }
-        Outcome::Continue
-    }
-
-    /// Reports the held-back text and the finish.
-    fn finish(&mut self, reason: FinishReason) {
-        let mut tail = String::new();
-        if !self.stops.stopped() {
-            if let Some(Ok(rest)) = self.decoder.as_mut().map(|d| d.finish()) {
-                tail = self.stops.push(&rest);
-            }
-            if !self.stops.stopped() {
-                tail.push_str(&self.stops.finish());
-            }
-        }
-        let reason = if self.stops.stopped() {
-            FinishReason::Stop
-        } else {
-            reason
-        };
-        let usage = Usage {
-            prompt_tokens: self.job.req.prompt.len(),
-            completion_tokens: self.generated.len(),
-            cached_tokens: self.cached,
-        };
-        let _ = self.job.tx.send(Event::Done {
-            tail,
-            finish_reason: reason,
-            usage,
-        });
-    }
-}
-
-/// `-log softmax(row)[target]`, in f64.
-pub fn token_nll(row: &[f32], target: u32) -> f64 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = row
-        .iter()
-        .map(|&l| (l as f64 - max).exp())
-        .sum::<f64>()
-        .ln()
-        + max;
-    lse - row[target as usize] as f64
-}
-
-/// A snapshot of log-softmax over a logits row.
-struct LogSoftmax {
-    logits: Vec<f32>,
-    lse: f64,
-}
-
-impl LogSoftmax {
-    fn new(logits: &[f32]) -> LogSoftmax {
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let lse = logits
-            .iter()
-            .map(|&l| (l as f64 - max).exp())
-            .sum::<f64>()
-            .ln()
-            + max;
-        LogSoftmax {
-            logits: logits.to_vec(),
-            lse,
-        }
-    }
-
-    fn of(&self, id: u32) -> TokenLogprob {
-        let l = self
-            .logits
-            .get(id as usize)
-            .copied()
-            .unwrap_or(f32::NEG_INFINITY);
-        TokenLogprob {
-            id,
-            logprob: (l as f64 - self.lse) as f32,
-        }
-    }
-
-    /// The `n` most likely tokens, most likely first.
-    fn top(&self, n: usize) -> Vec<TokenLogprob> {
-        let mut idx: Vec<u32> = (0..self.logits.len() as u32).collect();
-        let n = n.min(idx.len());
-        if n == 0 {
-            return Vec::new();
-        }
-        let key = |i: &u32| self.logits[*i as usize];
-        idx.select_nth_unstable_by(n - 1, |a, b| key(b).total_cmp(&key(a)).then(a.cmp(b)));
-        idx.truncate(n);
-        idx.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.cmp(b)));
-        idx.into_iter().map(|i| self.of(i)).collect()
     }
 }

@@ -353,3 +353,51 @@ fn sampled_output_keeps_its_distribution() {
         "χ² {chi2:.1} over {bins} bins (bound {bound:.1})"
     );
 }
+
+/// Drafting with the model's MTP layer (the V3 fixture plus a random MTP layer): greedy output
+/// identical to one-token steps, solo and batched, with drafts made from the first decode step
+/// on; a repeated prompt reuses the cached prefix in both caches and answers the same; blocks
+/// are all returned.
+#[test]
+fn mtp_drafts_give_the_same_greedy_output() {
+    let (model, _) = load("tests/fixtures/models/v3_mtp");
+    assert!(model.has_mtp());
+    let (spec, _) = spec_and_oracle(&model, 24);
+    for batch in [1, 3] {
+        let mut e = engine(&model, None, DraftMode::Mtp, batch);
+        let got: Vec<Vec<u32>> = run(&mut e, greedy_reqs(24))
+            .into_iter()
+            .map(|o| o.0)
+            .collect();
+        assert_eq!(got, spec, "batch {batch}");
+        let s = e.stats();
+        let (drafted, _) = counts(s);
+        // Every decode row after the first of each request carries k = 3 drafts but the last
+        // ones, capped by the budget.
+        assert!(drafted >= 3 * 20, "drafted {drafted}");
+        // Again: the prompts' blocks come from the prefix cache (main and MTP alike).
+        let again: Vec<Vec<u32>> = run(&mut e, greedy_reqs(24))
+            .into_iter()
+            .map(|o| o.0)
+            .collect();
+        assert_eq!(again, spec, "batch {batch}, cached prefix");
+        assert!(e.stats().cached_tokens.load(Ordering::SeqCst) >= 16);
+        e.step();
+        assert_eq!(e.stats().kv_blocks_used.load(Ordering::SeqCst), 0);
+    }
+}
+
+/// `--draft mtp` on a model without MTP weights decodes without drafts.
+#[test]
+fn mtp_mode_without_an_mtp_layer_drafts_nothing() {
+    let (model, _) = load("tests/fixtures/models/v3");
+    assert!(!model.has_mtp());
+    let (spec, _) = spec_and_oracle(&model, 12);
+    let mut e = engine(&model, None, DraftMode::Mtp, 2);
+    let got: Vec<Vec<u32>> = run(&mut e, greedy_reqs(12))
+        .into_iter()
+        .map(|o| o.0)
+        .collect();
+    assert_eq!(got, spec);
+    assert_eq!(counts(e.stats()), (0, 0));
+}
