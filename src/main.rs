@@ -309,6 +309,11 @@ struct BenchArgs {
     json: bool,
     #[command(flatten)]
     draft: DraftArgs,
+    /// Verify K random drafted tokens in every decode step (nearly always rejected): decode
+    /// tok/s then measures a (K+1)-row step against `--verify-tokens 0`'s 1-row step, the cost
+    /// side of speculative decoding. Replaces --draft.
+    #[arg(long, default_value_t = 0)]
+    verify_tokens: usize,
 }
 
 #[derive(Args)]
@@ -954,7 +959,11 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         repetitions: a.repetitions as usize,
         warmup: !a.no_warmup,
         batch: a.batch as usize,
-        draft: a.draft.config(&m.model),
+        draft: match a.verify_tokens {
+            0 => a.draft.config(&m.model),
+            _ => DraftConfig::default(),
+        },
+        verify_tokens: a.verify_tokens,
     };
     let need = cfg.context_needed();
     if need > m.ctx {
@@ -1006,6 +1015,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 "draft_tokens": a.draft.draft_tokens,
                 "acceptance_rate": r.acceptance_rate(),
                 "tokens_per_step": r.tokens_per_step(),
+                "verify_tokens": a.verify_tokens,
             })
         );
     } else {

@@ -648,6 +648,24 @@ fn prompt_lookup_drafts_change_no_output() {
         (0.0..=1.0).contains(&rate) && (1.0..=3.0).contains(&per_step),
         "{j}"
     );
+    // --verify-tokens: random drafts, verified and (nearly) all rejected: one token per step.
+    let o = moela(&[
+        "bench",
+        "--model",
+        d,
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "8",
+        "--verify-tokens",
+        "3",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j = last_json(&o);
+    assert_eq!(j["verify_tokens"], 3, "{j}");
+    assert_eq!(j["draft"], "none", "{j}");
+    assert!(j["tokens_per_step"].as_f64().unwrap() < 1.5, "{j}");
     let o = moela(&[
         "generate", "--model", d, "--prompt", "x", "--draft", "eagle",
     ]);

@@ -32,6 +32,24 @@ pub struct BenchConfig {
     pub batch: usize,
     /// Speculative decoding during the decode measurement.
     pub draft: DraftConfig,
+    /// When > 0: every decode step verifies this many random drafted tokens (nearly always
+    /// rejected), so decode tok/s measures the cost of a `verify_tokens + 1`-row step against
+    /// a 1-row one. Replaces `draft`.
+    pub verify_tokens: usize,
+}
+
+/// Drafts `k` pseudo-random tokens, a function of the context (the verification cost, not its
+/// gain, is what `--verify-tokens` measures).
+struct RandomDrafts {
+    vocab: usize,
+}
+
+impl crate::draft::Drafter for RandomDrafts {
+    fn draft(&self, context: &[u32], k: usize) -> Vec<u32> {
+        let last = context.last().copied().unwrap_or(0) as u64;
+        let mut rng = Rng::new((context.len() as u64) << 32 | last);
+        random_tokens(&mut rng, k, self.vocab)
+    }
 }
 
 /// Measured speeds: means over the repetitions, their sample standard deviations (0 for one
@@ -111,7 +129,8 @@ impl BenchConfig {
     fn decode_budget(&self) -> usize {
         let prefill_steps = (self.batch.max(1) * self.decode_context()).div_ceil(PREFILL_CHUNK);
         // A step's accepted drafts may carry a sequence past the timed count.
-        let overshoot = self.draft.tokens * usize::from(self.draft.mode != DraftMode::None);
+        let drafting = self.draft.mode != DraftMode::None || self.verify_tokens > 0;
+        let overshoot = self.draft.tokens.max(self.verify_tokens) * usize::from(drafting);
         self.gen_tokens + usize::from(self.warmup) + prefill_steps + 1 + overshoot
     }
 
@@ -148,10 +167,19 @@ pub fn run_bench(model: &Arc<Model>, cfg: &BenchConfig) -> Result<BenchResult, E
             ctx: cfg.context_needed(),
             prefill_tokens_per_step: PREFILL_CHUNK,
             prefix_caching: false,
-            draft: cfg.draft,
+            draft: match cfg.verify_tokens {
+                0 => cfg.draft,
+                k => DraftConfig {
+                    mode: DraftMode::None,
+                    tokens: k,
+                },
+            },
             ..EngineConfig::default()
         },
     );
+    if cfg.verify_tokens > 0 {
+        engine.set_drafter(Arc::new(RandomDrafts { vocab }));
+    }
     if cfg.prompt_tokens > 0 {
         let prompt = random_tokens(&mut rng, cfg.prompt_tokens, vocab);
         let first_token = |engine: &mut Engine| -> Result<f64, EngineError> {

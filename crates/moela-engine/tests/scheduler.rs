@@ -477,6 +477,7 @@ fn bench_runs_through_the_engine() {
         warmup: true,
         batch: 3,
         draft: Default::default(),
+        verify_tokens: 0,
     };
     let r = run_bench(&model, &cfg).unwrap();
     assert_eq!(r.prefill_samples.len(), 2);
