@@ -401,3 +401,52 @@ fn mtp_mode_without_an_mtp_layer_drafts_nothing() {
     assert_eq!(got, spec);
     assert_eq!(counts(e.stats()), (0, 0));
 }
+
+/// Allows only even token ids and completes after `n` tokens.
+struct EvenOnly {
+    left: usize,
+}
+
+impl moela_engine::Constraint for EvenOnly {
+    fn mask(&mut self, logits: &mut [f32]) {
+        logits
+            .iter_mut()
+            .skip(1)
+            .step_by(2)
+            .for_each(|l| *l = f32::NEG_INFINITY);
+    }
+    fn accept(&mut self, token: u32) -> bool {
+        self.left = self.left.saturating_sub(1);
+        token % 2 == 0
+    }
+    fn is_complete(&self) -> bool {
+        self.left == 0
+    }
+}
+
+/// Constrained decoding applies per token inside accepted drafts: drafting the constrained
+/// answer with every third token wrong (an odd one is masked out, an even one is not the
+/// argmax), the output equals the one without drafts and ends where the constraint completes.
+#[test]
+fn constraints_apply_per_token_with_drafts() {
+    let (model, _) = load("tests/fixtures/models/v3");
+    let req = || {
+        let mut r = Request::new(prompts().remove(0), 24);
+        r.constraint = Some(Box::new(EvenOnly { left: 15 }));
+        r
+    };
+    let plain = run(&mut engine(&model, None, DraftMode::None, 1), vec![req()]).remove(0);
+    assert_eq!(plain.0.len(), 15);
+    assert!(plain.0.iter().all(|t| t % 2 == 0));
+    // Drafts: the constrained answer, every third token made wrong (odd or even).
+    let oracle = Oracle {
+        prompts: vec![prompts().remove(0)],
+        spec: vec![plain.0.clone()],
+        vocab: model.config.vocab_size as u32,
+    };
+    let mut e = engine(&model, None, DraftMode::None, 1);
+    e.set_drafter(Arc::new(oracle));
+    assert_eq!(run(&mut e, vec![req()]).remove(0), plain);
+    let (drafted, accepted) = counts(e.stats());
+    assert!(accepted > 0 && accepted < drafted, "{accepted}/{drafted}");
+}
