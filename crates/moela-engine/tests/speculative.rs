@@ -417,7 +417,7 @@ impl moela_engine::Constraint for EvenOnly {
     }
     fn accept(&mut self, token: u32) -> bool {
         self.left = self.left.saturating_sub(1);
-        token % 2 == 0
+        token.is_multiple_of(2)
     }
     fn is_complete(&self) -> bool {
         self.left == 0
@@ -437,7 +437,7 @@ fn constraints_apply_per_token_with_drafts() {
     };
     let plain = run(&mut engine(&model, None, DraftMode::None, 1), vec![req()]).remove(0);
     assert_eq!(plain.0.len(), 15);
-    assert!(plain.0.iter().all(|t| t % 2 == 0));
+    assert!(plain.0.iter().all(|t| t.is_multiple_of(2)));
     // Drafts: the constrained answer, every third token made wrong (odd or even).
     let oracle = Oracle {
         prompts: vec![prompts().remove(0)],
