@@ -66,7 +66,8 @@ struct ModelArgs {
     /// Quantize weights while loading: q4_0, q8_0, q4_k, q6_k, mxfp4, f16, bf16 or f32.
     #[arg(long, value_parser = parse_dtype)]
     quant: Option<DType>,
-    /// KV cache type: f16 or f32 (default: f32 for safetensors checkpoints, f16 for GGUF).
+    /// KV cache type: f32, f16 or q8_0 (8-bit, about half of f16; default: f32 for safetensors
+    /// checkpoints, f16 for GGUF).
     #[arg(long)]
     kv_type: Option<KvType>,
     /// Keep every weight matrix in the file mapping, in the file's layout, paged in on demand;

@@ -71,6 +71,39 @@ pub fn quantize_row_q8_0(x: &[f32], out: &mut [u8]) {
     let _ = nb;
 }
 
+/// [`quantize_row_q8_0`]'s blocks with their parts apart: `q` the quants of `x` (a multiple of
+/// 32 values), `d` each block's f16 scale (bit pattern). Same arithmetic, value for value.
+///
+/// # Panics
+/// If the lengths do not match.
+pub fn quantize_q8_0_split(x: &[f32], q: &mut [i8], d: &mut [u16]) {
+    assert!(
+        x.len().is_multiple_of(QK) && q.len() == x.len() && d.len() == x.len() / QK,
+        "quantize_q8_0_split: lengths"
+    );
+    for ((xb, qb), db) in x
+        .chunks_exact(QK)
+        .zip(q.chunks_exact_mut(QK))
+        .zip(d.iter_mut())
+    {
+        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = amax / 127.0;
+        let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        *db = crate::fp::f32_to_f16(scale);
+        for (o, &v) in qb.iter_mut().zip(xb) {
+            *o = (v * id).round() as i8;
+        }
+    }
+}
+
+/// Expands [`quantize_q8_0_split`]'s parts (`q` from element `offset` of the region `d`
+/// scales) into `out`.
+pub fn dequantize_q8_0_split(q: &[i8], d: &[u16], offset: usize, out: &mut [f32]) {
+    for (i, (o, &v)) in out.iter_mut().zip(q).enumerate() {
+        *o = v as f32 * crate::fp::f16_to_f32(d[(offset + i) / QK]);
+    }
+}
+
 /// Expands `Q8_0` blocks into `out`.
 pub fn dequantize_row_q8_0(b: &[u8], out: &mut [f32]) {
     check(out.len(), QK, Q8_0_BYTES, b.len(), "dequantize_row_q8_0");
@@ -599,6 +632,25 @@ mod tests {
             assert_eq!(out[j], (j as f32 - 8.0) * 0.5);
             assert_eq!(out[16 + j], ((15 - j) as f32 - 8.0) * 0.5);
         }
+    }
+
+    #[test]
+    fn q8_0_split_equals_the_block_form() {
+        let x: Vec<f32> = (0..96)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.173)
+            .collect();
+        let mut blocks = vec![0u8; 3 * Q8_0_BYTES];
+        quantize_row_q8_0(&x, &mut blocks);
+        let (mut q, mut d) = (vec![0i8; 96], vec![0u16; 3]);
+        quantize_q8_0_split(&x, &mut q, &mut d);
+        let (mut a, mut b) = (vec![0.0; 96], vec![0.0; 96]);
+        dequantize_row_q8_0(&blocks, &mut a);
+        dequantize_q8_0_split(&q, &d, 0, &mut b);
+        assert_eq!(a, b);
+        // From an offset inside the region: the same values.
+        let mut c = vec![0.0; 40];
+        dequantize_q8_0_split(&q[50..90], &d, 50, &mut c);
+        assert_eq!(c, a[50..90]);
     }
 
     #[test]

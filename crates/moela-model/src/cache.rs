@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use moela_kernels::fp::{f16_slice_to_f32, f32_slice_to_f16};
+use moela_kernels::quant::{dequantize_q8_0_split, quantize_q8_0_split};
 use moela_kernels::RowData;
 
 use crate::error::ModelError;
@@ -33,14 +34,27 @@ pub enum KvType {
     F32,
     /// Half the memory (as llama.cpp's default cache); rows are rounded to f16 when written.
     F16,
+    /// About a quarter of f32 (llama.cpp's `q8_0` cache): each 32 values of a row as 8-bit
+    /// integers and one f16 scale (`d = amax/127`), quantized when written; a row whose width
+    /// is not a multiple of 32 is stored zero-padded to one.
+    Q8_0,
 }
 
 impl KvType {
-    /// Bytes per cached value.
-    pub fn size(self) -> usize {
+    /// Bytes `values` cached values occupy (`Q8_0`: 34 bytes per 32).
+    pub fn bytes(self, values: usize) -> Option<usize> {
         match self {
-            KvType::F32 => 4,
-            KvType::F16 => 2,
+            KvType::F32 => values.checked_mul(4),
+            KvType::F16 => values.checked_mul(2),
+            KvType::Q8_0 => values.div_ceil(32).checked_mul(34),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::Q8_0 => "q8_0",
         }
     }
 }
@@ -51,7 +65,10 @@ impl std::str::FromStr for KvType {
         match s.to_ascii_lowercase().as_str() {
             "f32" => Ok(KvType::F32),
             "f16" => Ok(KvType::F16),
-            _ => Err(format!("unknown KV cache type `{s}` (expected f32 or f16)")),
+            "q8_0" => Ok(KvType::Q8_0),
+            _ => Err(format!(
+                "unknown KV cache type `{s}` (expected f32, f16 or q8_0)"
+            )),
         }
     }
 }
@@ -61,6 +78,8 @@ impl std::str::FromStr for KvType {
 enum BlockData {
     F32(Vec<f32>),
     F16(Vec<u16>),
+    /// Quants, and one f16 scale per 32 of them.
+    Q8(Vec<i8>, Vec<u16>),
 }
 
 struct Block {
@@ -87,7 +106,10 @@ struct PoolInner {
 pub struct KvPool {
     /// Values per token of each layer.
     widths: Vec<usize>,
-    /// Where each layer's rows start in a block, in rows of one value (`Σ widths[..l]`).
+    /// Values each layer stores per token: its width, rounded up to whole 32-value blocks for
+    /// `Q8_0` (the padding is zero and never read).
+    strides: Vec<usize>,
+    /// Where each layer's rows start in a block, in rows of one value (`Σ strides[..l]`).
     offsets: Vec<usize>,
     /// `Σ widths`: values per token across layers.
     row_total: usize,
@@ -142,7 +164,11 @@ impl KvPool {
         max_blocks: Option<usize>,
         prefix_caching: bool,
     ) -> Arc<KvPool> {
-        let offsets = widths
+        let strides: Vec<usize> = match kv_type {
+            KvType::Q8_0 => widths.iter().map(|w| w.div_ceil(32) * 32).collect(),
+            _ => widths.clone(),
+        };
+        let offsets = strides
             .iter()
             .scan(0, |acc, &w| {
                 let at = *acc;
@@ -151,7 +177,8 @@ impl KvPool {
             })
             .collect();
         Arc::new(KvPool {
-            row_total: widths.iter().sum(),
+            row_total: strides.iter().sum(),
+            strides,
             latent_dim: widths.iter().copied().max().unwrap_or(0),
             widths,
             offsets,
@@ -188,7 +215,9 @@ impl KvPool {
 
     /// Bytes of one block.
     pub fn block_bytes(&self) -> usize {
-        self.block_tokens * self.row_total * self.kv_type.size()
+        self.kv_type
+            .bytes(self.block_tokens * self.row_total)
+            .unwrap_or(usize::MAX)
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolInner> {
@@ -281,6 +310,7 @@ impl KvPool {
                 data: match self.kv_type {
                     KvType::F32 => BlockData::F32(vec![0.0; len]),
                     KvType::F16 => BlockData::F16(vec![0; len]),
+                    KvType::Q8_0 => BlockData::Q8(vec![0; len], vec![0; len.div_ceil(32)]),
                 },
                 refs: 0,
                 key: None,
@@ -443,6 +473,8 @@ pub(crate) struct LayerView<'a> {
     blocks: Vec<RowData<'a>>,
     bt: usize,
     lat: usize,
+    /// Values from one row's start to the next's (`lat`, or more for padded `Q8_0` rows).
+    stride: usize,
     pub(crate) len: usize,
 }
 
@@ -457,6 +489,7 @@ impl<'a> LayerView<'a> {
                 .collect(),
             bt,
             lat,
+            stride: lat,
             len: data.len() / lat,
         }
     }
@@ -475,11 +508,8 @@ impl LayerView<'_> {
 
     /// Columns `c0..c0 + out.len()` of row `u`, as f32 (gathering scattered rows).
     pub(crate) fn copy_row(&self, u: usize, c0: usize, out: &mut [f32]) {
-        let at = (u % self.bt) * self.lat + c0;
-        match self.blocks[u / self.bt] {
-            RowData::F32 { data, .. } => out.copy_from_slice(&data[at..at + out.len()]),
-            RowData::F16 { data, .. } => f16_slice_to_f32(&data[at..at + out.len()], out),
-        }
+        let at = (u % self.bt) * self.stride + c0;
+        copy_values(self.blocks[u / self.bt], at, out);
     }
 
     /// Every row as f32, for loops that read each row many times (once per head): the
@@ -490,7 +520,7 @@ impl LayerView<'_> {
             .iter()
             .map(|b| match *b {
                 RowData::F32 { data, .. } => Some(data),
-                RowData::F16 { .. } => None,
+                RowData::F16 { .. } | RowData::Q8 { .. } => None,
             })
             .collect();
         if let Some(blocks) = stored {
@@ -502,16 +532,27 @@ impl LayerView<'_> {
         }
         let mut data = vec![0.0f32; self.len * self.lat];
         for (u, out) in data.chunks_exact_mut(self.lat).enumerate() {
-            let at = (u % self.bt) * self.lat;
-            match self.blocks[u / self.bt] {
-                RowData::F32 { data, .. } => out.copy_from_slice(&data[at..at + self.lat]),
-                RowData::F16 { data, .. } => f16_slice_to_f32(&data[at..at + self.lat], out),
-            }
+            copy_values(self.blocks[u / self.bt], (u % self.bt) * self.stride, out);
         }
         Rows::Converted {
             data,
             lat: self.lat,
         }
+    }
+}
+
+/// `out.len()` values of `rows`' data from element `at`, as f32.
+fn copy_values(rows: RowData<'_>, at: usize, out: &mut [f32]) {
+    let end = at + out.len();
+    match rows {
+        RowData::F32 { data, .. } => out.copy_from_slice(&data[at..end]),
+        RowData::F16 { data, .. } => f16_slice_to_f32(&data[at..end], out),
+        RowData::Q8 {
+            data,
+            scales,
+            offset,
+            ..
+        } => dequantize_q8_0_split(&data[at..end], scales, offset + at, out),
     }
 }
 
@@ -602,37 +643,59 @@ impl<'a> BatchCache<'a> {
 
     /// Writes `rows` (`[n, widths[l]]`) at positions `seq.len..` of layer `l`.
     fn write(&mut self, seq: &SeqCache, l: usize, rows: &[f32]) {
-        let (bt, lat) = (self.pool.block_tokens, self.pool.widths[l]);
+        let (bt, lat, st) = (
+            self.pool.block_tokens,
+            self.pool.widths[l],
+            self.pool.strides[l],
+        );
         let base = bt * self.pool.offsets[l];
+        let mut padded = vec![0.0f32; st];
         for (i, row) in rows.chunks_exact(lat).enumerate() {
             let u = seq.len + i;
             let b = &mut self.guard.blocks[seq.blocks[u / bt]];
-            let off = base + (u % bt) * lat;
+            let off = base + (u % bt) * st;
             match &mut b.data {
                 BlockData::F32(d) => d[off..off + lat].copy_from_slice(row),
                 BlockData::F16(d) => f32_slice_to_f16(row, &mut d[off..off + lat]),
+                BlockData::Q8(q, d) => {
+                    padded[..lat].copy_from_slice(row);
+                    quantize_q8_0_split(
+                        &padded,
+                        &mut q[off..off + st],
+                        &mut d[off / 32..(off + st) / 32],
+                    )
+                }
             }
         }
     }
 
     /// Rows `0..upto` of layer `l` of `seq`.
     fn view(&self, seq: &SeqCache, l: usize, upto: usize) -> LayerView<'_> {
-        let (bt, lat) = (self.pool.block_tokens, self.pool.widths[l]);
+        let (bt, lat, st) = (
+            self.pool.block_tokens,
+            self.pool.widths[l],
+            self.pool.strides[l],
+        );
         let base = bt * self.pool.offsets[l];
         let blocks = seq.blocks[..upto.div_ceil(bt)]
             .iter()
             .map(|&id| {
-                let r = base..base + bt * lat;
-                match &self.guard.blocks[id].data {
-                    BlockData::F32(d) => RowData::f32(&d[r], lat),
-                    BlockData::F16(d) => RowData::f16(&d[r], lat),
-                }
+                let r = base..base + bt * st;
+                let rows = match &self.guard.blocks[id].data {
+                    BlockData::F32(d) => RowData::f32(&d[r], st),
+                    BlockData::F16(d) => RowData::f16(&d[r], st),
+                    BlockData::Q8(q, d) => {
+                        RowData::q8(&q[r.clone()], &d[r.start / 32..r.end / 32], st)
+                    }
+                };
+                rows.columns(0, lat)
             })
             .collect();
         LayerView {
             blocks,
             bt,
             lat,
+            stride: st,
             len: upto,
         }
     }

@@ -66,7 +66,7 @@ fn absorbed_mla_equals_standard() {
 
 #[test]
 fn incremental_decode_equals_prefill() {
-    for kv in [KvType::F32, KvType::F16] {
+    for kv in [KvType::F32, KvType::F16, KvType::Q8_0] {
         incremental_decode_equals_prefill_with(kv);
     }
 }
@@ -82,6 +82,24 @@ fn f16_cache_stays_close_to_f32() {
     let half = run(&m, &toks, AttentionMode::Standard);
     let d = max_diff(&exact, &half);
     assert!(d > 0.0 && d < 2e-2, "{d}");
+}
+
+/// A q8_0 cache: 34 bytes per 32 values (each layer's row zero-padded to whole blocks), logits
+/// within 5e-2 of the exact cache's on this fixture.
+#[test]
+fn q8_cache_stays_close_to_f32() {
+    let mut m = model(v3_config());
+    let toks = tokens(30, m.config.vocab_size);
+    let exact = run(&m, &toks, AttentionMode::Standard);
+    m.set_kv_type(KvType::Q8_0);
+    let pool = m.new_cache().pool().clone();
+    let padded: usize = pool.widths().iter().map(|w| w.div_ceil(32) * 34).sum();
+    assert_eq!(pool.block_bytes(), pool.block_tokens() * padded);
+    assert_eq!(m.config.kv_bytes_per_token(KvType::Q8_0).unwrap(), padded);
+    let q8 = run(&m, &toks, AttentionMode::Standard);
+    let d = max_diff(&exact, &q8);
+    println!("q8_0 cache: max |Δlogit| {d:.2e}");
+    assert!(d > 0.0 && d < 5e-2, "{d}");
 }
 
 fn incremental_decode_equals_prefill_with(kv: KvType) {
@@ -262,7 +280,7 @@ fn batched_decode_steps_equal_solo_steps_to_the_bit() {
     // product; GQA: one pool job over every sequence's tiles).
     // Each must get exactly the logits it gets alone, with f32 and f16 caches and contexts on
     // both sides of a cache-block boundary.
-    for kv in [KvType::F32, KvType::F16] {
+    for kv in [KvType::F32, KvType::F16, KvType::Q8_0] {
         for cfg in [v3_config(), v2_lite_config(), qwen2_config()] {
             let mut m = model(cfg);
             m.set_kv_type(kv);
@@ -386,7 +404,7 @@ fn truncate_then_redecode_equals_never_having_decoded_the_removed_tokens() {
     // cut back to 14 (block 1 released), 16 (exactly one block) or 17 (inside block 1), then
     // 3 other tokens. The reference decodes only the kept tokens and the 3 others: the same
     // forward calls for every kept row, so the logits must match to the bit.
-    for kv in [KvType::F32, KvType::F16] {
+    for kv in [KvType::F32, KvType::F16, KvType::Q8_0] {
         for cfg in [v3_config(), v2_lite_config(), qwen2_config()] {
             let mut m = model(cfg);
             m.set_kv_type(kv);

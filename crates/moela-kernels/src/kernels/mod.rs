@@ -273,9 +273,9 @@ pub(crate) type RowsDotFn = fn(&[f32], usize, RowData<'_>, &mut [f32]);
 /// `(p, n, rows, out)`: see [`KernelSet::weighted_sum`].
 pub(crate) type WeightedSumFn = fn(&[f32], usize, RowData<'_>, &mut [f32]);
 
-/// Rows of f32 or f16 values, `cols` each, `stride` apart (e.g. one block of a KV cache, or
-/// one head's columns of it): row `r` is `data[r·stride ..][..cols]`. Build with
-/// [`RowData::f32`] / [`RowData::f16`], narrow with [`RowData::columns`].
+/// Rows of f32, f16 or 8-bit values, `cols` each, `stride` apart (e.g. one block of a KV cache,
+/// or one head's columns of it): row `r` is `data[r·stride ..][..cols]`. Build with
+/// [`RowData::f32`] / [`RowData::f16`] / [`RowData::q8`], narrow with [`RowData::columns`].
 #[derive(Clone, Copy, Debug)]
 pub enum RowData<'a> {
     F32 {
@@ -285,6 +285,16 @@ pub enum RowData<'a> {
     },
     F16 {
         data: &'a [u16],
+        cols: usize,
+        stride: usize,
+    },
+    /// `Q8_0` values split into their parts: element `i` of `data` is `data[i] · d`, `d` the f16
+    /// scale `scales[(offset + i) / 32]` of its block of 32 (`offset`: where `data` starts in the
+    /// region `scales` covers, moved by narrowing).
+    Q8 {
+        data: &'a [i8],
+        scales: &'a [u16],
+        offset: usize,
         cols: usize,
         stride: usize,
     },
@@ -309,17 +319,32 @@ impl<'a> RowData<'a> {
         }
     }
 
+    /// Contiguous `Q8_0` rows of `cols` values: the quants, and one f16 scale per 32 of them.
+    pub fn q8(data: &'a [i8], scales: &'a [u16], cols: usize) -> Self {
+        RowData::Q8 {
+            data,
+            scales,
+            offset: 0,
+            cols,
+            stride: cols,
+        }
+    }
+
     /// Values per row.
     pub fn cols(&self) -> usize {
         match *self {
-            RowData::F32 { cols, .. } | RowData::F16 { cols, .. } => cols,
+            RowData::F32 { cols, .. } | RowData::F16 { cols, .. } | RowData::Q8 { cols, .. } => {
+                cols
+            }
         }
     }
 
     /// Elements from one row's start to the next's.
     pub fn stride(&self) -> usize {
         match *self {
-            RowData::F32 { stride, .. } | RowData::F16 { stride, .. } => stride,
+            RowData::F32 { stride, .. }
+            | RowData::F16 { stride, .. }
+            | RowData::Q8 { stride, .. } => stride,
         }
     }
 
@@ -327,6 +352,7 @@ impl<'a> RowData<'a> {
         match *self {
             RowData::F32 { data, .. } => data.len(),
             RowData::F16 { data, .. } => data.len(),
+            RowData::Q8 { data, .. } => data.len(),
         }
     }
 
@@ -345,6 +371,26 @@ impl<'a> RowData<'a> {
         match *self {
             RowData::F32 { data, stride, .. } => data[r * stride + c],
             RowData::F16 { data, stride, .. } => crate::fp::f16_to_f32(data[r * stride + c]),
+            RowData::Q8 {
+                data,
+                scales,
+                offset,
+                stride,
+                ..
+            } => {
+                let i = r * stride + c;
+                data[i] as f32 * crate::fp::f16_to_f32(scales[(offset + i) / 32])
+            }
+        }
+    }
+
+    /// Whether every 8 consecutive values starting at a multiple of 8 (of a row's columns)
+    /// share one scale: always for f32/f16; for `Q8_0` rows when the start and the stride are
+    /// multiples of 8 (what the SIMD kernels' 8-wide loads need).
+    pub fn aligned8(&self) -> bool {
+        match *self {
+            RowData::Q8 { offset, stride, .. } => offset % 8 == 0 && stride % 8 == 0,
+            _ => true,
         }
     }
 
@@ -364,6 +410,19 @@ impl<'a> RowData<'a> {
             },
             RowData::F16 { data, cols, stride } => RowData::F16 {
                 data: &data[..end],
+                cols,
+                stride,
+            },
+            RowData::Q8 {
+                data,
+                scales,
+                offset,
+                cols,
+                stride,
+            } => RowData::Q8 {
+                data: &data[..end],
+                scales,
+                offset,
                 cols,
                 stride,
             },
@@ -390,6 +449,19 @@ impl<'a> RowData<'a> {
             },
             RowData::F16 { data, stride, .. } => RowData::F16 {
                 data: &data[start..end],
+                cols: w,
+                stride,
+            },
+            RowData::Q8 {
+                data,
+                scales,
+                offset,
+                stride,
+                ..
+            } => RowData::Q8 {
+                data: &data[start..end],
+                scales,
+                offset: offset + start,
                 cols: w,
                 stride,
             },

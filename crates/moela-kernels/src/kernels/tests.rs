@@ -619,13 +619,33 @@ fn dot_is_bit_identical_to_f32_matmul_on_every_isa() {
     }
 }
 
-/// The same rows as f32 and as f16, whole and from column `c0` on (a window: stride > cols).
-fn row_views<'a>(vals: &'a [f32], halfs: &'a [u16], cols: usize, c0: usize) -> [RowData<'a>; 4] {
+/// `vals` as `Q8_0` parts (zero-padded to a multiple of 32 values).
+fn q8_parts(vals: &[f32]) -> (Vec<i8>, Vec<u16>) {
+    let mut padded = vals.to_vec();
+    padded.resize(vals.len().div_ceil(32) * 32, 0.0);
+    let (mut q, mut d) = (vec![0i8; padded.len()], vec![0u16; padded.len() / 32]);
+    crate::quant::quantize_q8_0_split(&padded, &mut q, &mut d);
+    q.truncate(vals.len());
+    (q, d)
+}
+
+/// The same rows as f32, f16 and `Q8_0`, whole and from column `c0` on (a window: stride >
+/// cols; a `c0` that is not a multiple of 8 takes the Q8 rows' unaligned path).
+fn row_views<'a>(
+    vals: &'a [f32],
+    halfs: &'a [u16],
+    q8: &'a (Vec<i8>, Vec<u16>),
+    cols: usize,
+    c0: usize,
+) -> [RowData<'a>; 6] {
+    let q = RowData::q8(&q8.0, &q8.1, cols);
     [
         RowData::f32(vals, cols),
         RowData::f16(halfs, cols),
+        q,
         RowData::f32(vals, cols).columns(c0, cols - c0),
         RowData::f16(halfs, cols).columns(c0, cols - c0),
+        q.columns(c0, cols - c0),
     ]
 }
 
@@ -641,9 +661,10 @@ fn weighted_sum_matches_scalar() {
         let p = data(n * nr, (n + nr) as u64, 0.3);
         let vals = data(nr * cols, cols as u64, 1.0);
         let halfs: Vec<u16> = vals.iter().map(|&v| crate::fp::f32_to_f16(v)).collect();
+        let q8 = q8_parts(&vals);
         // Whole rows and a window of their columns (stride > cols), each summed over all
         // their columns and over a prefix (the first `w` columns only).
-        for rows in row_views(&vals, &halfs, cols, cols / 8) {
+        for rows in row_views(&vals, &halfs, &q8, cols, cols / 8) {
             let vc = rows.cols();
             for w in [vc, vc - vc / 4] {
                 let init = data(n * w, 3, 1.0);
@@ -681,8 +702,9 @@ fn rows_dot_matches_scalar() {
     ] {
         let vals = data(nr * cols, nr as u64, 1.0);
         let halfs: Vec<u16> = vals.iter().map(|&v| crate::fp::f32_to_f16(v)).collect();
+        let q8 = q8_parts(&vals);
         // Whole rows and a window of their columns (stride > cols).
-        for rows in row_views(&vals, &halfs, cols, cols / 3) {
+        for rows in row_views(&vals, &halfs, &q8, cols, cols / 3) {
             let vc = rows.cols();
             let x = data(n * vc, (n + vc) as u64, 1.0);
             let mut want = vec![0.0; n * nr];

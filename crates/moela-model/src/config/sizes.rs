@@ -356,12 +356,18 @@ impl Config {
 
     /// Cache bytes one token occupies across all layers with values of `kv`.
     pub fn kv_bytes_per_token(&self, kv: KvType) -> Result<usize, ModelError> {
-        mul(
-            "num_hidden_layers",
-            "cache bytes per token",
-            self.kv_values_per_token()?,
-            kv.size(),
-        )
+        let values = self.kv_values_per_token()?;
+        let bytes = match kv {
+            // Each layer's row padded to whole 32-value blocks (`KvPool`).
+            KvType::Q8_0 => self.cache_widths()?.iter().try_fold(0usize, |acc, &w| {
+                kv.bytes(w).and_then(|b| acc.checked_add(b))
+            }),
+            _ => kv.bytes(values),
+        };
+        bytes.ok_or_else(|| ModelError::Config {
+            field: "num_hidden_layers".into(),
+            msg: format!("cache bytes per token of {values} values overflow"),
+        })
     }
 
     /// Bytes of the f32 `kv_b_proj` copies an MLA model keeps beside its mapped weights (one

@@ -8,15 +8,28 @@ use super::{hsum, load8_f16, load8_f32, plain, supported, vnni, vnni_supported, 
 /// Eight values of `rows` from element `at` (`row · stride + column`) as f32.
 ///
 /// # Safety
-/// `at + 8 ≤` the rows' data length.
+/// `at + 8 ≤` the rows' data length; for `Q8_0` rows the 8 values share one scale
+/// ([`RowData::aligned8`] and `at` a multiple of 8) and that scale is inside `scales`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load8_row(rows: RowData<'_>, at: usize) -> __m256 {
-    // SAFETY: the 8 values at `at` lie inside the data (caller), 4 or 2 bytes each.
+    // SAFETY: the 8 values at `at` lie inside the data (caller), 4, 2 or 1 bytes each, and a
+    // Q8 row's scale index is inside `scales` (the caller's contract).
     unsafe {
         match rows {
             RowData::F32 { data, .. } => load8_f32(data.as_ptr().add(at) as *const u8),
             RowData::F16 { data, .. } => load8_f16(data.as_ptr().add(at) as *const u8),
+            RowData::Q8 {
+                data,
+                scales,
+                offset,
+                ..
+            } => {
+                let q = _mm_loadl_epi64(data.as_ptr().add(at) as *const __m128i);
+                let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+                let d = crate::fp::f16_to_f32(*scales.get_unchecked((offset + at) / 32));
+                _mm256_mul_ps(v, _mm256_set1_ps(d))
+            }
         }
     }
 }
@@ -48,6 +61,9 @@ pub(super) fn weighted_sum<const VL: bool>(
     let nr = rows.rows();
     assert!(p.len() >= n * nr, "weighted_sum: lengths");
     assert_features::<VL>();
+    if !rows.aligned8() {
+        return super::super::scalar::weighted_sum(p, n, rows, out);
+    }
     let (ht, cw) = WS_TILE;
     let (nt, ct) = (n / ht * ht, cols / (8 * cw) * (8 * cw));
     // SAFETY: features checked; the tiles read rows 0..nr, columns below ct and heads below
@@ -129,6 +145,9 @@ pub(super) fn rows_dot<const VL: bool>(x: &[f32], n: usize, rows: RowData<'_>, y
         "rows_dot: lengths"
     );
     assert_features::<VL>();
+    if !rows.aligned8() {
+        return super::super::scalar::rows_dot(x, n, rows, y);
+    }
     let (qt, rt) = if VL { RD_TILE_VL } else { RD_TILE };
     let (nq, nrt, c8) = (n / qt * qt, nr / rt * rt, cols / 8 * 8);
     // SAFETY: features checked; tiles read x rows below nq, cache rows below nrt and columns
