@@ -121,6 +121,8 @@ pub enum Event {
         tail: String,
         finish_reason: FinishReason,
         usage: Usage,
+        /// The stop string that ended the output, when one did.
+        stop_sequence: Option<String>,
     },
     Error(Failure),
     /// For a request with `score_prompt`: the negative log-likelihoods (f64) of the prompt

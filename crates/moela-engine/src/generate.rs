@@ -111,6 +111,7 @@ pub fn generate(
             tail,
             finish_reason,
             usage,
+            ..
         } => {
             emit(&tail, &mut text);
             end = Some((finish_reason, usage));

@@ -167,6 +167,7 @@ impl Seq {
             tail,
             finish_reason: reason,
             usage,
+            stop_sequence: self.stops.matched().map(str::to_string),
         });
     }
 }

@@ -18,7 +18,8 @@ pub fn stop_token_ids(tokenizer: &moela_text::Tokenizer, config: &moela_model::C
 pub struct StopMatcher {
     stops: Vec<String>,
     pending: String,
-    stopped: bool,
+    /// The stop string that ended the text, once one was seen.
+    matched: Option<String>,
 }
 
 impl StopMatcher {
@@ -31,22 +32,28 @@ impl StopMatcher {
 
     /// Whether a stop string was seen.
     pub fn stopped(&self) -> bool {
-        self.stopped
+        self.matched.is_some()
+    }
+
+    /// The stop string that ended the text (the earliest in the text; of two starting there,
+    /// the first given).
+    pub fn matched(&self) -> Option<&str> {
+        self.matched.as_deref()
     }
 
     /// Feeds new text; returns what can be emitted now (never any part of a stop string).
     pub fn push(&mut self, text: &str) -> String {
-        if self.stopped {
+        if self.stopped() {
             return String::new();
         }
         self.pending.push_str(text);
-        if let Some(at) = self
+        let first = self
             .stops
             .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
-            .min()
-        {
-            self.stopped = true;
+            .filter_map(|s| self.pending.find(s.as_str()).map(|at| (at, s)))
+            .min_by_key(|&(at, _)| at);
+        if let Some((at, stop)) = first {
+            self.matched = Some(stop.clone());
             let out = self.pending[..at].to_string();
             self.pending.clear();
             return out;
@@ -77,12 +84,18 @@ mod tests {
     use super::*;
 
     fn run(stops: &[&str], parts: &[&str]) -> (String, bool) {
+        let (out, matched) = run_matched(stops, parts);
+        (out, matched.is_some())
+    }
+
+    fn run_matched(stops: &[&str], parts: &[&str]) -> (String, Option<String>) {
         let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
         let mut m = StopMatcher::new(&stops);
         let mut out: String = parts.iter().map(|p| m.push(p)).collect();
-        let stopped = m.stopped();
+        let matched = m.matched().map(str::to_string);
+        assert_eq!(m.stopped(), matched.is_some());
         out.push_str(&m.finish());
-        (out, stopped)
+        (out, matched)
     }
 
     #[test]
@@ -102,6 +115,16 @@ mod tests {
     #[test]
     fn earliest_of_several_stops_wins() {
         assert_eq!(run(&["zz", "b"], &["a b zz"]), ("a ".into(), true));
+        // The one that ended the text is reported (for Anthropic's `stop_sequence`).
+        assert_eq!(
+            run_matched(&["zz", "b"], &["a ", "z", "z b"]),
+            ("a ".into(), Some("zz".into()))
+        );
+        assert_eq!(
+            run_matched(&["zz", "b"], &["a b zz"]),
+            ("a ".into(), Some("b".into()))
+        );
+        assert_eq!(run_matched(&["zz"], &["a z"]), ("a z".into(), None));
     }
 
     #[test]

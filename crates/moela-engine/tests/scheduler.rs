@@ -45,6 +45,7 @@ fn collect_all(
                 tail,
                 finish_reason,
                 usage,
+                ..
             } => {
                 text.push_str(&tail);
                 return (ids, text, finish_reason.as_str().to_string(), usage);

@@ -1,5 +1,6 @@
 //! The one error type of the server and its one mapping to HTTP: status, headers and the
-//! OpenAI error body `{"error": {"message", "type", "param", "code"}}`.
+//! OpenAI error body `{"error": {"message", "type", "param", "code"}}` — or, on Anthropic's
+//! routes, Anthropic's `{"type": "error", "error": {"type", "message"}}` ([`ApiError::anthropic`]).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -145,9 +146,58 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut resp = (self.status(), axum::Json(self.body())).into_response();
+/// Which API's error shape a response takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    OpenAi,
+    Anthropic,
+}
+
+impl ApiError {
+    /// Anthropic's status: the same as OpenAI's, except a full queue, which Anthropic reports
+    /// as 529 (overloaded).
+    pub fn anthropic_status(&self) -> StatusCode {
+        match self {
+            ApiError::Overloaded { .. } => StatusCode::from_u16(529).unwrap_or(self.status()),
+            _ => self.status(),
+        }
+    }
+
+    /// Anthropic's `error.type`.
+    fn anthropic_kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest { .. }
+            | ApiError::ContextLength(_)
+            | ApiError::MethodNotAllowed(_)
+            | ApiError::Timeout(_) => "invalid_request_error",
+            ApiError::Unauthorized(_) => "authentication_error",
+            ApiError::NotFound(_) => "not_found_error",
+            ApiError::PayloadTooLarge { .. } => "request_too_large",
+            ApiError::Overloaded { .. } | ApiError::Unavailable(_) => "overloaded_error",
+            ApiError::Internal(_) => "api_error",
+        }
+    }
+
+    /// Anthropic's error body (also the data of a stream's `error` event). A 400 about one
+    /// field names it first, as Anthropic does (`max_tokens: Field required`).
+    pub fn anthropic(&self) -> serde_json::Value {
+        let message = match self.param() {
+            Some(p) if !self.to_string().contains(p) => format!("{p}: {self}"),
+            _ => self.to_string(),
+        };
+        serde_json::json!({
+            "type": "error",
+            "error": {"type": self.anthropic_kind(), "message": message},
+        })
+    }
+
+    /// The response in `dialect`'s shape.
+    pub fn response(&self, dialect: Dialect) -> Response {
+        let (status, body) = match dialect {
+            Dialect::OpenAi => (self.status(), self.body()),
+            Dialect::Anthropic => (self.anthropic_status(), self.anthropic()),
+        };
+        let mut resp = (status, axum::Json(body)).into_response();
         let headers = resp.headers_mut();
         match &self {
             ApiError::Overloaded { retry_after_s, .. } => {
@@ -161,7 +211,15 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
+        // Kept for the layer that re-renders errors of Anthropic's routes in their shape.
+        resp.extensions_mut().insert(self.clone());
         resp
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.response(Dialect::OpenAi)
     }
 }
 
@@ -196,6 +254,60 @@ impl From<moela_text::TextError> for ApiError {
 mod tests {
     use super::*;
     use moela_engine::Failure;
+
+    #[test]
+    fn anthropic_errors_have_anthropics_types_and_statuses() {
+        let cases = [
+            (
+                ApiError::bad("max_tokens", "field required"),
+                400,
+                "invalid_request_error",
+            ),
+            (
+                ApiError::Unauthorized("no".into()),
+                401,
+                "authentication_error",
+            ),
+            (ApiError::NotFound("no".into()), 404, "not_found_error"),
+            (
+                ApiError::PayloadTooLarge { limit: 1 },
+                413,
+                "request_too_large",
+            ),
+            (
+                ApiError::Overloaded {
+                    message: "full".into(),
+                    retry_after_s: 1,
+                },
+                529,
+                "overloaded_error",
+            ),
+            (
+                ApiError::Unavailable("draining".into()),
+                503,
+                "overloaded_error",
+            ),
+            (ApiError::Internal("bug".into()), 500, "api_error"),
+        ];
+        for (e, status, kind) in cases {
+            let resp = e.response(Dialect::Anthropic);
+            assert_eq!(resp.status().as_u16(), status, "{e:?}");
+            assert_eq!(resp.extensions().get::<ApiError>(), Some(&e));
+            let body = e.anthropic();
+            assert_eq!(body["type"], "error");
+            assert_eq!(body["error"]["type"], kind, "{e:?}");
+            assert!(body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()));
+            assert_eq!(body.as_object().map(|o| o.len()), Some(2), "{body}");
+            // The OpenAI shape of the same error keeps OpenAI's status.
+            assert_eq!(e.response(Dialect::OpenAi).status(), e.status());
+        }
+        let e = ApiError::bad("max_tokens", "field required").anthropic();
+        assert_eq!(e["error"]["message"], "max_tokens: field required");
+        let e = ApiError::bad("top_k", "top_k must be positive").anthropic();
+        assert_eq!(e["error"]["message"], "top_k must be positive");
+    }
 
     #[test]
     fn engine_failures_map_to_client_busy_and_server_statuses() {

@@ -1,15 +1,19 @@
 //! moela-server: an OpenAI- and DeepSeek-compatible HTTP API over the Moela engine.
 //!
-//! Routes: `POST /v1/chat/completions`, `POST /v1/completions` (JSON or SSE), `GET /v1/models`,
-//! `GET /v1/models/{id}`, `GET /health`, `GET /metrics` (Prometheus text).
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions` (JSON or SSE), Anthropic's
+//! `POST /v1/messages` (JSON or SSE) and `POST /v1/messages/count_tokens`, `GET /v1/models`,
+//! `GET /v1/models/{id}`, llama-server's `POST /tokenize` and `POST /detokenize`,
+//! `GET /health`, `GET /metrics` (Prometheus text).
 //!
 //! * Only this crate knows HTTP. Every failure is an [`ApiError`], mapped to a status and an
-//!   OpenAI error body in one place (`error.rs`).
+//!   OpenAI error body in one place (`error.rs`); Anthropic's routes re-render it in
+//!   Anthropic's shape.
 //! * [`router`] builds the whole service around an [`AppState`] and is tested without sockets;
 //!   [`serve`] binds it, runs it on a Tokio runtime and drains on SIGTERM/SIGINT.
 //! * `response_format` and forced `tool_choice` are enforced by constrained decoding
 //!   (`constraint.rs`, llguidance), applied after any reasoning block.
 
+mod anthropic;
 mod auth;
 mod constraint;
 mod error;
@@ -18,6 +22,7 @@ mod listen;
 mod metrics;
 mod pricing;
 mod protocol;
+mod tokenize;
 mod tools;
 mod util;
 
@@ -105,6 +110,9 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// The model's recommended sampling, for fields a request leaves out.
     pub sampling: moela_engine::SamplingDefaults,
+    /// The context the model was trained for (`max_position_embeddings`), when known; shown by
+    /// `/v1/models` as llama-server's `n_ctx_train`.
+    pub train_ctx: Option<usize>,
 }
 
 /// Default of [`ServeOptions::body_timeout`].
@@ -119,6 +127,7 @@ impl Settings {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             sampling: moela_engine::SamplingDefaults::default(),
+            train_ctx: None,
         }
     }
 }
@@ -253,8 +262,12 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -267,6 +280,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(catch_panics))
+        .layer(middleware::from_fn(anthropic::errors_in_anthropic_shape))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -298,6 +312,7 @@ pub fn serve(
         max_body_bytes: opts.max_body_bytes,
         body_timeout: opts.body_timeout,
         sampling: opts.sampling,
+        train_ctx: Some(model.config.max_position_embeddings),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -396,7 +411,11 @@ fn endpoint_label(path: &str) -> &'static str {
     match path {
         "/v1/chat/completions" => "/v1/chat/completions",
         "/v1/completions" => "/v1/completions",
+        "/v1/messages" => "/v1/messages",
+        "/v1/messages/count_tokens" => "/v1/messages/count_tokens",
         "/v1/models" => "/v1/models",
+        "/tokenize" => "/tokenize",
+        "/detokenize" => "/detokenize",
         "/health" => "/health",
         "/metrics" => "/metrics",
         p if p.starts_with("/v1/models/") => "/v1/models/{id}",
@@ -533,17 +552,37 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 // ---------------------------------------------------------------- handlers
 
+/// A generation request: planned off the async runtime by `plan`, then run.
+async fn generate(
+    s: AppState,
+    key: String,
+    body: Bytes,
+    plan: fn(&AppState, &[u8]) -> Result<generation::Plan, ApiError>,
+) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let _planning = s.active();
+    let plan = s.off_runtime(move |s| plan(s, &body)).await?;
+    generation::execute(s, plan, key, arrived).await
+}
+
+/// A JSON request answered by `answer`, off the async runtime.
+async fn answer_json<T: DeserializeOwned + 'static>(
+    s: AppState,
+    body: Bytes,
+    answer: fn(&AppState, T) -> Result<serde_json::Value, ApiError>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let out = s
+        .off_runtime(move |s| answer(s, parse_json(&body)?))
+        .await?;
+    Ok(Json(out))
+}
+
 async fn chat_completions(
     State(s): State<AppState>,
     Extension(KeyLabel(key)): Extension<KeyLabel>,
     BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
-    let arrived = Instant::now();
-    let _planning = s.active();
-    let plan = s
-        .off_runtime(move |s| s.plan_chat(parse_json(&body)?))
-        .await?;
-    generation::execute(s, plan, key, arrived).await
+    generate(s, key, body, |s, b| s.plan_chat(parse_json(b)?)).await
 }
 
 async fn completions(
@@ -551,21 +590,26 @@ async fn completions(
     Extension(KeyLabel(key)): Extension<KeyLabel>,
     BodyBytes(body): BodyBytes,
 ) -> Result<Response, ApiError> {
-    let arrived = Instant::now();
-    let _planning = s.active();
-    let plan = s
-        .off_runtime(move |s| s.plan_completion(parse_json(&body)?))
-        .await?;
-    generation::execute(s, plan, key, arrived).await
+    generate(s, key, body, |s, b| s.plan_completion(parse_json(b)?)).await
 }
 
+/// The served model; its context under the names clients read: vLLM's `max_model_len`,
+/// `context_length` (OpenRouter, LM Studio), and llama-server's `meta` (`n_ctx`, `n_ctx_train`,
+/// `n_vocab`).
 fn model_object(s: &AppState) -> serde_json::Value {
+    let ctx = s.inner.engine.config().ctx;
+    let mut meta = serde_json::json!({"n_ctx": ctx, "n_vocab": s.inner.table.len()});
+    if let Some(train) = s.inner.settings.train_ctx {
+        meta["n_ctx_train"] = train.into();
+    }
     serde_json::json!({
         "id": s.inner.settings.model_name,
         "object": "model",
         "created": s.inner.created,
         "owned_by": "moela",
-        "max_model_len": s.inner.engine.config().ctx,
+        "max_model_len": ctx,
+        "context_length": ctx,
+        "meta": meta,
     })
 }
 

@@ -5,4 +5,5 @@
 mod plan;
 mod run;
 
+pub use plan::{check_token_ids, Plan};
 pub use run::execute;

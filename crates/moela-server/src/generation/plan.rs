@@ -21,6 +21,21 @@ const COMPLETIONS_DEFAULT_MAX_TOKENS: usize = 16;
 pub enum Endpoint {
     Chat,
     Completions,
+    /// Anthropic's `/v1/messages`: planned as a chat request, answered in Anthropic's shape.
+    Messages,
+}
+
+/// Token ids of a request, each checked to lie in the vocabulary (`0..vocab`).
+pub fn check_token_ids(ids: &[i64], vocab: usize, param: &str) -> Result<Vec<u32>, ApiError> {
+    ids.iter()
+        .map(|&i| match u32::try_from(i) {
+            Ok(id) if (id as usize) < vocab => Ok(id),
+            _ => Err(ApiError::bad(
+                param,
+                format!("token id {i} is outside the vocabulary (0..{vocab})"),
+            )),
+        })
+        .collect()
 }
 
 /// Everything needed to run a request.
@@ -41,6 +56,19 @@ pub struct Plan {
     /// The DSML dialect of DeepSeek's own encoders (V3.2, V4): tool calls and reasoning are
     /// parsed in that markup.
     pub(super) dsml: Option<moela_text::DsmlDialect>,
+}
+
+impl Plan {
+    /// The same request, answered in Anthropic's Messages shape.
+    pub fn answer_as_messages(mut self) -> Plan {
+        self.endpoint = Endpoint::Messages;
+        self
+    }
+
+    /// Prompt tokens over all prompts.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompts.iter().map(Vec::len).sum()
+    }
 }
 
 fn content_text(c: &Option<Content>, param: &str) -> Result<Option<String>, ApiError> {
@@ -392,20 +420,7 @@ impl AppState {
         }
         let tok = &self.inner.tokenizer;
         let vocab = self.inner.table.len();
-        let check_ids = |ids: &[i64], param: String| -> Result<Vec<u32>, ApiError> {
-            ids.iter()
-                .map(|&i| {
-                    if i >= 0 && (i as u64) < vocab as u64 {
-                        Ok(i as u32)
-                    } else {
-                        Err(ApiError::bad(
-                            &param,
-                            format!("token id {i} is outside the vocabulary (0..{vocab})"),
-                        ))
-                    }
-                })
-                .collect()
-        };
+        let check_ids = |ids: &[i64], param: String| check_token_ids(ids, vocab, &param);
         let (prompts, texts): (Vec<Vec<u32>>, Vec<String>) = match &req.prompt {
             PromptField::Text(t) => (vec![self.encode_prompt(t, true)?], vec![t.clone()]),
             PromptField::Texts(ts) => {

@@ -43,6 +43,8 @@ struct ChoiceState {
     last_token: Option<Instant>,
     done: bool,
     single_call: bool,
+    /// The stop string that ended the output, when one did.
+    stop_sequence: Option<String>,
 }
 
 /// Text released by one event.
@@ -77,6 +79,7 @@ impl ChoiceState {
             last_token: None,
             done: false,
             single_call: false,
+            stop_sequence: None,
         }
     }
 
@@ -223,6 +226,8 @@ struct Run {
     start: usize,
     /// Whether the usage was added to the key's metrics (once, whatever the outcome).
     billed: bool,
+    /// Anthropic's content blocks streamed so far.
+    blocks: messages::Blocks,
     /// Counts this request as open until the response (or its stream) is done.
     _active: Active,
 }
@@ -306,7 +311,7 @@ impl Run {
                         CompletionParser::new(dialect, plan.opens_reasoning),
                     ),
                     None => {
-                        let reasoning = (plan.endpoint == Endpoint::Chat)
+                        let reasoning = (plan.endpoint != Endpoint::Completions)
                             .then(|| ReasoningParser::new(plan.opens_reasoning));
                         ChoiceState::new(index, pi, reasoning, plan.parse_tools)
                     }
@@ -319,6 +324,7 @@ impl Run {
         let prefix = match plan.endpoint {
             Endpoint::Chat => "chatcmpl-",
             Endpoint::Completions => "cmpl-",
+            Endpoint::Messages => "msg_",
         };
         Ok(Run {
             plan,
@@ -331,6 +337,7 @@ impl Run {
             choices,
             start: 0,
             billed: false,
+            blocks: messages::Blocks::default(),
             _active: state.active(),
             state,
         })
@@ -418,55 +425,8 @@ impl Run {
         }
     }
 
-    fn chat_logprobs(&self, events: &[TokenEvent]) -> ChatLogprobs {
-        let table = &self.state.inner.table;
-        let out = |id: u32, logprob: f32| TopLogprob {
-            token: table.text(id),
-            logprob,
-            bytes: table.bytes(id).to_vec(),
-        };
-        ChatLogprobs {
-            content: events
-                .iter()
-                .map(|e| {
-                    let lp = e.logprob.as_ref().map_or(0.0, |l| l.logprob);
-                    let t = out(e.id, lp);
-                    TokenLogprobOut {
-                        token: t.token,
-                        logprob: t.logprob,
-                        bytes: t.bytes,
-                        top_logprobs: e
-                            .top_logprobs
-                            .iter()
-                            .map(|a| out(a.id, a.logprob))
-                            .collect(),
-                    }
-                })
-                .collect(),
-        }
-    }
-
-    fn completion_logprobs(&self, events: &[TokenEvent], offset: &mut usize) -> CompletionLogprobs {
-        let table = &self.state.inner.table;
-        let mut lp = CompletionLogprobs::default();
-        for e in events {
-            let text = table.text(e.id);
-            lp.text_offset.push(*offset);
-            *offset += text.len();
-            lp.tokens.push(text);
-            lp.token_logprobs
-                .push(e.logprob.as_ref().map_or(0.0, |l| l.logprob));
-            let mut top = serde_json::Map::new();
-            for a in &e.top_logprobs {
-                top.insert(table.text(a.id), serde_json::json!(a.logprob));
-            }
-            lp.top_logprobs.push(top);
-        }
-        lp
-    }
-
-    /// Runs to the end and builds the whole response.
-    async fn collect(mut self) -> Result<Response, ApiError> {
+    /// Runs every choice to its end; returns the usage, billed as completed.
+    async fn gather(&mut self) -> Result<UsageOut, ApiError> {
         let keep = self.plan.logprobs.is_some();
         while let Some((i, ev)) = next_event(&mut self.rxs, &mut self.start).await {
             match ev {
@@ -478,8 +438,10 @@ impl Run {
                     tail,
                     finish_reason,
                     usage,
+                    stop_sequence,
                 }) => {
                     self.choices[i].on_done(&tail, finish_reason, usage);
+                    self.choices[i].stop_sequence = stop_sequence;
                 }
                 Some(Event::Error(e)) => {
                     self.bill(Outcome::Failed);
@@ -495,241 +457,7 @@ impl Run {
                 }
             }
         }
-        let usage = self.bill(Outcome::Completed);
-        let model = self.state.inner.settings.model_name.clone();
-        let resp = match self.plan.endpoint {
-            Endpoint::Chat => {
-                let choices = self
-                    .choices
-                    .iter()
-                    .map(|c| ChatChoice {
-                        index: c.index,
-                        message: AssistantMessage {
-                            role: "assistant",
-                            content: if c.content.is_empty() && !c.calls.is_empty() {
-                                None
-                            } else {
-                                Some(c.content.clone())
-                            },
-                            reasoning_content: c
-                                .reasoning
-                                .as_ref()
-                                .is_some_and(|p| p.saw_reasoning())
-                                .then(|| c.reasoning_text.clone()),
-                            tool_calls: c.calls.clone(),
-                        },
-                        logprobs: keep.then(|| self.chat_logprobs(&c.all_logprobs)),
-                        finish_reason: c.finish.unwrap_or("stop"),
-                    })
-                    .collect();
-                axum::Json(ChatResponse {
-                    id: self.id.clone(),
-                    object: "chat.completion",
-                    created: self.created,
-                    model,
-                    system_fingerprint: crate::FINGERPRINT,
-                    choices,
-                    usage,
-                })
-                .into_response()
-            }
-            Endpoint::Completions => {
-                let choices = self
-                    .choices
-                    .iter()
-                    .map(|c| {
-                        let echo = &self.plan.echo[c.prompt];
-                        let mut offset = echo.len();
-                        CompletionChoice {
-                            index: c.index,
-                            text: format!("{echo}{}", c.content),
-                            logprobs: keep
-                                .then(|| self.completion_logprobs(&c.all_logprobs, &mut offset)),
-                            finish_reason: Some(c.finish.unwrap_or("stop")),
-                        }
-                    })
-                    .collect();
-                axum::Json(CompletionResponse {
-                    id: self.id.clone(),
-                    object: "text_completion",
-                    created: self.created,
-                    model,
-                    system_fingerprint: crate::FINGERPRINT,
-                    choices,
-                    usage: Some(Some(usage)),
-                })
-                .into_response()
-            }
-        };
-        Ok(resp)
-    }
-
-    fn usage_field(&self) -> Option<Option<UsageOut>> {
-        self.plan.params.include_usage.then_some(None)
-    }
-
-    fn chat_chunk(&self, choices: Vec<ChunkChoice>, usage: Option<Option<UsageOut>>) -> SseEvent {
-        let chunk = ChatChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: self.state.inner.settings.model_name.clone(),
-            system_fingerprint: crate::FINGERPRINT,
-            choices,
-            usage,
-        };
-        sse_json(&chunk)
-    }
-
-    fn completion_chunk(
-        &self,
-        choices: Vec<CompletionChoice>,
-        usage: Option<Option<UsageOut>>,
-    ) -> SseEvent {
-        let chunk = CompletionResponse {
-            id: self.id.clone(),
-            object: "text_completion",
-            created: self.created,
-            model: self.state.inner.settings.model_name.clone(),
-            system_fingerprint: crate::FINGERPRINT,
-            choices,
-            usage,
-        };
-        sse_json(&chunk)
-    }
-
-    /// The chunks one event produces.
-    fn chunks_for(&mut self, i: usize, piece: Piece, offsets: &mut [usize]) -> Vec<SseEvent> {
-        let mut out = Vec::new();
-        let keep = self.plan.logprobs.is_some();
-        let c = &self.choices[i];
-        let finished = c.done;
-        match self.plan.endpoint {
-            Endpoint::Chat => {
-                let has_text = !piece.reasoning.is_empty() || !piece.content.is_empty();
-                if has_text || (finished && !c.pending_logprobs.is_empty()) {
-                    let pending = std::mem::take(&mut self.choices[i].pending_logprobs);
-                    let delta = Delta {
-                        reasoning_content: (!piece.reasoning.is_empty()).then_some(piece.reasoning),
-                        content: (!piece.content.is_empty()).then_some(piece.content),
-                        ..Default::default()
-                    };
-                    let logprobs =
-                        (keep && !pending.is_empty()).then(|| self.chat_logprobs(&pending));
-                    out.push(self.chat_chunk(
-                        vec![ChunkChoice {
-                            index: self.choices[i].index,
-                            delta,
-                            logprobs,
-                            finish_reason: None,
-                        }],
-                        self.usage_field(),
-                    ));
-                }
-                if finished {
-                    let c = &self.choices[i];
-                    if !c.calls.is_empty() {
-                        let calls = c
-                            .calls
-                            .iter()
-                            .enumerate()
-                            .map(|(k, call)| ToolCallDelta {
-                                index: k,
-                                call: call.clone(),
-                            })
-                            .collect();
-                        out.push(self.chat_chunk(
-                            vec![ChunkChoice {
-                                index: c.index,
-                                delta: Delta {
-                                    tool_calls: calls,
-                                    ..Default::default()
-                                },
-                                logprobs: None,
-                                finish_reason: None,
-                            }],
-                            self.usage_field(),
-                        ));
-                    }
-                    out.push(self.chat_chunk(
-                        vec![ChunkChoice {
-                            index: c.index,
-                            delta: Delta::default(),
-                            logprobs: None,
-                            finish_reason: c.finish,
-                        }],
-                        self.usage_field(),
-                    ));
-                }
-            }
-            Endpoint::Completions => {
-                if !piece.content.is_empty() || finished {
-                    let pending = std::mem::take(&mut self.choices[i].pending_logprobs);
-                    let logprobs =
-                        keep.then(|| self.completion_logprobs(&pending, &mut offsets[i]));
-                    let c = &self.choices[i];
-                    out.push(self.completion_chunk(
-                        vec![CompletionChoice {
-                            index: c.index,
-                            text: piece.content,
-                            logprobs,
-                            finish_reason: if finished { c.finish } else { None },
-                        }],
-                        self.usage_field(),
-                    ));
-                }
-            }
-        }
-        out
-    }
-
-    /// The opening chunks: the assistant role (chat) or the echoed prompt (completions).
-    fn opening(&self) -> Vec<SseEvent> {
-        match self.plan.endpoint {
-            Endpoint::Chat => self
-                .choices
-                .iter()
-                .map(|c| {
-                    self.chat_chunk(
-                        vec![ChunkChoice {
-                            index: c.index,
-                            delta: Delta {
-                                role: Some("assistant"),
-                                content: Some(String::new()),
-                                ..Default::default()
-                            },
-                            logprobs: None,
-                            finish_reason: None,
-                        }],
-                        self.usage_field(),
-                    )
-                })
-                .collect(),
-            Endpoint::Completions => self
-                .choices
-                .iter()
-                .filter(|c| !self.plan.echo[c.prompt].is_empty())
-                .map(|c| {
-                    self.completion_chunk(
-                        vec![CompletionChoice {
-                            index: c.index,
-                            text: self.plan.echo[c.prompt].clone(),
-                            logprobs: None,
-                            finish_reason: None,
-                        }],
-                        self.usage_field(),
-                    )
-                })
-                .collect(),
-        }
-    }
-
-    /// The final usage chunk (when asked for).
-    fn usage_chunk(&self, usage: UsageOut) -> SseEvent {
-        match self.plan.endpoint {
-            Endpoint::Chat => self.chat_chunk(Vec::new(), Some(Some(usage))),
-            Endpoint::Completions => self.completion_chunk(Vec::new(), Some(Some(usage))),
-        }
+        Ok(self.bill(Outcome::Completed))
     }
 
     /// Streams the response as server-sent events. Dropping the stream (client gone) drops
@@ -745,6 +473,11 @@ impl Run {
             .map(|c| self.plan.echo[c.prompt].len())
             .collect();
         let opening = self.opening();
+        // Anthropic's clients expect `ping` events, not SSE comments.
+        let keep_alive = match self.plan.endpoint {
+            Endpoint::Messages => KeepAlive::new().event(messages::ping()),
+            _ => KeepAlive::default(),
+        };
         let state = (
             self,
             std::collections::VecDeque::from(opening),
@@ -777,50 +510,62 @@ impl Run {
                                 tail,
                                 finish_reason,
                                 usage,
+                                stop_sequence,
                             }),
                         )) => {
                             let piece = run.choices[i].on_done(&tail, finish_reason, usage);
+                            run.choices[i].stop_sequence = stop_sequence;
                             queue.extend(run.chunks_for(i, piece, &mut offsets));
                         }
                         // A failure mid-stream: an error event, then `[DONE]` as any stream
                         // ends, so clients stop reading cleanly.
                         Some((_, Some(Event::Error(e)))) => {
-                            run.bill(Outcome::Failed);
-                            run.state.inner.metrics.count_stream_error();
-                            let err = ApiError::from(e);
-                            queue.push_back(sse_json(&err.body()));
-                            queue.push_back(SseEvent::default().data("[DONE]"));
-                            run.rxs.iter_mut().for_each(|r| *r = None);
+                            queue.extend(run.fail_stream(ApiError::from(e)));
                             phase = Phase::Finished;
                         }
                         // Not requested by the server.
                         Some((_, Some(Event::PromptScores(_)))) => {}
                         Some((_, None)) => {
-                            run.bill(Outcome::Failed);
-                            run.state.inner.metrics.count_stream_error();
-                            let err = ApiError::Unavailable(
+                            queue.extend(run.fail_stream(ApiError::Unavailable(
                                 "the engine stopped before the request finished".into(),
-                            );
-                            queue.push_back(sse_json(&err.body()));
-                            queue.push_back(SseEvent::default().data("[DONE]"));
-                            run.rxs.iter_mut().for_each(|r| *r = None);
+                            )));
                             phase = Phase::Finished;
                         }
                         None => {
                             let usage = run.bill(Outcome::Completed);
-                            if run.plan.params.include_usage {
-                                queue.push_back(run.usage_chunk(usage));
-                            }
-                            queue.push_back(SseEvent::default().data("[DONE]"));
+                            queue.extend(run.closing(usage));
                             phase = Phase::Finished;
                         }
                     }
                 }
             },
         );
-        Sse::new(stream)
-            .keep_alive(KeepAlive::default())
-            .into_response()
+        Sse::new(stream).keep_alive(keep_alive).into_response()
+    }
+
+    /// A failure mid-stream: billed, counted, and reported as an error event; an OpenAI stream
+    /// then ends with `[DONE]` as any stream does, so clients stop reading cleanly.
+    fn fail_stream(&mut self, err: ApiError) -> Vec<SseEvent> {
+        self.bill(Outcome::Failed);
+        self.state.inner.metrics.count_stream_error();
+        self.rxs.iter_mut().for_each(|r| *r = None);
+        match self.plan.endpoint {
+            Endpoint::Messages => vec![messages::event("error", &err.anthropic())],
+            _ => vec![sse_json(&err.body()), SseEvent::default().data("[DONE]")],
+        }
+    }
+
+    /// The events after every choice finished: the usage chunk (when asked for) and `[DONE]`,
+    /// or Anthropic's `message_delta` and `message_stop`.
+    fn closing(&mut self, usage: UsageOut) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        match self.plan.endpoint {
+            Endpoint::Messages => return self.message_closing(&usage),
+            _ if self.plan.params.include_usage => out.push(self.usage_chunk(usage)),
+            _ => {}
+        }
+        out.push(SseEvent::default().data("[DONE]"));
+        out
     }
 }
 
@@ -836,13 +581,18 @@ pub async fn execute(
     arrived: Instant,
 ) -> Result<Response, ApiError> {
     let stream = plan.params.stream;
-    let run = Run::start(state, plan, key, arrived)?;
+    let mut run = Run::start(state, plan, key, arrived)?;
     if stream {
-        Ok(run.stream())
-    } else {
-        run.collect().await
+        return Ok(run.stream());
     }
+    let usage = run.gather().await?;
+    Ok(match run.plan.endpoint {
+        Endpoint::Messages => run.message_response(&usage),
+        _ => run.openai_response(usage),
+    })
 }
 
+mod chunks;
+mod messages;
 #[cfg(test)]
 mod tests;
