@@ -1,7 +1,8 @@
 //! moela-server: an OpenAI- and DeepSeek-compatible HTTP API over the Moela engine.
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions` (JSON or SSE), `GET /v1/models`,
-//! `GET /v1/models/{id}`, `GET /health`, `GET /metrics` (Prometheus text).
+//! `GET /v1/models/{id}`, `GET /health`, `GET /metrics` (Prometheus text), and the chat page at
+//! `GET /` with its files under `/ui/` (`ui.rs`, no key needed).
 //!
 //! * Only this crate knows HTTP. Every failure is an [`ApiError`], mapped to a status and an
 //!   OpenAI error body in one place (`error.rs`).
@@ -19,6 +20,7 @@ mod metrics;
 mod pricing;
 mod protocol;
 mod tools;
+mod ui;
 mod util;
 
 use std::net::SocketAddr;
@@ -46,6 +48,7 @@ pub use listen::{default_max_connections, ConnLimits};
 pub use metrics::{KeyUsage, Metrics};
 pub use pricing::{PriceError, PriceTable};
 pub use tools::{parse_tools, tool_call_grammar, CallFormat, ToolSplitter};
+pub use ui::CONTENT_SECURITY_POLICY;
 
 /// `system_fingerprint` of every response.
 pub const FINGERPRINT: &str = concat!("moela-", env!("CARGO_PKG_VERSION"));
@@ -262,6 +265,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .merge(v1)
+        .merge(ui::routes())
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
@@ -399,7 +403,9 @@ fn endpoint_label(path: &str) -> &'static str {
         "/v1/models" => "/v1/models",
         "/health" => "/health",
         "/metrics" => "/metrics",
+        "/" => "/",
         p if p.starts_with("/v1/models/") => "/v1/models/{id}",
+        p if p.starts_with("/ui/") => "/ui/{file}",
         _ => "other",
     }
 }
