@@ -3,7 +3,8 @@
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions` (JSON or SSE), Anthropic's
 //! `POST /v1/messages` (JSON or SSE) and `POST /v1/messages/count_tokens`, `GET /v1/models`,
 //! `GET /v1/models/{id}`, llama-server's `POST /tokenize` and `POST /detokenize`,
-//! `GET /health`, `GET /metrics` (Prometheus text).
+//! `GET /health`, `GET /metrics` (Prometheus text), and the chat page at `GET /` with its files
+//! under `/ui/` (`ui.rs`, no key needed).
 //!
 //! * Only this crate knows HTTP. Every failure is an [`ApiError`], mapped to a status and an
 //!   OpenAI error body in one place (`error.rs`); Anthropic's routes re-render it in
@@ -24,6 +25,7 @@ mod pricing;
 mod protocol;
 mod tokenize;
 mod tools;
+mod ui;
 mod util;
 
 use std::net::SocketAddr;
@@ -51,6 +53,7 @@ pub use listen::{default_max_connections, ConnLimits};
 pub use metrics::{KeyUsage, Metrics};
 pub use pricing::{PriceError, PriceTable};
 pub use tools::{parse_tools, tool_call_grammar, CallFormat, ToolSplitter};
+pub use ui::CONTENT_SECURITY_POLICY;
 
 /// `system_fingerprint` of every response.
 pub const FINGERPRINT: &str = concat!("moela-", env!("CARGO_PKG_VERSION"));
@@ -275,6 +278,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .merge(v1)
+        .merge(ui::routes())
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
@@ -418,7 +422,9 @@ fn endpoint_label(path: &str) -> &'static str {
         "/detokenize" => "/detokenize",
         "/health" => "/health",
         "/metrics" => "/metrics",
+        "/" => "/",
         p if p.starts_with("/v1/models/") => "/v1/models/{id}",
+        p if p.starts_with("/ui/") => "/ui/{file}",
         _ => "other",
     }
 }
