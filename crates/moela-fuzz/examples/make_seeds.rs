@@ -244,6 +244,31 @@ fn request() {
         let sel = if i % 2 == 1 { b'3' } else { b'1' };
         s.add("completion", &[&[sel][..], &b].concat());
     }
+    let anthropic_tool = json!({"name": "get_weather", "description": "Weather of a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+            "required": ["city"]}});
+    let messages = [
+        json!({"model": "v3", "max_tokens": 8, "messages": [{"role": "user", "content": "Hello"}]}),
+        json!({"max_tokens": 16, "system": [{"type": "text", "text": "Be brief."}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+            "stop_sequences": ["END"], "temperature": 0.5, "top_p": 0.9, "top_k": 20, "stream": true}),
+        json!({"max_tokens": 32, "tools": [anthropic_tool], "tool_choice": {"type": "tool", "name": "get_weather"},
+            "messages": [{"role": "user", "content": "Weather in Paris?"}]}),
+        json!({"max_tokens": 32, "tools": [anthropic_tool], "messages": [
+            {"role": "user", "content": "Paris?"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "get_weather",
+                "input": {"city": "Paris"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "21 C",
+                "is_error": false}]}]}),
+        json!({"max_tokens": 64, "thinking": {"type": "enabled", "budget_tokens": 32},
+            "messages": [{"role": "user", "content": "Think"},
+                {"role": "assistant", "content": "Well,"}]}),
+    ];
+    for (i, body) in messages.iter().enumerate() {
+        let b = serde_json::to_vec(body).expect("body");
+        let sel = if i % 2 == 1 { b'6' } else { b'4' };
+        s.add("messages", &[&[sel][..], &b].concat());
+    }
 }
 
 fn stream() {

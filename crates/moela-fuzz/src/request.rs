@@ -4,7 +4,7 @@ use std::sync::{Arc, OnceLock};
 
 use moela_engine::{EngineConfig, EngineHandle};
 use moela_model::Model;
-use moela_server::{AppState, Settings};
+use moela_server::{AppState, PlanEndpoint, Settings};
 use moela_text::{ChatFormat, Tokenizer};
 
 /// Servers over the tiny V3 fixture: its own Jinja template, and DeepSeek V3.2's encoder (DSML
@@ -34,13 +34,18 @@ fn states() -> &'static [AppState; 2] {
     })
 }
 
-/// Byte 0 picks the endpoint and the server (bit 0: `/v1/completions`, else
-/// `/v1/chat/completions`; bit 1: the DeepSeek V3.2 encoder, else the Jinja template; the seeds
-/// use `0`–`3`); the rest is the request body.
+/// Byte 0 picks the endpoint and the server (bit 2: Anthropic's `/v1/messages`, else bit 0:
+/// `/v1/completions`, else `/v1/chat/completions`; bit 1: the DeepSeek V3.2 encoder, else the
+/// Jinja template; the seeds use `0`–`7`); the rest is the request body.
 pub fn request(data: &[u8]) {
     let Some((&sel, body)) = data.split_first() else {
         return;
     };
     let state = &states()[usize::from(sel >> 1 & 1)];
-    let _ = state.plan_body(sel & 1 == 0, body);
+    let endpoint = match (sel >> 2 & 1, sel & 1) {
+        (1, _) => PlanEndpoint::Messages,
+        (_, 1) => PlanEndpoint::Completion,
+        _ => PlanEndpoint::Chat,
+    };
+    let _ = state.plan_body(endpoint, body);
 }

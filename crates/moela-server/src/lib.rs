@@ -242,17 +242,29 @@ impl AppState {
         &self.inner.engine
     }
 
-    /// Parses and plans a request body as `POST /v1/chat/completions` (`chat`) or
-    /// `POST /v1/completions` does — JSON, validation, prompt rendering and tokenizing, grammar
-    /// compilation — without starting the generation. For the fuzz targets (`crates/moela-fuzz`).
+    /// Parses and plans a request body as `endpoint` does — JSON, validation, prompt rendering
+    /// and tokenizing, grammar compilation — without starting the generation. For the fuzz
+    /// targets (`crates/moela-fuzz`).
     #[doc(hidden)]
-    pub fn plan_body(&self, chat: bool, body: &[u8]) -> Result<(), ApiError> {
-        if chat {
-            self.plan_chat(parse_json(body)?).map(drop)
-        } else {
-            self.plan_completion(parse_json(body)?).map(drop)
+    pub fn plan_body(&self, endpoint: PlanEndpoint, body: &[u8]) -> Result<(), ApiError> {
+        match endpoint {
+            PlanEndpoint::Chat => self.plan_chat(parse_json(body)?).map(drop),
+            PlanEndpoint::Completion => self.plan_completion(parse_json(body)?).map(drop),
+            PlanEndpoint::Messages => self.plan_messages(parse_json(body)?).map(drop),
         }
     }
+}
+
+/// The request bodies [`AppState::plan_body`] plans.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub enum PlanEndpoint {
+    /// `POST /v1/chat/completions`.
+    Chat,
+    /// `POST /v1/completions`.
+    Completion,
+    /// Anthropic's `POST /v1/messages`.
+    Messages,
 }
 
 /// The API key a request was made with (its name), set by the auth layer.
