@@ -1055,9 +1055,9 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
 
 fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     let files = ModelFiles::open(&a.model)?;
-    if !files.config().model_type.is_mla() {
+    if files.config().gqa().is_some() {
         bail!(
-            "moela quantize writes DeepSeek (deepseek2 / deepseek32) GGUF files only; {} is a {} model (use --quant to quantize it while loading)",
+            "moela quantize writes DeepSeek (deepseek2 / deepseek32 / deepseek4) GGUF files only; {} is a {} model (use --quant to quantize it while loading)",
             a.model.display(),
             files.config().model_type.as_str()
         );
@@ -1086,7 +1086,7 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         .model
         .file_stem()
         .map_or_else(|| "moela".to_string(), |n| n.to_string_lossy().into_owned());
-    moela_loader::export_mla_gguf(&model, &tok, tok_cfg.as_deref(), a.dtype, &name, &a.out)?;
+    moela_loader::export_gguf(&model, &tok, tok_cfg.as_deref(), a.dtype, &name, &a.out)?;
     let size = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
     eprintln!(
         "wrote {} ({}, {})",

@@ -337,8 +337,20 @@ fn generate_runs_deepseek_v4() {
 }
 
 #[test]
-fn quantize_refuses_v4_clearly() {
-    common::assert_quantize_refused("v4", &["deepseek_v4"]);
+fn quantize_writes_v4_as_deepseek4() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("v4-q8_0.gguf");
+    let o = common::quantize_q8_0("v4", &out);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let o = moela(&["inspect", "--model", out.to_str().unwrap()]);
+    let text = common::stdout(&o);
+    for want in [
+        "model_type:   deepseek_v4",
+        "layers:       1 sliding, 1 CSA (ratio 4), 1 HCA (ratio 128); hash-routed layers: 0,1",
+        "q8_0 ×",
+    ] {
+        assert!(text.contains(want), "missing {want}: {text}");
+    }
 }
 
 #[test]

@@ -108,12 +108,10 @@ fn greedy_continuation_matches_reference_token_by_token() {
 #[test]
 fn gguf_export_round_trips() {
     use moela_kernels::{DType, Placement};
-    use moela_loader::{export_mla_gguf, GgufModel};
+    use moela_loader::{export_gguf, GgufModel};
     for case in ["v2_lite", "v3_fp8", "v2_lite_plain_rope"] {
         let c = load(case);
-        let dir = case_dir(case);
-        let tok = std::fs::read_to_string(dir.join("tokenizer.json")).unwrap();
-        let cfg = std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap();
+        let (tok, cfg) = common::tokenizer_files(case);
         let tokens = ids(&c.golden["nll_tokens"]);
         let want = floats(&c.golden["nll"]);
         let v = c.model.config.vocab_size;
@@ -126,7 +124,7 @@ fn gguf_export_round_trips() {
         ] {
             let tmp = tempfile::tempdir().unwrap();
             let path = tmp.path().join("m.gguf");
-            export_mla_gguf(&c.model, &tok, Some(&cfg), dtype, case, &path).unwrap();
+            export_gguf(&c.model, &tok, Some(&cfg), dtype, case, &path).unwrap();
             let g = GgufModel::open(&path).unwrap();
             assert_eq!(g.config.num_hidden_layers, c.model.config.num_hidden_layers);
             // Fastest copies exactly the packable Q8_0 matrices (on x86 SIMD), and a model this
@@ -170,7 +168,7 @@ fn gguf_export_round_trips() {
             // The tokenizer comes back from the GGUF metadata and encodes the same.
             let (tj, tc) = g.tokenizer_json().unwrap();
             let t1 = moela_text::Tokenizer::from_json_str(&tj, Some(&tc)).unwrap();
-            let t0 = moela_text::Tokenizer::from_dir(&dir).unwrap();
+            let t0 = moela_text::Tokenizer::from_dir(&case_dir(case)).unwrap();
             let text = "def add(a, b):\n    return a + b  # 12345 <｜User｜>";
             assert_eq!(
                 t1.encode(text, true).unwrap(),

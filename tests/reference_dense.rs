@@ -338,7 +338,7 @@ fn q8_0_on_load_stays_close() {
 fn deepseek2_export_refuses_dense_models() {
     let m = load("qwen2");
     let dir = tempfile::tempdir().unwrap();
-    let err = moela_loader::export_mla_gguf(
+    let err = moela_loader::export_gguf(
         &m,
         "{}",
         None,

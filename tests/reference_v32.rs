@@ -375,17 +375,16 @@ fn llama_cpp_deepseek32_gguf_matches_reference() {
 #[test]
 fn deepseek32_export_matches_the_converter_and_reference() {
     use moela_kernels::DType;
-    use moela_loader::{export_mla_gguf, GgufFile, GgufModel};
+    use moela_loader::{export_gguf, GgufFile, GgufModel};
     let hf = load();
     let dir = case_dir(CASE);
-    let tok = std::fs::read_to_string(dir.join("tokenizer.json")).unwrap();
-    let cfg = std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap();
+    let (tok, cfg) = common::tokenizer_files(CASE);
     let theirs = GgufFile::open(dir.join("../../gguf/deepseek32_v32.gguf")).unwrap();
     let golden = golden(CASE);
     for dtype in [DType::F32, DType::BF16] {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("v32.gguf");
-        export_mla_gguf(&hf, &tok, Some(&cfg), dtype, "v32", &path).unwrap();
+        export_gguf(&hf, &tok, Some(&cfg), dtype, "v32", &path).unwrap();
         let ours = GgufFile::open(&path).unwrap();
         assert_eq!(ours.architecture().unwrap(), "deepseek32");
         for (key, value) in theirs.metadata_entries() {

@@ -459,3 +459,65 @@ fn a_plain_f32_source_loads_v4_and_bad_hash_ids_are_refused() {
         other => panic!("{:?}", other.err()),
     }
 }
+
+/// `moela quantize`'s `deepseek4` writer on transformers' V4 names (BF16 matrices, F32 norms
+/// and biases): with `--type bf16` every matrix is written in the type the model holds it in
+/// (BF16; the f32 copies the model keeps of BF16 routers, indexer weights and hyper-connection
+/// matrices as BF16 again), so the file read back is the same model: the same config and
+/// bit-equal logits at every position of the fixture's 300 tokens (f32 caches both).
+#[test]
+fn deepseek4_export_reads_back_to_bit_equal_logits() {
+    use moela_kernels::DType;
+    use moela_loader::{export_gguf, GgufModel};
+    let m = load();
+    let (tok, cfg) = common::tokenizer_files(CASE);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("v4.gguf");
+    export_gguf(&m, &tok, Some(&cfg), DType::BF16, "v4", &path).unwrap();
+    let g = GgufModel::open(&path).unwrap();
+    assert_eq!(g.arch, "deepseek4");
+    assert_eq!(g.config.attention, m.config.attention);
+    assert_eq!(g.config.moe, m.config.moe);
+    assert_eq!(g.config.num_hidden_layers, m.config.num_hidden_layers);
+    assert_eq!(g.config.rope_scaling, m.config.rope_scaling);
+    let back = g.load_model_with(&common::exact_cache()).unwrap();
+    let tokens = ids(&golden(CASE)["nll_tokens"]);
+    let (a, _) = traced(&m, &tokens);
+    let (b, _) = traced(&back, &tokens);
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&a), bits(&b), "logits differ after the round trip");
+    let g = golden(CASE);
+    println!(
+        "v4 → deepseek4 GGUF (bf16) → v4: logits bit-equal, max |ΔNLL| vs reference {:.2e}",
+        nll_error(&back, &g, &b)
+    );
+}
+
+/// What a `deepseek4` file cannot say is refused by name, before any file is written: YaRN on
+/// the sliding-window layers (llama.cpp scales only the compressed ones) and a compressed YaRN
+/// whose cos/sin amplitude is not 1.
+#[test]
+fn deepseek4_export_refuses_what_the_format_cannot_hold() {
+    use moela_kernels::DType;
+    use moela_model::{Attention, RopeScaling};
+    let yarn = |c: &Config| match &c.attention {
+        Attention::V4(v) => v.compress_yarn.clone().unwrap(),
+        _ => panic!("a V4 config"),
+    };
+    let main_yarn = load_with(|c| c.rope_scaling = Some(RopeScaling::Yarn(yarn(c))));
+    let amplitude = load_with(|c| {
+        if let Attention::V4(v) = &mut c.attention {
+            v.compress_yarn.as_mut().unwrap().attention_factor = Some(0.5);
+        }
+    });
+    let (tok, cfg) = common::tokenizer_files(CASE);
+    for (m, needle) in [(main_yarn, "sliding-window"), (amplitude, "amplitude")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("v4.gguf");
+        let err = moela_loader::export_gguf(&m, &tok, Some(&cfg), DType::BF16, "v4", &path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{err}");
+        assert!(!path.exists());
+    }
+}

@@ -45,7 +45,7 @@ fn release_storage_is_computed_as_stored() {
         .into_iter()
         .filter_map(|(n, t)| match t {
             TensorRef::Matrix(q) => Some((n, q.dtype)),
-            TensorRef::Vector(_) => None,
+            _ => None,
         })
         .collect();
     let dtypes: Vec<DType> = named.iter().map(|(_, d)| *d).collect();
@@ -104,6 +104,7 @@ fn llama_cpp_deepseek4_gguf_matches_reference() {
     assert_eq!(g.config.attention, hf.config.attention);
     assert_eq!(g.config.moe, hf.config.moe);
     assert_eq!(g.config.num_hidden_layers, hf.config.num_hidden_layers);
+    assert_eq!(g.config.num_nextn_predict_layers, 1);
     let m = g.load_model_with(&common::exact_cache()).unwrap();
     let Ffn::Moe(moe) = &m.weights.layers[2].ffn else {
         panic!("layer 2 is MoE")
@@ -124,4 +125,126 @@ fn llama_cpp_deepseek4_gguf_matches_reference() {
         .count();
     println!("deepseek4 GGUF (Q8_0 projections): max |ΔNLL| = {err:.2e}, mean off by {rel:.2e}, {off} tokens off by > 0.05");
     assert!(rel < 5e-3, "max |ΔNLL| {err}, mean {rel}");
+}
+
+/// Metadata keys of the converter's file that Moela's `deepseek4` file does not hold, and why.
+const ABSENT_KEYS: &[(&str, &str)] = &[(
+    "general.size_label",
+    "gguf-py's human-readable parameter count (\"6x318K\"); informational, llama.cpp never reads it",
+)];
+/// Keys both files hold with values that legitimately differ, and why.
+const DIFFERENT_VALUES: &[(&str, &str)] = &[
+    (
+        "general.name",
+        "the converter names a file after the checkpoint directory, Moela after the --model stem",
+    ),
+    (
+        "tokenizer.ggml.token_type",
+        "Moela keeps tokenizer.json's special flags; the converter also makes the non-special \
+         added tokens spelled <｜…｜> control tokens (checked below: the only difference)",
+    ),
+];
+
+/// `moela quantize`'s `deepseek4` writer against llama.cpp b11434's converter on the same
+/// checkpoint: from the release directory (FP8 projections, FP4 experts) and from the
+/// converter's own file, `--type q8_0` writes every metadata key of the converter's file but
+/// [`ABSENT_KEYS`], each with the converter's value but [`DIFFERENT_VALUES`], and exactly its
+/// tensors — names, shapes, types and bytes: FP8 weights as Q8_0 (Moela's Q8_0 quantizer is
+/// ggml's bit for bit), the MXFP4 experts' blocks copied, BF16 and F32 tensors as stored,
+/// `tid2eid` as I32.
+#[test]
+fn deepseek4_export_equals_the_converter_file() {
+    use moela_loader::{export_gguf, GgufFile, GgufModel};
+    let dir = case_dir(CASE);
+    let conv = dir.join("../../gguf/deepseek4_v4.gguf");
+    let theirs = GgufFile::open(&conv).unwrap();
+    let (tok, cfg) = common::tokenizer_files(CASE);
+    let g = GgufModel::open(&conv).unwrap();
+    let (gtok, gcfg) = g.tokenizer_json().unwrap();
+    let from_gguf = g.load_model_with(&common::exact_cache()).unwrap();
+    // The tokens whose type differs: from the directory, its two non-special <｜…｜> tokens; from
+    // the converter's file, none (its control tokens come back special).
+    let user = ["<｜User｜>", "<｜Assistant｜>"];
+    let sources = [
+        ("release directory", load(), tok, cfg, &user[..]),
+        ("converter's file", from_gguf, gtok, gcfg, &[][..]),
+    ];
+    for (what, model, tok, cfg, retyped) in sources {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("v4_release.gguf");
+        export_gguf(&model, &tok, Some(&cfg), DType::Q8_0, "v4_release", &path).unwrap();
+        let ours = GgufFile::open(&path).unwrap();
+        let keys = |f: &GgufFile| f.metadata_entries().map(|(k, _)| k.to_string()).collect();
+        let mut want: std::collections::BTreeSet<String> = keys(&theirs);
+        for (k, _) in ABSENT_KEYS {
+            assert!(want.remove(*k), "{k} is not in the converter's file");
+        }
+        assert_eq!(keys(&ours), want, "{what}: metadata keys");
+        for k in &want {
+            if DIFFERENT_VALUES.iter().all(|(d, _)| d != k) {
+                assert_eq!(ours.metadata(k), theirs.metadata(k), "{what}: {k}");
+            }
+        }
+        let types = |f: &GgufFile| f.get_i64_array("tokenizer.ggml.token_type").unwrap();
+        let tokens = ours.get_str_array("tokenizer.ggml.tokens").unwrap();
+        let (a, b) = (types(&ours), types(&theirs));
+        assert_eq!(a.len(), b.len());
+        let differ: Vec<&str> = (0..a.len())
+            .filter(|&i| a[i] != b[i])
+            .map(|i| {
+                assert_eq!(
+                    (a[i], b[i]),
+                    (4, 3),
+                    "{what}: user-defined here, control there"
+                );
+                tokens[i]
+            })
+            .collect();
+        assert_eq!(differ, retyped, "{what}");
+        let table = |f: &GgufFile| {
+            let mut t: Vec<_> = f
+                .tensors()
+                .iter()
+                .map(|t| {
+                    let bytes = f.tensor_bytes(t).unwrap().to_vec();
+                    (t.name.clone(), t.dims.clone(), t.ggml_type.0, bytes)
+                })
+                .collect();
+            t.sort();
+            t
+        };
+        let (a, b) = (table(&ours), table(&theirs));
+        assert_eq!(a.len(), b.len(), "{what}: tensor count");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!((&x.0, &x.1, x.2), (&y.0, &y.1, y.2), "{what}: tensor info");
+            assert!(x.3 == y.3, "{what}: the bytes of {} differ", x.0);
+        }
+    }
+}
+
+/// Written as F32 (FP8 weights decoded exactly, the MXFP4 experts copied), the release read back
+/// from the `deepseek4` file holds the same values; the logits are not bit-equal (F32 products
+/// accumulate in another order than the FP8 kernel's), the NLLs agree within 1e-5 (5.8e-6 here).
+#[test]
+fn deepseek4_export_as_f32_keeps_the_release_nll() {
+    use moela_loader::{export_gguf, GgufModel};
+    let (m, gold) = (load(), golden(CASE));
+    let (tok, cfg) = common::tokenizer_files(CASE);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("v4_release.gguf");
+    export_gguf(&m, &tok, Some(&cfg), DType::F32, "v4_release", &path).unwrap();
+    let back = GgufModel::open(&path)
+        .unwrap()
+        .load_model_with(&common::exact_cache())
+        .unwrap();
+    let tokens = ids(&gold["nll_tokens"]);
+    let nll = |m: &Model| {
+        let (logits, _) = common::prefill_traced(m, &tokens, &ForwardOptions::default());
+        nll_from_logits(&logits, &tokens, m.config.vocab_size)
+    };
+    let (a, b) = (nll(&m), nll(&back));
+    let d = max_abs_diff(&a, &b);
+    let r = max_abs_diff(&b, &floats(&gold["nll"]));
+    println!("v4_release → deepseek4 GGUF (f32) → model: max |ΔNLL| {d:.2e} vs the release, {r:.2e} vs the reference");
+    assert!(d < 1e-5 && r < 1e-4, "{d} {r}");
 }

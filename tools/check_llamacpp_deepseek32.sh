@@ -8,20 +8,11 @@
 # cannot run (its indexer applies a Hadamard rotation of at least 64 dims: GGML_ASSERT in
 # ggml_mul_mat), so this builds the same case with index_head_dim 64 in a temporary directory.
 #
-# Needs: the reference venv of tools/requirements-v32.txt ($REF_PY), the converter venv of
-# tools/requirements-llamacpp-convert.txt ($CONV_PY), llama.cpp b11434 built by
-# bench/build_llamacpp.sh ($LLAMA_BIN) and its source tree ($LLAMA_SRC), target/debug/moela.
+# Needs what tools/llamacpp_check_env.sh says ($REF_PY, $CONV_PY, $LLAMA_BIN, $LLAMA_SRC, $MOELA).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REF_PY=${REF_PY:?python of a venv with tools/requirements-v32.txt}
-CONV_PY=${CONV_PY:?python of a venv with tools/requirements-llamacpp-convert.txt}
-LLAMA_BIN=${LLAMA_BIN:?llama.cpp bin directory (bench/build_llamacpp.sh prints it)}
-LLAMA_SRC=${LLAMA_SRC:?llama.cpp source directory (the one holding convert_hf_to_gguf.py)}
-MOELA=${MOELA:-target/debug/moela}
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
+. tools/llamacpp_check_env.sh
 
-cp -r tests/fixtures/models/tokenizer "$TMP/"
 "$REF_PY" - "$TMP" <<'EOF'
 import sys
 from pathlib import Path
@@ -35,10 +26,6 @@ EOF
     --src "$TMP/v32" --out "$TMP/converter-bf16.gguf"
 "$MOELA" quantize --model "$TMP/v32" --type bf16 --out "$TMP/moela-bf16.gguf"
 "$MOELA" quantize --model "$TMP/v32" --type q8_0 --out "$TMP/moela-q8_0.gguf"
-complete() {
-    "$LLAMA_BIN/llama-completion" -m "$1" -p "The quick brown fox jumps over the lazy dog and then" \
-        -n 32 --temp 0 -no-cnv --no-warmup -t 2 2>/dev/null
-}
 a=$(complete "$TMP/converter-bf16.gguf" | md5sum)
 b=$(complete "$TMP/moela-bf16.gguf" | md5sum)
 echo "llama.cpp on the converter's file: $a"

@@ -15,6 +15,12 @@ pub fn case_dir(case: &str) -> PathBuf {
         .join(case)
 }
 
+/// A fixture's `tokenizer.json` and `tokenizer_config.json`, as the GGUF writer takes them.
+pub fn tokenizer_files(case: &str) -> (String, String) {
+    let read = |f: &str| std::fs::read_to_string(case_dir(case).join(f)).unwrap();
+    (read("tokenizer.json"), read("tokenizer_config.json"))
+}
+
 /// A fixture's `golden.json`, written by the reference scripts in `tools/`.
 pub fn golden(case: &str) -> Value {
     let text = std::fs::read_to_string(case_dir(case).join("golden.json")).unwrap();

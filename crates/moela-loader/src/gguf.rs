@@ -29,12 +29,12 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use deepseek2::{deepseek2_config_json, is_deepseek_v3, MLA_ARCHS};
-pub use deepseek4::{deepseek4_config_json, v4_gguf_name};
+pub use deepseek4::deepseek4_config_json;
 pub use dense::{dense_config_json, DENSE_ARCHITECTURES};
 pub use names::{
     gguf_name_to_hf, hf_name_to_gguf, kv_b_from_split, permute_rope_rows, rope_permuted,
-    split_kv_b, unpermute_rope_rows, ExpertProj, GgufTarget, HfName, KvBDims, NameRule, RopeHeads,
-    RuleKind, GLOBAL_NAMES, LAYER_NAMES, ROPE_PERMUTED,
+    split_kv_b, unpermute_rope_rows, ExpertProj, Family, GgufTarget, HfName, KvBDims, NameRule,
+    RopeHeads, RuleKind, GLOBAL_NAMES, LAYER_NAMES, ROPE_PERMUTED,
 };
 pub use reader::{GgufFile, GgufTensorInfo};
 pub use tokenizer::{

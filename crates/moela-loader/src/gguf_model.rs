@@ -5,13 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use moela_kernels::{DType, Mat, Placement, QMat, Storage};
-use moela_model::{Config, KvType, Model, ModelError, ModelType, RopeScaling, WeightSource};
+use moela_model::{Config, KvType, Model, ModelError, RopeScaling, WeightSource};
 
 use crate::error::LoadError;
 use crate::gguf::{
     deepseek2_config_json, deepseek4_config_json, dense_config_json, hf_name_to_gguf,
-    kv_b_from_split, rope_permuted, tokenizer_json_from_gguf, unpermute_rope_rows, v4_gguf_name,
-    ExpertProj, GgufFile, GgufTarget, KvBDims, RopeHeads, DENSE_ARCHITECTURES, MLA_ARCHS,
+    kv_b_from_split, rope_permuted, tokenizer_json_from_gguf, unpermute_rope_rows, Family,
+    GgufFile, GgufTarget, HfName, KvBDims, RopeHeads, DENSE_ARCHITECTURES, MLA_ARCHS,
 };
 use crate::progress::LoadProgress;
 use crate::release::v4_expert_rows;
@@ -197,13 +197,9 @@ struct GgufSource<'a> {
 }
 
 impl GgufSource<'_> {
-    /// Where tensor `name` is stored: DeepSeek-V4's own table for `deepseek4` files, the shared
-    /// HF ↔ GGUF table otherwise.
+    /// Where tensor `name` is stored (the name table, in this file's family).
     fn gguf_target(&self, name: &str) -> Option<GgufTarget> {
-        match self.g.config.model_type {
-            ModelType::DeepseekV4 => v4_gguf_name(name).map(GgufTarget::Whole),
-            _ => hf_name_to_gguf(name),
-        }
+        hf_name_to_gguf(Family::of_arch(&self.g.arch), name)
     }
 
     fn target(&self, name: &str) -> Result<GgufTarget, ModelError> {
@@ -325,7 +321,7 @@ impl WeightSource for GgufSource<'_> {
         cfg: &Config,
     ) -> Result<Option<(QMat, QMat)>, ModelError> {
         let name = format!("model.layers.{layer}.self_attn.kv_b_proj.weight");
-        let Some(GgufTarget::KvB { fused, k_b, v_b }) = hf_name_to_gguf(&name) else {
+        let Some(GgufTarget::KvB { fused, k_b, v_b }) = self.gguf_target(&name) else {
             return Ok(None);
         };
         let f = &self.g.file;
@@ -403,13 +399,17 @@ impl WeightSource for GgufSource<'_> {
             return Err(ModelError::MissingTensor(format!("{name} (no GGUF name)")));
         };
         let e = e?;
-        let stacked = match e.proj {
-            ExpertProj::Gate => "ffn_gate_exps",
-            ExpertProj::Up => "ffn_up_exps",
-            ExpertProj::Down => "ffn_down_exps",
+        let expert = HfName::StackedExperts {
+            layer: e.layer,
+            proj: e.proj,
+        }
+        .expert_name(e.expert);
+        let Some(GgufTarget::Expert { name: g, expert }) =
+            expert.and_then(|n| self.gguf_target(&n))
+        else {
+            return Err(ModelError::MissingTensor(format!("{name} (no GGUF name)")));
         };
-        let g = format!("blk.{}.{stacked}.weight", e.layer);
-        let m = self.g.matrix_at(&g, Some(e.expert), name, e.rows, e.cols)?;
+        let m = self.g.matrix_at(&g, Some(expert), name, e.rows, e.cols)?;
         requantize(m, name, self.quant)
     }
 

@@ -9,8 +9,8 @@ use moela_loader::dtype::{f16_from_le, f32_from_le};
 use moela_loader::gguf::{
     deepseek2_config_json, gguf_name_to_hf, hf_name_to_gguf, is_deepseek_v3, kv_b_from_split,
     split_kv_b, tokenizer_json_from_gguf, write_tokenizer_metadata,
-    write_tokenizer_metadata_padded, GgmlType, GgufFile, GgufTarget, GgufValue, GgufWriter, HfName,
-    KvBDims, TokenType,
+    write_tokenizer_metadata_padded, Family, GgmlType, GgufFile, GgufTarget, GgufValue, GgufWriter,
+    HfName, KvBDims, TokenType,
 };
 use serde_json::{json, Value};
 
@@ -495,12 +495,14 @@ fn every_fixture_tensor_is_in_the_name_table() {
     for case in ["v3", "v2"] {
         let f = open(case);
         for t in f.tensors() {
-            let hf = gguf_name_to_hf(&t.name).unwrap_or_else(|| panic!("{}", t.name));
+            let hf =
+                gguf_name_to_hf(Family::Standard, &t.name).unwrap_or_else(|| panic!("{}", t.name));
             let back = match &hf {
-                HfName::Whole(n) => hf_name_to_gguf(n).unwrap(),
+                HfName::Whole(n) => hf_name_to_gguf(Family::Standard, n).unwrap(),
                 HfName::StackedExperts { .. } => {
                     let e = t.shape()[0] as usize - 1;
-                    let target = hf_name_to_gguf(&hf.expert_name(e).unwrap()).unwrap();
+                    let target =
+                        hf_name_to_gguf(Family::Standard, &hf.expert_name(e).unwrap()).unwrap();
                     assert_eq!(
                         target,
                         GgufTarget::Expert {
@@ -511,7 +513,7 @@ fn every_fixture_tensor_is_in_the_name_table() {
                     target
                 }
                 HfName::KvBNope { .. } | HfName::KvBValue { .. } => {
-                    hf_name_to_gguf(&hf.hf_tensor()).unwrap()
+                    hf_name_to_gguf(Family::Standard, &hf.hf_tensor()).unwrap()
                 }
             };
             let found = match back {

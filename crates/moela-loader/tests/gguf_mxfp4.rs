@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use moela_kernels::{DType, QMat};
 use moela_loader::gguf::{GgmlType, GgufFile, GgufWriter};
-use moela_loader::{export_mla_gguf, GgufModel, LoadOptions, ModelFiles};
+use moela_loader::{export_gguf, GgufModel, LoadOptions, ModelFiles};
 use moela_model::weights::TensorRef;
 
 fn v2_lite() -> PathBuf {
@@ -55,7 +55,7 @@ fn mxfp4_experts_load_as_mxfp4() {
     let cfg = std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let (f32_path, path) = (tmp.path().join("f32.gguf"), tmp.path().join("mxfp4.gguf"));
-    export_mla_gguf(&model, &tok, Some(&cfg), DType::F32, "v2_lite", &f32_path).unwrap();
+    export_gguf(&model, &tok, Some(&cfg), DType::F32, "v2_lite", &f32_path).unwrap();
     with_mxfp4_experts(&f32_path, &path);
 
     let files = ModelFiles::open(&path).unwrap();

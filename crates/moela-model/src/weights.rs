@@ -602,6 +602,17 @@ impl Weights {
 pub enum TensorRef<'a> {
     Vector(&'a [f32]),
     Matrix(&'a QMat),
+    /// f32 values that are not a matmul weight, row-major `[len / cols, cols]` (V4's compressor
+    /// position biases `[ratio, width]`).
+    Table {
+        data: &'a [f32],
+        cols: usize,
+    },
+    /// Expert ids, row-major `[len / cols, cols]` (V4's `tid2eid`: `[vocab, experts_per_token]`).
+    Ids {
+        data: &'a [u32],
+        cols: usize,
+    },
 }
 
 impl Weights {
@@ -667,6 +678,11 @@ impl Weights {
                     v.push((hf::at(p, hf::ROUTER), Matrix(&m.router)));
                     if let Some(b) = &m.bias {
                         v.push((hf::at(p, hf::ROUTER_BIAS), Vector(b)));
+                    }
+                    if let Some(h) = &m.hash {
+                        let cols = m.config.num_experts_per_tok;
+                        let ids = TensorRef::Ids { data: h, cols };
+                        v.push((hf::at(p, crate::v4::TID2EID), ids));
                     }
                     for (e, ex) in m.experts.iter().enumerate() {
                         mlp(&mut v, &hf::expert(p, e), ex);

@@ -1,6 +1,6 @@
 //! DeepSeek-V4 in GGUF (llama.cpp b11434's `deepseek4`, written by its converter from a release
-//! checkpoint): the release-spelled `config.json` its metadata encodes, and where each tensor the
-//! model asks for (by transformers' name) is stored.
+//! checkpoint): the release-spelled `config.json` its metadata encodes. Where each tensor is
+//! stored is the shared name table's ([`super::names`], family `V4`).
 
 use serde_json::{json, Map, Value};
 
@@ -88,7 +88,11 @@ pub fn deepseek4_config_json(f: &GgufFile) -> Result<Value, GgufError> {
         json!(usize_req("attention.sliding_window")?),
     );
     insert_indexer_keys(f, ARCH, &mut c)?;
+    // The release lists its MTP layers' ratios after the decoder's (the converter copies it):
+    // they are the MTP layers the config declares.
+    let mtp = ratios.len().saturating_sub(usize_req("block_count")?);
     c.insert("compress_ratios".into(), json!(ratios));
+    c.insert("num_nextn_predict_layers".into(), json!(mtp));
     c.insert(
         "compress_rope_theta".into(),
         json!(f64_req("attention.compress_rope_freq_base")?),
@@ -144,116 +148,4 @@ pub fn deepseek4_config_json(f: &GgufFile) -> Result<Value, GgufError> {
     c.insert("rope_scaling".into(), rope_scaling(f, ARCH)?);
     insert_token_keys(f, &mut c)?;
     Ok(Value::Object(c))
-}
-
-/// The GGUF tensor holding transformers' V4 tensor `name` (layer tensors below
-/// `model.layers.N.`), for everything but the stacked experts.
-pub fn v4_gguf_name(name: &str) -> Option<String> {
-    const GLOBAL: &[(&str, &str)] = &[
-        ("model.embed_tokens.weight", "token_embd.weight"),
-        ("model.norm.weight", "output_norm.weight"),
-        ("lm_head.weight", "output.weight"),
-        ("model.hc_head.hc_fn", "output_hc_fn.weight"),
-        ("model.hc_head.hc_base", "output_hc_base.weight"),
-        ("model.hc_head.hc_scale", "output_hc_scale.weight"),
-    ];
-    const LAYER: &[(&str, &str)] = &[
-        ("input_layernorm.weight", "attn_norm.weight"),
-        ("post_attention_layernorm.weight", "ffn_norm.weight"),
-        ("attn_hc.fn", "hc_attn_fn.weight"),
-        ("attn_hc.base", "hc_attn_base.weight"),
-        ("attn_hc.scale", "hc_attn_scale.weight"),
-        ("ffn_hc.fn", "hc_ffn_fn.weight"),
-        ("ffn_hc.base", "hc_ffn_base.weight"),
-        ("ffn_hc.scale", "hc_ffn_scale.weight"),
-        ("self_attn.q_a_proj.weight", "attn_q_a.weight"),
-        ("self_attn.q_a_norm.weight", "attn_q_a_norm.weight"),
-        ("self_attn.q_b_proj.weight", "attn_q_b.weight"),
-        ("self_attn.kv_proj.weight", "attn_kv.weight"),
-        ("self_attn.kv_norm.weight", "attn_kv_a_norm.weight"),
-        ("self_attn.o_a_proj.weight", "attn_output_a.weight"),
-        ("self_attn.o_b_proj.weight", "attn_output_b.weight"),
-        ("self_attn.sinks", "attn_sinks.weight"),
-        (
-            "self_attn.compressor.kv_proj.weight",
-            "attn_compressor_kv.weight",
-        ),
-        (
-            "self_attn.compressor.gate_proj.weight",
-            "attn_compressor_gate.weight",
-        ),
-        (
-            "self_attn.compressor.position_bias",
-            "attn_compressor_ape.weight",
-        ),
-        (
-            "self_attn.compressor.kv_norm.weight",
-            "attn_compressor_norm.weight",
-        ),
-        (
-            "self_attn.compressor.indexer.kv_proj.weight",
-            "indexer_compressor_kv.weight",
-        ),
-        (
-            "self_attn.compressor.indexer.gate_proj.weight",
-            "indexer_compressor_gate.weight",
-        ),
-        (
-            "self_attn.compressor.indexer.position_bias",
-            "indexer_compressor_ape.weight",
-        ),
-        (
-            "self_attn.compressor.indexer.kv_norm.weight",
-            "indexer_compressor_norm.weight",
-        ),
-        (
-            "self_attn.compressor.indexer.q_b_proj.weight",
-            "indexer.attn_q_b.weight",
-        ),
-        (
-            "self_attn.compressor.indexer.scorer.weights_proj.weight",
-            "indexer.proj.weight",
-        ),
-        ("mlp.gate.weight", "ffn_gate_inp.weight"),
-        ("mlp.gate.e_score_correction_bias", "exp_probs_b.bias"),
-        ("mlp.gate.tid2eid", "ffn_gate_tid2eid.weight"),
-        (
-            "mlp.shared_experts.gate_proj.weight",
-            "ffn_gate_shexp.weight",
-        ),
-        ("mlp.shared_experts.up_proj.weight", "ffn_up_shexp.weight"),
-        (
-            "mlp.shared_experts.down_proj.weight",
-            "ffn_down_shexp.weight",
-        ),
-    ];
-    if let Some((_, g)) = GLOBAL.iter().find(|(hf, _)| *hf == name) {
-        return Some(g.to_string());
-    }
-    let rest = name.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let (_, g) = LAYER.iter().find(|(hf, _)| *hf == rest)?;
-    Some(format!("blk.{layer}.{g}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::v4_gguf_name;
-
-    #[test]
-    fn names() {
-        assert_eq!(
-            v4_gguf_name("model.layers.1.self_attn.compressor.indexer.scorer.weights_proj.weight")
-                .as_deref(),
-            Some("blk.1.indexer.proj.weight")
-        );
-        assert_eq!(
-            v4_gguf_name("model.hc_head.hc_fn").as_deref(),
-            Some("output_hc_fn.weight")
-        );
-        assert_eq!(
-            v4_gguf_name("model.layers.1.mlp.experts.gate_up_proj"),
-            None
-        );
-    }
 }

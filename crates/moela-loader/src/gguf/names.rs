@@ -1,5 +1,5 @@
-//! The one table mapping GGUF tensor names (`deepseek2`, `deepseek32`, `qwen2`, `llama`) to HF checkpoint
-//! names, the layout rule that relates llama.cpp's split `attn_k_b`/`attn_v_b` to HF's
+//! The one table mapping GGUF tensor names (`deepseek2`, `deepseek32`, `deepseek4`, `qwen2`, `llama`) to
+//! HF checkpoint names (transformers' names; for `deepseek4` those of `DeepseekV4ForCausalLM`), the layout rule that relates llama.cpp's split `attn_k_b`/`attn_v_b` to HF's
 //! `kv_b_proj`, and the per-architecture RoPE row permutation of `llama` files.
 //!
 //! Shapes below are row-major, outermost first (the reverse of ggml's dims). Every weight
@@ -29,6 +29,12 @@
 //!   keep HF's order.
 //! - **`rope_freqs.weight`** (`llama`, `[head_dim/2]` F32) has no HF tensor: it is Llama-3 RoPE
 //!   scaling as one divisor per frequency, read into the config.
+//!
+//! - **Families** ([`Family`]): four GGUF names stand for different HF tensors in DeepSeek-V4
+//!   (`attn_q_a_norm`, `attn_kv_a_norm`, `indexer.attn_q_b`, `indexer.proj`), so a rule serves every
+//!   architecture or one family; a lookup names the family it reads or writes.
+//! - **`ffn_gate_tid2eid`** (`deepseek4`) is V4's hash-routing table `mlp.gate.tid2eid`
+//!   `[vocab, experts_per_token]`, stored I32.
 //!
 //! MTP (`nextn`) names follow llama.cpp's `blk.N.nextn.*` spelling for the extra layer
 //! N = num_hidden_layers; llama.cpp's deepseek2 converter does not export that layer today.
@@ -66,6 +72,26 @@ impl ExpertProj {
     }
 }
 
+/// Whose names a rule gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// `deepseek2`, `deepseek32`, `qwen2`, `llama`.
+    Standard,
+    /// `deepseek4` (transformers' DeepSeek-V4 names).
+    V4,
+}
+
+impl Family {
+    /// The family of GGUF architecture `arch`.
+    pub fn of_arch(arch: &str) -> Family {
+        if arch == "deepseek4" {
+            Family::V4
+        } else {
+            Family::Standard
+        }
+    }
+}
+
 /// One row of the name table: GGUF name ↔ HF name, both as suffixes after the layer prefix
 /// (`blk.N.` / `model.layers.N.`) for [`LAYER_NAMES`], or whole for [`GLOBAL_NAMES`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,13 +99,55 @@ pub struct NameRule {
     pub gguf: &'static str,
     pub hf: &'static str,
     pub kind: RuleKind,
+    /// The one family the rule serves; `None`: every family.
+    pub family: Option<Family>,
 }
 
-const fn plain(gguf: &'static str, hf: &'static str) -> NameRule {
+impl NameRule {
+    fn serves(&self, family: Family) -> bool {
+        self.family.is_none_or(|f| f == family)
+    }
+}
+
+const fn rule(gguf: &'static str, hf: &'static str, family: Option<Family>) -> NameRule {
     NameRule {
         gguf,
         hf,
         kind: RuleKind::Plain,
+        family,
+    }
+}
+
+/// The same tensor in every family.
+const fn plain(gguf: &'static str, hf: &'static str) -> NameRule {
+    rule(gguf, hf, None)
+}
+
+/// A name of the standard family only.
+const fn standard(gguf: &'static str, hf: &'static str) -> NameRule {
+    rule(gguf, hf, Some(Family::Standard))
+}
+
+/// A `deepseek4` name.
+const fn v4(gguf: &'static str, hf: &'static str) -> NameRule {
+    rule(gguf, hf, Some(Family::V4))
+}
+
+const fn stacked(gguf: &'static str, hf: &'static str, proj: ExpertProj) -> NameRule {
+    NameRule {
+        gguf,
+        hf,
+        kind: RuleKind::StackedExperts(proj),
+        family: None,
+    }
+}
+
+const fn kv_b(gguf: &'static str, kind: RuleKind) -> NameRule {
+    NameRule {
+        gguf,
+        hf: "self_attn.kv_b_proj.weight",
+        kind,
+        family: Some(Family::Standard),
     }
 }
 
@@ -88,6 +156,10 @@ pub const GLOBAL_NAMES: &[NameRule] = &[
     plain("token_embd.weight", "model.embed_tokens.weight"), // [V, D]
     plain("output_norm.weight", "model.norm.weight"),        // [D]
     plain("output.weight", "lm_head.weight"),                // [V, D]
+    // DeepSeek-V4's final hyper-connection collapse: fn [hc, hc·D] F32, base [hc], scale [1].
+    v4("output_hc_fn.weight", "model.hc_head.hc_fn"),
+    v4("output_hc_base.weight", "model.hc_head.hc_base"),
+    v4("output_hc_scale.weight", "model.hc_head.hc_scale"),
 ];
 
 /// Per-layer tensors (`blk.N.` ↔ `model.layers.N.`).
@@ -101,55 +173,104 @@ pub const LAYER_NAMES: &[NameRule] = &[
     plain("attn_v.bias", "self_attn.v_proj.bias"),
     plain("attn_output.bias", "self_attn.o_proj.bias"), // llama attention_bias
     plain("attn_q_a.weight", "self_attn.q_a_proj.weight"),
-    plain("attn_q_a_norm.weight", "self_attn.q_a_layernorm.weight"),
+    standard("attn_q_a_norm.weight", "self_attn.q_a_layernorm.weight"),
+    v4("attn_q_a_norm.weight", "self_attn.q_a_norm.weight"),
     plain("attn_q_b.weight", "self_attn.q_b_proj.weight"),
     plain(
         "attn_kv_a_mqa.weight",
         "self_attn.kv_a_proj_with_mqa.weight",
     ), // [r + dr, D]
-    plain("attn_kv_a_norm.weight", "self_attn.kv_a_layernorm.weight"),
-    plain("attn_kv_b.weight", "self_attn.kv_b_proj.weight"), // older files: fused
-    NameRule {
-        gguf: "attn_k_b.weight",
-        hf: "self_attn.kv_b_proj.weight",
-        kind: RuleKind::KvBNope,
-    },
-    NameRule {
-        gguf: "attn_v_b.weight",
-        hf: "self_attn.kv_b_proj.weight",
-        kind: RuleKind::KvBValue,
-    },
+    standard("attn_kv_a_norm.weight", "self_attn.kv_a_layernorm.weight"),
+    standard("attn_kv_b.weight", "self_attn.kv_b_proj.weight"), // older files: fused
+    kv_b("attn_k_b.weight", RuleKind::KvBNope),
+    kv_b("attn_v_b.weight", RuleKind::KvBValue),
     plain("attn_output.weight", "self_attn.o_proj.weight"),
     // V3.2's lightning indexer (`deepseek32`).
-    plain("indexer.attn_q_b.weight", "self_attn.indexer.wq_b.weight"),
+    standard("indexer.attn_q_b.weight", "self_attn.indexer.wq_b.weight"),
     plain("indexer.attn_k.weight", "self_attn.indexer.wk.weight"),
     plain("indexer.k_norm.weight", "self_attn.indexer.k_norm.weight"),
     plain("indexer.k_norm.bias", "self_attn.indexer.k_norm.bias"),
-    plain(
+    standard(
         "indexer.proj.weight",
         "self_attn.indexer.weights_proj.weight",
     ),
+    // DeepSeek-V4 (`deepseek4`): one K = V head, grouped low-rank output, per-head sinks.
+    v4("attn_kv.weight", "self_attn.kv_proj.weight"),
+    v4("attn_kv_a_norm.weight", "self_attn.kv_norm.weight"),
+    v4("attn_output_a.weight", "self_attn.o_a_proj.weight"), // [o_groups·o_lora_rank, H·hd/o_groups]
+    v4("attn_output_b.weight", "self_attn.o_b_proj.weight"),
+    v4("attn_sinks.weight", "self_attn.sinks"),
+    // V4's compressors (CSA and HCA layers); `_ape` is the position bias [ratio, width], F32.
+    v4(
+        "attn_compressor_kv.weight",
+        "self_attn.compressor.kv_proj.weight",
+    ),
+    v4(
+        "attn_compressor_gate.weight",
+        "self_attn.compressor.gate_proj.weight",
+    ),
+    v4(
+        "attn_compressor_ape.weight",
+        "self_attn.compressor.position_bias",
+    ),
+    v4(
+        "attn_compressor_norm.weight",
+        "self_attn.compressor.kv_norm.weight",
+    ),
+    // V4's CSA indexer and its compressor.
+    v4(
+        "indexer_compressor_kv.weight",
+        "self_attn.compressor.indexer.kv_proj.weight",
+    ),
+    v4(
+        "indexer_compressor_gate.weight",
+        "self_attn.compressor.indexer.gate_proj.weight",
+    ),
+    v4(
+        "indexer_compressor_ape.weight",
+        "self_attn.compressor.indexer.position_bias",
+    ),
+    v4(
+        "indexer_compressor_norm.weight",
+        "self_attn.compressor.indexer.kv_norm.weight",
+    ),
+    v4(
+        "indexer.attn_q_b.weight",
+        "self_attn.compressor.indexer.q_b_proj.weight",
+    ),
+    v4(
+        "indexer.proj.weight",
+        "self_attn.compressor.indexer.scorer.weights_proj.weight",
+    ),
+    // V4's hyper-connections around each sublayer: fn [(2 + hc)·hc, hc·D] F32, base, scale [3].
+    v4("hc_attn_fn.weight", "attn_hc.fn"),
+    v4("hc_attn_base.weight", "attn_hc.base"),
+    v4("hc_attn_scale.weight", "attn_hc.scale"),
+    v4("hc_ffn_fn.weight", "ffn_hc.fn"),
+    v4("hc_ffn_base.weight", "ffn_hc.base"),
+    v4("hc_ffn_scale.weight", "ffn_hc.scale"),
+    v4("ffn_gate_tid2eid.weight", "mlp.gate.tid2eid"), // V4's hash layers, I32
     plain("ffn_norm.weight", "post_attention_layernorm.weight"),
     plain("ffn_gate.weight", "mlp.gate_proj.weight"),
     plain("ffn_up.weight", "mlp.up_proj.weight"),
     plain("ffn_down.weight", "mlp.down_proj.weight"),
     plain("ffn_gate_inp.weight", "mlp.gate.weight"), // router [E, D]
     plain("exp_probs_b.bias", "mlp.gate.e_score_correction_bias"), // [E], F32
-    NameRule {
-        gguf: "ffn_gate_exps.weight",
-        hf: "mlp.experts.{e}.gate_proj.weight",
-        kind: RuleKind::StackedExperts(ExpertProj::Gate),
-    },
-    NameRule {
-        gguf: "ffn_up_exps.weight",
-        hf: "mlp.experts.{e}.up_proj.weight",
-        kind: RuleKind::StackedExperts(ExpertProj::Up),
-    },
-    NameRule {
-        gguf: "ffn_down_exps.weight",
-        hf: "mlp.experts.{e}.down_proj.weight",
-        kind: RuleKind::StackedExperts(ExpertProj::Down),
-    },
+    stacked(
+        "ffn_gate_exps.weight",
+        "mlp.experts.{e}.gate_proj.weight",
+        ExpertProj::Gate,
+    ),
+    stacked(
+        "ffn_up_exps.weight",
+        "mlp.experts.{e}.up_proj.weight",
+        ExpertProj::Up,
+    ),
+    stacked(
+        "ffn_down_exps.weight",
+        "mlp.experts.{e}.down_proj.weight",
+        ExpertProj::Down,
+    ),
     plain(
         "ffn_gate_shexp.weight",
         "mlp.shared_experts.gate_proj.weight",
@@ -160,12 +281,12 @@ pub const LAYER_NAMES: &[NameRule] = &[
         "mlp.shared_experts.down_proj.weight",
     ),
     // MTP layer extras (llama.cpp NEXTN_* names).
-    plain("nextn.eh_proj.weight", "eh_proj.weight"),
-    plain("nextn.enorm.weight", "enorm.weight"),
-    plain("nextn.hnorm.weight", "hnorm.weight"),
-    plain("nextn.embed_tokens.weight", "embed_tokens.weight"),
-    plain("nextn.shared_head_norm.weight", "shared_head.norm.weight"),
-    plain("nextn.shared_head_head.weight", "shared_head.head.weight"),
+    standard("nextn.eh_proj.weight", "eh_proj.weight"),
+    standard("nextn.enorm.weight", "enorm.weight"),
+    standard("nextn.hnorm.weight", "hnorm.weight"),
+    standard("nextn.embed_tokens.weight", "embed_tokens.weight"),
+    standard("nextn.shared_head_norm.weight", "shared_head.norm.weight"),
+    standard("nextn.shared_head_head.weight", "shared_head.head.weight"),
 ];
 
 /// Whose heads a RoPE-permuted tensor's rows belong to.
@@ -322,13 +443,18 @@ fn split_layer<'a>(name: &'a str, prefix: &str) -> Option<(usize, &'a str)> {
     Some((parse_index(n)?, rest))
 }
 
-/// The HF name(s) of a `deepseek2` GGUF tensor; `None` for names outside the table.
-pub fn gguf_name_to_hf(name: &str) -> Option<HfName> {
-    if let Some(r) = GLOBAL_NAMES.iter().find(|r| r.gguf == name) {
+/// The HF name(s) of a GGUF tensor of `family`; `None` for names outside the table.
+pub fn gguf_name_to_hf(family: Family, name: &str) -> Option<HfName> {
+    if let Some(r) = GLOBAL_NAMES
+        .iter()
+        .find(|r| r.serves(family) && r.gguf == name)
+    {
         return Some(HfName::Whole(r.hf.to_string()));
     }
     let (layer, rest) = split_layer(name, "blk.")?;
-    let rule = LAYER_NAMES.iter().find(|r| r.gguf == rest)?;
+    let rule = LAYER_NAMES
+        .iter()
+        .find(|r| r.serves(family) && r.gguf == rest)?;
     Some(match rule.kind {
         RuleKind::Plain => HfName::Whole(format!("model.layers.{layer}.{}", rule.hf)),
         RuleKind::StackedExperts(proj) => HfName::StackedExperts { layer, proj },
@@ -337,10 +463,13 @@ pub fn gguf_name_to_hf(name: &str) -> Option<HfName> {
     })
 }
 
-/// Where an HF checkpoint tensor is found in a `deepseek2` GGUF file; `None` for names
-/// outside the table.
-pub fn hf_name_to_gguf(name: &str) -> Option<GgufTarget> {
-    if let Some(r) = GLOBAL_NAMES.iter().find(|r| r.hf == name) {
+/// Where an HF checkpoint tensor is found in a GGUF file of `family`; `None` for names outside
+/// the table.
+pub fn hf_name_to_gguf(family: Family, name: &str) -> Option<GgufTarget> {
+    if let Some(r) = GLOBAL_NAMES
+        .iter()
+        .find(|r| r.serves(family) && r.hf == name)
+    {
         return Some(GgufTarget::Whole(r.gguf.to_string()));
     }
     let (layer, rest) = split_layer(name, "model.layers.")?;
@@ -356,7 +485,7 @@ pub fn hf_name_to_gguf(name: &str) -> Option<GgufTarget> {
             expert,
         });
     }
-    if rest == "self_attn.kv_b_proj.weight" {
+    if family == Family::Standard && rest == "self_attn.kv_b_proj.weight" {
         return Some(GgufTarget::KvB {
             fused: format!("blk.{layer}.attn_kv_b.weight"),
             k_b: format!("blk.{layer}.attn_k_b.weight"),
@@ -365,7 +494,7 @@ pub fn hf_name_to_gguf(name: &str) -> Option<GgufTarget> {
     }
     let rule = LAYER_NAMES
         .iter()
-        .find(|r| r.kind == RuleKind::Plain && r.hf == rest)?;
+        .find(|r| r.kind == RuleKind::Plain && r.serves(family) && r.hf == rest)?;
     Some(GgufTarget::Whole(format!("blk.{layer}.{}", rule.gguf)))
 }
 
@@ -476,45 +605,105 @@ mod tests {
 
     #[test]
     fn every_rule_round_trips() {
-        for r in GLOBAL_NAMES {
-            assert_eq!(gguf_name_to_hf(r.gguf), Some(HfName::Whole(r.hf.into())));
-            assert_eq!(
-                hf_name_to_gguf(r.hf),
-                Some(GgufTarget::Whole(r.gguf.into()))
-            );
-        }
-        for r in LAYER_NAMES.iter().filter(|r| r.kind == RuleKind::Plain) {
-            let g = format!("blk.7.{}", r.gguf);
-            let h = format!("model.layers.7.{}", r.hf);
-            if r.gguf == "attn_kv_b.weight" {
-                assert!(matches!(hf_name_to_gguf(&h), Some(GgufTarget::KvB { .. })));
-            } else {
-                assert_eq!(hf_name_to_gguf(&h), Some(GgufTarget::Whole(g.clone())));
+        for family in [Family::Standard, Family::V4] {
+            for r in GLOBAL_NAMES.iter().filter(|r| r.serves(family)) {
+                assert_eq!(
+                    gguf_name_to_hf(family, r.gguf),
+                    Some(HfName::Whole(r.hf.into()))
+                );
+                assert_eq!(
+                    hf_name_to_gguf(family, r.hf),
+                    Some(GgufTarget::Whole(r.gguf.into()))
+                );
             }
-            assert_eq!(gguf_name_to_hf(&g), Some(HfName::Whole(h)));
+            let plain = LAYER_NAMES
+                .iter()
+                .filter(|r| r.kind == RuleKind::Plain && r.serves(family));
+            for r in plain {
+                let g = format!("blk.7.{}", r.gguf);
+                let h = format!("model.layers.7.{}", r.hf);
+                if r.gguf == "attn_kv_b.weight" {
+                    assert!(matches!(
+                        hf_name_to_gguf(family, &h),
+                        Some(GgufTarget::KvB { .. })
+                    ));
+                } else {
+                    assert_eq!(
+                        hf_name_to_gguf(family, &h),
+                        Some(GgufTarget::Whole(g.clone()))
+                    );
+                }
+                assert_eq!(gguf_name_to_hf(family, &g), Some(HfName::Whole(h)));
+            }
         }
     }
 
     #[test]
+    fn families_tell_apart_the_names_v4_reuses() {
+        let (s, v) = (Family::Standard, Family::V4);
+        assert_eq!(
+            gguf_name_to_hf(v, "blk.1.indexer.proj.weight"),
+            Some(HfName::Whole(
+                "model.layers.1.self_attn.compressor.indexer.scorer.weights_proj.weight".into()
+            ))
+        );
+        assert_eq!(
+            gguf_name_to_hf(s, "blk.1.indexer.proj.weight"),
+            Some(HfName::Whole(
+                "model.layers.1.self_attn.indexer.weights_proj.weight".into()
+            ))
+        );
+        assert_eq!(
+            hf_name_to_gguf(v, "model.layers.0.self_attn.kv_norm.weight"),
+            Some(GgufTarget::Whole("blk.0.attn_kv_a_norm.weight".into()))
+        );
+        assert_eq!(
+            hf_name_to_gguf(s, "model.layers.0.self_attn.kv_a_layernorm.weight"),
+            Some(GgufTarget::Whole("blk.0.attn_kv_a_norm.weight".into()))
+        );
+        // Each family's own tensors are absent from the other.
+        assert_eq!(hf_name_to_gguf(s, "model.hc_head.hc_fn"), None);
+        assert_eq!(
+            hf_name_to_gguf(v, "model.layers.0.self_attn.kv_b_proj.weight"),
+            None
+        );
+        assert_eq!(
+            hf_name_to_gguf(v, "model.layers.2.mlp.experts.5.up_proj.weight"),
+            Some(GgufTarget::Expert {
+                name: "blk.2.ffn_up_exps.weight".into(),
+                expert: 5
+            })
+        );
+        assert_eq!(Family::of_arch("deepseek4"), v);
+        assert_eq!(Family::of_arch("deepseek32"), s);
+    }
+
+    #[test]
     fn experts_and_kv_b() {
-        let n = gguf_name_to_hf("blk.3.ffn_down_exps.weight").unwrap();
+        let n = gguf_name_to_hf(Family::Standard, "blk.3.ffn_down_exps.weight").unwrap();
         assert_eq!(
             n.expert_name(5).unwrap(),
             "model.layers.3.mlp.experts.5.down_proj.weight"
         );
         assert_eq!(
-            hf_name_to_gguf("model.layers.3.mlp.experts.5.down_proj.weight"),
+            hf_name_to_gguf(
+                Family::Standard,
+                "model.layers.3.mlp.experts.5.down_proj.weight"
+            ),
             Some(GgufTarget::Expert {
                 name: "blk.3.ffn_down_exps.weight".into(),
                 expert: 5
             })
         );
         assert_eq!(
-            gguf_name_to_hf("blk.0.attn_k_b.weight"),
+            gguf_name_to_hf(Family::Standard, "blk.0.attn_k_b.weight"),
             Some(HfName::KvBNope { layer: 0 })
         );
         assert_eq!(
-            hf_name_to_gguf("model.layers.2.self_attn.kv_b_proj.weight"),
+            hf_name_to_gguf(
+                Family::Standard,
+                "model.layers.2.self_attn.kv_b_proj.weight"
+            ),
             Some(GgufTarget::KvB {
                 fused: "blk.2.attn_kv_b.weight".into(),
                 k_b: "blk.2.attn_k_b.weight".into(),
@@ -522,7 +711,7 @@ mod tests {
             })
         );
         assert_eq!(
-            gguf_name_to_hf("blk.1.exp_probs_b.bias"),
+            gguf_name_to_hf(Family::Standard, "blk.1.exp_probs_b.bias"),
             Some(HfName::Whole(
                 "model.layers.1.mlp.gate.e_score_correction_bias".into()
             ))
@@ -556,7 +745,7 @@ mod tests {
         assert_eq!(rope_permuted("qwen2", "blk.3.attn_k.weight"), None);
         assert_eq!(rope_permuted("llama", "blk.3.attn_v.weight"), None);
         assert_eq!(
-            hf_name_to_gguf("model.layers.1.self_attn.o_proj.bias"),
+            hf_name_to_gguf(Family::Standard, "model.layers.1.self_attn.o_proj.bias"),
             Some(GgufTarget::Whole("blk.1.attn_output.bias".into()))
         );
     }
@@ -572,7 +761,7 @@ mod tests {
             "token_embd",
             "",
         ] {
-            assert_eq!(gguf_name_to_hf(n), None, "{n}");
+            assert_eq!(gguf_name_to_hf(Family::Standard, n), None, "{n}");
         }
         for n in [
             "model.layers.1.mlp.experts.x.up_proj.weight",
@@ -580,7 +769,7 @@ mod tests {
             "model.layers.1.mlp.experts.{e}.gate_proj.weight",
             "model.layers.1",
         ] {
-            assert_eq!(hf_name_to_gguf(n), None, "{n}");
+            assert_eq!(hf_name_to_gguf(Family::Standard, n), None, "{n}");
         }
     }
 

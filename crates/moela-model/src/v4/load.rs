@@ -16,7 +16,7 @@ use crate::rope::Rope;
 use crate::weights::{Mlp, Moe, WeightSource};
 
 /// transformers' V4 tensor names below a layer (`model.layers.{l}`), spelled once.
-mod names {
+pub(crate) mod names {
     pub const Q_A: &str = "self_attn.q_a_proj.weight";
     pub const Q_A_NORM: &str = "self_attn.q_a_norm.weight";
     pub const Q_B: &str = "self_attn.q_b_proj.weight";

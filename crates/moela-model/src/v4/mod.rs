@@ -23,6 +23,7 @@ use crate::rope::Rope;
 use crate::weights::TensorRef;
 
 pub(crate) use hyper::Mix;
+pub(crate) use load::names::TID2EID;
 pub(crate) use load::{load_attention, load_head, load_hyper, load_moe};
 
 /// Where a V4 layer's values sit in its cache row (columns; all f32 or all f16 as the pool).
@@ -204,7 +205,11 @@ impl V4Attention {
         let comp = |v: &mut Named<'a>, at: &str, c: &'a Compressor| {
             v.push((format!("{at}.kv_proj.weight"), Matrix(&c.kv)));
             v.push((format!("{at}.gate_proj.weight"), Matrix(&c.gate)));
-            v.push((format!("{at}.position_bias"), Vector(&c.position_bias)));
+            let (data, cols) = (&c.position_bias, c.cols.series * c.cols.dim);
+            v.push((
+                format!("{at}.position_bias"),
+                TensorRef::Table { data, cols },
+            ));
             v.push((format!("{at}.kv_norm.weight"), Vector(&c.norm)));
         };
         if let Some(c) = &self.compressor {
