@@ -305,6 +305,45 @@ fn quantize_writes_v32_as_deepseek32() {
     }
 }
 
+/// A checkpoint with an MTP layer written as GGUF carries it as llama.cpp reads one
+/// (`blk.N.nextn.*` and the block as layer N, counted in `block_count` with
+/// `nextn_predict_layers`), and the file drafts with it: the same answer as the safetensors.
+#[test]
+fn quantize_keeps_the_mtp_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("v3_mtp-q8_0.gguf");
+    let o = common::quantize_q8_0("v3_mtp", &out);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let g = moela_loader::GgufFile::open(&out).unwrap();
+    assert_eq!(g.get_usize("deepseek2.block_count").unwrap(), 4);
+    assert_eq!(g.get_usize("deepseek2.nextn_predict_layers").unwrap(), 1);
+    for t in [
+        "blk.3.nextn.eh_proj.weight",
+        "blk.3.nextn.enorm.weight",
+        "blk.3.attn_k_b.weight",
+    ] {
+        assert!(g.tensor(t).is_some(), "{t} missing");
+    }
+    let f = out.to_str().unwrap();
+    let o = moela(&[
+        "bench",
+        "--model",
+        f,
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "8",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(last_json(&o)["draft"], "mtp");
+    let args = ["--max-tokens", "12", "--temperature", "0", "--json"];
+    assert_eq!(
+        generated_ids(f, &args, &[]),
+        generated_ids(f, &args, &["--draft", "none"])
+    );
+}
+
 #[test]
 fn inspect_shows_the_v4_layers_and_cache_bytes_per_token() {
     let dir = case_dir("v4");

@@ -660,8 +660,16 @@ impl Weights {
                 }
             }
         }
-        for (l, layer) in self.layers.iter().enumerate() {
+        let layers = self.layers.iter().enumerate();
+        let mtp = self.mtp.as_ref().map(|m| (self.layers.len(), &m.block));
+        for (l, layer) in layers.chain(mtp) {
             let p = &hf::layer(l);
+            if let Some(m) = self.mtp.as_ref().filter(|_| l == self.layers.len()) {
+                v.push((hf::at(p, hf::MTP_ENORM), Vector(&m.enorm)));
+                v.push((hf::at(p, hf::MTP_HNORM), Vector(&m.hnorm)));
+                v.push((hf::at(p, hf::MTP_EH_PROJ), Matrix(&m.eh_proj)));
+                v.push((hf::at(p, hf::MTP_HEAD_NORM), Vector(&m.norm)));
+            }
             v.push((hf::at(p, hf::ATTN_NORM), Vector(&layer.attn_norm)));
             match &layer.attn {
                 LayerAttention::Mla(a) => mla(&mut v, p, a),

@@ -76,9 +76,10 @@ pub fn deepseek2_config_json(f: &GgufFile) -> Result<Value, GgufError> {
     let hidden_size = usize_req("embedding_length")?;
     let block_count = usize_req("block_count")?;
     let nextn = usize_opt("nextn_predict_layers")?;
-    // deepseek32 counts the NextN (MTP) layers in block_count; deepseek2 does not.
+    // block_count counts the NextN (MTP) layers after the decoder's (llama.cpp: n_layer =
+    // block_count − nextn_predict_layers, every architecture).
     let num_hidden_layers = match nextn {
-        Some(n) if arch == V32 => block_count.checked_sub(n).ok_or_else(|| {
+        Some(n) => block_count.checked_sub(n).ok_or_else(|| {
             key_error(
                 f,
                 &key("nextn_predict_layers"),

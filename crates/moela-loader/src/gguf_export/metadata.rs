@@ -52,11 +52,11 @@ pub(super) fn write_file_type(
 }
 
 /// The `{arch}.*` keys shared by both families: context, widths, heads, norm, RoPE base.
-fn write_common(w: &mut GgufWriter, arch: &str, c: &Config) -> Result<(), GgufError> {
+fn write_common(w: &mut GgufWriter, arch: &str, c: &Config, nextn: usize) -> Result<(), GgufError> {
     let k = |s: &str| format!("{arch}.{s}");
     w.add_u32(k("context_length"), c.max_position_embeddings as u32)?;
     w.add_u32(k("embedding_length"), c.hidden_size as u32)?;
-    w.add_u32(k("block_count"), c.num_hidden_layers as u32)?;
+    w.add_u32(k("block_count"), (c.num_hidden_layers + nextn) as u32)?;
     w.add_u32(k("attention.head_count"), c.num_attention_heads as u32)?;
     // MLA's split layout and V4 both have one key head.
     w.add_u32(k("attention.head_count_kv"), 1)?;
@@ -127,17 +127,22 @@ fn write_yarn(
 }
 
 /// The `deepseek2` / `deepseek32` keys of `c`, whose attention is `m` with rows of `latent`
-/// cached values and query/key heads `qk` wide. No NextN layers are written, so `block_count`
-/// is the decoder's layers for `deepseek32` too (as llama.cpp's converter with `--no-mtp`).
+/// cached values and query/key heads `qk` wide, with `nextn` MTP layers written after the
+/// decoder's (counted in `block_count` with `nextn_predict_layers`, as llama.cpp reads them;
+/// none: the decoder's layers only, as llama.cpp's converter with `--no-mtp`).
 pub(super) fn write_mla(
     w: &mut GgufWriter,
     arch: &str,
     c: &Config,
     m: &MlaConfig,
     (latent, qk): (usize, usize),
+    nextn: usize,
 ) -> Result<(), GgufError> {
     let k = |s: &str| format!("{arch}.{s}");
-    write_common(w, arch, c)?;
+    write_common(w, arch, c, nextn)?;
+    if nextn > 0 {
+        w.add_u32(k("nextn_predict_layers"), nextn as u32)?;
+    }
     w.add_u32(k("feed_forward_length"), c.intermediate_size as u32)?;
     // The MLA split layout: one latent "head" of rank + rope for keys, rank for values.
     w.add_u32(k("attention.key_length"), latent as u32)?;
@@ -198,7 +203,7 @@ pub(super) fn write_v4(
     let limit = moe
         .swiglu_limit
         .ok_or_else(|| bad("deepseek4 needs a SwiGLU clamp (swiglu_limit)"))?;
-    write_common(w, ARCH, c)?;
+    write_common(w, ARCH, c, 0)?;
     if let Some(y) = &v.compress_yarn {
         if y.attention_factor != Some(1.0) {
             return Err(bad(format!(

@@ -286,7 +286,8 @@ pub fn export_gguf(
                 m.qk_head_dim().map_err(model_err)?,
             );
             metadata::write_general(&mut w, arch, name).map_err(gerr)?;
-            metadata::write_mla(&mut w, arch, c, m, sizes).map_err(gerr)?;
+            let nextn = usize::from(model.has_mtp());
+            metadata::write_mla(&mut w, arch, c, m, sizes, nextn).map_err(gerr)?;
             Family::Standard
         }
         Attention::V4(v) => {
