@@ -192,7 +192,8 @@ struct GenerateArgs {
     /// Use the prompt as is: no chat template (the tokenizer's own BOS rule applies).
     #[arg(long)]
     raw: bool,
-    /// After the streamed text, print one JSON object: text, token_ids, reasoning, finish_reason, usage.
+    /// After the streamed text, print one JSON object: text, token_ids, reasoning, finish_reason,
+    /// usage, seconds (prompt to last token) and draft (mode, drafted/accepted tokens, decode rows).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -507,13 +508,19 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     };
     let req = m.request(prompt, &a.sampling);
     let mut out = std::io::stdout().lock();
-    let res = generate(&mut m.engine(a.draft.config(&m.model)), req, &mut |piece| {
+    let draft = a.draft.config(&m.model);
+    let mut engine = m.engine(draft);
+    let started = std::time::Instant::now();
+    let res = generate(&mut engine, req, &mut |piece| {
         let _ = out.write_all(piece.as_bytes());
         let _ = out.flush();
     })
     .map_err(engine_error)?;
+    let seconds = started.elapsed().as_secs_f64();
     writeln!(out)?;
     if a.json {
+        let stats = engine.stats();
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         let (reasoning, content) = split_reasoning(&res.text, in_reasoning);
         let mut obj = serde_json::json!({
             "text": content,
@@ -523,6 +530,13 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
                 "prompt_tokens": res.prompt_tokens,
                 "completion_tokens": res.completion_tokens,
                 "total_tokens": res.prompt_tokens + res.completion_tokens,
+            },
+            "seconds": seconds,
+            "draft": {
+                "mode": draft.mode.as_str(),
+                "drafted_tokens": count(&stats.drafted_tokens),
+                "accepted_tokens": count(&stats.accepted_tokens),
+                "decode_rows": count(&stats.decode_rows),
             },
         });
         if let Some(r) = reasoning {
