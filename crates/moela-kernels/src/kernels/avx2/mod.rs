@@ -32,7 +32,7 @@ use float::{dot_f32, micro_bf16, micro_f16, micro_f32, micro_fp8};
 use kquant::{micro_q4_k, micro_q6_k};
 use mxfp4::{micro_mxfp4, micro_mxfp4_512};
 use quantize::{quant_q8, quant_q8k};
-use rows::{rows_dot, rows_dot_tiles, weighted_sum, weighted_sum_tiles};
+use rows::{rows_dot, rows_dot_tiles, weighted_sum, weighted_sum_tiles, Load8};
 
 /// True when this CPU has AVX2, FMA and F16C.
 pub(crate) fn supported() -> bool {
@@ -373,16 +373,19 @@ macro_rules! int_kernels {
         /// # Safety
         /// As for the inner function, with the CPU supporting `$feat`.
         #[target_feature(enable = $feat)]
-        pub(super) unsafe fn weighted_sum_tiles<const HT: usize, const CV: usize>(
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn weighted_sum_tiles<const HT: usize, const CV: usize, L: Load8>(
             p: &[f32],
             nt: usize,
-            rows: RowData<'_>,
+            rows: L,
+            nr: usize,
+            stride: usize,
             ct: usize,
             w: usize,
             out: &mut [f32],
         ) {
             // SAFETY: forwarded from this function's contract.
-            unsafe { super::weighted_sum_tiles::<HT, CV>(p, nt, rows, ct, w, out) }
+            unsafe { super::weighted_sum_tiles::<HT, CV, L>(p, nt, rows, nr, stride, ct, w, out) }
         }
 
         /// [`super::rows_dot_tiles`] compiled for `$feat`.
@@ -390,16 +393,20 @@ macro_rules! int_kernels {
         /// # Safety
         /// As for the inner function, with the CPU supporting `$feat`.
         #[target_feature(enable = $feat)]
-        pub(super) unsafe fn rows_dot_tiles<const QT: usize, const RT: usize>(
+        #[allow(clippy::too_many_arguments)]
+        pub(super) unsafe fn rows_dot_tiles<const QT: usize, const RT: usize, L: Load8>(
             x: &[f32],
             nq: usize,
-            rows: RowData<'_>,
+            rows: L,
+            nr: usize,
+            cols: usize,
+            stride: usize,
             nrt: usize,
             c8: usize,
             y: &mut [f32],
         ) {
             // SAFETY: forwarded from this function's contract.
-            unsafe { super::rows_dot_tiles::<QT, RT>(x, nq, rows, nrt, c8, y) }
+            unsafe { super::rows_dot_tiles::<QT, RT, L>(x, nq, rows, nr, cols, stride, nrt, c8, y) }
         }
     };
 }
