@@ -288,21 +288,30 @@ fn generation_config_sampling_is_the_default_and_flags_win() {
     assert_clean_error(&o, &["generation_config.json temperature", "-1"]);
 }
 
-#[test]
-fn quantize_writes_v32_as_deepseek32() {
+/// `moela quantize` writes fixture `name` as a Q8_0 GGUF, and `moela inspect` of that file
+/// prints every line of `want`.
+fn assert_quantized_inspect(name: &str, want: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("v32-q8_0.gguf");
-    let o = common::quantize_q8_0("v32", &out);
+    let out = tmp.path().join(format!("{name}-q8_0.gguf"));
+    let o = common::quantize_q8_0(name, &out);
     assert!(o.status.success(), "{}", common::stderr(&o));
     let o = moela(&["inspect", "--model", out.to_str().unwrap()]);
     let text = common::stdout(&o);
-    for want in [
-        "model_type:   deepseek_v32",
-        "indexer:      DSA, 16 heads of 16 (RoPE on the leading 8), top 8 keys per query",
-        "q8_0 ×",
-    ] {
-        assert!(text.contains(want), "missing {want}: {text}");
+    for w in want {
+        assert!(text.contains(w), "missing {w}: {text}");
     }
+}
+
+#[test]
+fn quantize_writes_v32_as_deepseek32() {
+    assert_quantized_inspect(
+        "v32",
+        &[
+            "model_type:   deepseek_v32",
+            "indexer:      DSA, 16 heads of 16 (RoPE on the leading 8), top 8 keys per query",
+            "q8_0 ×",
+        ],
+    );
 }
 
 /// A checkpoint with an MTP layer written as GGUF carries it as llama.cpp reads one
@@ -377,19 +386,14 @@ fn generate_runs_deepseek_v4() {
 
 #[test]
 fn quantize_writes_v4_as_deepseek4() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("v4-q8_0.gguf");
-    let o = common::quantize_q8_0("v4", &out);
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    let o = moela(&["inspect", "--model", out.to_str().unwrap()]);
-    let text = common::stdout(&o);
-    for want in [
-        "model_type:   deepseek_v4",
-        "layers:       1 sliding, 1 CSA (ratio 4), 1 HCA (ratio 128); hash-routed layers: 0,1",
-        "q8_0 ×",
-    ] {
-        assert!(text.contains(want), "missing {want}: {text}");
-    }
+    assert_quantized_inspect(
+        "v4",
+        &[
+            "model_type:   deepseek_v4",
+            "layers:       1 sliding, 1 CSA (ratio 4), 1 HCA (ratio 128); hash-routed layers: 0,1",
+            "q8_0 ×",
+        ],
+    );
 }
 
 #[test]
