@@ -53,11 +53,15 @@ enum Command {
     Quantize(QuantizeArgs),
     /// Serve an OpenAI- and DeepSeek-compatible HTTP API (SIGTERM drains, then exits).
     Serve(ServeArgs),
+    /// Download a model from the Hugging Face hub into the HF cache ($HF_HOME); then
+    /// `--model ORG/NAME` finds it there.
+    Pull(PullArgs),
 }
 
 #[derive(Args)]
 struct ModelArgs {
-    /// HF checkpoint directory (config.json, safetensors, tokenizer files) or a GGUF file.
+    /// HF checkpoint directory (config.json, safetensors, tokenizer files), a GGUF file, or
+    /// ORG/NAME[@REV] pulled into the HF cache (`moela pull`).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Context length in tokens (prompt + generated); default: the model's maximum.
@@ -319,6 +323,17 @@ struct BenchArgs {
 }
 
 #[derive(Args)]
+struct PullArgs {
+    /// ORG/NAME or ORG/NAME@REVISION (a branch, tag or commit; default main).
+    model: String,
+    /// Fetch only the files matching this glob (repeatable; `*` also matches `/`), e.g.
+    /// '*Q4_K_M.gguf'. Default: config, generation config, tokenizer files and safetensors
+    /// weights, or a repository's only .gguf file.
+    #[arg(long)]
+    include: Vec<String>,
+}
+
+#[derive(Args)]
 struct InspectArgs {
     #[arg(long)]
     model: Option<PathBuf>,
@@ -344,6 +359,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => cmd_bench(a),
         Command::Quantize(a) => cmd_quantize(a),
         Command::Serve(a) => cmd_serve(a),
+        Command::Pull(a) => cmd_pull(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -354,19 +370,69 @@ fn main() -> ExitCode {
     }
 }
 
-/// The model directory: `--model`, else `$MOELA_MODEL`, else the built-in model.
-fn model_dir(arg: &Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(p) = arg {
-        return Ok(p.clone());
+/// The model's directory or file, and its hub id when it came from the HF cache.
+struct ModelPath {
+    path: PathBuf,
+    hub: Option<moela_hub::RepoRef>,
+}
+
+/// `--model`, else `$MOELA_MODEL`, else the built-in model. A value that is no existing path
+/// but reads as ORG/NAME[@REV] is looked up in the HF cache (`moela pull` puts models there).
+fn model_path(arg: &Option<PathBuf>) -> Result<ModelPath> {
+    let given = arg
+        .clone()
+        .or_else(|| std::env::var_os("MOELA_MODEL").map(PathBuf::from));
+    let path = match given {
+        Some(p) => p,
+        None => {
+            let builtin = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/moela-demo");
+            if !builtin.join("config.json").exists() {
+                bail!("no model given: pass --model DIR (an HF checkpoint directory) or set MOELA_MODEL");
+            }
+            builtin
+        }
+    };
+    let repo = path
+        .to_str()
+        .and_then(|s| moela_hub::RepoRef::parse(s).ok());
+    let Some(repo) = repo.filter(|_| !path.exists()) else {
+        return Ok(ModelPath { path, hub: None });
+    };
+    let cache = moela_hub::cache_dir()?;
+    match moela_hub::resolve_cached(&cache, &repo) {
+        Ok(found) => Ok(ModelPath {
+            path: found.path,
+            hub: Some(repo),
+        }),
+        Err(e @ moela_hub::HubError::NotCached { .. }) => {
+            bail!("{}: no such file or directory, and {e}", path.display())
+        }
+        Err(e) => Err(e.into()),
     }
-    if let Some(p) = std::env::var_os("MOELA_MODEL") {
-        return Ok(PathBuf::from(p));
-    }
-    let builtin = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/moela-demo");
-    if builtin.join("config.json").exists() {
-        return Ok(builtin);
-    }
-    bail!("no model given: pass --model DIR (an HF checkpoint directory) or set MOELA_MODEL")
+}
+
+fn cmd_pull(a: PullArgs) -> Result<()> {
+    let repo = moela_hub::RepoRef::parse(&a.model)?;
+    let settings = moela_hub::HubSettings::from_env()?;
+    let opts = moela_hub::PullOptions {
+        selection: match a.include.is_empty() {
+            true => moela_hub::Selection::Default,
+            false => moela_hub::Selection::Include(a.include),
+        },
+        progress: std::io::stderr().is_terminal(),
+    };
+    let pulled = moela_hub::pull(&settings, &repo, &opts)?;
+    let (new, had): (Vec<_>, Vec<_>) = pulled.files.iter().partition(|f| f.downloaded);
+    println!(
+        "{repo} (commit {}): {} files, {} downloaded ({}), {} already in the cache",
+        pulled.commit,
+        pulled.files.len(),
+        new.len(),
+        bytes(new.iter().map(|f| f.size).sum()),
+        had.len()
+    );
+    println!("{}", pulled.snapshot.display());
+    Ok(())
 }
 
 struct Loaded {
@@ -378,7 +444,7 @@ struct Loaded {
 }
 
 fn load(args: &ModelArgs) -> Result<Loaded> {
-    let path = model_dir(&args.model)?;
+    let path = model_path(&args.model)?.path;
     let files = ModelFiles::open(&path)?;
     let tokenizer = match &files {
         ModelFiles::Hf(_) => Tokenizer::from_dir(&path)?,
@@ -635,10 +701,12 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
     if a.header_timeout == 0 || a.body_timeout == 0 {
         bail!("--header-timeout and --body-timeout must be at least 1 second");
     }
-    let dir = model_dir(&a.model.model)?;
-    let name = match a.served_model_name {
-        Some(n) => n,
-        None => dir
+    let model = model_path(&a.model.model)?;
+    let dir = model.path;
+    let name = match (a.served_model_name, model.hub) {
+        (Some(n), _) => n,
+        (None, Some(repo)) => repo.id,
+        (None, None) => dir
             .canonicalize()
             .ok()
             .and_then(|d| match d.is_file() {
@@ -684,7 +752,7 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
 }
 
 fn cmd_inspect(a: InspectArgs) -> Result<()> {
-    let dir = model_dir(&a.model)?;
+    let dir = model_path(&a.model)?.path;
     let ck = ModelFiles::open(&dir)?;
     let c = ck.config();
     // Every derived number from the config's checked methods (validated on load).
@@ -1068,18 +1136,20 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
 }
 
 fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
-    let files = ModelFiles::open(&a.model)?;
+    let source = model_path(&Some(a.model.clone()))?;
+    let model_dir = source.path;
+    let files = ModelFiles::open(&model_dir)?;
     if files.config().gqa().is_some() {
         bail!(
             "moela quantize writes DeepSeek (deepseek2 / deepseek32 / deepseek4) GGUF files only; {} is a {} model (use --quant to quantize it while loading)",
-            a.model.display(),
+            model_dir.display(),
             files.config().model_type.as_str()
         );
     }
     let (tok, tok_cfg) = match &files {
         ModelFiles::Hf(_) => {
             let read = |f: &str| {
-                let p = a.model.join(f);
+                let p = model_dir.join(f);
                 std::fs::read_to_string(&p).with_context(|| format!("{}", p.display()))
             };
             (read("tokenizer.json")?, read("tokenizer_config.json").ok())
@@ -1096,10 +1166,11 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         ..LoadOptions::default()
     };
     let model = files.load_model(&opts)?;
-    let name = a
-        .model
-        .file_stem()
-        .map_or_else(|| "moela".to_string(), |n| n.to_string_lossy().into_owned());
+    let name = match source.hub {
+        Some(repo) => repo.id.rsplit('/').next().unwrap_or("moela").to_string(),
+        None => (model_dir.file_stem())
+            .map_or_else(|| "moela".to_string(), |n| n.to_string_lossy().into_owned()),
+    };
     moela_loader::export_gguf(&model, &tok, tok_cfg.as_deref(), a.dtype, &name, &a.out)?;
     let size = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
     eprintln!(
