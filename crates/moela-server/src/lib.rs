@@ -3,8 +3,9 @@
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions` (JSON or SSE), Anthropic's
 //! `POST /v1/messages` (JSON or SSE) and `POST /v1/messages/count_tokens`, `GET /v1/models`,
 //! `GET /v1/models/{id}`, llama-server's `POST /tokenize` and `POST /detokenize`,
-//! `GET /health`, `GET /metrics` (Prometheus text), and the chat page at `GET /` with its files
-//! under `/ui/` (`ui.rs`, no key needed).
+//! `GET /health`, `GET /metrics` (Prometheus text), the chat page at `GET /` with its files
+//! under `/ui/` (`ui.rs`, no key needed), and what a router in front of several replicas reads:
+//! `GET /server_info`, `GET /model_info`, `GET /get_load` (`worker_info.rs`).
 //!
 //! * Only this crate knows HTTP. Every failure is an [`ApiError`], mapped to a status and an
 //!   OpenAI error body in one place (`error.rs`); Anthropic's routes re-render it in
@@ -27,6 +28,7 @@ mod tokenize;
 mod tools;
 mod ui;
 mod util;
+mod worker_info;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -116,6 +118,8 @@ pub struct Settings {
     /// The context the model was trained for (`max_position_embeddings`), when known; shown by
     /// `/v1/models` as llama-server's `n_ctx_train`.
     pub train_ctx: Option<usize>,
+    /// The checkpoint's `model_type` (`deepseek_v3`, `qwen2`, …), shown by `/model_info`.
+    pub model_type: Option<String>,
 }
 
 /// Default of [`ServeOptions::body_timeout`].
@@ -131,6 +135,7 @@ impl Settings {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             sampling: moela_engine::SamplingDefaults::default(),
             train_ctx: None,
+            model_type: None,
         }
     }
 }
@@ -283,6 +288,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{*id}", get(get_model))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
+        .route("/server_info", get(worker_info::server_info))
+        .route("/get_server_info", get(worker_info::server_info))
+        .route("/model_info", get(worker_info::model_info))
+        .route("/get_model_info", get(worker_info::model_info))
+        .route("/get_load", get(worker_info::get_load))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -329,6 +339,7 @@ pub fn serve(
         body_timeout: opts.body_timeout,
         sampling: opts.sampling,
         train_ctx: Some(model.config.max_position_embeddings),
+        model_type: Some(model.config.model_type.as_str().to_string()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -434,6 +445,9 @@ fn endpoint_label(path: &str) -> &'static str {
         "/detokenize" => "/detokenize",
         "/health" => "/health",
         "/metrics" => "/metrics",
+        "/server_info" | "/get_server_info" => "/server_info",
+        "/model_info" | "/get_model_info" => "/model_info",
+        "/get_load" => "/get_load",
         "/" => "/",
         p if p.starts_with("/v1/models/") => "/v1/models/{id}",
         p if p.starts_with("/ui/") => "/ui/{file}",
