@@ -470,9 +470,11 @@ fn dense_task(query: &LatentQuery<'_>, ti: usize, per: usize, d: &MlaDims, part:
     let n_rows = task_rows.min(len - u0);
     let mut sc = vec![0.0f32; h * n_rows]; // [h, task rows]
     let mut y = vec![0.0f32; h * bt];
+    // A block of an 8-bit cache, expanded once per pass for all heads.
+    let mut wide = Vec::new();
     let blocks = (ti * per..).take(n_rows.div_ceil(bt));
     for b in blocks.clone() {
-        let rows = block(b);
+        let rows = block(b).widened(&mut wide);
         let nr = rows.rows();
         rows_matmul(q, h, rows, &mut y[..h * nr]);
         for hh in 0..h {
@@ -483,7 +485,7 @@ fn dense_task(query: &LatentQuery<'_>, ti: usize, per: usize, d: &MlaDims, part:
     }
     let acc = local_softmax(&mut sc, part, d);
     for b in blocks {
-        let rows = block(b);
+        let rows = block(b).widened(&mut wide);
         let nr = rows.rows();
         for hh in 0..h {
             let at = hh * n_rows + b * bt - u0;

@@ -649,6 +649,52 @@ fn row_views<'a>(
     ]
 }
 
+/// `widened` keeps f32/f16 rows and expands `Q8_0` rows to the very values `at` reads (whole
+/// rows and windows whose blocks of 32 straddle the window's start); products over the
+/// expanded rows equal those over the quants bit for bit where the SIMD kernels read the quants.
+#[test]
+fn widened_rows_hold_the_values_at_reads() {
+    for (nr, cols) in [(16, 576), (3, 40), (5, 72)] {
+        let vals = data(nr * cols, cols as u64, 1.0);
+        let halfs: Vec<u16> = vals.iter().map(|&v| crate::fp::f32_to_f16(v)).collect();
+        let q8 = q8_parts(&vals);
+        for c0 in [0, 8, 12] {
+            for rows in row_views(&vals, &halfs, &q8, cols, c0) {
+                let mut scratch = Vec::new();
+                let wide = rows.widened(&mut scratch);
+                assert_eq!(
+                    matches!(wide, RowData::F16 { .. }),
+                    matches!(rows, RowData::F16 { .. })
+                );
+                assert!(!matches!(wide, RowData::Q8 { .. }));
+                assert_eq!((wide.rows(), wide.cols()), (rows.rows(), rows.cols()));
+                for r in 0..rows.rows() {
+                    for c in 0..rows.cols() {
+                        assert_eq!(wide.at(r, c).to_bits(), rows.at(r, c).to_bits());
+                    }
+                }
+                if !matches!(rows, RowData::Q8 { .. }) || !rows.aligned8() {
+                    continue;
+                }
+                let n = 4;
+                let p = data(n * nr, 5, 0.3);
+                let x = data(n * rows.cols(), 6, 1.0);
+                for isa in fast_isas() {
+                    let ks = kernel_set(isa).unwrap();
+                    let (mut a, mut b) = (vec![0.0; n * rows.cols()], vec![0.0; n * rows.cols()]);
+                    (ks.weighted_sum)(&p, n, rows, &mut a);
+                    (ks.weighted_sum)(&p, n, wide, &mut b);
+                    assert_eq!(a, b, "{isa:?} weighted_sum");
+                    let (mut a, mut b) = (vec![0.0; n * nr], vec![0.0; n * nr]);
+                    (ks.rows_dot)(&x, n, rows, &mut a);
+                    (ks.rows_dot)(&x, n, wide, &mut b);
+                    assert_eq!(a, b, "{isa:?} rows_dot");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn weighted_sum_matches_scalar() {
     for (n, nr, cols) in [
