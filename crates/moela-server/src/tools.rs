@@ -8,8 +8,8 @@
 //! own generation (V3: `function<｜tool▁sep｜>NAME\n```json\nARGS\n```` ; V3.1: `NAME<｜tool▁sep｜>ARGS`).
 
 use moela_text::{
-    ChatMessage, ChatTemplate, JsonValue, ParsedToolCall, Role, TOOL_CALLS_BEGIN, TOOL_CALLS_END,
-    TOOL_CALL_BEGIN, TOOL_CALL_END, TOOL_SEP,
+    ChatMessage, ChatTemplate, DsmlDialect, JsonValue, ParsedToolCall, Role, DSML_TOKEN,
+    TOOL_CALLS_BEGIN, TOOL_CALLS_END, TOOL_CALL_BEGIN, TOOL_CALL_END, TOOL_SEP,
 };
 
 use crate::constraint::{lark_json, lark_markup, lark_str, TokenTable};
@@ -265,6 +265,106 @@ pub fn tool_call_grammar(
         (
             "calls".to_string(),
             format!("{} call{repeat} {}", m(TOOL_CALLS_BEGIN), m(TOOL_CALLS_END)),
+        ),
+        ("call".to_string(), alternatives.join(" | ")),
+    ];
+    g.extend(rules);
+    Ok(g)
+}
+
+/// [`tool_call_grammar`] for models that call tools in DSML (DeepSeek V3.2/V4): the block of
+/// `dialect` exactly as DeepSeek's encoder writes calls into a prompt, each call's arguments one
+/// `parameter` line per property of its schema, in the schema's order (required ones always,
+/// the others optionally). A string property (`"type": "string"`, or an `enum` of strings) is
+/// written raw with `string="true"` (its text may not contain `<`, which would start the closing
+/// tag); any other property is JSON following its schema, with `string="false"`.
+pub fn dsml_call_grammar(
+    tools: &[ToolSpec],
+    only: Option<&str>,
+    parallel: bool,
+    dialect: DsmlDialect,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let tag = |close: bool, name: &str, attrs: &str| {
+        let slash = if close { "/" } else { "" };
+        format!("<{slash}{DSML_TOKEN}{name}{attrs}>")
+    };
+    let (invoke, parameter) = (dialect.invoke_name(), dialect.parameter_name());
+    let mut rules = Vec::new();
+    let mut alternatives = Vec::new();
+    for (i, t) in tools.iter().enumerate() {
+        if only.is_some_and(|n| n != t.name) {
+            continue;
+        }
+        let field = |k: &str| format!("tools[{i}].function.parameters{k}");
+        let props = match t.parameters.get("properties") {
+            None => serde_json::Map::new(),
+            Some(serde_json::Value::Object(p)) => p.clone(),
+            Some(_) => return Err(ApiError::bad(field(".properties"), "must be an object")),
+        };
+        let required: Vec<&str> = match t.parameters.get("required") {
+            Some(serde_json::Value::Array(r)) => r.iter().filter_map(|v| v.as_str()).collect(),
+            _ => Vec::new(),
+        };
+        let open = tag(false, invoke, &format!(" name=\"{}\"", t.name));
+        let mut body = vec![lark_str(&format!("{open}\n"))];
+        if props.is_empty() {
+            // The encoder writes an empty argument list as an empty line.
+            body.push(lark_str("\n"));
+        }
+        for (k, (name, schema)) in props.iter().enumerate() {
+            let strings = schema.get("enum").and_then(|e| e.as_array()).and_then(|e| {
+                e.iter()
+                    .map(|v| v.as_str().map(lark_str))
+                    .collect::<Option<Vec<_>>>()
+            });
+            let (raw, value) = match strings {
+                Some(choices) if !choices.is_empty() => (true, choices.join(" | ")),
+                _ if schema.get("type").and_then(|v| v.as_str()) == Some("string")
+                    && schema.get("enum").is_none() =>
+                {
+                    (true, "/[^<]*/".to_string())
+                }
+                _ => (
+                    false,
+                    lark_json(schema)
+                        .map_err(|e| ApiError::bad(field(&format!(".properties.{name}")), e))?,
+                ),
+            };
+            let attrs = format!(" name=\"{name}\" string=\"{raw}\"");
+            rules.push((
+                format!("param_{i}_{k}"),
+                format!(
+                    "{} value_{i}_{k} {}",
+                    lark_str(&tag(false, parameter, &attrs)),
+                    lark_str(&format!("{}\n", tag(true, parameter, "")))
+                ),
+            ));
+            rules.push((format!("value_{i}_{k}"), value));
+            let optional = if required.contains(&name.as_str()) {
+                ""
+            } else {
+                "?"
+            };
+            body.push(format!("param_{i}_{k}{optional}"));
+        }
+        body.push(lark_str(&tag(true, invoke, "")));
+        rules.push((format!("call_{i}"), body.join(" ")));
+        alternatives.push(format!("call_{i}"));
+    }
+    let block = dialect.block_name();
+    let more = if parallel && only.is_none() {
+        format!("({} call)*", lark_str("\n"))
+    } else {
+        String::new()
+    };
+    let mut g = vec![
+        (
+            "calls".to_string(),
+            format!(
+                "{} call {more} {}",
+                lark_str(&format!("{}\n", tag(false, block, ""))),
+                lark_str(&format!("\n{}", tag(true, block, "")))
+            ),
         ),
         ("call".to_string(), alternatives.join(" | ")),
     ];

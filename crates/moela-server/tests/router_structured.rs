@@ -190,3 +190,78 @@ async fn reasoning_prompt_puts_output_in_reasoning_content() {
     }
     assert_eq!((sr.as_str(), sc.as_str()), (reasoning, content));
 }
+
+/// `tool_choice` "required" / named on models that call tools in DSML (DeepSeek V3.2, V4,
+/// V4.1's encoders over the tiny checkpoint): the grammar writes the dialect's block, the
+/// completion parser reads it back into `tool_calls`, arguments following the schema (an enum
+/// string raw, a bounded integer as JSON). (In thinking mode the grammar waits for `</think>`,
+/// as for every constraint: `ThinkWatch`.)
+#[tokio::test]
+async fn forced_tool_choice_in_dsml() {
+    let tool = json!({"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {
+            "city": {"enum": ["Paris", "Oslo"]},
+            "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+        "required": ["city", "days"]}}});
+    for format in ["deepseek_v32", "deepseek_v4", "deepseek_v41"] {
+        let format = moela_text::ChatFormat::deepseek_by_name(format).unwrap();
+        // The tiny vocabulary spells the tools section and the markup in many tokens.
+        let cfg = moela_engine::EngineConfig {
+            ctx: 2048,
+            ..engine_config()
+        };
+        let s = server_with(
+            Settings::new("v3"),
+            cfg,
+            common::v3_tokenizer().with_chat_format(format),
+        );
+        for choice in [
+            json!("required"),
+            json!({"type": "function", "function": {"name": "get_weather"}}),
+        ] {
+            let body = json!({"messages": user("Weather in Paris?"), "max_tokens": 800,
+                "temperature": 0, "tools": [tool], "tool_choice": choice,
+                "thinking": {"type": "disabled"}});
+            let r = chat(&s, body).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+            let v = r.json();
+            let choice0 = &v["choices"][0];
+            assert_eq!(choice0["finish_reason"], "tool_calls", "{v}");
+            let calls = choice0["message"]["tool_calls"].as_array().unwrap();
+            assert!(!calls.is_empty(), "{v}");
+            for call in calls {
+                assert_eq!(call["function"]["name"], "get_weather", "{v}");
+                let args: Value =
+                    serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+                assert!(
+                    ["Paris", "Oslo"].contains(&args["city"].as_str().unwrap()),
+                    "{args}"
+                );
+                let days = args["days"].as_i64().unwrap();
+                assert!((1..=7).contains(&days), "{args}");
+            }
+            let content = choice0["message"]["content"].as_str().unwrap_or("");
+            assert!(
+                !content.contains("DSML"),
+                "markup leaked into content: {content:?}"
+            );
+        }
+        // "auto" with a response_format: either the JSON answer or calls, never other text.
+        for seed in 0..4 {
+            let body = json!({"messages": user("Weather in Paris?"), "max_tokens": 800,
+                "temperature": 1.0, "seed": seed, "tools": [tool], "thinking": {"type": "disabled"},
+                "response_format": {"type": "json_schema", "json_schema": {"name": "b", "schema": bounded_schema()}}});
+            let v = chat(&s, body).await.json();
+            let m = &v["choices"][0]["message"];
+            match v["choices"][0]["finish_reason"].as_str() {
+                Some("tool_calls") => {
+                    assert!(!m["tool_calls"].as_array().unwrap().is_empty(), "{v}")
+                }
+                Some("stop") => {
+                    check_bounded(&serde_json::from_str(m["content"].as_str().unwrap()).unwrap())
+                }
+                _ => panic!("{v}"),
+            }
+        }
+    }
+}

@@ -50,14 +50,16 @@ impl DsmlDialect {
         }
     }
 
-    pub(crate) fn invoke_name(self) -> &'static str {
+    /// The tag name of one call (`invoke`; V4.1 ` invoke`).
+    pub fn invoke_name(self) -> &'static str {
         match self {
             DsmlDialect::V41 => " invoke",
             _ => "invoke",
         }
     }
 
-    pub(crate) fn parameter_name(self) -> &'static str {
+    /// The tag name of one argument (`parameter`; V4.1 ` parameter`).
+    pub fn parameter_name(self) -> &'static str {
         match self {
             DsmlDialect::V41 => " parameter",
             _ => "parameter",

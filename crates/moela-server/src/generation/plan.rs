@@ -332,22 +332,11 @@ impl AppState {
         let parallel = req.parallel_tool_calls.unwrap_or(true);
         let table = self.inner.table.as_ref();
         let fmt = self.inner.call_format;
-        let calls = |only| tools::tool_call_grammar(&tool_specs, only, parallel, fmt, table);
         let dsml = format.dsml_dialect();
-        if dsml.is_some() && matches!(choice, ToolChoice::Required | ToolChoice::Named(_)) {
-            return Err(ApiError::bad(
-                "tool_choice",
-                "forcing a tool call is not supported yet for models that call tools in DSML \
-                 (DeepSeek V3.2/V4); use \"auto\"",
-            ));
-        }
-        if dsml.is_some() && use_tools && json_rule.is_some() {
-            return Err(ApiError::bad(
-                "response_format",
-                "a response_format together with tools is not supported yet for models that \
-                 call tools in DSML (DeepSeek V3.2/V4)",
-            ));
-        }
+        let calls = |only| match dsml {
+            Some(dialect) => tools::dsml_call_grammar(&tool_specs, only, parallel, dialect),
+            None => tools::tool_call_grammar(&tool_specs, only, parallel, fmt, table),
+        };
         let lark = match (&choice, json_rule) {
             (ToolChoice::Required, _) => Some(Lark::start("calls").rules(calls(None)?)),
             (ToolChoice::Named(n), _) => Some(Lark::start("calls").rules(calls(Some(n))?)),
