@@ -1094,6 +1094,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 "repacked_weight_bytes": repacked,
                 "threads": threads,
                 "isa": format!("{:?}", moela_kernels::Isa::best()),
+                "file_row_walk": moela_kernels::FileRowWalk::active().name(),
                 "draft": cfg.draft.mode.as_str(),
                 "draft_tokens": a.draft.draft_tokens,
                 "acceptance_rate": r.acceptance_rate(),

@@ -435,6 +435,11 @@ fn bench_json_reports_each_repetition_and_their_mean() {
     // The warm-up decodes one token before the timed ones.
     assert_eq!(j["decode_context"], 9, "{j}");
     assert_eq!(j["repetitions"], 2);
+    // Which one-token walk over file-layout rows this CPU takes (`FileRowWalk`).
+    assert!(
+        ["single", "quad"].contains(&j["file_row_walk"].as_str().unwrap()),
+        "{j}"
+    );
     let o = moela(&["bench", "--model", dir.to_str().unwrap(), "-r", "0"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("repetitions"), "{}", stderr(&o));

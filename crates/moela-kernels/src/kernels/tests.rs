@@ -254,6 +254,39 @@ fn check_packed(q: &QMat, n: usize, seed: u64) {
     }
 }
 
+/// Both walks of one-token products over file-layout `Q8_0`/`Q4_0` rows ([`FileRowWalk`]) match
+/// the scalar twin and each other bit for bit, with row counts that leave a tail after the
+/// four-row tiles. (Other tests may run meanwhile under either walk: both give the same bits.)
+#[test]
+fn file_row_walks_agree() {
+    let before = FileRowWalk::active();
+    for dtype in [DType::Q8_0, DType::Q4_0] {
+        for (rows, cols) in [(1, 32), (7, 96), (33, 64), (1408, 64)] {
+            let mut outs = Vec::new();
+            for walk in [FileRowWalk::Single, FileRowWalk::Quad] {
+                walk.set();
+                check_fast_vs_scalar(dtype, rows, cols, 1);
+                let w = data(rows * cols, 9, 0.05);
+                let x = data(cols, 10, 1.0);
+                let q = QMat::from_f32(dtype, rows, cols, &w).unwrap();
+                for isa in fast_isas() {
+                    let mut y = vec![f32::NAN; rows];
+                    q.matmul_with(isa, &x, 1, &mut y);
+                    outs.push((isa, walk, y));
+                }
+            }
+            for (isa, walk, y) in &outs {
+                let (_, _, quad) = outs
+                    .iter()
+                    .find(|(i, w, _)| i == isa && *w == FileRowWalk::Quad)
+                    .unwrap();
+                assert_eq!(y, quad, "{dtype} {isa:?} {walk:?} rows {rows}");
+            }
+        }
+    }
+    before.set();
+}
+
 #[test]
 fn packed_q8_0_and_q4_0_match_file_layout() {
     for dtype in [DType::Q8_0, DType::Q4_0] {

@@ -339,6 +339,8 @@ macro_rules! int_kernels {
             nt: usize,
             out: OutTile,
         ) {
+            // One token over file-layout rows: one row at a time where that reads faster.
+            let single = nt == 1 && super::super::FileRowWalk::active() == super::super::FileRowWalk::Single;
             // SAFETY: forwarded from this function's contract: the micro-kernels only read rows
             // `0..nr` and tokens `0..nt` of `c`.
             unsafe {
@@ -356,6 +358,8 @@ macro_rules! int_kernels {
                     DType::F8E4M3Block128 => {
                         drive!(c, nr, nt, out, micro_fp8, 4 => [2, 1], 1 => [4, 3, 2, 1])
                     }
+                    DType::Q8_0 if single => drive!(c, nr, nt, out, micro_q8_0, 1 => [1], 1 => [1]),
+                    DType::Q4_0 if single => drive!(c, nr, nt, out, micro_q4_0, 1 => [1], 1 => [1]),
                     DType::Q8_0 => drive!(c, nr, nt, out, micro_q8_0, 4 => [3, 2, 1], 1 => [4, 3, 2, 1]),
                     DType::Q4_0 => drive!(c, nr, nt, out, micro_q4_0, 4 => [3, 2, 1], 1 => [4, 3, 2, 1]),
                     DType::Q4_K => drive!(c, nr, nt, out, micro_q4_k, 1 => [1], 1 => [4, 3, 2, 1]),
