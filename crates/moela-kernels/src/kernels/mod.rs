@@ -154,7 +154,7 @@ impl FileRowWalk {
 }
 
 /// The CPUID vendor string (`AuthenticAMD`, `GenuineIntel`, …); empty off x86.
-pub fn cpu_vendor() -> String {
+fn cpu_vendor() -> String {
     #[cfg(target_arch = "x86_64")]
     {
         // CPUID leaf 0 exists on every x86-64 CPU.
