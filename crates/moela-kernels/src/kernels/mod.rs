@@ -101,12 +101,13 @@ impl Isa {
     }
 }
 
-/// How a one-token product walks the rows of `Q8_0`/`Q4_0` weights in the file's block layout
-/// (`--mmap-only`, or when the repacked copies do not fit): `Single`, one row at a time, or
-/// `Quad`, four rows side by side. `kernel_bench` on the AMD EPYC (Zen 4), expert-shaped
-/// 1408 × 2048, 2 threads: Q4_0 26.4 vs 14.5 GB/s, Q8_0 31.8 vs 17.7 (four interleaved row
-/// streams read at half the rate of one); results are identical either way (each row sums
-/// alone). The Intel Xeon was not measured, so it keeps `Quad`, what it always ran.
+/// How a one-token product walks weight rows in the file's layout (`Q8_0`/`Q4_0` blocks with
+/// `--mmap-only` or when the repacked copies do not fit; F32/F16/BF16 and `MXFP4` always):
+/// `Single`, one row at a time, or `Quad`, four rows side by side. `kernel_bench` on the AMD
+/// EPYC (Zen 4), 2 threads: expert-shaped 1408 × 2048 Q4_0 26.4 vs 14.5 GB/s, Q8_0 31.8 vs
+/// 17.7; BF16 4096 × 2048 (with the 512-bit kernel) ~31 vs ~19 (four interleaved row streams
+/// read slower than one); results are identical either way (each row sums alone). The Intel
+/// Xeon was not measured, so it keeps `Quad`, what it always ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileRowWalk {
     Single,

@@ -254,14 +254,25 @@ fn check_packed(q: &QMat, n: usize, seed: u64) {
     }
 }
 
-/// Both walks of one-token products over file-layout `Q8_0`/`Q4_0` rows ([`FileRowWalk`]) match
-/// the scalar twin and each other bit for bit, with row counts that leave a tail after the
-/// four-row tiles. (Other tests may run meanwhile under either walk: both give the same bits.)
+/// Both walks of one-token products over file-layout rows ([`FileRowWalk`]: `Q8_0`, `Q4_0`,
+/// `MXFP4`, F32/F16/BF16) match the scalar twin and each other bit for bit, with row counts that
+/// leave a tail after the four-row tiles and float widths that end in partial vector steps.
+/// (Other tests may run meanwhile under either walk: both give the same bits.)
 #[test]
 fn file_row_walks_agree() {
     let before = FileRowWalk::active();
-    for dtype in [DType::Q8_0, DType::Q4_0] {
-        for (rows, cols) in [(1, 32), (7, 96), (33, 64), (1408, 64)] {
+    let float_shapes = [(37, 333), (5, 328), (9, 2048)];
+    for dtype in [
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::MXFP4,
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+    ] {
+        let float = matches!(dtype, DType::F32 | DType::F16 | DType::BF16);
+        let extra: &[(usize, usize)] = if float { &float_shapes } else { &[] };
+        for &(rows, cols) in [(1, 32), (7, 96), (33, 64), (1408, 64)].iter().chain(extra) {
             let mut outs = Vec::new();
             for walk in [FileRowWalk::Single, FileRowWalk::Quad] {
                 walk.set();

@@ -150,6 +150,73 @@ macro_rules! float_micro {
     };
 }
 
+/// BF16 rows on AVX-512 (the `avx512vnni` level): 32 columns per step in two 512-bit FMA
+/// chains per output, one cache line of each row per step and one prefetch per line. The
+/// 256-bit kernel's 8-column steps keep a 1 × 1 tile (a single token's row walk) at
+/// 8 bytes of weights per FMA latency; this one at 32 (EPYC Zen 4, DeepSeek-V4's BF16 output
+/// head, 129280 × 4096, n = 1, 2 threads: see docs/benchmarks.md). Every tile shape does the
+/// same arithmetic per output, as in `float_micro!`.
+///
+/// # Safety
+/// Rows `r..r+MR` and tokens `t..t+NR` of a validated BF16 `c`; CPU has avx2/fma/f16c,
+/// AVX512F and AVX512-VL.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+pub(super) unsafe fn micro_bf16_512<const MR: usize, const NR: usize>(
+    c: &Ctx,
+    r: usize,
+    t: usize,
+) -> [[f32; NR]; MR] {
+    // SAFETY: rows r..r+MR hold `cols` BF16 values and tokens t..t+NR hold `cols` f32
+    // (validated); every vector access below ends at or before column `n16 <= cols`.
+    unsafe {
+        let cols = c.cols;
+        let n16 = cols / 16 * 16;
+        let (wp, xp) = c.f32_tile::<MR, NR>(r, t);
+        let mut acc0 = [[_mm512_setzero_ps(); NR]; MR];
+        let mut acc1 = [[_mm512_setzero_ps(); NR]; MR];
+        macro_rules! step {
+            ($k:expr, $acc:ident) => {
+                let mut wv = [_mm512_setzero_ps(); MR];
+                for i in 0..MR {
+                    let h = _mm256_loadu_si256(wp[i].add($k * 2) as *const __m256i);
+                    wv[i] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+                }
+                for j in 0..NR {
+                    let xv = _mm512_loadu_ps(xp[j].add($k));
+                    for i in 0..MR {
+                        $acc[i][j] = _mm512_fmadd_ps(wv[i], xv, $acc[i][j]);
+                    }
+                }
+            };
+        }
+        let mut k = 0;
+        while k + 32 <= n16 {
+            for p in wp {
+                prefetch_ahead::<1>(p.add(k * 2), 64);
+            }
+            step!(k, acc0);
+            step!(k + 16, acc1);
+            k += 32;
+        }
+        if k < n16 {
+            step!(k, acc0);
+        }
+        let mut res = [[0.0f32; NR]; MR];
+        for i in 0..MR {
+            for j in 0..NR {
+                let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0[i][j], acc1[i][j]));
+                for kk in n16..cols {
+                    let wb = std::slice::from_raw_parts(wp[i].add(kk * 2), 2);
+                    s += scalar_bf16(wb) * *xp[j].add(kk);
+                }
+                res[i][j] = s;
+            }
+        }
+        res
+    }
+}
+
 float_micro!(micro_f32, 4, load8_f32, scalar_f32);
 float_micro!(micro_f16, 2, load8_f16, scalar_f16);
 float_micro!(micro_bf16, 2, load8_bf16, scalar_bf16);

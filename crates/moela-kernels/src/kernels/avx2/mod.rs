@@ -28,7 +28,7 @@ use super::{Acts, Isa, KernelSet, OutTile, RowData, Task};
 use crate::dtype::{DType, FP8_BLOCK};
 use crate::quant::QK;
 use elementwise::{exp_sum, silu_mul};
-use float::{dot_f32, micro_bf16, micro_f16, micro_f32, micro_fp8};
+use float::{dot_f32, micro_bf16, micro_bf16_512, micro_f16, micro_f32, micro_fp8};
 use kquant::{micro_q4_k, micro_q6_k};
 use mxfp4::{micro_mxfp4, micro_mxfp4_512};
 use quantize::{quant_q8, quant_q8k};
@@ -349,9 +349,14 @@ macro_rules! int_kernels {
                     DType::Q4_0 if packed => gemm_packed::<false>(c, nr, nt, out),
                     // Float tiles: 4 rows × 3 tokens (24 accumulators) where AVX512-VL gives
                     // 32 vector registers, 2 × 2 in plain AVX2's 16.
+                    DType::F32 if single => drive!(c, nr, nt, out, micro_f32, 1 => [1], 1 => [1]),
+                    DType::F16 if single => drive!(c, nr, nt, out, micro_f16, 1 => [1], 1 => [1]),
+                    DType::BF16 if $vnni && single => drive!(c, nr, nt, out, micro_bf16_512, 1 => [1], 1 => [1]),
+                    DType::BF16 if single => drive!(c, nr, nt, out, micro_bf16, 1 => [1], 1 => [1]),
+                    DType::MXFP4 if $vnni && single => drive!(c, nr, nt, out, micro_mxfp4_512, 1 => [1], 1 => [1]),
                     DType::F32 if $vnni => drive!(c, nr, nt, out, micro_f32, 4 => [3, 2, 1], 1 => [4, 3, 2, 1]),
                     DType::F16 if $vnni => drive!(c, nr, nt, out, micro_f16, 4 => [3, 2, 1], 1 => [4, 3, 2, 1]),
-                    DType::BF16 if $vnni => drive!(c, nr, nt, out, micro_bf16, 4 => [3, 2, 1], 1 => [4, 3, 2, 1]),
+                    DType::BF16 if $vnni => drive!(c, nr, nt, out, micro_bf16_512, 4 => [3, 2, 1], 1 => [4, 3, 2, 1]),
                     DType::F32 => drive!(c, nr, nt, out, micro_f32, 2 => [2, 1], 1 => [4, 3, 2, 1]),
                     DType::F16 => drive!(c, nr, nt, out, micro_f16, 2 => [2, 1], 1 => [4, 3, 2, 1]),
                     DType::BF16 => drive!(c, nr, nt, out, micro_bf16, 2 => [2, 1], 1 => [4, 3, 2, 1]),
