@@ -50,10 +50,10 @@ MOELA_EXTRA="${MOELA_EXTRA:-}"
 SKIP_MOELA="${SKIP_MOELA:-0}"
 SKIP_LLAMA="${SKIP_LLAMA:-0}"
 
-USAGE="usage: $0 [q4_0|q8_0|all] [deepseek2|qwen2|qwen2-untied]"
+USAGE="usage: $0 [q4_0|q8_0|mxfp4|all] [deepseek2|qwen2|qwen2-untied|deepseek4]"
 WHICH="${1:-q4_0}"
 case "$WHICH" in
-    q4_0|q8_0) TYPES=("$WHICH") ;;
+    q4_0|q8_0|mxfp4) TYPES=("$WHICH") ;;
     all) TYPES=(q4_0 q8_0) ;;
     -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
     *) echo "$USAGE" >&2; exit 2 ;;

@@ -1,5 +1,7 @@
-//! DeepSeek-V4's attention (`DeepseekV4Attention`), the executable spec: per query, one pass over
-//! its keys (no fast path yet).
+//! DeepSeek-V4's attention (`DeepseekV4Attention`): per query, one pass over its keys, gathered
+//! from the cache as f32 (`[keys, head_dim]`). `attend_keys_spec` is the executable spec (one
+//! scalar dot product per head and key); `attend_keys` computes the same with the rows kernels
+//! (every head's scores in one product, one weighted sum), tested against it.
 //!
 //! - Query: `q_b(rms_norm(q_a x))`, then per head an RMSNorm without weight, then RoPE on the
 //!   trailing `qk_rope_head_dim` dims (interleaved pairs).
@@ -14,7 +16,9 @@
 //! Sliding layers rotate with the main θ; CSA and HCA layers with the compressed θ and YaRN —
 //! queries, window keys and entries alike.
 
-use moela_kernels::{parallel_chunks, rms_norm_in_place, QMat};
+use moela_kernels::{
+    parallel_chunks, rms_norm_in_place, rows_matmul, rows_weighted_sum, QMat, RowData,
+};
 
 use crate::cache::{BatchCache, LayerView, SeqCache};
 use crate::model::{Attend, SeqInput, Step};
@@ -35,6 +39,60 @@ fn put_cols(rows: &mut [f32], row: usize, at: usize, src: &[f32]) {
     for (r, s) in rows.chunks_exact_mut(row).zip(src.chunks_exact(width)) {
         r[at..at + width].copy_from_slice(s);
     }
+}
+
+/// One query's attention over `keys` (`[n, head_dim]`, key = value) for every head of `q`
+/// (`[heads, head_dim]`): softmax of `q·k · scale` with the head's sink logit in the
+/// denominator only, then the weighted sum of the keys into `out` (`[heads, head_dim]`). The
+/// executable spec of [`attend_keys`].
+#[cfg(test)]
+fn attend_keys_spec(q: &[f32], keys: &[f32], scale: f32, sinks: &[f32], out: &mut [f32]) {
+    let hd = out.len() / sinks.len().max(1);
+    let mut p = vec![0.0f32; keys.len() / hd.max(1)];
+    for (head, (qh, oh)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
+        for (pk, k) in p.iter_mut().zip(keys.chunks_exact(hd)) {
+            *pk = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+        }
+        let sink = sinks[head];
+        let max = p.iter().copied().fold(sink, f32::max);
+        let mut den = (sink - max).exp();
+        for v in p.iter_mut() {
+            *v = (*v - max).exp();
+            den += *v;
+        }
+        oh.fill(0.0);
+        for (&pk, k) in p.iter().zip(keys.chunks_exact(hd)) {
+            let w = pk / den;
+            oh.iter_mut().zip(k).for_each(|(o, &kv)| *o += w * kv);
+        }
+    }
+}
+
+/// [`attend_keys_spec`] on the rows kernels (calling thread): the scores of every head in one
+/// product, the softmax per head as the spec takes it, one weighted sum.
+fn attend_keys(q: &[f32], keys: &[f32], scale: f32, sinks: &[f32], out: &mut [f32]) {
+    let heads = sinks.len();
+    let hd = out.len() / heads.max(1);
+    let n = keys.len() / hd.max(1);
+    if n == 0 || heads == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let rows = RowData::f32(keys, hd);
+    let mut p = vec![0.0f32; heads * n];
+    rows_matmul(q, heads, rows, &mut p);
+    for (ph, &sink) in p.chunks_exact_mut(n).zip(sinks) {
+        ph.iter_mut().for_each(|v| *v *= scale);
+        let max = ph.iter().copied().fold(sink, f32::max);
+        let mut den = (sink - max).exp();
+        for v in ph.iter_mut() {
+            *v = (*v - max).exp();
+            den += *v;
+        }
+        ph.iter_mut().for_each(|v| *v /= den);
+    }
+    out.fill(0.0);
+    rows_weighted_sum(&p, heads, rows, out);
 }
 
 /// A new token: its sequence and position.
@@ -79,12 +137,19 @@ impl V4Attention {
     }
 
     /// The compressed entries query `q` attends to (window indices, ascending): CSA's
-    /// selection, HCA's every visible entry, none in a sliding layer.
-    fn entries_for(&self, view: &LayerView<'_>, q: Query, iq: &[f32], iw: &[f32]) -> Vec<usize> {
+    /// selection (`keys`: the indexer keys of its sequence's entries, at least the visible
+    /// ones), HCA's every visible entry, none in a sliding layer.
+    fn entries_for(&self, keys: &[f32], q: Query, iq: &[f32], iw: &[f32]) -> Vec<usize> {
         match (&self.indexer, &self.compressor) {
             (Some(ix), Some(c)) => {
                 let visible = (q.pos + 1) / c.ratio;
-                ix.select(&ix.scores(view, iq, iw, visible))
+                let dim = ix.compressor.cols.dim;
+                ix.select(&super::compressor::index_scores(
+                    iq,
+                    iw,
+                    &keys[..visible * dim],
+                    dim,
+                ))
             }
             (None, Some(c)) => (0..(q.pos + 1) / c.ratio).collect(),
             _ => Vec::new(),
@@ -119,23 +184,8 @@ impl V4Attention {
         for (k, &(u, col)) in keys.chunks_exact_mut(hd).zip(&rows) {
             view.copy_row(u, col, k);
         }
-        let mut p = vec![0.0f32; rows.len()];
-        for (head, (qh, oh)) in q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)).enumerate() {
-            for (pk, k) in p.iter_mut().zip(keys.chunks_exact(hd)) {
-                *pk = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * d.scale;
-            }
-            let sink = self.sinks[head];
-            let max = p.iter().copied().fold(sink, f32::max);
-            let mut den = (sink - max).exp();
-            for v in p.iter_mut() {
-                *v = (*v - max).exp();
-                den += *v;
-            }
-            oh.fill(0.0);
-            for (&pk, k) in p.iter().zip(keys.chunks_exact(hd)) {
-                let w = pk / den;
-                oh.iter_mut().zip(k).for_each(|(o, &kv)| *o += w * kv);
-            }
+        attend_keys(q, &keys, d.scale, &self.sinks, out);
+        for oh in out.chunks_exact_mut(hd) {
             rope.0.apply_inverse(rope.1, &mut oh[hd - d.rope_dim..]);
         }
     }
@@ -220,11 +270,20 @@ impl Attend for V4Attention {
         let work = [longest, ih.max(1), idim.max(1)]
             .iter()
             .fold(n_tok, |w, &f| w.saturating_mul(f));
+        // The indexer keys each sequence's queries may see, gathered once.
+        let index_keys: Vec<Vec<f32>> = match (&self.indexer, &self.compressor) {
+            (Some(ix), Some(c)) => seqs
+                .iter()
+                .zip(&views)
+                .map(|(&(s, n), v)| ix.entry_keys(v, (s.len() + n) / c.ratio))
+                .collect(),
+            _ => vec![Vec::new(); seqs.len()],
+        };
         parallel_chunks(&mut chosen, 1, work, |t, c| {
             let q = queries[t];
             let iq_t = iq.get(t * ih * idim..(t + 1) * ih * idim).unwrap_or(&[]);
             let iw_t = iw.get(t * ih..(t + 1) * ih).unwrap_or(&[]);
-            c[0] = self.entries_for(&views[q.seq], q, iq_t, iw_t);
+            c[0] = self.entries_for(&index_keys[q.seq], q, iq_t, iw_t);
         });
         if step.tracing() && self.indexer.is_some() {
             let k = self.indexer.as_ref().map_or(0, |ix| ix.topk);
@@ -274,5 +333,72 @@ impl V4Attention {
             }
         }
         self.o_b.forward(&mid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::compressor::{index_scores, index_scores_spec};
+    use super::{attend_keys, attend_keys_spec};
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: lengths");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= tol * (1.0 + w.abs()),
+                "{what}[{i}]: {g} vs {w}"
+            );
+        }
+    }
+
+    /// The kernel form of one query's attention equals the spec, with sinks that dominate
+    /// some heads, for key counts with and without kernel tile tails (and none at all).
+    #[test]
+    fn attention_over_keys_matches_spec() {
+        let (heads, hd) = (6, 72);
+        for n in [0usize, 1, 5, 16, 67] {
+            let q = data(heads * hd, 1 + n as u64);
+            let keys = data(n * hd, 100 + n as u64);
+            let sinks: Vec<f32> = (0..heads).map(|h| h as f32 * 1.5 - 3.0).collect();
+            let (mut want, mut got) = (vec![f32::NAN; heads * hd], vec![f32::NAN; heads * hd]);
+            attend_keys_spec(&q, &keys, 0.3, &sinks, &mut want);
+            attend_keys(&q, &keys, 0.3, &sinks, &mut got);
+            close(&got, &want, 1e-5, &format!("attention, {n} keys"));
+        }
+    }
+
+    /// The kernel form of the indexer's scores equals the spec (relu'd dot products weighted
+    /// per head), ties and all-negative dots included.
+    #[test]
+    fn index_scores_match_spec() {
+        let (heads, dim) = (5, 40);
+        for n in [0usize, 1, 9, 33] {
+            let q = data(heads * dim, 7 + n as u64);
+            let w = data(heads, 70 + n as u64);
+            let mut keys = data(n * dim, 700 + n as u64);
+            if n > 2 {
+                let first = keys[..dim].to_vec();
+                keys[dim..2 * dim].copy_from_slice(&first); // a tie
+                keys[2 * dim..3 * dim].iter_mut().for_each(|v| *v = 0.0);
+            }
+            let want = index_scores_spec(&q, &w, &keys, dim);
+            let got = index_scores(&q, &w, &keys, dim);
+            close(&got, &want, 1e-5, &format!("index scores, {n} entries"));
+            if n > 2 {
+                assert_eq!(got[0], got[1], "a tie stays a tie");
+            }
+        }
     }
 }

@@ -13,7 +13,11 @@
 //!
 //! **CSA's selection.** The indexer's entries are its keys; a query scores each visible one by
 //! `Σ_h w_h · relu(q_h · k) / √dim` (f32, as the reference) and keeps the best
-//! `min(index_topk, visible)`, ties to the earlier entry.
+//! `min(index_topk, visible)`, ties to the earlier entry. The keys are gathered once per sequence
+//! and step (`entry_keys`); `index_scores_spec` is the executable spec (a scalar dot product per head
+//! and entry), `index_scores` the same on the rows kernels, tested against it.
+
+use moela_kernels::{rows_matmul, RowData};
 
 use crate::cache::LayerView;
 use crate::rope::Rope;
@@ -73,31 +77,15 @@ impl Compressor {
 }
 
 impl V4Indexer {
-    /// The index scores of one query (`q`: `[heads, dim]` after RoPE; `weights`: `[heads]`,
-    /// already `× heads^-½`) against the first `visible` entries cached in `view`.
-    pub(crate) fn scores(
-        &self,
-        view: &LayerView<'_>,
-        q: &[f32],
-        weights: &[f32],
-        visible: usize,
-    ) -> Vec<f32> {
+    /// The indexer keys of the first `visible` entries cached in `view`: `[visible, dim]`.
+    pub(crate) fn entry_keys(&self, view: &LayerView<'_>, visible: usize) -> Vec<f32> {
         let c = &self.compressor.cols;
         let r = self.compressor.ratio;
-        let scale = 1.0 / (c.dim as f32).sqrt();
-        let mut k = vec![0.0f32; c.dim];
-        (0..visible)
-            .map(|w| {
-                view.copy_row((w + 1) * r - 1, c.entry, &mut k);
-                q.chunks_exact(c.dim)
-                    .zip(weights)
-                    .map(|(qh, &wh)| {
-                        let dot: f32 = qh.iter().zip(&k).map(|(a, b)| a * b).sum();
-                        dot.max(0.0) * scale * wh
-                    })
-                    .sum()
-            })
-            .collect()
+        let mut keys = vec![0.0f32; visible * c.dim];
+        for (w, k) in keys.chunks_exact_mut(c.dim).enumerate() {
+            view.copy_row((w + 1) * r - 1, c.entry, k);
+        }
+        keys
     }
 
     /// The entries a query keeps: the best `min(topk, scores.len())` by score (ties: the
@@ -111,4 +99,44 @@ impl V4Indexer {
         }
         idx
     }
+}
+
+/// The index scores of one query (`q`: `[heads, dim]` after RoPE; `weights`: `[heads]`,
+/// already `× heads^-½`) against `keys` (`[entries, dim]`, [`V4Indexer::entry_keys`]): the
+/// executable spec of [`index_scores`].
+#[cfg(test)]
+pub(crate) fn index_scores_spec(q: &[f32], weights: &[f32], keys: &[f32], dim: usize) -> Vec<f32> {
+    let scale = 1.0 / (dim as f32).sqrt();
+    keys.chunks_exact(dim)
+        .map(|k| {
+            q.chunks_exact(dim)
+                .zip(weights)
+                .map(|(qh, &wh)| {
+                    let dot: f32 = qh.iter().zip(k).map(|(a, b)| a * b).sum();
+                    dot.max(0.0) * scale * wh
+                })
+                .sum()
+        })
+        .collect()
+}
+
+/// [`index_scores_spec`] with every head's dot products in one rows-kernel product
+/// (calling thread); the heads summed per entry in the spec's order.
+pub(crate) fn index_scores(q: &[f32], weights: &[f32], keys: &[f32], dim: usize) -> Vec<f32> {
+    let scale = 1.0 / (dim as f32).sqrt();
+    let (heads, n) = (weights.len(), keys.len() / dim.max(1));
+    if n == 0 || heads == 0 {
+        return vec![0.0; n];
+    }
+    let mut dots = vec![0.0f32; heads * n];
+    rows_matmul(q, heads, RowData::f32(keys, dim), &mut dots);
+    (0..n)
+        .map(|e| {
+            weights
+                .iter()
+                .enumerate()
+                .map(|(h, &wh)| dots[h * n + e].max(0.0) * scale * wh)
+                .sum()
+        })
+        .collect()
 }
