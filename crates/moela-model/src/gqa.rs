@@ -164,13 +164,7 @@ fn gqa_loop(q: &[f32], cache: &LayerView<'_>, d: &GqaDims, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Values in [−1, 1] that vary from element to element and with `seed`.
-    fn data(n: usize, seed: u64) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i as f32 + 0.37 * seed as f32) * 1.618).sin())
-            .collect()
-    }
+    use crate::test_data as data;
 
     /// The tiles equal the loops: one and many new tokens, with and without earlier cached
     /// tokens (up to 320 keys: several key chunks), full attention and sliding windows, groups

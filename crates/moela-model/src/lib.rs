@@ -34,3 +34,11 @@ pub use model::{ForwardOptions, Logits, Model, SeqInput, Trace};
 pub use mtp::{MtpInput, MtpLayer};
 pub use sampling::SamplingDefaults;
 pub use weights::{TensorRef, WeightSource};
+
+/// Values in [−1, 1] that vary from element to element and with `seed` (unit tests' inputs).
+#[cfg(test)]
+pub(crate) fn test_data(n: usize, seed: u64) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i as f32 + 0.37 * seed as f32) * 1.618).sin())
+        .collect()
+}
