@@ -888,24 +888,44 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         ),
     }
     if let Some(v) = c.v4() {
-        // Per layer kind: window key, compressor inputs, entry (and CSA's indexer).
+        // Per layer kind: the entry pieces kept in the blocks, the window state per sequence.
         let kinds = [
             moela_model::V4LayerKind::Sliding,
             moela_model::V4LayerKind::Csa,
             moela_model::V4LayerKind::Hca,
         ];
-        let mut rows = Vec::new();
+        let (mut rows, mut ring_rows) = (Vec::new(), Vec::new());
         for k in kinds {
             let n = v.layers.iter().filter(|l| l.kind == k).count();
             if n > 0 {
-                rows.push(format!("{n} × {} ({})", v.cache_row(k)?, k.as_str()));
+                if v.cache_row(k)? > 0 {
+                    rows.push(format!("{n} × {} ({})", v.cache_row(k)?, k.as_str()));
+                }
+                ring_rows.push(format!("{n} × {} ({})", v.window_row(k)?, k.as_str()));
             }
         }
+        let f32_kv = moela_model::KvType::F32;
+        let per_token = c.kv_bytes_per_token(f32_kv)?;
         println!(
-            "KV cache:     {} values/token ({}): {} B/token as f32",
+            "KV cache:     {} values/token in blocks (compressed entries: {}): {per_token} B/token as f32",
             c.kv_values_per_token()?,
-            rows.join(" + "),
-            c.kv_bytes_per_token(moela_model::KvType::F32)?
+            if rows.is_empty() { "none".into() } else { rows.join(" + ") },
+        );
+        let ring = v.ring_spec()?;
+        let bt = moela_model::DEFAULT_BLOCK_TOKENS;
+        let ring_bytes = ring.bytes(f32_kv, bt);
+        println!(
+            "window state: {} values/token ({}) for a sequence's last {} tokens: at most {} per sequence as f32",
+            ring.widths.iter().sum::<usize>(),
+            ring_rows.join(" + "),
+            ring.keep(bt),
+            bytes(ring_bytes as u64)
+        );
+        let full = c.max_position_embeddings;
+        println!(
+            "at {full} tokens: {} in blocks + {} window state, as f32 (half as f16)",
+            bytes((per_token as u64).saturating_mul(full as u64)),
+            bytes(ring_bytes as u64)
         );
     } else {
         // MLA's cached row, by part.

@@ -364,8 +364,11 @@ fn inspect_shows_the_v4_layers_and_cache_bytes_per_token() {
         "layers:       1 sliding, 1 CSA (ratio 4), 1 HCA (ratio 128); hash-routed layers: 0,1",
         "indexer:      CSA, 16 heads of 16, top 4 entries per query",
         "mHC:          4 streams, 20 Sinkhorn iterations",
-        // Rows: sliding 32; CSA 6·32 + 5·16; HCA 4·32; 4 bytes each.
-        "KV cache:     432 values/token (1 × 32 (sliding_attention) + 1 × 272 (compressed_sparse_attention) + 1 × 128 (heavily_compressed_attention)): 1728 B/token as f32",
+        // Blocks: the entries' pieces, CSA (32 + 16) / 4, HCA ⌈32 / 128⌉; 4 bytes each.
+        "KV cache:     13 values/token in blocks (compressed entries: 1 × 12 (compressed_sparse_attention) + 1 × 1 (heavily_compressed_attention)): 52 B/token as f32",
+        // Window state: sliding 32; CSA 5·32 + 4·16; HCA 3·32; the last 127 + 32 tokens.
+        "window state: 352 values/token (1 × 32 (sliding_attention) + 1 × 224 (compressed_sparse_attention) + 1 × 96 (heavily_compressed_attention)) for a sequence's last 159 tokens",
+        "at 1024 tokens: 52.0 KiB in blocks + 394.6 KiB window state",
     ] {
         assert!(out.contains(want), "missing {want}: {out}");
     }

@@ -17,9 +17,11 @@ use moela_loader::Checkpoint;
 use moela_model::weights::{Ffn, LayerAttention};
 use moela_model::{
     Config, ForwardOptions, KvType, Logits, Model, ModelType, SeqCache, SeqInput, Trace,
+    MAX_ROLLBACK,
 };
 use safetensors::SafeTensors;
 use serde_json::Value;
+use std::sync::atomic::Ordering;
 
 const CASE: &str = "v4";
 const N: usize = 300;
@@ -64,9 +66,14 @@ fn config_reads_the_v4_parts() {
     assert_eq!((v.sliding_window, v.csa_ratio, v.hca_ratio), (12, 4, 128));
     assert_eq!(v.indexer.index_topk, 4);
     assert_eq!((v.hc.hc_mult, v.hc.sinkhorn_iters), (4, 20));
-    // Rows: sliding 32; CSA 32 + 4·32 + 32 + 5·16; HCA 4·32.
-    assert_eq!(c.cache_widths().unwrap(), [32, 272, 128]);
-    assert_eq!(c.kv_bytes_per_token(KvType::F32).unwrap(), 432 * 4);
+    // Block rows: the entries only, a piece per token — CSA (32 + 16) / 4, HCA ⌈32 / 128⌉.
+    assert_eq!(c.cache_widths().unwrap(), [0, 12, 1]);
+    assert_eq!(c.kv_bytes_per_token(KvType::F32).unwrap(), 13 * 4);
+    // Window state: sliding 32; CSA 32 + 4·32 + 4·16; HCA 3·32; read back 127 tokens at most
+    // (HCA's open window), 12 from a boundary (the sliding window; CSA's previous window 4).
+    let ring = c.ring_spec().unwrap().unwrap();
+    assert_eq!(ring.widths, [32, 224, 96]);
+    assert_eq!((ring.need, ring.tail, ring.every), (127, 11, 128));
     let moe = c.moe.as_ref().unwrap();
     assert_eq!(moe.swiglu_limit, Some(1.5));
     assert_eq!(moe.scoring_func, moela_model::ScoringFunc::Sqrtsoftplus);
@@ -351,9 +358,11 @@ fn f16_cache_stays_close() {
     assert!(median < 1e-2, "{median}");
 }
 
-/// Truncating a sequence inside a CSA window, inside the ratio-128 window and inside the
-/// sliding window, then decoding on, computes what one prefill does: a window still filling is
-/// only the rows of its tokens, so nothing is left over from the cut tokens.
+/// Truncating a sequence (as a rejected draft is) inside a CSA window, inside the ratio-128
+/// window, across a window's end of both ratios and inside the sliding window, then decoding
+/// on, computes what one prefill does: a window still filling is only the ring rows of its
+/// tokens, and a window completed by cut tokens is pooled again. Cutting back further than the
+/// window state keeps is an error that says so, changing nothing.
 #[test]
 fn truncate_then_continue_equals_one_prefill() {
     let (m, g) = (load(), golden(CASE));
@@ -361,17 +370,50 @@ fn truncate_then_continue_equals_one_prefill() {
     let (full, _) = traced(&m, &tokens);
     let v = m.config.vocab_size;
     let pool = m.new_pool(8, None, false);
-    for cut in [130usize, 254, 257] {
+    for (cut, extra) in [(130usize, 5usize), (254, 3), (255, MAX_ROLLBACK), (257, 20)] {
         let mut cache = pool.new_seq();
-        // Something else first: the cut tokens must leave no trace.
-        let mut other = tokens[..cut].to_vec();
-        other.extend(tokens[..N - cut].iter().map(|t| (t + 1) % 512));
+        step(&m, &mut cache, &tokens[..cut - 1]);
+        // Something else after: the cut tokens must leave no trace.
+        let mut other = vec![tokens[cut - 1]];
+        other.extend(tokens[cut..cut + extra].iter().map(|t| (t + 1) % 512));
         step(&m, &mut cache, &other);
         cache.truncate(cut).unwrap();
         let got = step(&m, &mut cache, &tokens[cut..]);
         let d = max_diff32(&full[cut * v..], &got);
-        assert_eq!(d, 0.0, "cut at {cut}");
+        assert_eq!(d, 0.0, "cut at {cut} after {extra} more");
     }
+    let mut cache = pool.new_seq();
+    step(&m, &mut cache, &tokens);
+    let err = cache.truncate(100).unwrap_err().to_string();
+    assert!(err.contains("window state"), "{err}");
+    assert_eq!(cache.len(), N);
+}
+
+/// A sequence reusing another's blocks up to a boundary computes what one prefill does, also
+/// when the owner then cuts back past that boundary and completes those windows with other
+/// tokens (the shared blocks are copied, not written); without a snapshot nothing is reused.
+#[test]
+fn a_shared_prefix_survives_its_owner_rolling_back_past_it() {
+    let (m, g) = (load(), golden(CASE));
+    let tokens = ids(&g["nll_tokens"]);
+    let v = m.config.vocab_size;
+    let pool = m.new_pool(8, Some(200), true);
+    let mut a = pool.seq_with_prefix(&tokens[..130]);
+    step(&m, &mut a, &tokens[..130]);
+    assert_eq!(
+        pool.seq_with_prefix(&tokens[..200]).len(),
+        0,
+        "no snapshot yet"
+    );
+    a.snapshot_prefix();
+    let mut b = pool.seq_with_prefix(&tokens[..200]);
+    assert_eq!(b.len(), 128);
+    a.truncate(126).unwrap();
+    let other: Vec<u32> = tokens[126..140].iter().map(|t| (t + 7) % 512).collect();
+    step(&m, &mut a, &other);
+    let got = step(&m, &mut b, &tokens[128..200]);
+    let (full, _) = traced(&m, &tokens[..200]);
+    assert_eq!(max_diff32(&full[128 * v..], &got), 0.0);
 }
 
 /// The engine (continuous batching: prompt chunks beside decode steps, prefix reuse from the
@@ -399,11 +441,13 @@ fn the_engine_generates_the_reference_tokens_beside_other_requests() {
     assert_eq!(out[0], ids(&g["greedy_tokens"]));
     assert_eq!(out[1], greedy_tokens(&model, &a, 24).unwrap());
     assert_eq!(out[2], greedy_tokens(&model, &nll[50..53], 24).unwrap());
-    // b reuses a's cached blocks (136 tokens: windows of both ratios cut) and gets what
-    // computing it does.
+    // b reuses a's cached blocks up to the boundary at 128 (where a's prompt left a snapshot of
+    // its window state: every window of both ratios ends there) and gets what computing it does.
     let b = [&nll[..141], &[5, 6][..]].concat();
     let out = run(std::slice::from_ref(&b), 12);
     assert_eq!(out[0], greedy_tokens(&model, &b, 12).unwrap());
+    let reused = engine.stats().cached_tokens.load(Ordering::Relaxed);
+    assert_eq!(reused, 128);
 }
 
 /// A source offering only f32 tensors (`WeightSource`'s default `matrix` and `matrix_rows`,

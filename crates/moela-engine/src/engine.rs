@@ -578,14 +578,19 @@ impl Engine {
     }
 
     /// How many tokens a decoding sequence may draft now: the configured number, capped so that
-    /// what it can emit stays within its budget.
+    /// what it can emit stays within its budget (and, where the cache keeps window state, what
+    /// it can roll back).
     fn draft_room(&self, s: &Seq) -> usize {
         let req = &s.job.req;
         let budget = req
             .max_tokens
             .min(self.config.ctx.saturating_sub(req.prompt.len()));
         let room = budget.saturating_sub(s.generated.len() + 1);
-        self.config.draft.tokens.min(room)
+        let rollback = match self.pool.ring() {
+            Some(_) => moela_model::MAX_ROLLBACK,
+            None => usize::MAX,
+        };
+        self.config.draft.tokens.min(room).min(rollback)
     }
 
     /// Runs the positions every sequence's main cache gained through the MTP layer and drafts
@@ -670,6 +675,11 @@ impl Engine {
                     let first = s.fed;
                     if s.fed < s.job.req.prompt.len() {
                         s.fed += inp.tokens.len();
+                        if s.fed >= s.job.req.prompt.len() {
+                            // The prompt is in: where the cache keeps window state, a later
+                            // request with the same start reuses it from here.
+                            s.cache.snapshot_prefix();
+                        }
                     }
                     if s.job.req.score_prompt && first < s.job.req.prompt.len() {
                         let prompt = &s.job.req.prompt;

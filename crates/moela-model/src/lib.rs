@@ -21,7 +21,9 @@ mod tiled;
 pub mod v4;
 pub mod weights;
 
-pub use cache::{KvPool, KvType, PoolStats, SeqCache, DEFAULT_BLOCK_TOKENS};
+pub use cache::{
+    KvPool, KvType, PoolStats, RingSpec, SeqCache, DEFAULT_BLOCK_TOKENS, MAX_ROLLBACK,
+};
 pub use config::{
     Attention, Config, GqaConfig, HyperConfig, IndexerConfig, Llama3Rope, MlaConfig, ModelType,
     MoeConfig, RopeScaling, RouteWeighting, ScoringFunc, SlidingWindow, TopkMethod, V4Config,

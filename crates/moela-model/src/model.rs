@@ -15,7 +15,7 @@ use moela_kernels::{add_in_place, rms_norm, rms_norm_in_place, QMat};
 use crate::mla::AttentionMode;
 use std::sync::Arc;
 
-use crate::cache::{BatchCache, KvPool, KvType, SeqCache, DEFAULT_BLOCK_TOKENS};
+use crate::cache::{BatchCache, KvPool, KvType, RingSpec, SeqCache, DEFAULT_BLOCK_TOKENS};
 use crate::config::Config;
 use crate::error::ModelError;
 use crate::mlp::mlp_forward;
@@ -148,6 +148,8 @@ pub struct Model {
     rope: Rope,
     /// Cache values per token of each layer ([`Config::cache_widths`]).
     widths: Vec<usize>,
+    /// What each sequence keeps outside the blocks ([`Config::ring_spec`]).
+    ring: Option<RingSpec>,
     /// Unbounded pool behind [`Model::new_cache`] (no prefix caching).
     pool: Arc<KvPool>,
     kv_type: KvType,
@@ -162,10 +164,12 @@ impl Model {
     ) -> Result<Model, ModelError> {
         config.validate()?;
         let widths = config.cache_widths()?;
+        let ring = config.ring_spec()?;
         let weights = Weights::load(&config, src, progress)?;
         let rope = Rope::new(&config);
-        let pool = KvPool::with_widths(
+        let pool = KvPool::with_ring(
             widths.clone(),
+            ring.clone(),
             KvType::F32,
             DEFAULT_BLOCK_TOKENS,
             None,
@@ -176,6 +180,7 @@ impl Model {
             weights,
             rope,
             widths,
+            ring,
             pool,
             kv_type: KvType::F32,
         })
@@ -215,8 +220,9 @@ impl Model {
         max_blocks: Option<usize>,
         prefix_caching: bool,
     ) -> Arc<KvPool> {
-        KvPool::with_widths(
+        KvPool::with_ring(
             self.widths.clone(),
+            self.ring.clone(),
             self.kv_type,
             block_tokens,
             max_blocks,
@@ -285,7 +291,8 @@ impl Model {
                     c.vocab_size
                 )));
             }
-            if s.cache.pool().widths() != self.widths {
+            if s.cache.pool().widths() != self.widths || s.cache.pool().ring() != self.ring.as_ref()
+            {
                 return Err(ModelError::Input("cache was made for another model".into()));
             }
         }

@@ -82,11 +82,38 @@ fn both_spellings_read_the_same_model() {
         (1, 1, 0)
     );
     assert!((0..3).all(|l| t.is_moe_layer(l)));
-    // Rows: sliding 32; CSA 6·32 + 5·16; HCA 4·32.
-    assert_eq!(t.cache_widths().unwrap(), [32, 272, 128]);
-    assert_eq!(t.kv_bytes_per_token(KvType::F16).unwrap(), 432 * 2);
-    assert_eq!(t.latent_dim().unwrap(), 272);
+    // Block rows: the entries' pieces, CSA (32 + 16) / 4, HCA ⌈32 / 128⌉, none for sliding.
+    assert_eq!(t.cache_widths().unwrap(), [0, 12, 1]);
+    assert_eq!(t.kv_bytes_per_token(KvType::F16).unwrap(), 13 * 2);
+    assert_eq!(t.latent_dim().unwrap(), 12);
+    assert_eq!(t.ring_spec().unwrap().unwrap().widths, [32, 224, 96]);
     assert_eq!(t.softmax_scale().unwrap(), 1.0 / 32f32.sqrt());
+}
+
+/// At V4's sizes (head_dim 512, index_head_dim 128, window 128) a token costs 160 + 4 values in
+/// the blocks — 328 bytes in f16, what llama.cpp's `deepseek4` cache holds per token — and a
+/// sequence keeps the window state of its last 254 tokens (sliding 512, CSA 3072, HCA 1536 values each).
+#[test]
+fn v4_sizes_cost_328_bytes_per_token_in_f16() {
+    let mut v = transformers_spelling();
+    for (k, x) in [
+        ("head_dim", 512),
+        ("index_head_dim", 128),
+        ("sliding_window", 128),
+    ] {
+        v[k] = json!(x);
+    }
+    v["hidden_size"] = json!(512);
+    v["num_attention_heads"] = json!(8);
+    v["o_groups"] = json!(2);
+    let c = Config::from_hf_value(&v).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.cache_widths().unwrap(), [0, 160, 4]);
+    assert_eq!(c.kv_bytes_per_token(KvType::F16).unwrap(), 328);
+    let ring = c.ring_spec().unwrap().unwrap();
+    assert_eq!(ring.widths, [512, 3072, 1536]);
+    assert_eq!((ring.need, ring.tail, ring.every), (127, 127, 128));
+    assert_eq!(ring.keep(16), 254);
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //! (`heavily_compressed_attention`) every entry of a ratio-`hca_ratio` compressor.
 
 use super::{cfg_err, sizes, Config, IndexerConfig, Yarn, MAX_CONTEXT, MAX_DIM, MAX_HEADS};
+use crate::cache::{lcm, RingSpec};
 use crate::error::ModelError;
 
 /// The most hyper-connection streams (`hc_mult`; V4: 4).
@@ -119,21 +120,68 @@ impl V4Config {
         }
     }
 
-    /// Values cached per token by a layer of kind `kind` (see `v4::RowLayout`): the window
-    /// key `head_dim`; with a compressor its per-token projections (`kv`, `gate`:
-    /// `2·head_dim` each for CSA's two series, `head_dim` for HCA) and the slot of the entry a
-    /// window completes (`head_dim`); CSA adds the indexer compressor's (`2·index_head_dim`
-    /// twice, then `index_head_dim`). Sliding 512, HCA 2048, CSA 3712 at V4 sizes.
+    /// Values a layer of kind `kind` keeps per token in the paged blocks (see `v4::EntryLayout`):
+    /// its compressed entries only, each window's entry (the compressor's `head_dim` values, CSA's
+    /// indexer key after them) cut into one piece per token of the window: `⌈(head_dim +
+    /// index_head_dim) / csa_ratio⌉` for CSA, `⌈head_dim / hca_ratio⌉` for HCA, 0 for a sliding
+    /// layer. 160 and 4 at V4 sizes.
     pub fn cache_row(&self, kind: V4LayerKind) -> Result<usize, ModelError> {
+        let (hd, id) = (self.head_dim, self.indexer.index_head_dim);
+        Ok(match kind {
+            V4LayerKind::Sliding => 0,
+            V4LayerKind::Hca => hd.div_ceil(self.hca_ratio.max(1)),
+            V4LayerKind::Csa => sum("index_head_dim", &[hd, id])?.div_ceil(self.csa_ratio.max(1)),
+        })
+    }
+
+    /// Values a layer of kind `kind` keeps per token of its window state (see
+    /// `v4::RowLayout`), held per sequence for its last tokens only: the window key (`head_dim`)
+    /// and, with a compressor, its per-token `kv` and `gate` projections (`2·head_dim` each for
+    /// CSA's two series, `head_dim` for HCA; CSA's indexer `2·index_head_dim` each). Sliding
+    /// 512, HCA 1536, CSA 3072 at V4 sizes.
+    pub fn window_row(&self, kind: V4LayerKind) -> Result<usize, ModelError> {
         let (hd, id) = (self.head_dim, self.indexer.index_head_dim);
         match kind {
             V4LayerKind::Sliding => Ok(hd),
-            V4LayerKind::Hca => mul("head_dim", 4, hd),
+            V4LayerKind::Hca => mul("head_dim", 3, hd),
             V4LayerKind::Csa => sum(
                 "index_head_dim",
-                &[mul("head_dim", 6, hd)?, mul("index_head_dim", 5, id)?],
+                &[mul("head_dim", 5, hd)?, mul("index_head_dim", 4, id)?],
             ),
         }
+    }
+
+    /// What a sequence keeps of its last tokens outside the paged blocks ([`RingSpec`]).
+    pub fn ring_spec(&self) -> Result<RingSpec, ModelError> {
+        let window = self.sliding_window.saturating_sub(1);
+        let has = |k: V4LayerKind| self.layers.iter().any(|l| l.kind == k);
+        // The windows a step may complete start at most `series·ratio - 1` tokens back.
+        let mut need = window;
+        let mut tail = window;
+        let mut every = 1usize;
+        for (kind, ratio, series) in [
+            (V4LayerKind::Csa, self.csa_ratio, 2),
+            (V4LayerKind::Hca, self.hca_ratio, 1),
+        ] {
+            if has(kind) {
+                need = need.max(mul("compress_ratios", series, ratio)?.saturating_sub(1));
+                // From a boundary every window ends at, CSA still reads the previous one.
+                tail = tail.max((series - 1) * ratio);
+                every = lcm(every, ratio).ok_or_else(|| {
+                    cfg_err("compress_ratios", "the ratios' common multiple overflows")
+                })?;
+            }
+        }
+        Ok(RingSpec {
+            widths: self
+                .layers
+                .iter()
+                .map(|l| self.window_row(l.kind))
+                .collect::<Result<_, _>>()?,
+            need,
+            tail,
+            every,
+        })
     }
 
     /// Input width of one group of the grouped output projection:
@@ -170,6 +218,12 @@ impl Config {
             Some(v) => v.layers.iter().map(|l| v.cache_row(l.kind)).collect(),
             None => Ok(vec![self.latent_dim()?; self.num_hidden_layers]),
         }
+    }
+
+    /// What each sequence keeps of its last tokens outside the paged blocks (DeepSeek-V4's window
+    /// state), `None` for models that keep everything in the blocks.
+    pub fn ring_spec(&self) -> Result<Option<RingSpec>, ModelError> {
+        self.v4().map(V4Config::ring_spec).transpose()
     }
 
     /// The V4 part's bounds, relations and matrix shapes (from [`Config::validate`]).

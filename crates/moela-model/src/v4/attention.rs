@@ -20,11 +20,11 @@ use moela_kernels::{
     parallel_chunks, rms_norm_in_place, rows_matmul, rows_weighted_sum, QMat, RowData,
 };
 
-use crate::cache::{BatchCache, LayerView, SeqCache};
+use crate::cache::{BatchCache, LayerView, RingView, SeqCache};
 use crate::model::{Attend, SeqInput, Step};
 use crate::rope::RopeTable;
 
-use super::V4Attention;
+use super::{EntryLayout, V4Attention};
 
 /// `x · 1/sqrt(mean(x²) + eps)` (mean in f64), in place.
 fn unweighted_rms_norm(x: &mut [f32], eps: f32) {
@@ -111,27 +111,40 @@ impl V4Attention {
         put_cols(rows, w, comp.cols.gate, &gate);
     }
 
-    /// The entries the new tokens complete (`(token row, entry column, values)`), from the
-    /// projections now in `views`.
+    /// The windows the new tokens complete, `(sequence, window, entry)`: each entry (laid out
+    /// as `at`) pooled from the projections now in the rings.
     fn new_entries(
         &self,
-        views: &[LayerView<'_>],
+        ring: &[RingView<'_>],
         queries: &[Query],
+        at: &EntryLayout,
     ) -> Vec<(usize, usize, Vec<f32>)> {
         let d = &self.dims;
         let comps = [
             self.compressor.as_ref(),
             self.indexer.as_ref().map(|ix| &ix.compressor),
         ];
-        let mut out = Vec::new();
-        for comp in comps.into_iter().flatten() {
-            for (t, q) in queries.iter().enumerate() {
-                if (q.pos + 1) % comp.ratio == 0 {
-                    let w = (q.pos + 1) / comp.ratio - 1;
-                    let e = comp.entry(&views[q.seq], w, &d.rope, d.rope_dim, d.eps);
-                    out.push((t, comp.cols.entry, e));
+        queries
+            .iter()
+            .filter(|q| (q.pos + 1).is_multiple_of(at.ratio))
+            .map(|q| {
+                let w = (q.pos + 1) / at.ratio - 1;
+                let mut e = vec![0.0f32; at.total];
+                for comp in comps.into_iter().flatten() {
+                    let v = comp.entry(&ring[q.seq], w, &d.rope, d.rope_dim, d.eps);
+                    e[comp.cols.entry..comp.cols.entry + v.len()].copy_from_slice(&v);
                 }
-            }
+                (q.seq, w, e)
+            })
+            .collect()
+    }
+
+    /// The compressor entries (`head_dim` values each) of windows `ws` in `view`: `[ws, head_dim]`.
+    fn gather_entries(&self, view: &LayerView<'_>, at: &EntryLayout, ws: &[usize]) -> Vec<f32> {
+        let hd = self.dims.head_dim;
+        let mut out = vec![0.0f32; ws.len() * hd];
+        for (o, &w) in out.chunks_exact_mut(hd).zip(ws) {
+            at.read(view, w, 0, o);
         }
         out
     }
@@ -156,34 +169,28 @@ impl V4Attention {
         }
     }
 
-    /// One query's attention over its window and `entries`, every head: `[heads, head_dim]`
-    /// into `out`, the rope dims rotated back at the query's position (row `t` of `rope`).
+    /// One query's attention over its window (from `ring`) and the compressed `entries` it
+    /// sees (`[n, head_dim]`), every head: `[heads, head_dim]` into `out`, the rope dims rotated
+    /// back at the query's position (row `t` of `rope`).
     fn attend_one(
         &self,
-        view: &LayerView<'_>,
+        ring: &RingView<'_>,
         q: &[f32],
         pos: usize,
-        entries: &[usize],
+        entries: &[f32],
         rope: (&RopeTable, usize),
         out: &mut [f32],
     ) {
         let d = &self.dims;
         let hd = d.head_dim;
         let first = (pos + 1).saturating_sub(d.window);
-        let ratio = self.compressor.as_ref().map_or(1, |c| c.ratio);
-        let entry_col = self
-            .compressor
-            .as_ref()
-            .map_or(0, |c: &super::Compressor| c.cols.entry);
-        // Keys (= values): the window's rows, then the entries' rows.
-        let rows: Vec<(usize, usize)> = (first..=pos)
-            .map(|u| (u, 0))
-            .chain(entries.iter().map(|&w| ((w + 1) * ratio - 1, entry_col)))
-            .collect();
-        let mut keys = vec![0.0f32; rows.len() * hd];
-        for (k, &(u, col)) in keys.chunks_exact_mut(hd).zip(&rows) {
-            view.copy_row(u, col, k);
+        // Keys (= values): the window's rows, then the entries.
+        let n_win = pos + 1 - first;
+        let mut keys = vec![0.0f32; n_win * hd + entries.len()];
+        for (k, u) in keys.chunks_exact_mut(hd).zip(first..=pos) {
+            ring.copy_row(u, 0, k);
         }
+        keys[n_win * hd..].copy_from_slice(entries);
         attend_keys(q, &keys, d.scale, &self.sinks, out);
         for oh in out.chunks_exact_mut(hd) {
             rope.0.apply_inverse(rope.1, &mut oh[hd - d.rope_dim..]);
@@ -250,17 +257,21 @@ impl Attend for V4Attention {
             .enumerate()
             .flat_map(|(i, &(s, n))| (s.len()..s.len() + n).map(move |pos| Query { seq: i, pos }))
             .collect();
-        // Write the rows, pool the windows the new tokens complete from what is cached, and
-        // write those entries into their completing rows.
-        let mut views = cache.write_and_view(&seqs, step.layer, &rows);
-        let entries = self.new_entries(&views, &queries);
-        if !entries.is_empty() {
-            drop(views);
-            for (t, col, e) in &entries {
-                rows[t * width + col..t * width + col + e.len()].copy_from_slice(e);
+        // The ring rows first; then the windows the new tokens complete, pooled from the rings
+        // and written into their tokens' rows of the blocks.
+        let l = step.layer;
+        cache.write_ring(&seqs, l, &rows);
+        if let Some(at) = &d.entries {
+            let done = self.new_entries(&cache.ring_views(&seqs, l), &queries, at);
+            for (i, w, e) in &done {
+                cache.write_at(seqs[*i].0, l, w * at.ratio, &at.pieces(e));
             }
-            views = cache.write_and_view(&seqs, step.layer, &rows);
         }
+        let ring = cache.ring_views(&seqs, l);
+        let views = match d.entries {
+            Some(_) => cache.views(&seqs, l),
+            None => Vec::new(),
+        };
         // Each query's compressed entries (CSA: the indexer's choice).
         let mut chosen: Vec<Vec<usize>> = vec![Vec::new(); n_tok];
         let idim = self.indexer.as_ref().map_or(0, |ix| ix.compressor.cols.dim);
@@ -271,11 +282,11 @@ impl Attend for V4Attention {
             .iter()
             .fold(n_tok, |w, &f| w.saturating_mul(f));
         // The indexer keys each sequence's queries may see, gathered once.
-        let index_keys: Vec<Vec<f32>> = match (&self.indexer, &self.compressor) {
-            (Some(ix), Some(c)) => seqs
+        let index_keys: Vec<Vec<f32>> = match (&self.indexer, &d.entries) {
+            (Some(ix), Some(at)) => seqs
                 .iter()
                 .zip(&views)
-                .map(|(&(s, n), v)| ix.entry_keys(v, (s.len() + n) / c.ratio))
+                .map(|(&(s, n), v)| ix.entry_keys(v, at, (s.len() + n) / at.ratio))
                 .collect(),
             _ => vec![Vec::new(); seqs.len()],
         };
@@ -301,12 +312,33 @@ impl Attend for V4Attention {
         let work = [keys, h, hd, 2]
             .iter()
             .fold(n_tok, |w, &f| w.saturating_mul(f));
+        // HCA's entries (each query sees all visible ones), gathered once per sequence.
+        let all: Vec<Vec<f32>> = match (&d.entries, &self.indexer) {
+            (Some(at), None) => seqs
+                .iter()
+                .zip(&views)
+                .map(|(&(s, n), v)| {
+                    let ws: Vec<usize> = (0..(s.len() + n) / at.ratio).collect();
+                    self.gather_entries(v, at, &ws)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         parallel_chunks(&mut heads, h * hd, work, |t, out| {
             let q_t = &q[t * h * hd..(t + 1) * h * hd];
             let qy = queries[t];
-            self.attend_one(&views[qy.seq], q_t, qy.pos, &chosen[t], (&rope, t), out);
+            let picked;
+            let entries: &[f32] = match (&d.entries, all.get(qy.seq)) {
+                (Some(_), Some(all)) => &all[..chosen[t].len() * hd],
+                (Some(at), None) => {
+                    picked = self.gather_entries(&views[qy.seq], at, &chosen[t]);
+                    &picked
+                }
+                (None, _) => &[],
+            };
+            self.attend_one(&ring[qy.seq], q_t, qy.pos, entries, (&rope, t), out);
         });
-        drop(views);
+        drop((ring, views));
         step.record("heads", &heads);
         self.output(&heads, n_tok)
     }

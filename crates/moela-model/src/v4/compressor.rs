@@ -1,4 +1,5 @@
-//! DeepSeek-V4's compressed branches, read from the cache rows (`RowLayout`).
+//! DeepSeek-V4's compressed branches: entries pooled from the ring rows (`RowLayout`), kept in
+//! the blocks (`EntryLayout`).
 //!
 //! **Entries.** Window `w` (tokens `w·r..(w+1)·r`, `r` = ratio) becomes one entry once its last
 //! token is cached: per channel `c`, `Σ_j softmax_j(gate_j[c] + bias_j[c]) · kv_j[c]` over its
@@ -19,18 +20,18 @@
 
 use moela_kernels::{rows_matmul, RowData};
 
-use crate::cache::LayerView;
+use crate::cache::{LayerView, RingView};
 use crate::rope::Rope;
 
-use super::{Compressor, V4Indexer};
+use super::{Compressor, EntryLayout, V4Indexer};
 
 impl Compressor {
-    /// The entry of window `w` from the projections cached in `view` (every row of the window,
-    /// and of the previous one for CSA, must be written), with `rope` at `w·ratio` on its
+    /// The entry of window `w` from the projections in the ring `view` (every row of the
+    /// window, and of the previous one for CSA, must be held), with `rope` at `w·ratio` on its
     /// trailing `rope_dim` values.
     pub(crate) fn entry(
         &self,
-        view: &LayerView<'_>,
+        view: &RingView<'_>,
         w: usize,
         rope: &Rope,
         rope_dim: usize,
@@ -77,13 +78,18 @@ impl Compressor {
 }
 
 impl V4Indexer {
-    /// The indexer keys of the first `visible` entries cached in `view`: `[visible, dim]`.
-    pub(crate) fn entry_keys(&self, view: &LayerView<'_>, visible: usize) -> Vec<f32> {
+    /// The indexer keys of the first `visible` entries in `view` (laid out as `at`):
+    /// `[visible, dim]`.
+    pub(crate) fn entry_keys(
+        &self,
+        view: &LayerView<'_>,
+        at: &EntryLayout,
+        visible: usize,
+    ) -> Vec<f32> {
         let c = &self.compressor.cols;
-        let r = self.compressor.ratio;
         let mut keys = vec![0.0f32; visible * c.dim];
         for (w, k) in keys.chunks_exact_mut(c.dim).enumerate() {
-            view.copy_row((w + 1) * r - 1, c.entry, k);
+            at.read(view, w, c.entry, k);
         }
         keys
     }

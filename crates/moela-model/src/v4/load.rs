@@ -118,6 +118,11 @@ pub(crate) fn load_attention(
         },
         (kind == V4LayerKind::Csa).then_some(ix.index_head_dim),
     );
+    // The entry a window leaves in the blocks: the compressor's, then CSA's indexer key.
+    let entries = v.ratio(kind).map(|ratio| {
+        let index = row.indexer.map_or(0, |c| c.dim);
+        super::EntryLayout::new(ratio, hd + index)
+    });
     let rope = match kind {
         V4LayerKind::Sliding => Rope::interleaved(v.qk_rope_head_dim, cfg.rope_theta, cfg.yarn()),
         _ => Rope::interleaved(
@@ -190,6 +195,7 @@ pub(crate) fn load_attention(
             scale: (1.0 / (hd as f64).sqrt()) as f32,
             rope,
             row,
+            entries,
         },
     })
 }

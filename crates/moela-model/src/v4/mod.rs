@@ -4,13 +4,17 @@
 //! and CSA's indexer), its hyper-connections (`hyper.rs`) and its weights (`load.rs`,
 //! transformers' tensor names). The MoE (√softplus, hash routing, SwiGLU clamp) is `moe.rs`'s.
 //!
-//! **The cache row.** Everything a V4 layer keeps per token lives in that token's row of the
-//! paged pool ([`RowLayout`]): its window key, its compressor inputs (the per-token `kv` and
-//! `gate` projections the softmax pooling reads), and — in the row of the token that completes
-//! a window — that window's compressed entry (and CSA's indexer key). A window still filling is
-//! just the rows of its tokens so far; nothing mutable lives outside the paged rows, so a
-//! token's row depends only on the tokens up to it, and decoding one token at a time, chunked
-//! prefill, prefix sharing and truncation all read what one prefill would have written.
+//! **The cache.** A V4 layer keeps two things per token (`cache.rs`'s window state):
+//! - in the sequence's ring, for its last tokens only ([`RowLayout`]): the window key and the
+//!   compressor inputs (the per-token `kv` and `gate` projections the softmax pooling reads);
+//! - in the paged blocks, for good ([`EntryLayout`]): each completed window's compressed entry
+//!   (and CSA's indexer key), cut into one piece per token of the window — 160 + 4 values per
+//!   token at V4 sizes (CSA + HCA), 328 bytes in f16.
+//!
+//! A window's entry is computed from the ring when its last token arrives and written into its
+//! tokens' rows; decoding one token at a time, chunked prefill, prefix reuse (from a boundary
+//! that every window ends at) and truncation (within `MAX_ROLLBACK`) all read what one prefill
+//! would have written.
 
 mod attention;
 mod compressor;
@@ -19,6 +23,7 @@ mod load;
 
 use moela_kernels::QMat;
 
+use crate::cache::LayerView;
 use crate::rope::Rope;
 use crate::weights::TensorRef;
 
@@ -26,10 +31,10 @@ pub(crate) use hyper::Mix;
 pub(crate) use load::names::TID2EID;
 pub(crate) use load::{load_attention, load_head, load_hyper, load_moe};
 
-/// Where a V4 layer's values sit in its cache row (columns; all f32 or all f16 as the pool).
+/// Where a V4 layer's values sit in its ring row (columns; all f32 or all f16 as the pool).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RowLayout {
-    /// The row's width (`V4Config::cache_row`).
+    /// The row's width (`V4Config::window_row`).
     pub width: usize,
     /// The window key (= value) after `kv_norm` and RoPE: columns `0..head_dim`.
     pub head_dim: usize,
@@ -39,14 +44,15 @@ pub struct RowLayout {
     pub indexer: Option<CompressorCols>,
 }
 
-/// A compressor's columns in the cache row.
+/// A compressor's columns in the ring row, and where its entry sits in a window's entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CompressorCols {
     /// The token's `kv` projection (`series · dim` values: CSA's two series, HCA's one).
     pub kv: usize,
     /// The token's `gate` projection (as wide), without the position bias.
     pub gate: usize,
-    /// The entry (`dim` values) of the window this token completes; unused in other rows.
+    /// Its entry's first value within the window's entry (the compressor's, then CSA's
+    /// indexer key: [`EntryLayout`]).
     pub entry: usize,
     /// Width of one series and of an entry.
     pub dim: usize,
@@ -55,19 +61,59 @@ pub struct CompressorCols {
 }
 
 impl CompressorCols {
-    fn at(start: usize, dim: usize, series: usize) -> CompressorCols {
+    fn at(start: usize, entry: usize, dim: usize, series: usize) -> CompressorCols {
         CompressorCols {
             kv: start,
             gate: start + series * dim,
-            entry: start + 2 * series * dim,
+            entry,
             dim,
             series,
         }
     }
 
-    /// One past the last column.
+    /// One past the last ring column.
     fn end(&self) -> usize {
-        self.entry + self.dim
+        self.gate + self.series * self.dim
+    }
+}
+
+/// Where a compressed layer keeps its entries in the paged blocks: window `w`'s entry (`total`
+/// values: the compressor's, then CSA's indexer key) cut into `ratio` pieces of `share` values
+/// (the last zero-padded), piece `j` in the row of token `w·ratio + j`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryLayout {
+    pub ratio: usize,
+    /// Values per token (`V4Config::cache_row`).
+    pub share: usize,
+    pub total: usize,
+}
+
+impl EntryLayout {
+    pub fn new(ratio: usize, total: usize) -> EntryLayout {
+        EntryLayout {
+            ratio,
+            share: total.div_ceil(ratio.max(1)),
+            total,
+        }
+    }
+
+    /// Values `from..from + out.len()` of window `w`'s entry, from its tokens' rows in `view`.
+    pub(crate) fn read(&self, view: &LayerView<'_>, w: usize, from: usize, out: &mut [f32]) {
+        let (mut i, mut o) = (from, 0);
+        while o < out.len() {
+            let (j, c) = (i / self.share, i % self.share);
+            let n = (self.share - c).min(out.len() - o);
+            view.copy_row(w * self.ratio + j, c, &mut out[o..o + n]);
+            i += n;
+            o += n;
+        }
+    }
+
+    /// The rows (`[ratio, share]`) that hold `entry`.
+    pub(crate) fn pieces(&self, entry: &[f32]) -> Vec<f32> {
+        let mut rows = vec![0.0f32; self.ratio * self.share];
+        rows[..entry.len()].copy_from_slice(entry);
+        rows
     }
 }
 
@@ -75,9 +121,9 @@ impl RowLayout {
     /// The layout of a layer with `head_dim`-wide heads, a compressor of `series` series if
     /// any, and CSA's indexer of `index_dim`-wide keys if any (sizes checked by the config).
     pub fn new(head_dim: usize, compressor: Option<usize>, index_dim: Option<usize>) -> RowLayout {
-        let compressor = compressor.map(|series| CompressorCols::at(head_dim, head_dim, series));
+        let compressor = compressor.map(|series| CompressorCols::at(head_dim, 0, head_dim, series));
         let end = compressor.map_or(head_dim, |c| c.end());
-        let indexer = index_dim.map(|d| CompressorCols::at(end, d, 2));
+        let indexer = index_dim.map(|d| CompressorCols::at(end, head_dim, d, 2));
         RowLayout {
             width: indexer.map_or(end, |c| c.end()),
             head_dim,
@@ -131,6 +177,8 @@ pub struct V4Dims {
     /// otherwise (queries, window keys, entries, the output's inverse, the indexer).
     pub rope: Rope,
     pub row: RowLayout,
+    /// Where a compressed layer's entries sit in the blocks.
+    pub entries: Option<EntryLayout>,
 }
 
 /// One V4 attention layer's weights (`self_attn.*`).
@@ -261,10 +309,13 @@ mod tests {
         assert_eq!(RowLayout::new(32, None, None).width, 32);
         let hca = RowLayout::new(32, Some(1), None);
         let c = hca.compressor.unwrap();
-        assert_eq!((c.kv, c.gate, c.entry, hca.width), (32, 64, 96, 128));
+        assert_eq!((c.kv, c.gate, c.entry, hca.width), (32, 64, 0, 96));
         let csa = RowLayout::new(32, Some(2), Some(16));
         let (c, ix) = (csa.compressor.unwrap(), csa.indexer.unwrap());
-        assert_eq!((c.kv, c.gate, c.entry), (32, 96, 160));
-        assert_eq!((ix.kv, ix.gate, ix.entry, csa.width), (192, 224, 256, 272));
+        assert_eq!((c.kv, c.gate, c.entry), (32, 96, 0));
+        assert_eq!((ix.kv, ix.gate, ix.entry, csa.width), (160, 192, 32, 224));
+        // Entries: CSA's 32 + 16 values over 4 tokens, HCA's 32 over 128 (one value each).
+        assert_eq!(EntryLayout::new(4, 48).share, 12);
+        assert_eq!(EntryLayout::new(128, 32).share, 1);
     }
 }
