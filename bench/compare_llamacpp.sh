@@ -242,8 +242,11 @@ cache_rows = []
 for d in depths:
     lc = llama_cache_mib(d)
     bpt, _ = moela(f"depth-{d}", "kv_bytes_per_token")
+    # plus what a sequence keeps outside the blocks (DeepSeek-V4's window state), as llama.cpp's
+    # figure includes its compressor states
+    ws, _ = moela(f"depth-{d}", "kv_window_state_bytes_per_sequence")
     if lc is not None or bpt is not None:
-        mc = bpt * d / 2**20 if bpt is not None else None
+        mc = (bpt * d + (ws or 0)) / 2**20 if bpt is not None else None
         cache_rows.append((f"cache for {d} tokens (MiB)", (lc, None), (mc, None)))
 
 size = os.path.getsize(file) if os.path.exists(file) else 0

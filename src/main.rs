@@ -1078,6 +1078,10 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
     let r = moela_engine::run_bench(&m.model, &cfg).map_err(engine_error)?;
     let c = &m.model.config;
     let kv_bytes_per_token = c.kv_bytes_per_token(m.model.kv_type())?;
+    // DeepSeek-V4's window state, kept per sequence outside the blocks (0 for other models).
+    let window_state = c.ring_spec()?.map_or(0, |r| {
+        r.bytes(m.model.kv_type(), moela_model::DEFAULT_BLOCK_TOKENS)
+    });
     let rss = moela_engine::peak_rss_bytes();
     let threads = moela_kernels::num_threads();
     // Weights copied into anonymous memory in a repacked layout (0 with --mmap-only).
@@ -1111,6 +1115,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 "load_s": load_s,
                 "peak_rss_bytes": rss,
                 "kv_bytes_per_token": kv_bytes_per_token,
+                "kv_window_state_bytes_per_sequence": window_state,
                 "repacked_weight_bytes": repacked,
                 "threads": threads,
                 "isa": format!("{:?}", moela_kernels::Isa::best()),
@@ -1152,6 +1157,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
         }
         println!("peak RSS:     {}", rss.map_or("unknown".into(), bytes));
         println!("KV cache:     {kv_bytes_per_token} B/token");
+        if window_state > 0 {
+            println!(
+                "window state: {} per sequence at most",
+                bytes(window_state as u64)
+            );
+        }
     }
     Ok(())
 }
