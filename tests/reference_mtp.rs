@@ -1,7 +1,8 @@
 //! DeepSeek's MTP layer against its reference (`tools/make_mtp_fixture.py`: the V3 fixture plus a
-//! random MTP layer, computed with transformers' own decoder layer in float64): the NLL of
-//! `t_{p+2}` at every position within 1e-4, the same argmax, in one pass and fed a few rows at a
-//! time; a checkpoint whose config declares MTP but ships no weights loads without it.
+//! random MTP layer, computed with transformers' own decoder layer in float64;
+//! `tools/make_v4_mtp_fixture.py`: the same for DeepSeek-V4's, with its hyper-connection streams):
+//! the NLL of `t_{p+2}` at every position within 1e-4, the same argmax, in one pass and fed a few
+//! rows at a time; a checkpoint whose config declares MTP but ships no weights loads without it.
 
 mod common;
 
@@ -11,12 +12,12 @@ use moela_loader::Checkpoint;
 use moela_model::{ForwardOptions, Logits, Model, MtpInput, SeqInput};
 use serde_json::Value;
 
-fn golden() -> Value {
-    let p = case_dir("v3_mtp").join("mtp_golden.json");
+fn golden(case: &str) -> Value {
+    let p = case_dir(case).join("mtp_golden.json");
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
-/// The main model's final residual of every token of `tokens`, in one pass.
+/// The main model's final residual (V4: its streams) of every token of `tokens`, in one pass.
 fn hidden(m: &Model, tokens: &[u32]) -> Vec<f32> {
     let mut cache = m.new_cache();
     let mut s = [SeqInput {
@@ -32,7 +33,7 @@ fn hidden(m: &Model, tokens: &[u32]) -> Vec<f32> {
 
 /// MTP logits of rows `0..tokens.len() - 1`, fed `chunk` rows per pass: `[T - 1, vocab]`.
 fn mtp_logits(m: &Model, tokens: &[u32], h: &[f32], chunk: usize) -> Vec<f32> {
-    let d = m.config.hidden_size;
+    let d = h.len() / tokens.len();
     let pool = m.new_mtp_pool(16, None, false).unwrap();
     let mut cache = pool.new_seq();
     let rows = tokens.len() - 1;
@@ -57,26 +58,37 @@ fn mtp_logits(m: &Model, tokens: &[u32], h: &[f32], chunk: usize) -> Vec<f32> {
 
 #[test]
 fn mtp_layer_matches_the_reference() {
-    let model = Checkpoint::open(&case_dir("v3_mtp"))
+    mtp_case("v3_mtp", &[128, 1, 7]);
+}
+
+/// DeepSeek-V4's MTP layer: its streams, its own stream collapse, a sliding-window block over its
+/// own window state (chunks of 5 and 13 cross the 12-token window).
+#[test]
+fn v4_mtp_layer_matches_the_reference() {
+    mtp_case("v4_mtp", &[299, 1, 5, 13]);
+}
+
+fn mtp_case(case: &str, chunks: &[usize]) {
+    let model = Checkpoint::open(&case_dir(case))
         .unwrap()
         .load_model(false)
         .unwrap();
     assert!(model.has_mtp());
-    let g = golden();
+    let g = golden(case);
     let tokens = ids(&g["tokens"]);
     let want = floats(&g["mtp_nll"]);
     let argmax = ids(&g["mtp_argmax"]);
     let margin = floats(&g["mtp_margin"]);
     let v = model.config.vocab_size;
     let h = hidden(&model, &tokens);
-    for chunk in [tokens.len(), 1, 7] {
+    for &chunk in chunks {
         let logits = mtp_logits(&model, &tokens, &h, chunk);
         let got: Vec<f64> = (0..tokens.len() - 2)
             .map(|p| token_nll(&logits[p * v..(p + 1) * v], tokens[p + 2]))
             .collect();
         let err = max_abs_diff(&got, &want);
         println!(
-            "MTP, {chunk} rows per pass: max |ΔNLL| = {err:.2e} over {} positions",
+            "{case} MTP, {chunk} rows per pass: max |ΔNLL| = {err:.2e} over {} positions",
             got.len()
         );
         assert!(err < 1e-4, "chunk {chunk}: {err}");

@@ -664,7 +664,7 @@ impl Engine {
         match result {
             Ok((logits, hidden)) => {
                 let vocab = self.model.config.vocab_size;
-                let d = self.model.config.hidden_size;
+                let d = self.model.residual_width();
                 for (j, (inp, mut rows)) in inputs.iter().zip(logits).enumerate() {
                     let s = &mut self.running[inp.seq];
                     if let (Some(m), Some(h)) = (s.mtp.as_mut(), hidden.get(j)) {

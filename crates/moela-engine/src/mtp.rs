@@ -50,7 +50,7 @@ pub(crate) fn catch_up(
     model: &Model,
     seqs: &mut [CatchUp<'_>],
 ) -> Result<(), moela_model::ModelError> {
-    let d = model.config.hidden_size;
+    let d = model.residual_width();
     let mut batch: Vec<MtpInput<'_>> = Vec::new();
     let mut who: Vec<usize> = Vec::new();
     let mut pending: Vec<Vec<f32>> = Vec::new();

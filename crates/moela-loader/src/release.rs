@@ -111,6 +111,27 @@ pub(crate) fn v4_transformers_name(release: &str) -> String {
 /// for rows of transformers' stacked `mlp.experts.gate_up_proj` / `down_proj`.
 pub(crate) struct V4ReleaseNames {
     stored: HashMap<String, String>,
+    /// Decoder layers (`layers.N.*`); the MTP layers (`mtp.I.*`) are the model's layers after them.
+    layers: usize,
+}
+
+/// The name Moela asks for DeepSeek-V4 MTP tensor `release` (`mtp.I.*`) by, with `layers`
+/// decoder layers: its block's tensors as layer `layers + I`'s, and `enorm`, `hnorm`, `e_proj`,
+/// `h_proj`, `shared_head.norm` (the release's `norm`) and `hc_head.*` under that layer.
+fn v4_mtp_name(release: &str, layers: usize) -> Option<String> {
+    let (i, suffix) = release.strip_prefix("mtp.")?.split_once('.')?;
+    let l = layers.checked_add(i.parse().ok()?)?;
+    let p = format!("model.layers.{l}");
+    Some(match suffix {
+        "e_proj.weight" | "h_proj.weight" | "enorm.weight" | "hnorm.weight" => {
+            format!("{p}.{suffix}")
+        }
+        "norm.weight" => format!("{p}.shared_head.norm.weight"),
+        "hc_head_fn" => format!("{p}.hc_head.hc_fn"),
+        "hc_head_base" => format!("{p}.hc_head.hc_base"),
+        "hc_head_scale" => format!("{p}.hc_head.hc_scale"),
+        _ => v4_transformers_name(&format!("layers.{l}.{suffix}")),
+    })
 }
 
 impl V4ReleaseNames {
@@ -120,11 +141,25 @@ impl V4ReleaseNames {
         if !tensors.clone().any(|t| t == "embed.weight") {
             return None;
         }
+        let layers = tensors
+            .clone()
+            .filter_map(|t| {
+                t.strip_prefix("layers.")?
+                    .split_once('.')?
+                    .0
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |l| l + 1);
         let stored = tensors
             .filter(|t| !t.ends_with(".scale")) // FP8/FP4 scales go with their weights
-            .map(|t| (v4_transformers_name(t), t.to_string()))
+            .map(|t| {
+                let name = v4_mtp_name(t, layers).unwrap_or_else(|| v4_transformers_name(t));
+                (name, t.to_string())
+            })
             .collect();
-        Some(V4ReleaseNames { stored })
+        Some(V4ReleaseNames { stored, layers })
     }
 
     /// The stored name of requested tensor `name` (itself when it is not one of the renamed).
@@ -147,7 +182,12 @@ impl V4ReleaseNames {
                 ExpertProj::Up => "w3",
                 ExpertProj::Down => "w2",
             };
-            let stored = format!("layers.{}.ffn.experts.{}.{w}.weight", e.layer, e.expert);
+            let mtp = e.layer.checked_sub(self.layers).filter(|_| self.layers > 0);
+            let layer = match mtp {
+                Some(i) => format!("mtp.{i}"),
+                None => format!("layers.{}", e.layer),
+            };
+            let stored = format!("{layer}.ffn.experts.{}.{w}.weight", e.expert);
             (stored, e.rows, e.cols)
         }))
     }
@@ -313,6 +353,61 @@ mod tests {
         ] {
             assert_eq!(v4_transformers_name(release), hf, "{release}");
         }
+    }
+
+    /// The MTP layer (`mtp.0.*` after 43 decoder layers) is asked for as layer 43, its own parts
+    /// under that layer; its routed experts are read from `mtp.0.ffn.experts.*`.
+    #[test]
+    fn mtp_names_are_the_layer_after_the_decoder_layers() {
+        let stored = [
+            "embed.weight",
+            "layers.42.attn_norm.weight",
+            "mtp.0.e_proj.weight",
+            "mtp.0.e_proj.scale",
+            "mtp.0.h_proj.weight",
+            "mtp.0.enorm.weight",
+            "mtp.0.hnorm.weight",
+            "mtp.0.norm.weight",
+            "mtp.0.hc_head_fn",
+            "mtp.0.hc_head_scale",
+            "mtp.0.attn.wq_a.weight",
+            "mtp.0.attn_norm.weight",
+            "mtp.0.hc_attn_fn",
+        ];
+        let names = V4ReleaseNames::detect(stored.into_iter()).unwrap();
+        for (want, release) in [
+            ("model.layers.43.e_proj.weight", "mtp.0.e_proj.weight"),
+            ("model.layers.43.h_proj.weight", "mtp.0.h_proj.weight"),
+            ("model.layers.43.enorm.weight", "mtp.0.enorm.weight"),
+            ("model.layers.43.hnorm.weight", "mtp.0.hnorm.weight"),
+            (
+                "model.layers.43.shared_head.norm.weight",
+                "mtp.0.norm.weight",
+            ),
+            ("model.layers.43.hc_head.hc_fn", "mtp.0.hc_head_fn"),
+            ("model.layers.43.hc_head.hc_scale", "mtp.0.hc_head_scale"),
+            (
+                "model.layers.43.self_attn.q_a_proj.weight",
+                "mtp.0.attn.wq_a.weight",
+            ),
+            (
+                "model.layers.43.input_layernorm.weight",
+                "mtp.0.attn_norm.weight",
+            ),
+            ("model.layers.43.attn_hc.fn", "mtp.0.hc_attn_fn"),
+            (
+                "model.layers.42.input_layernorm.weight",
+                "layers.42.attn_norm.weight",
+            ),
+        ] {
+            assert_eq!(names.stored(want), release, "{want}");
+        }
+        let gu = "model.layers.43.mlp.experts.gate_up_proj";
+        let (w, d) = (32, 64);
+        assert_eq!(
+            names.expert(gu, &[6, 2 * w, d], 0, w).unwrap().unwrap(),
+            ("mtp.0.ffn.experts.0.w1.weight".into(), w, d)
+        );
     }
 
     #[test]

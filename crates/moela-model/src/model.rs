@@ -191,6 +191,13 @@ impl Model {
         &self.widths
     }
 
+    /// Values of one token's residual: `hidden_size`, DeepSeek-V4's `hc_mult` streams of it (what
+    /// [`Model::forward_hidden`] returns and the MTP layer reads).
+    pub fn residual_width(&self) -> usize {
+        let streams = self.weights.hc_head.as_ref().map_or(1, |hh| hh.streams);
+        self.config.hidden_size * streams
+    }
+
     /// The model's RoPE.
     pub(crate) fn rope(&self) -> &Rope {
         &self.rope
@@ -354,7 +361,8 @@ impl Model {
             true => split_rows(&h, width, wants.iter().map(|w| w.0)),
             false => Vec::new(),
         };
-        let out = self.logits(&h, width, &wants, &self.weights.norm);
+        let head = self.weights.hc_head.as_ref();
+        let out = self.logits(&h, width, &wants, &self.weights.norm, head);
         if let Some(t) = trace {
             t.extend(rec.into_trace());
         }
@@ -362,7 +370,7 @@ impl Model {
     }
 
     /// The logits of the rows each sequence asks for (`wants`: its row count and [`Logits`]) of
-    /// the residual `h` (`[T, width]`): DeepSeek-V4's streams collapsed, `norm`, then the head,
+    /// the residual `h` (`[T, width]`): DeepSeek-V4's streams collapsed (by `hc_head`), `norm`, then the head,
     /// every sequence's rows in one product (a decode step of many sequences reads the head
     /// once, not once per sequence).
     pub(crate) fn logits(
@@ -371,6 +379,7 @@ impl Model {
         width: usize,
         wants: &[(usize, Logits)],
         norm: &[f32],
+        hc_head: Option<&crate::v4::HyperHead>,
     ) -> Vec<Vec<f32>> {
         let lm_head: &QMat = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
         let mut hn = Vec::new();
@@ -386,7 +395,7 @@ impl Model {
             counts.push(rows.len());
             row0 += n;
         }
-        if let Some(head) = &self.weights.hc_head {
+        if let Some(head) = hc_head {
             hn = head.collapse(&hn);
         }
         rms_norm_in_place(&mut hn, norm, self.config.rms_norm_eps);

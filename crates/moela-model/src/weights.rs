@@ -46,6 +46,10 @@ mod hf {
     pub const MTP_HNORM: &str = "hnorm.weight";
     pub const MTP_EH_PROJ: &str = "eh_proj.weight";
     pub const MTP_HEAD_NORM: &str = "shared_head.norm.weight";
+    /// DeepSeek-V4's MTP layer: its two projections and its own stream collapse (`hc_head.*`).
+    pub const MTP_E_PROJ: &str = "e_proj.weight";
+    pub const MTP_H_PROJ: &str = "h_proj.weight";
+    pub const MTP_HC_HEAD: &str = "hc_head";
 
     /// Decoder layer `l`: `model.layers.{l}`.
     pub fn layer(l: usize) -> String {
@@ -297,29 +301,46 @@ impl Req<'_> {
     }
 
     /// DeepSeek's first MTP layer (`model.layers.{num_hidden_layers}`: `enorm`, `hnorm`,
-    /// `eh_proj`, a decoder block, `shared_head.norm`; its head and embedding are the model's),
-    /// for MLA models whose config declares one and whose checkpoint has its weights.
+    /// `eh_proj` (V4: `e_proj`, `h_proj`), a decoder block, `shared_head.norm` (V4: and its own
+    /// `hc_head`); its head and embedding are the model's), for MLA and V4 models whose config
+    /// declares one and whose checkpoint has its weights.
     fn mtp(&mut self, cfg: &Config) -> Result<Option<crate::mtp::MtpLayer>, ModelError> {
         let n = cfg.num_hidden_layers;
         let p = &hf::layer(n);
-        let mla = matches!(cfg.attention, Attention::Mla(_));
-        if cfg.num_nextn_predict_layers == 0
-            || !mla
-            || !self.src.contains(&hf::at(p, hf::MTP_EH_PROJ))
-        {
-            return Ok(None);
-        }
         let d = cfg.hidden_size;
-        let two_d = d.checked_mul(2).ok_or_else(|| ModelError::Config {
-            field: "hidden_size".into(),
-            msg: format!("{d} is too large"),
-        })?;
+        let proj = match &cfg.attention {
+            _ if cfg.num_nextn_predict_layers == 0 => return Ok(None),
+            Attention::Mla(_) if self.src.contains(&hf::at(p, hf::MTP_EH_PROJ)) => {
+                let two_d = d.checked_mul(2).ok_or_else(|| ModelError::Config {
+                    field: "hidden_size".into(),
+                    msg: format!("{d} is too large"),
+                })?;
+                crate::mtp::MtpProj::Fused(self.mat(&hf::at(p, hf::MTP_EH_PROJ), d, two_d)?)
+            }
+            Attention::V4(_) if self.src.contains(&hf::at(p, hf::MTP_E_PROJ)) => {
+                crate::mtp::MtpProj::Split {
+                    e: self.mat(&hf::at(p, hf::MTP_E_PROJ), d, d)?,
+                    h: self.mat(&hf::at(p, hf::MTP_H_PROJ), d, d)?,
+                }
+            }
+            _ => return Ok(None),
+        };
+        let hc_head = match cfg.v4() {
+            Some(v) => Some(crate::v4::load_head(
+                self.src,
+                cfg,
+                v,
+                &hf::at(p, hf::MTP_HC_HEAD),
+            )?),
+            None => None,
+        };
         Ok(Some(crate::mtp::MtpLayer {
             enorm: self.vec(&hf::at(p, hf::MTP_ENORM), d)?,
             hnorm: self.vec(&hf::at(p, hf::MTP_HNORM), d)?,
-            eh_proj: self.mat(&hf::at(p, hf::MTP_EH_PROJ), d, two_d)?,
+            proj,
             block: self.layer(cfg, n)?,
             norm: self.vec(&hf::at(p, hf::MTP_HEAD_NORM), d)?,
+            hc_head,
         }))
     }
 
@@ -571,7 +592,7 @@ impl Weights {
         let norm = req.vec(hf::NORM, d)?;
         let mtp = req.mtp(cfg)?.map(Box::new);
         let hc_head = match cfg.v4() {
-            Some(v) => Some(crate::v4::load_head(req.src, cfg, v)?),
+            Some(v) => Some(crate::v4::load_head(req.src, cfg, v, crate::v4::HC_HEAD)?),
             None => None,
         };
         let tied = cfg.tie_word_embeddings && !req.src.contains(hf::LM_HEAD);
@@ -661,13 +682,19 @@ impl Weights {
             }
         }
         let layers = self.layers.iter().enumerate();
-        let mtp = self.mtp.as_ref().map(|m| (self.layers.len(), &m.block));
+        // DeepSeek-V4's MTP layer has no name in the formats the exporters write.
+        let mtp = self.mtp.as_ref().and_then(|m| match &m.proj {
+            crate::mtp::MtpProj::Fused(_) => Some((self.layers.len(), &m.block)),
+            crate::mtp::MtpProj::Split { .. } => None,
+        });
         for (l, layer) in layers.chain(mtp) {
             let p = &hf::layer(l);
             if let Some(m) = self.mtp.as_ref().filter(|_| l == self.layers.len()) {
                 v.push((hf::at(p, hf::MTP_ENORM), Vector(&m.enorm)));
                 v.push((hf::at(p, hf::MTP_HNORM), Vector(&m.hnorm)));
-                v.push((hf::at(p, hf::MTP_EH_PROJ), Matrix(&m.eh_proj)));
+                if let crate::mtp::MtpProj::Fused(eh) = &m.proj {
+                    v.push((hf::at(p, hf::MTP_EH_PROJ), Matrix(eh)));
+                }
                 v.push((hf::at(p, hf::MTP_HEAD_NORM), Vector(&m.norm)));
             }
             v.push((hf::at(p, hf::ATTN_NORM), Vector(&layer.attn_norm)));

@@ -74,6 +74,8 @@ pub struct V4Config {
     pub hca_ratio: usize,
     /// Every decoder layer's attention kind and routing (MTP layers excluded).
     pub layers: Vec<V4Layer>,
+    /// The first MTP layer's (index `layers.len()`; used when the checkpoint has one).
+    pub mtp: V4Layer,
     /// θ of the compressed layers' RoPE (`compress_rope_theta`; the sliding layers use
     /// `Config::rope_theta`).
     pub compress_rope_theta: f64,
@@ -111,6 +113,15 @@ fn sum(field: &str, terms: &[usize]) -> Result<usize, ModelError> {
 }
 
 impl V4Config {
+    /// Layer `l`: a decoder layer, or the MTP layer right after them.
+    pub fn layer(&self, l: usize) -> Option<V4Layer> {
+        match l.cmp(&self.layers.len()) {
+            std::cmp::Ordering::Less => self.layers.get(l).copied(),
+            std::cmp::Ordering::Equal => Some(self.mtp),
+            std::cmp::Ordering::Greater => None,
+        }
+    }
+
     /// Tokens per compressed entry of a layer of kind `kind` (`None`: sliding only).
     pub fn ratio(&self, kind: V4LayerKind) -> Option<usize> {
         match kind {
@@ -149,6 +160,15 @@ impl V4Config {
                 &[mul("head_dim", 5, hd)?, mul("index_head_dim", 4, id)?],
             ),
         }
+    }
+
+    /// The MTP layer's cache: its block row width and its window state (a pool of one layer).
+    pub fn mtp_cache(&self) -> Result<(usize, RingSpec), ModelError> {
+        let one = V4Config {
+            layers: vec![self.mtp],
+            ..self.clone()
+        };
+        Ok((one.cache_row(self.mtp.kind)?, one.ring_spec()?))
     }
 
     /// What a sequence keeps of its last tokens outside the paged blocks ([`RingSpec`]).

@@ -105,7 +105,7 @@ pub(crate) fn load_attention(
     p: &str,
 ) -> Result<V4Attention, ModelError> {
     let (d, h, hd) = (cfg.hidden_size, cfg.num_attention_heads, v.head_dim);
-    let kind = v.layers.get(layer).map(|l| l.kind).ok_or_else(|| {
+    let kind = v.layer(layer).map(|l| l.kind).ok_or_else(|| {
         crate::config::cfg_err("layer_types", format!("no entry for layer {layer}"))
     })?;
     let ix = &v.indexer;
@@ -238,19 +238,20 @@ pub(crate) fn load_hyper(
     })
 }
 
-/// `model.hc_head`.
+/// A stream collapse at `p`: `model.hc_head`, or an MTP layer's.
 pub(crate) fn load_head(
     src: &mut dyn WeightSource,
     cfg: &Config,
     v: &V4Config,
+    p: &str,
 ) -> Result<HyperHead, ModelError> {
     let n = v.hc.hc_mult;
-    let name = at(names::HC_HEAD, "hc_scale");
+    let name = at(p, "hc_scale");
     let scale = src.load(&name, &[1])?;
     let scale = *scale.first().ok_or_else(|| tensor_err(&name, "no value"))?;
     Ok(HyperHead {
-        fn_: f32_mat(src, &at(names::HC_HEAD, "hc_fn"), n, n * cfg.hidden_size)?,
-        base: src.load(&at(names::HC_HEAD, "hc_base"), &[n])?,
+        fn_: f32_mat(src, &at(p, "hc_fn"), n, n * cfg.hidden_size)?,
+        base: src.load(&at(p, "hc_base"), &[n])?,
         scale,
         streams: n,
         hc_eps: v.hc.eps,
@@ -274,7 +275,7 @@ pub(crate) fn load_moe(
         m.moe_intermediate_size,
         m.num_experts_per_tok,
     );
-    let hash_moe = v.layers.get(layer).is_some_and(|l| l.hash_moe);
+    let hash_moe = v.layer(layer).is_some_and(|l| l.hash_moe);
     let (bias, hash) = match hash_moe {
         false => (Some(src.load(&at(p, names::ROUTER_BIAS), &[e])?), None),
         true => {

@@ -28,7 +28,7 @@ use crate::rope::Rope;
 use crate::weights::TensorRef;
 
 pub(crate) use hyper::Mix;
-pub(crate) use load::names::TID2EID;
+pub(crate) use load::names::{HC_HEAD, TID2EID};
 pub(crate) use load::{load_attention, load_head, load_hyper, load_moe};
 
 /// Where a V4 layer's values sit in its ring row (columns; all f32 or all f16 as the pool).

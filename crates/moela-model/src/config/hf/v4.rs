@@ -82,6 +82,7 @@ impl RawConfig {
                 .zip(hash)
                 .map(|(kind, hash_moe)| V4Layer { kind, hash_moe })
                 .collect(),
+            mtp: self.v4_mtp_layer(layers)?,
             compress_rope_theta,
             compress_yarn,
             indexer: IndexerConfig {
@@ -165,6 +166,34 @@ impl RawConfig {
                 _ => V4LayerKind::Hca,
             })
             .collect())
+    }
+
+    /// The first MTP layer (index `layers`): its `compress_ratios` entry (sliding when the
+    /// config lists none, as transformers' `layer_types` never does), routed unless
+    /// `num_hash_layers` reaches it.
+    fn v4_mtp_layer(&self, layers: usize) -> Result<V4Layer, ModelError> {
+        let kind = match self.compress_ratios.as_ref().and_then(|r| r.get(layers)) {
+            None => V4LayerKind::Sliding,
+            Some(c) => match c.0 {
+                0 => V4LayerKind::Sliding,
+                4 => V4LayerKind::Csa,
+                128 => V4LayerKind::Hca,
+                x => {
+                    return Err(cfg_err(
+                        "compress_ratios",
+                        format!("entry {layers}: {x} is not 0, 4 or 128"),
+                    ))
+                }
+            },
+        };
+        let hashed = match &self.mlp_layer_types {
+            Some(_) => 0,
+            None => n(self.num_hash_layers).unwrap_or(NUM_HASH_LAYERS),
+        };
+        Ok(V4Layer {
+            kind,
+            hash_moe: layers < hashed,
+        })
     }
 
     /// Which layers route by the `tid2eid` table: `mlp_layer_types` (one per layer), else the
