@@ -106,8 +106,9 @@ impl Isa {
 /// `Single`, one row at a time, or `Quad`, four rows side by side. `kernel_bench` on the AMD
 /// EPYC (Zen 4), 2 threads: expert-shaped 1408 × 2048 Q4_0 26.4 vs 14.5 GB/s, Q8_0 31.8 vs
 /// 17.7; BF16 4096 × 2048 (with the 512-bit kernel) ~31 vs ~19 (four interleaved row streams
-/// read slower than one); results are identical either way (each row sums alone). The Intel
-/// Xeon was not measured, so it keeps `Quad`, what it always ran.
+/// read slower than one); results are identical either way (each row sums alone). The packed
+/// `Q8_0`/`Q4_0` copies follow the same choice: one 8-row group at a time (`Single`) or four
+/// side by side. The Intel Xeon was not measured, so it keeps `Quad`, what it always ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileRowWalk {
     Single,

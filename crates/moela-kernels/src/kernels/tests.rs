@@ -256,7 +256,8 @@ fn check_packed(q: &QMat, n: usize, seed: u64) {
 
 /// Both walks of one-token products over file-layout rows ([`FileRowWalk`]: `Q8_0`, `Q4_0`,
 /// `MXFP4`, F32/F16/BF16) match the scalar twin and each other bit for bit, with row counts that
-/// leave a tail after the four-row tiles and float widths that end in partial vector steps.
+/// leave a tail after the four-row tiles and float widths that end in partial vector steps; the
+/// packed `Q8_0`/`Q4_0` copies (one 8-row group at a time, or four side by side) likewise.
 /// (Other tests may run meanwhile under either walk: both give the same bits.)
 #[test]
 fn file_row_walks_agree() {
@@ -280,9 +281,16 @@ fn file_row_walks_agree() {
                 let w = data(rows * cols, 9, 0.05);
                 let x = data(cols, 10, 1.0);
                 let q = QMat::from_f32(dtype, rows, cols, &w).unwrap();
+                let packed = matches!(dtype, DType::Q8_0 | DType::Q4_0) && rows % 8 == 0;
+                let p = packed.then(|| q.clone().into_packed());
                 for isa in fast_isas() {
                     let mut y = vec![f32::NAN; rows];
                     q.matmul_with(isa, &x, 1, &mut y);
+                    if let Some(p) = &p {
+                        let mut yp = vec![f32::NAN; rows];
+                        p.matmul_with(isa, &x, 1, &mut yp);
+                        y.extend(yp);
+                    }
                     outs.push((isa, walk, y));
                 }
             }
