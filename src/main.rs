@@ -874,6 +874,25 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         .map(|(d, (n, el))| format!("{d} ×{n} ({})", human(*el)))
         .collect();
     println!("tensors:      {}", list.join(", "));
+    if c.num_nextn_predict_layers > 0 {
+        // The first MTP layer's weights, in any of the names a checkpoint stores them by.
+        let n = c.num_hidden_layers;
+        let names = [
+            format!("model.layers.{n}.eh_proj.weight"),
+            format!("model.layers.{n}.e_proj.weight"),
+            "mtp.0.e_proj.weight".to_string(),
+            format!("blk.{n}.nextn.eh_proj.weight"),
+        ];
+        let present = ck.tensors().iter().any(|t| names.contains(&t.name));
+        println!(
+            "mtp:          {} layer(s) declared; {}",
+            c.num_nextn_predict_layers,
+            match present {
+                true => "weights present: drafts with them by default (--draft mtp)",
+                false => "no weights in the checkpoint: no MTP drafting",
+            }
+        );
+    }
     println!("file size:    {}", bytes(ck.file_bytes()));
     // Weights are used in place from the mapped file; MLA also keeps kv_b_proj as f32 per layer.
     match c.kv_b_f32_bytes()? {

@@ -369,9 +369,14 @@ fn inspect_shows_the_v4_layers_and_cache_bytes_per_token() {
         // Window state: sliding 32; CSA 5·32 + 4·16; HCA 3·32; the last 127 + 32 tokens.
         "window state: 352 values/token (1 × 32 (sliding_attention) + 1 × 224 (compressed_sparse_attention) + 1 × 96 (heavily_compressed_attention)) for a sequence's last 159 tokens",
         "at 1024 tokens: 52.0 KiB in blocks + 394.6 KiB window state",
+        "mtp:          1 layer(s) declared; no weights in the checkpoint: no MTP drafting",
     ] {
         assert!(out.contains(want), "missing {want}: {out}");
     }
+    let dir = case_dir("v4_mtp");
+    let o = moela(&["inspect", "--model", dir.to_str().unwrap()]);
+    let want = "mtp:          1 layer(s) declared; weights present: drafts with them by default";
+    assert!(stdout(&o).contains(want), "{}", stdout(&o));
 }
 
 #[test]
