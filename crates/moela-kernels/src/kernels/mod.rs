@@ -338,6 +338,8 @@ pub(crate) struct KernelSet {
     pub rows_dot: RowsDotFn,
     /// `g[i] = silu(g[i]) · u[i]` (SwiGLU's gate, see [`crate::ops::silu_mul`]).
     pub silu_mul: fn(&mut [f32], &[f32]),
+    /// `out[i] = q[i] · d` for `min(q.len(), out.len())` values (8-bit cache rows widened).
+    pub widen_q8: fn(&[i8], f32, &mut [f32]),
     /// `x[i] = e^(x[i] − shift)`, returning the sum of the results (softmax's inner step).
     pub exp_sum: fn(&mut [f32], f32) -> f32,
 }
@@ -360,6 +362,7 @@ static SCALAR: KernelSet = KernelSet {
     weighted_sum: scalar::weighted_sum,
     rows_dot: scalar::rows_dot,
     silu_mul: scalar::silu_mul,
+    widen_q8: scalar::widen_q8,
     exp_sum: scalar::exp_sum,
 };
 

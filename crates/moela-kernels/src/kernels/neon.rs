@@ -26,6 +26,7 @@ pub(crate) static KERNELS: KernelSet = KernelSet {
     weighted_sum: scalar::weighted_sum,
     rows_dot: scalar::rows_dot,
     silu_mul: scalar::silu_mul,
+    widen_q8: scalar::widen_q8,
     exp_sum: scalar::exp_sum,
 };
 

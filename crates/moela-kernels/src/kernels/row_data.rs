@@ -141,6 +141,8 @@ impl<'a> RowData<'a> {
             return self;
         };
         let rows = self.rows();
+        // Vectorized where the CPU allows (the scalar loop ran at SSE2 width).
+        let widen = super::best().widen_q8;
         scratch.clear();
         scratch.resize(rows * cols, 0.0);
         for (r, out) in scratch.chunks_exact_mut(cols.max(1)).enumerate() {
@@ -151,9 +153,7 @@ impl<'a> RowData<'a> {
                 let at = offset + r * stride + c;
                 let end = cols.min(c + 32 - at % 32);
                 let d = crate::fp::f16_to_f32(scales[at / 32]);
-                for (o, &q) in out[c..end].iter_mut().zip(&quants[c..end]) {
-                    *o = q as f32 * d;
-                }
+                widen(&quants[c..end], d, &mut out[c..end]);
                 c = end;
             }
         }

@@ -299,6 +299,13 @@ pub(crate) fn rows_dot(x: &[f32], n: usize, rows: RowData<'_>, y: &mut [f32]) {
 }
 
 /// `g[i] = silu(g[i]) · u[i]`.
+/// `out[i] = q[i] · d` (an 8-bit block widened to f32: exact conversion, one rounding).
+pub(crate) fn widen_q8(q: &[i8], d: f32, out: &mut [f32]) {
+    for (o, &v) in out.iter_mut().zip(q) {
+        *o = v as f32 * d;
+    }
+}
+
 pub(crate) fn silu_mul(g: &mut [f32], u: &[f32]) {
     assert_eq!(g.len(), u.len(), "silu_mul: lengths");
     for (a, &b) in g.iter_mut().zip(u) {

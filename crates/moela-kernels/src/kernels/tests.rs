@@ -701,6 +701,22 @@ fn row_views<'a>(
     ]
 }
 
+/// The SIMD widening of 8-bit values equals its scalar spec bit for bit, tails included.
+#[test]
+fn widen_q8_matches_scalar() {
+    let q: Vec<i8> = (0..77).map(|i| (i * 37 % 255) as i8).collect();
+    for n in [0, 5, 8, 31, 32, 77] {
+        let mut want = vec![f32::NAN; n];
+        super::scalar::widen_q8(&q[..n], 0.013_7, &mut want);
+        for isa in fast_isas() {
+            let mut got = vec![f32::NAN; n];
+            (kernel_set(isa).unwrap().widen_q8)(&q[..n], 0.013_7, &mut got);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{isa:?} n {n}");
+        }
+    }
+}
+
 /// `widened` keeps f32/f16 rows and expands `Q8_0` rows to the very values `at` reads (whole
 /// rows and windows whose blocks of 32 straddle the window's start); products over the
 /// expanded rows equal those over the quants bit for bit where the SIMD kernels read the quants.

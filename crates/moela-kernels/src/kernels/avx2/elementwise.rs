@@ -71,6 +71,33 @@ unsafe fn silu_mul_impl(g: &mut [f32], u: &[f32]) {
     scalar::silu_mul(&mut g[n8..], &u[n8..]);
 }
 
+pub(super) fn widen_q8(q: &[i8], d: f32, out: &mut [f32]) {
+    assert!(supported(), "avx2 kernels on a CPU without avx2/fma/f16c");
+    let n = q.len().min(out.len());
+    // SAFETY: features checked; both slices hold at least `n` values.
+    unsafe { widen_q8_impl(&q[..n], d, &mut out[..n]) }
+}
+
+/// 8 values per step: sign-extended to i32, converted exactly, times `d` (one rounding, as
+/// [`scalar::widen_q8`]).
+///
+/// # Safety
+/// `q.len() == out.len()`; CPU has avx2.
+#[target_feature(enable = "avx2")]
+unsafe fn widen_q8_impl(q: &[i8], d: f32, out: &mut [f32]) {
+    let n8 = q.len() / 8 * 8;
+    let dv = _mm256_set1_ps(d);
+    for i in (0..n8).step_by(8) {
+        // SAFETY: i + 8 ≤ n8 ≤ both lengths: 8 bytes read, 8 floats written.
+        unsafe {
+            let b = _mm_loadl_epi64(q.as_ptr().add(i) as *const __m128i);
+            let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, dv));
+        }
+    }
+    scalar::widen_q8(&q[n8..], d, &mut out[n8..]);
+}
+
 pub(super) fn exp_sum(x: &mut [f32], shift: f32) -> f32 {
     assert!(supported(), "avx2 kernels on a CPU without avx2/fma/f16c");
     // SAFETY: features checked.

@@ -27,7 +27,7 @@ use std::arch::x86_64::*;
 use super::{Acts, Isa, KernelSet, OutTile, RowData, Task};
 use crate::dtype::{DType, FP8_BLOCK};
 use crate::quant::QK;
-use elementwise::{exp_sum, silu_mul};
+use elementwise::{exp_sum, silu_mul, widen_q8};
 use float::{dot_f32, micro_bf16, micro_bf16_512, micro_f16, micro_f32, micro_fp8};
 use kquant::{micro_q4_k, micro_q6_k};
 use mxfp4::{micro_mxfp4, micro_mxfp4_512};
@@ -68,6 +68,7 @@ const fn kernel_set<const VNNI: bool>(isa: Isa, gemm: fn(&mut Task<'_>)) -> Kern
         weighted_sum: weighted_sum::<VNNI>,
         rows_dot: rows_dot::<VNNI>,
         silu_mul,
+        widen_q8,
         exp_sum,
     }
 }
