@@ -360,7 +360,7 @@ fn sampled_output_keeps_its_distribution() {
 /// are all returned.
 #[test]
 fn mtp_drafts_give_the_same_greedy_output() {
-    mtp_drafts_case("tests/fixtures/models/v3_mtp", 16);
+    mtp_drafts_case("tests/fixtures/models/v3_mtp", 16..=u64::MAX);
 }
 
 /// The same with DeepSeek-V4's MTP layer (the V4 fixture plus a random one): the chained drafts
@@ -368,10 +368,10 @@ fn mtp_drafts_give_the_same_greedy_output() {
 /// shorter than the 128 tokens a V4 prefix is reused in, so the repeat reuses nothing.
 #[test]
 fn v4_mtp_drafts_give_the_same_greedy_output() {
-    mtp_drafts_case("tests/fixtures/models/v4_mtp", 0);
+    mtp_drafts_case("tests/fixtures/models/v4_mtp", 0..=0);
 }
 
-fn mtp_drafts_case(dir: &str, cached: u64) {
+fn mtp_drafts_case(dir: &str, cached: std::ops::RangeInclusive<u64>) {
     let (model, _) = load(dir);
     assert!(model.has_mtp());
     let (spec, _) = spec_and_oracle(&model, 24);
@@ -393,7 +393,8 @@ fn mtp_drafts_case(dir: &str, cached: u64) {
             .map(|o| o.0)
             .collect();
         assert_eq!(again, spec, "batch {batch}, cached prefix");
-        assert!(e.stats().cached_tokens.load(Ordering::SeqCst) >= cached);
+        let reused = e.stats().cached_tokens.load(Ordering::SeqCst);
+        assert!(cached.contains(&reused), "reused {reused}");
         e.step();
         assert_eq!(e.stats().kv_blocks_used.load(Ordering::SeqCst), 0);
     }

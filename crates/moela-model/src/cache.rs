@@ -324,6 +324,12 @@ fn mix(h: u64, v: u64) -> u64 {
     x.wrapping_mul(0xbf58_476d_1ce4_e5b9)
 }
 
+/// The prefix hash `h` continued over `tokens` (a block's key: the hash of every token up to
+/// its end).
+fn chain(h: u64, tokens: &[u32]) -> u64 {
+    tokens.iter().fold(h, |h, &t| mix(h, t as u64))
+}
+
 impl KvPool {
     pub fn new(
         layers: usize,
@@ -538,9 +544,7 @@ impl KvPool {
             if chunk.len() < bt || (bi + 1) * bt >= tokens.len() {
                 break;
             }
-            for &t in chunk {
-                h = mix(h, t as u64);
-            }
+            h = chain(h, chunk);
             let Some(&id) = g.index.get(&h) else { break };
             if g.blocks[id].tokens != chunk {
                 break;
@@ -728,12 +732,10 @@ impl SeqCache {
         if at == 0 {
             return;
         }
-        let mut h = 0u64;
-        for &t in &self.tokens[..at] {
-            h = mix(h, t as u64);
-        }
-        // Only whole blocks are hashed: `at` is a multiple of the block size.
-        let Some(&id) = g.index.get(&h) else { return };
+        // The index key of the block ending at `at` (a multiple of the block size).
+        let Some(&id) = g.index.get(&chain(0, &self.tokens[..at])) else {
+            return;
+        };
         g.tick += 1;
         g.blocks[id].last_use = g.tick;
         if g.blocks[id].snapshot.is_some() {
@@ -1142,9 +1144,7 @@ impl<'a> BatchCache<'a> {
         }
         let mut h = 0u64;
         for (bi, chunk) in seq.tokens[..full * bt].chunks(bt).enumerate() {
-            for &t in chunk {
-                h = mix(h, t as u64);
-            }
+            h = chain(h, chunk);
             if bi < before {
                 continue;
             }

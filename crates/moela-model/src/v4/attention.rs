@@ -139,14 +139,18 @@ impl V4Attention {
             .collect()
     }
 
-    /// The compressor entries (`head_dim` values each) of windows `ws` in `view`: `[ws, head_dim]`.
-    fn gather_entries(&self, view: &LayerView<'_>, at: &EntryLayout, ws: &[usize]) -> Vec<f32> {
-        let hd = self.dims.head_dim;
-        let mut out = vec![0.0f32; ws.len() * hd];
-        for (o, &w) in out.chunks_exact_mut(hd).zip(ws) {
+    /// The compressor entries (`head_dim` values each) of windows `ws` in `view`, into `out`
+    /// (`[ws, head_dim]`).
+    fn gather_entries(
+        &self,
+        view: &LayerView<'_>,
+        at: &EntryLayout,
+        ws: &[usize],
+        out: &mut [f32],
+    ) {
+        for (o, &w) in out.chunks_exact_mut(self.dims.head_dim).zip(ws) {
             at.read(view, w, 0, o);
         }
-        out
     }
 
     /// The compressed entries query `q` attends to (window indices, ascending): CSA's
@@ -169,15 +173,18 @@ impl V4Attention {
         }
     }
 
-    /// One query's attention over its window (from `ring`) and the compressed `entries` it
-    /// sees (`[n, head_dim]`), every head: `[heads, head_dim]` into `out`, the rope dims rotated
-    /// back at the query's position (row `t` of `rope`).
+    /// One query's attention over its window (from `ring`) and the `n_entries` compressed
+    /// entries it sees (`entries` fills their `[n_entries, head_dim]` keys), every head:
+    /// `[heads, head_dim]` into `out`, the rope dims rotated back at the query's position (row
+    /// `t` of `rope`).
+    #[allow(clippy::too_many_arguments)]
     fn attend_one(
         &self,
         ring: &RingView<'_>,
         q: &[f32],
         pos: usize,
-        entries: &[f32],
+        n_entries: usize,
+        entries: impl FnOnce(&mut [f32]),
         rope: (&RopeTable, usize),
         out: &mut [f32],
     ) {
@@ -186,11 +193,11 @@ impl V4Attention {
         let first = (pos + 1).saturating_sub(d.window);
         // Keys (= values): the window's rows, then the entries.
         let n_win = pos + 1 - first;
-        let mut keys = vec![0.0f32; n_win * hd + entries.len()];
+        let mut keys = vec![0.0f32; (n_win + n_entries) * hd];
         for (k, u) in keys.chunks_exact_mut(hd).zip(first..=pos) {
             ring.copy_row(u, 0, k);
         }
-        keys[n_win * hd..].copy_from_slice(entries);
+        entries(&mut keys[n_win * hd..]);
         attend_keys(q, &keys, d.scale, &self.sinks, out);
         for oh in out.chunks_exact_mut(hd) {
             rope.0.apply_inverse(rope.1, &mut oh[hd - d.rope_dim..]);
@@ -319,7 +326,9 @@ impl Attend for V4Attention {
                 .zip(&views)
                 .map(|(&(s, n), v)| {
                     let ws: Vec<usize> = (0..(s.len() + n) / at.ratio).collect();
-                    self.gather_entries(v, at, &ws)
+                    let mut all = vec![0.0f32; ws.len() * hd];
+                    self.gather_entries(v, at, &ws, &mut all);
+                    all
                 })
                 .collect(),
             _ => Vec::new(),
@@ -327,16 +336,15 @@ impl Attend for V4Attention {
         parallel_chunks(&mut heads, h * hd, work, |t, out| {
             let q_t = &q[t * h * hd..(t + 1) * h * hd];
             let qy = queries[t];
-            let picked;
-            let entries: &[f32] = match (&d.entries, all.get(qy.seq)) {
-                (Some(_), Some(all)) => &all[..chosen[t].len() * hd],
-                (Some(at), None) => {
-                    picked = self.gather_entries(&views[qy.seq], at, &chosen[t]);
-                    &picked
-                }
-                (None, _) => &[],
+            // HCA's from the sequence's gathered entries; CSA's chosen ones straight from the
+            // blocks.
+            let fill = |keys: &mut [f32]| match (&d.entries, all.get(qy.seq)) {
+                (Some(_), Some(all)) => keys.copy_from_slice(&all[..keys.len()]),
+                (Some(at), None) => self.gather_entries(&views[qy.seq], at, &chosen[t], keys),
+                (None, _) => {}
             };
-            self.attend_one(&ring[qy.seq], q_t, qy.pos, entries, (&rope, t), out);
+            let (r, n) = (&ring[qy.seq], chosen[t].len());
+            self.attend_one(r, q_t, qy.pos, n, fill, (&rope, t), out);
         });
         drop((ring, views));
         step.record("heads", &heads);

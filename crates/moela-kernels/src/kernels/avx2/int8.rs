@@ -273,17 +273,17 @@ macro_rules! int8_kernels {
             out: OutTile,
         ) {
             let o = &out;
+            // Groups per tile: fewer without VNNI (16 vector registers). A single token
+            // is bound by DRAM: 4 groups are 4 prefetched streams in flight (on the Xeon,
+            // with one stream at a time packed Q4_0 n = 1 reached 24–27 GB/s on 2 threads
+            // where 4 reach 26–30; `PREFETCH_AHEAD`). On the EPYC (Zen 4) one stream reads
+            // faster, as for the file layout (`FileRowWalk::Single`): Q4_0 n = 1, 2 threads,
+            // 1408 × 2048 / 2048 × 10944 / 4096 × 4096 21–24 / 29–30 / 27 → 29–33 / 32–35 /
+            // 32–34 GB/s.
+            let single = nt == 1
+                && crate::kernels::FileRowWalk::active() == crate::kernels::FileRowWalk::Single;
             let mut r = 0;
             while r < nr {
-                // Groups per tile: fewer without VNNI (16 vector registers). A single token
-                // is bound by DRAM: 4 groups are 4 prefetched streams in flight (on the Xeon,
-                // with one stream at a time packed Q4_0 n = 1 reached 24–27 GB/s on 2 threads
-                // where 4 reach 26–30; `PREFETCH_AHEAD`). On the EPYC (Zen 4) one stream reads
-                // faster, as for the file layout (`FileRowWalk::Single`): Q4_0 n = 1, 2 threads,
-                // 1408 × 2048 / 2048 × 10944 / 4096 × 4096 21–24 / 29–30 / 27 → 29–33 / 32–35 /
-                // 32–34 GB/s.
-                let single = nt == 1
-                    && crate::kernels::FileRowWalk::active() == crate::kernels::FileRowWalk::Single;
                 let g = match (nt, $vnni) {
                     (1, _) if single => 1,
                     (1, true) if nr - r >= 32 => 4,

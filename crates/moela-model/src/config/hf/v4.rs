@@ -37,6 +37,19 @@ const HCA_RATIO: usize = 128;
 /// `qk_rope_head_dim / head_dim` when neither is stated (64 / 512).
 const PARTIAL_ROTARY_FACTOR: f64 = 64.0 / 512.0;
 
+/// The layer kind of `compress_ratios` entry `i`: 0 sliding, 4 CSA, 128 HCA.
+fn ratio_kind(i: usize, ratio: usize) -> Result<V4LayerKind, ModelError> {
+    match ratio {
+        0 => Ok(V4LayerKind::Sliding),
+        4 => Ok(V4LayerKind::Csa),
+        128 => Ok(V4LayerKind::Hca),
+        x => Err(cfg_err(
+            "compress_ratios",
+            format!("entry {i}: {x} is not 0, 4 or 128"),
+        )),
+    }
+}
+
 impl RawConfig {
     /// The V4 attention part and its MoE (every layer routed) for `layers` decoder layers.
     pub(super) fn v4(&self, layers: usize) -> Result<(Attention, Option<MoeConfig>), ModelError> {
@@ -148,15 +161,7 @@ impl RawConfig {
             let kinds = r
                 .iter()
                 .enumerate()
-                .map(|(i, c)| match c.0 {
-                    0 => Ok(V4LayerKind::Sliding),
-                    4 => Ok(V4LayerKind::Csa),
-                    128 => Ok(V4LayerKind::Hca),
-                    x => Err(cfg_err(
-                        "compress_ratios",
-                        format!("entry {i}: {x} is not 0, 4 or 128"),
-                    )),
-                })
+                .map(|(i, c)| ratio_kind(i, c.0))
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok(kinds[..layers].to_vec());
         }
@@ -174,17 +179,7 @@ impl RawConfig {
     fn v4_mtp_layer(&self, layers: usize) -> Result<V4Layer, ModelError> {
         let kind = match self.compress_ratios.as_ref().and_then(|r| r.get(layers)) {
             None => V4LayerKind::Sliding,
-            Some(c) => match c.0 {
-                0 => V4LayerKind::Sliding,
-                4 => V4LayerKind::Csa,
-                128 => V4LayerKind::Hca,
-                x => {
-                    return Err(cfg_err(
-                        "compress_ratios",
-                        format!("entry {layers}: {x} is not 0, 4 or 128"),
-                    ))
-                }
-            },
+            Some(c) => ratio_kind(layers, c.0)?,
         };
         let hashed = match &self.mlp_layer_types {
             Some(_) => 0,
