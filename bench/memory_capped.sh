@@ -46,7 +46,7 @@ for round in $(seq "$ROUNDS"); do
     drop
     echo "round $round moela: $(/usr/bin/time -f "read_512B=%I wall_s=%e" \
         "${TASKSET[@]}" "$BIN" bench --model "$MODEL" "${MOELA_THREADS[@]}" --prompt-tokens 16 --gen-tokens 8 -r 1 \
-        --draft none 2>&1 | grep -E "prefill|decode|read_512B" | tr '\n' ' ')"
+        --draft none 2>&1 | grep -E "prefill|decode|experts|page-ins|read_512B" | tr '\n' ' ')"
     drop
     echo "round $round llama.cpp --repack 0: $(/usr/bin/time -f "read_512B=%I wall_s=%e" \
         "${TASKSET[@]}" "$LLAMA_BENCH" -m "$MODEL" -p 16 -n 8 -t "$THREADS" --repack 0 -r 1 2>&1 \

@@ -80,6 +80,41 @@ struct ModelArgs {
     /// this is chosen for you, with a note).
     #[arg(long)]
     mmap_only: bool,
+    /// Memory the weights may take, in bytes (suffixes K, M, G, T: powers of 1024); default:
+    /// what is available at load less a margin. A MoE model larger than this keeps its routed
+    /// experts in the file mapping and copies the most used ones into RAM within what is left.
+    #[arg(long, value_parser = parse_bytes)]
+    memory_budget: Option<u64>,
+}
+
+/// A byte count: digits with an optional fraction and a K/M/G/T suffix (1024-based; "KiB",
+/// "GB" etc. read the same).
+fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        u => {
+            return Err(format!(
+                "unknown unit {u:?} in {s:?} (expected K, M, G or T)"
+            ))
+        }
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte count (e.g. 6G, 6442450944)"))?;
+    let bytes = v * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(format!("{s:?} is too large"));
+    }
+    Ok(bytes as u64)
 }
 
 fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
@@ -441,6 +476,8 @@ struct Loaded {
     ctx: usize,
     /// The model's recommended sampling.
     sampling: SamplingDefaults,
+    /// How the weights were placed (after the memory check).
+    placement: Placement,
 }
 
 fn load(args: &ModelArgs) -> Result<Loaded> {
@@ -471,19 +508,26 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
     } else {
         Placement::Fastest
     };
-    let choice = files.placement(requested);
-    if choice.placement != requested {
-        eprintln!(
-            "note: weights stay in the file mapping, paged in on demand: their repacked copies ({}) would not fit in the memory available ({})",
-            bytes(choice.copy_bytes),
-            choice.available.map_or("unknown".into(), bytes)
-        );
+    let choice = files.placement(requested, args.memory_budget);
+    let budget = choice.budget.map_or("unknown".into(), bytes);
+    let weights = bytes(choice.footprint.weights);
+    match choice.placement {
+        Placement::InPlace if requested != Placement::InPlace => eprintln!(
+            "note: weights stay in the file mapping, paged in on demand: they ({weights}) would not fit in the memory budget ({budget})"
+        ),
+        Placement::Resident { expert_budget } => eprintln!(
+            "note: the weights ({weights}) do not fit in the memory budget ({budget}): the routed experts ({}) stay in the file mapping and the most used get copies in RAM, {} at most",
+            bytes(choice.footprint.experts),
+            bytes(expert_budget)
+        ),
+        _ => {}
     }
     let opts = LoadOptions {
         progress: std::io::stderr().is_terminal(),
         quant: args.quant,
         kv_type: args.kv_type,
         placement: choice.placement,
+        memory_budget: args.memory_budget,
     };
     let sampling = files.sampling_defaults()?;
     let model = Arc::new(files.load_model(&opts)?);
@@ -492,6 +536,7 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         tokenizer,
         ctx,
         sampling,
+        placement: choice.placement,
     })
 }
 
@@ -1060,6 +1105,17 @@ fn human(n: u64) -> String {
     }
 }
 
+/// How the weights were placed, for `bench --json`: "fastest" (repacked copies where they
+/// pay), "in_place" (the file mapping) or "resident" (experts in the mapping, the hottest
+/// copied).
+fn placement_name(p: Placement) -> &'static str {
+    match p {
+        Placement::Fastest => "fastest",
+        Placement::InPlace => "in_place",
+        Placement::Resident { .. } => "resident",
+    }
+}
+
 fn bytes(n: u64) -> String {
     match n {
         n if n >= 1 << 30 => format!("{:.2} GiB", n as f64 / (1u64 << 30) as f64),
@@ -1114,6 +1170,8 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             _ => None,
         })
         .sum();
+    let residency = m.model.residency();
+    let per_token = |b: u64| b as f64 / r.decode_tokens.max(1) as f64;
     if a.json {
         println!(
             "{}",
@@ -1136,6 +1194,12 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 "kv_bytes_per_token": kv_bytes_per_token,
                 "kv_window_state_bytes_per_sequence": window_state,
                 "repacked_weight_bytes": repacked,
+                "placement": placement_name(m.placement),
+                "expert_budget_bytes": residency.map(|s| s.budget_bytes),
+                "expert_resident_bytes": residency.map(|s| s.resident_bytes),
+                "expert_hit_rate": r.decode_residency.and_then(|s| s.hit_rate()),
+                "expert_mapped_bytes_per_token": r.decode_residency.map(|s| per_token(s.mapped_bytes)),
+                "page_in_bytes_per_token": r.decode_read_bytes.map(per_token),
                 "threads": threads,
                 "isa": format!("{:?}", moela_kernels::Isa::best()),
                 "file_row_walk": moela_kernels::FileRowWalk::active().name(),
@@ -1175,6 +1239,21 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
             );
         }
         println!("peak RSS:     {}", rss.map_or("unknown".into(), bytes));
+        if let (Some(s), Some(d)) = (residency, r.decode_residency) {
+            println!(
+                "experts:      {} resident of {} allowed; decode: {:.1} % of expert products from RAM, {} per token read from the mapping",
+                bytes(s.resident_bytes),
+                bytes(s.budget_bytes),
+                100.0 * d.hit_rate().unwrap_or(0.0),
+                bytes(per_token(d.mapped_bytes) as u64)
+            );
+        }
+        if let Some(b) = r.decode_read_bytes {
+            println!(
+                "page-ins:     {} per decoded token from storage",
+                bytes(per_token(b) as u64)
+            );
+        }
         println!("KV cache:     {kv_bytes_per_token} B/token");
         if window_state > 0 {
             println!(
@@ -1214,6 +1293,7 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
     let opts = LoadOptions {
         progress: std::io::stderr().is_terminal(),
         placement: Placement::InPlace,
+        memory_budget: None,
         ..LoadOptions::default()
     };
     let model = files.load_model(&opts)?;
@@ -1231,4 +1311,26 @@ fn cmd_quantize(a: QuantizeArgs) -> Result<()> {
         bytes(size)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn byte_counts_parse_with_binary_suffixes() {
+        assert_eq!(parse_bytes("6442450944"), Ok(6 << 30));
+        assert_eq!(parse_bytes("6G"), Ok(6 << 30));
+        assert_eq!(parse_bytes("6 GiB"), Ok(6 << 30));
+        assert_eq!(parse_bytes("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_bytes("512k"), Ok(512 << 10));
+        assert_eq!(parse_bytes("2T"), Ok(2 << 40));
+        assert!(parse_bytes("").is_err());
+        assert!(parse_bytes("G").is_err());
+        assert!(parse_bytes("1.2.3M").is_err());
+        assert!(parse_bytes("-1G").is_err());
+        assert!(parse_bytes("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
+    }
 }

@@ -404,6 +404,72 @@ fn quantize_writes_v4_as_deepseek4() {
     );
 }
 
+/// `--memory-budget`: below the weights but above everything except the routed experts, the
+/// experts stay in the mapping and the most used get copies within what is left (`bench --json`
+/// says how that went); below the rest too, everything stays in the mapping; a bad value is a
+/// clear error.
+#[test]
+fn memory_budget_places_the_experts_by_use() {
+    let dir = case_dir("v2");
+    let d = dir.to_str().unwrap();
+    let files = moela_loader::ModelFiles::open(&dir).unwrap();
+    let f = files
+        .placement(moela_kernels::Placement::Fastest, None)
+        .footprint;
+    let others = f.weights - f.experts;
+    let budget = others + f.experts / 4;
+    let run = |budget: &str| {
+        let o = moela(&[
+            "bench",
+            "--model",
+            d,
+            "--prompt-tokens",
+            "8",
+            "--gen-tokens",
+            "4",
+            "--memory-budget",
+            budget,
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        (last_json(&o), stderr(&o))
+    };
+    let (j, err) = run(&budget.to_string());
+    assert_eq!(j["placement"], "resident", "{j}");
+    assert!(
+        err.contains("stay in the file mapping and the most used get copies"),
+        "{err}"
+    );
+    assert_eq!(j["expert_budget_bytes"], f.experts / 4, "{j}");
+    let resident = j["expert_resident_bytes"].as_u64().unwrap();
+    assert!(resident > 0 && resident <= f.experts / 4, "{j}");
+    let hit = j["expert_hit_rate"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&hit), "{j}");
+    assert!(
+        j["expert_mapped_bytes_per_token"].as_f64().unwrap() >= 0.0,
+        "{j}"
+    );
+    let (j, err) = run("1K");
+    assert_eq!(j["placement"], "in_place", "{j}");
+    assert!(j["expert_hit_rate"].is_null(), "{j}");
+    assert!(
+        err.contains("would not fit in the memory budget (1.0 KiB)"),
+        "{err}"
+    );
+    let (j, _) = run("1T");
+    assert_eq!(j["placement"], "fastest", "{j}");
+    // clap's error: one line naming the option and the unit, then its usual hint.
+    let o = moela(&["bench", "--model", d, "--memory-budget", "6X"]);
+    let err = stderr(&o);
+    assert!(!o.status.success() && !err.contains("panicked"), "{err}");
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("error: ") && first.contains("--memory-budget"),
+        "{err}"
+    );
+    assert!(first.contains("unknown unit \"X\""), "{err}");
+}
+
 #[test]
 fn bench_json_reports_each_repetition_and_their_mean() {
     let dir = case_dir("v2");

@@ -53,6 +53,40 @@ fn nll_error(m: &Model, g: &Value, logits: &[f32]) -> f64 {
     max_abs_diff(&got, &floats(&g["nll"]))
 }
 
+/// With a memory budget below its weights, the checkpoint keeps its routed experts in the
+/// file mapping and the most used get resident copies: the same NLL, before and after copies
+/// exist, as the default placement.
+#[test]
+fn resident_experts_give_the_same_nll() {
+    use moela_kernels::Placement;
+    let g = golden(CASE);
+    let tokens = ids(&g["nll_tokens"]);
+    let files = moela_loader::ModelFiles::open(&case_dir(CASE)).unwrap();
+    let f = files.placement(Placement::Fastest, None).footprint;
+    assert!(f.experts > 0 && f.experts < f.weights, "{f:?}");
+    let budget = f.weights - f.experts + f.experts / 2;
+    let opts = moela_loader::LoadOptions {
+        memory_budget: Some(budget),
+        ..moela_loader::LoadOptions::default()
+    };
+    let m = files.load_model(&opts).unwrap();
+    let plain = traced(&load(), &tokens).0;
+    for pass in 0..2 {
+        let logits = traced(&m, &tokens).0;
+        assert!(nll_error(&m, &g, &logits) < 1e-4, "pass {pass}");
+        assert_eq!(
+            logits, plain,
+            "pass {pass}: the same kernels on the same bytes"
+        );
+    }
+    let s = m.residency().expect("placed Resident");
+    assert!(
+        s.resident_bytes > 0 && s.resident_bytes <= f.experts / 2,
+        "{s:?}"
+    );
+    assert!(s.hits > 0 && s.misses > 0, "{s:?}");
+}
+
 #[test]
 fn config_reads_the_v4_parts() {
     let m = load();

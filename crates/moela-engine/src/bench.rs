@@ -72,6 +72,14 @@ pub struct BenchResult {
     pub drafted: u64,
     pub accepted: u64,
     pub decode_rows: u64,
+    /// Tokens the timed decodes produced (all sequences).
+    pub decode_tokens: u64,
+    /// Bytes this process had read from storage during the timed decodes (Linux
+    /// `/proc/self/io` `read_bytes`: weight pages faulted in from the file, not page-cache hits).
+    pub decode_read_bytes: Option<u64>,
+    /// The routed experts' residency over the timed decodes (counters for those decodes only),
+    /// when the model is placed `Resident`.
+    pub decode_residency: Option<moela_model::ResidencyStats>,
 }
 
 impl BenchResult {
@@ -236,6 +244,7 @@ pub fn run_bench(model: &Arc<Model>, cfg: &BenchConfig) -> Result<BenchResult, E
                 ]
             };
             let start = counts();
+            let (read_before, resident_before) = (storage_read_bytes(), model.residency());
             let t = Instant::now();
             // `gen_tokens` per sequence: one step each without drafts, fewer with them.
             while got.iter().sum::<usize>() - before < cfg.gen_tokens * batch && !engine.is_idle() {
@@ -248,6 +257,17 @@ pub fn run_bench(model: &Arc<Model>, cfg: &BenchConfig) -> Result<BenchResult, E
             out.drafted += end[0] - start[0];
             out.accepted += end[1] - start[1];
             out.decode_rows += end[2] - start[2];
+            out.decode_tokens += timed as u64;
+            if let (Some(a), Some(b)) = (read_before, storage_read_bytes()) {
+                *out.decode_read_bytes.get_or_insert(0) += b.saturating_sub(a);
+            }
+            if let (Some(a), Some(b)) = (resident_before, model.residency()) {
+                let d = b.since(&a);
+                out.decode_residency = Some(match out.decode_residency {
+                    Some(acc) => d.plus(&acc),
+                    None => d,
+                });
+            }
             out.decode_samples.push(timed as f64 / secs);
             // Cancel the rest and let the engine free their caches.
             drop(rxs);
@@ -276,6 +296,13 @@ fn collect_tokens(
         }
     }
     Ok(())
+}
+
+/// Bytes this process has caused to be read from storage (Linux `/proc/self/io`), if known.
+fn storage_read_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    let line = io.lines().find_map(|l| l.strip_prefix("read_bytes:"))?;
+    line.trim().parse().ok()
 }
 
 /// Peak resident set size of this process in bytes (Linux `VmHWM`), if known.

@@ -45,6 +45,6 @@ pub use parallel::{
     available_cores, core_count_queries, in_pool_task, num_threads, parallel_chunks, parallel_for,
     pool, set_num_threads, ThreadPool,
 };
-pub use placement::Placement;
+pub use placement::{Footprint, Placement};
 pub use qmat::{fp8_scale_count, QMat};
 pub use storage::Storage;

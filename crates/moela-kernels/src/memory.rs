@@ -16,12 +16,15 @@ pub fn available_bytes() -> Option<u64> {
 }
 
 /// Whether `bytes` fit into `available` with a margin for everything else the process and the
-/// machine hold (an eighth, at least 256 MiB). `None` (unknown) counts as fitting.
+/// machine hold ([`budget`]). `None` (unknown) counts as fitting.
 pub fn fits(bytes: u64, available: Option<u64>) -> bool {
-    available.is_none_or(|a| {
-        let margin = (a / 8).max(256 << 20);
-        bytes <= a.saturating_sub(margin)
-    })
+    budget(available).is_none_or(|b| bytes <= b)
+}
+
+/// What weights may take of `available` memory: all of it but a margin for everything else
+/// the process and the machine hold (an eighth, at least 256 MiB). `None` when unknown.
+pub fn budget(available: Option<u64>) -> Option<u64> {
+    available.map(|a| a.saturating_sub((a / 8).max(256 << 20)))
 }
 
 /// `MemAvailable` of a `/proc/meminfo` text, in bytes.

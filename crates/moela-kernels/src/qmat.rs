@@ -188,6 +188,40 @@ impl QMat {
         }
     }
 
+    /// A copy of this matrix in anonymous memory, in the layout [`QMat::packed_for_matmul`]
+    /// gives it (a plain copy of the bytes where that layout is the stored one): what a
+    /// residency policy keeps of a hot matrix that otherwise lives in the file mapping. The
+    /// mapping's pages of it are handed back to the kernel, as when packing at load.
+    pub fn resident_copy(&self) -> QMat {
+        if !self.packed
+            && kernels::packed_kernels_pay()
+            && crate::pack::packable(self.dtype, self.rows)
+        {
+            return self.clone().into_packed();
+        }
+        let data = Storage::Owned(self.bytes().to_vec());
+        if let Storage::Mapped { map, offset, len } = &self.data {
+            crate::mmap::release(map, *offset, *len);
+        }
+        QMat {
+            dtype: self.dtype,
+            rows: self.rows,
+            cols: self.cols,
+            data,
+            scales: self.scales.clone(),
+            packed: self.packed,
+        }
+    }
+
+    /// Bytes of this matrix's storage, block scales included (what a copy of it takes).
+    pub fn storage_bytes(&self) -> u64 {
+        let scales = self
+            .scales
+            .as_ref()
+            .map_or(0, |s| std::mem::size_of_val(&s[..]));
+        (self.bytes().len() + scales) as u64
+    }
+
     /// Whether the rows are interleaved (see [`QMat::packed_for_matmul`]).
     pub fn is_packed(&self) -> bool {
         self.packed

@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use moela_kernels::{DType, Placement};
+use moela_kernels::{DType, Footprint, Placement};
 use moela_model::{Config, Model, SamplingDefaults};
 
 use crate::error::LoadError;
@@ -23,10 +23,17 @@ pub struct TensorSummary {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PlacementChoice {
     pub placement: Placement,
-    /// Bytes `Fastest` would copy into anonymous memory.
-    pub copy_bytes: u64,
-    /// Memory available at the decision ([`moela_kernels::memory::available_bytes`]).
-    pub available: Option<u64>,
+    /// The weights' bytes by kind, and what `Fastest` would copy into anonymous memory.
+    pub footprint: Footprint,
+    /// The memory the weights may take: the `memory_budget` asked for, else what is available
+    /// at the decision ([`moela_kernels::memory::available_bytes`]) less a margin.
+    pub budget: Option<u64>,
+}
+
+/// Whether a stored tensor belongs to the routed experts (GGUF's merged `*_exps` tensors;
+/// `experts.{e}.*` in transformers' and DeepSeek's names — not the shared experts).
+fn is_routed_expert(name: &str) -> bool {
+    name.contains("_exps.") || name.contains(".experts.")
 }
 
 /// An opened checkpoint of either format.
@@ -71,7 +78,7 @@ impl ModelFiles {
     /// Loads the model, placed as [`ModelFiles::placement`] resolves `opts.placement`.
     pub fn load_model(&self, opts: &LoadOptions) -> Result<Model, LoadError> {
         let opts = LoadOptions {
-            placement: self.placement(opts.placement).placement,
+            placement: self.placement(opts.placement, opts.memory_budget).placement,
             ..opts.clone()
         };
         match self {
@@ -104,29 +111,46 @@ impl ModelFiles {
             .map_err(|source| LoadError::Model { path, source })
     }
 
-    /// Where the weights go when `requested` is asked for: `Fastest` becomes `InPlace` when the
-    /// copies it would make (a GGUF file's Q4_0/Q8_0 matrices, repacked into anonymous memory)
-    /// do not fit in the memory available now (see [`Placement::within_memory`]). An HF
-    /// checkpoint's stored types are read in place either way.
-    pub fn placement(&self, requested: Placement) -> PlacementChoice {
-        let copy_bytes = match self {
-            ModelFiles::Hf(_) => 0,
+    /// Where the weights go when `requested` is asked for, with `memory_budget` bytes for
+    /// them (`None`: what is available now less a margin): see [`Placement::within_memory`].
+    /// `Fastest`'s copies are a GGUF file's Q4_0/Q8_0 matrices, repacked into anonymous memory;
+    /// an HF checkpoint's stored types are read in place either way.
+    pub fn placement(&self, requested: Placement, memory_budget: Option<u64>) -> PlacementChoice {
+        // (name, stored bytes, whether `Fastest` copies it)
+        let tensors: Vec<(&str, u64, bool)> = match self {
+            ModelFiles::Hf(c) => c
+                .tensor_infos()
+                .into_iter()
+                .map(|t| (t.name.as_str(), t.n_bytes(), false))
+                .collect(),
             ModelFiles::Gguf(g) => g
                 .file
                 .tensors()
                 .iter()
-                .filter(|t| {
+                .map(|t| {
                     let rows = t.dims.get(1).map_or(1, |&r| r as usize);
-                    DType::from_ggml_type(t.ggml_type.0).is_some_and(|d| requested.copies(d, rows))
+                    let copied = DType::from_ggml_type(t.ggml_type.0)
+                        .is_some_and(|d| Placement::Fastest.copies(d, rows));
+                    (t.name.as_str(), t.n_bytes().unwrap_or(0), copied)
                 })
-                .map(|t| t.n_bytes().unwrap_or(0))
-                .sum(),
+                .collect(),
         };
-        let available = moela_kernels::memory::available_bytes();
+        let mut footprint = Footprint::default();
+        for (name, bytes, copied) in tensors {
+            footprint.weights = footprint.weights.saturating_add(bytes);
+            if is_routed_expert(name) {
+                footprint.experts = footprint.experts.saturating_add(bytes);
+            }
+            if copied {
+                footprint.copies = footprint.copies.saturating_add(bytes);
+            }
+        }
+        let budget = memory_budget
+            .or_else(|| moela_kernels::memory::budget(moela_kernels::memory::available_bytes()));
         PlacementChoice {
-            placement: requested.within_memory(copy_bytes, available),
-            copy_bytes,
-            available,
+            placement: requested.within_memory(&footprint, budget),
+            footprint,
+            budget,
         }
     }
 

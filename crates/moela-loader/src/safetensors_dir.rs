@@ -29,6 +29,10 @@ pub struct LoadOptions {
     /// Where weight matrices go ([`Placement`]): by default packed copies where this CPU's
     /// kernels run faster on them; `InPlace` keeps every matrix in the file mapping.
     pub placement: Placement,
+    /// Bytes of memory the weights may take (`None`: what is available at load less a
+    /// margin); a model larger than that keeps its routed experts in the file mapping with
+    /// the hottest resident (see [`Placement::within_memory`]).
+    pub memory_budget: Option<u64>,
 }
 
 /// One tensor as stored.
@@ -42,6 +46,13 @@ pub struct TensorInfo {
     /// Byte range within the shard's mapping.
     start: usize,
     end: usize,
+}
+
+impl TensorInfo {
+    /// Bytes as stored.
+    pub fn n_bytes(&self) -> u64 {
+        self.end.saturating_sub(self.start) as u64
+    }
 }
 
 struct Shard {

@@ -31,6 +31,7 @@ pub use config::{
     MAX_MATRIX_ELEMENTS, MAX_VOCAB,
 };
 pub use error::ModelError;
+pub use experts::{ResidencyStats, ResidentSet};
 pub use mla::AttentionMode;
 pub use model::{ForwardOptions, Logits, Model, SeqInput, Trace};
 pub use mtp::{MtpInput, MtpLayer};

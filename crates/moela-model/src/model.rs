@@ -186,6 +186,12 @@ impl Model {
         })
     }
 
+    /// How the routed experts' resident copies served so far, when memory is short enough
+    /// that they live in the file mapping (placement `Resident`).
+    pub fn residency(&self) -> Option<crate::ResidencyStats> {
+        self.weights.resident.as_ref().map(|s| s.stats())
+    }
+
     /// Cache values per token of each layer.
     pub(crate) fn widths(&self) -> &[usize] {
         &self.widths

@@ -4,11 +4,13 @@
 //! formats' names onto these (the loader holds the one name table). DeepSeek-V4's weights
 //! (transformers' names) are requested in `v4/load.rs`.
 
+use std::sync::Arc;
+
 use moela_kernels::{DType, Mat, Placement, QMat};
 
 use crate::config::{Attention, Config, GqaConfig, MlaConfig, MoeConfig};
 use crate::error::ModelError;
-use crate::experts::Experts;
+use crate::experts::{Experts, ResidentSet};
 use crate::gqa::GqaDims;
 use crate::indexer::IndexerDims;
 use crate::mla::MlaDims;
@@ -265,10 +267,13 @@ pub struct Weights {
     pub hc_head: Option<HyperHead>,
     /// DeepSeek's first Multi-Token Prediction layer, when the checkpoint has its weights.
     pub mtp: Option<Box<crate::mtp::MtpLayer>>,
+    /// Which routed experts have resident copies, when placed `Resident` (memory short).
+    pub resident: Option<Arc<ResidentSet>>,
 }
 
 struct Req<'a> {
     src: &'a mut dyn WeightSource,
+    resident: Option<Arc<ResidentSet>>,
 }
 
 impl Req<'_> {
@@ -285,9 +290,15 @@ impl Req<'_> {
             ),
         };
         let ffn = match (&cfg.moe, &cfg.attention) {
-            (Some(m), Attention::V4(v)) => {
-                Ffn::Moe(crate::v4::load_moe(self.src, cfg, m, v, l, p)?)
-            }
+            (Some(m), Attention::V4(v)) => Ffn::Moe(crate::v4::load_moe(
+                self.src,
+                cfg,
+                m,
+                v,
+                l,
+                p,
+                self.resident.as_ref(),
+            )?),
             (Some(m), _) if cfg.is_moe_layer(l) => Ffn::Moe(self.moe(cfg, m, p)?),
             _ => Ffn::Dense(self.mlp(&hf::at(p, hf::MLP), d, cfg.intermediate_size)?),
         };
@@ -543,11 +554,11 @@ impl Req<'_> {
         } else {
             None
         };
-        let experts = Experts::new(
-            (0..e)
-                .map(|i| self.mlp(&hf::expert(p, i), d, w))
-                .collect::<Result<Vec<_>, _>>()?,
-        );
+        let place = self.src.placement().for_experts();
+        let mlps = (0..e)
+            .map(|i| self.mlp_placed(&hf::expert(p, i), d, w, place))
+            .collect::<Result<Vec<_>, _>>()?;
+        let experts = Experts::placed(mlps, self.resident.as_ref());
         let shared = match m.shared_width()? {
             0 => None,
             width => Some(self.mlp(&hf::at(p, hf::SHARED_EXPERTS), d, width)?),
@@ -562,10 +573,24 @@ impl Req<'_> {
         })
     }
     fn mlp(&mut self, prefix: &str, hidden: usize, width: usize) -> Result<Mlp, ModelError> {
+        let p = self.src.placement();
+        self.mlp_placed(prefix, hidden, width, p)
+    }
+    fn mlp_placed(
+        &mut self,
+        prefix: &str,
+        hidden: usize,
+        width: usize,
+        p: Placement,
+    ) -> Result<Mlp, ModelError> {
+        let mut mat = |name: &str, rows, cols| {
+            self.stored_mat(&hf::at(prefix, name), rows, cols)
+                .map(|m| m.place(p))
+        };
         Ok(Mlp {
-            gate: self.mat(&hf::at(prefix, hf::GATE_PROJ), width, hidden)?,
-            up: self.mat(&hf::at(prefix, hf::UP_PROJ), width, hidden)?,
-            down: self.mat(&hf::at(prefix, hf::DOWN_PROJ), hidden, width)?,
+            gate: mat(hf::GATE_PROJ, width, hidden)?,
+            up: mat(hf::UP_PROJ, width, hidden)?,
+            down: mat(hf::DOWN_PROJ, hidden, width)?,
             swiglu_limit: None,
         })
     }
@@ -579,7 +604,8 @@ impl Weights {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Weights, ModelError> {
         let d = cfg.hidden_size;
-        let mut req = Req { src };
+        let resident = src.placement().expert_budget().map(ResidentSet::new);
+        let mut req = Req { src, resident };
         let total = cfg.num_hidden_layers + 2;
         // A lookup table, unless tied to the head (then packed below).
         let embed = req.stored_mat(hf::EMBED, cfg.vocab_size, d)?;
@@ -614,6 +640,7 @@ impl Weights {
             lm_head,
             hc_head,
             mtp,
+            resident: req.resident,
         })
     }
 }

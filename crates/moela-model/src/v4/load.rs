@@ -4,6 +4,8 @@
 //! (each expert's gate rows, then its up rows) and `mlp.experts.down_proj`
 //! `[experts, hidden, width]`, read one expert at a time ([`WeightSource::matrix_rows`]).
 
+use std::sync::Arc;
+
 use moela_kernels::{DType, QMat, FP8_BLOCK};
 
 use super::{
@@ -11,7 +13,7 @@ use super::{
 };
 use crate::config::{Config, MoeConfig, V4Config, V4LayerKind};
 use crate::error::ModelError;
-use crate::experts::Experts;
+use crate::experts::{Experts, ResidentSet};
 use crate::rope::Rope;
 use crate::weights::{Mlp, Moe, WeightSource};
 
@@ -268,6 +270,7 @@ pub(crate) fn load_moe(
     v: &V4Config,
     layer: usize,
     p: &str,
+    resident: Option<&Arc<ResidentSet>>,
 ) -> Result<Moe, ModelError> {
     let (d, e, w, k) = (
         cfg.hidden_size,
@@ -299,7 +302,7 @@ pub(crate) fn load_moe(
             (None, Some(table))
         }
     };
-    let place = src.placement();
+    let place = src.placement().for_experts();
     let (gate_up, down) = (at(p, names::GATE_UP), at(p, names::DOWN));
     let mut experts = Vec::with_capacity(e);
     for i in 0..e {
@@ -325,7 +328,7 @@ pub(crate) fn load_moe(
         config: m.clone(),
         router: f32_mat(src, &at(p, names::ROUTER), e, d)?,
         bias,
-        experts: Experts::new(experts),
+        experts: Experts::placed(experts, resident),
         shared: Some(shared),
         hash,
     })
