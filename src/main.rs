@@ -1203,6 +1203,7 @@ fn cmd_bench(a: BenchArgs) -> Result<()> {
                 "threads": threads,
                 "isa": format!("{:?}", moela_kernels::Isa::best()),
                 "file_row_walk": moela_kernels::FileRowWalk::active().name(),
+                "row_vector_bits": moela_kernels::RowVectors::active().bits(),
                 "draft": cfg.draft.mode.as_str(),
                 "draft_tokens": a.draft.draft_tokens,
                 "acceptance_rate": r.acceptance_rate(),

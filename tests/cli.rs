@@ -514,6 +514,11 @@ fn bench_json_reports_each_repetition_and_their_mean() {
         ["single", "quad"].contains(&j["file_row_walk"].as_str().unwrap()),
         "{j}"
     );
+    // And how wide the attention row kernels' vectors are (`RowVectors`).
+    assert!(
+        [256, 512].contains(&j["row_vector_bits"].as_u64().unwrap()),
+        "{j}"
+    );
     let o = moela(&["bench", "--model", dir.to_str().unwrap(), "-r", "0"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("repetitions"), "{}", stderr(&o));

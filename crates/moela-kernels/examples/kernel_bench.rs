@@ -3,7 +3,8 @@
 //!
 //! `cargo run --release -p moela-kernels --example kernel_bench [-- --quick] [--scalar] [--isa avx2]`
 //!
-//! `--attention` runs only the decode attention kernels' table.
+//! `--attention` runs only the decode attention kernels' table (both `RowVectors` widths; they
+//! differ at the AVX512-VNNI level only).
 //!
 //! `--stream N` prints only the streaming read bandwidth (median of N passes over 1 GiB, all
 //! cores), the decode roofline `bench/roofline.sh` compares both engines with.
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use moela_kernels::{
     parallel_for, rows_matmul, rows_weighted_sum, set_num_threads, DType, Isa, QMat, RowData,
+    RowVectors,
 };
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
@@ -283,19 +285,30 @@ fn attention_kernels(budget: Duration) {
         .collect();
     println!();
     println!("attention kernels, 1 thread (cache rows hot), GMAC/s: {heads} heads × {rows} rows");
-    for (name, r) in [
-        ("f32", RowData::f32(&f32_rows, cols)),
-        ("f16", RowData::f16(&f16_rows, cols)),
-    ] {
-        let mut y = vec![0.0; heads * rows];
-        let mut out = vec![0.0; heads * width];
-        let dot = time_it(budget, || rows_matmul(&q, heads, r, &mut y));
-        let sum = time_it(budget, || rows_weighted_sum(&p, heads, r, &mut out));
-        black_box((&y, &out));
-        println!(
-            "{name}: scores (×{cols}) {:.1}, weighted sum (×{width}) {:.1}",
-            (heads * rows * cols) as f64 / dot / 1e9,
-            (heads * rows * width) as f64 / sum / 1e9
-        );
+    let chosen = RowVectors::active();
+    for width_bits in [RowVectors::W256, RowVectors::W512] {
+        width_bits.set();
+        for (name, r) in [
+            ("f32", RowData::f32(&f32_rows, cols)),
+            ("f16", RowData::f16(&f16_rows, cols)),
+        ] {
+            let mut y = vec![0.0; heads * rows];
+            let mut out = vec![0.0; heads * width];
+            let dot = time_it(budget, || rows_matmul(&q, heads, r, &mut y));
+            let sum = time_it(budget, || rows_weighted_sum(&p, heads, r, &mut out));
+            black_box((&y, &out));
+            println!(
+                "{name}, {}-bit vectors{}: scores (×{cols}) {:.1}, weighted sum (×{width}) {:.1}",
+                width_bits.bits(),
+                if width_bits == chosen {
+                    " (this CPU's choice)"
+                } else {
+                    ""
+                },
+                (heads * rows * cols) as f64 / dot / 1e9,
+                (heads * rows * width) as f64 / sum / 1e9
+            );
+        }
     }
+    chosen.set();
 }

@@ -35,7 +35,7 @@ pub mod quant;
 pub mod storage;
 
 pub use dtype::{DType, KernelError, FP8_BLOCK};
-pub use kernels::{FileRowWalk, Isa, PreparedInput, RowData};
+pub use kernels::{FileRowWalk, Isa, PreparedInput, RowData, RowVectors};
 pub use leaf::silu;
 pub use ops::{
     add_in_place, exp_sum, matmul, rms_norm, rms_norm_in_place, rows_matmul, rows_weighted_sum,

@@ -115,35 +115,55 @@ pub enum FileRowWalk {
     Quad,
 }
 
-/// 0: not chosen yet; 1: `Single`; 2: `Quad`.
-static FILE_ROW_WALK: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+/// A kernel variant chosen once per process by CPU vendor, unless set explicitly (tests and
+/// benchmarks compare the variants): 0 while not chosen, else the variant's number.
+struct VendorChoice(std::sync::atomic::AtomicU8);
+
+impl VendorChoice {
+    const fn new() -> VendorChoice {
+        VendorChoice(std::sync::atomic::AtomicU8::new(0))
+    }
+
+    /// The variant in use: the one set, else `on_amd` on AMD CPUs and `otherwise` elsewhere.
+    fn get(&self, on_amd: u8, otherwise: u8) -> u8 {
+        use std::sync::atomic::Ordering;
+        match self.0.load(Ordering::Relaxed) {
+            0 => {
+                let v = if cpu_vendor() == "AuthenticAMD" {
+                    on_amd
+                } else {
+                    otherwise
+                };
+                self.0.store(v, Ordering::Relaxed);
+                v
+            }
+            v => v,
+        }
+    }
+
+    fn set(&self, v: u8) {
+        self.0.store(v, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+static FILE_ROW_WALK: VendorChoice = VendorChoice::new();
 
 impl FileRowWalk {
     /// The walk this process uses: set by [`FileRowWalk::set`], else chosen by CPU vendor
     /// (`Single` on AMD, `Quad` elsewhere).
     pub fn active() -> FileRowWalk {
-        use std::sync::atomic::Ordering;
-        match FILE_ROW_WALK.load(Ordering::Relaxed) {
+        match FILE_ROW_WALK.get(1, 2) {
             1 => FileRowWalk::Single,
-            2 => FileRowWalk::Quad,
-            _ => {
-                let w = match cpu_vendor().as_str() {
-                    "AuthenticAMD" => FileRowWalk::Single,
-                    _ => FileRowWalk::Quad,
-                };
-                w.set();
-                w
-            }
+            _ => FileRowWalk::Quad,
         }
     }
 
     /// Uses this walk from now on (tests and benchmarks compare both).
     pub fn set(self) {
-        let v = match self {
+        FILE_ROW_WALK.set(match self {
             FileRowWalk::Single => 1,
             FileRowWalk::Quad => 2,
-        };
-        FILE_ROW_WALK.store(v, std::sync::atomic::Ordering::Relaxed);
+        });
     }
 
     /// Lower-case name (`single`, `quad`).
@@ -153,6 +173,74 @@ impl FileRowWalk {
             FileRowWalk::Quad => "quad",
         }
     }
+}
+
+/// How wide the vectors of the attention row kernels (`rows_dot`, `weighted_sum`: scores and
+/// probability-weighted values over cache rows) are at the AVX512-VNNI level: `W256` (eight
+/// f32 lanes, the AVX2 tiles compiled with AVX512-VL's 32 registers) or `W512` (sixteen).
+/// `kernel_bench --attention` on the Intel Xeon (Emerald Rapids), one thread, f16 rows: scores
+/// 35–36 → 52–59 GMAC/s, weighted sum 35–38 → 54–62; V2-Lite Q4_0 decode at 4096 context 8.6–9.0
+/// → 10.0–10.9 tok/s. The AMD EPYC (Zen 4, 512-bit operations in two 256-bit halves) was not
+/// measured, so it keeps `W256`, what it always ran. Results differ between the two in float
+/// summation order only (16-lane sums); within one process every call takes the same width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowVectors {
+    W256,
+    W512,
+}
+
+static ROW_VECTORS: VendorChoice = VendorChoice::new();
+
+impl RowVectors {
+    /// The width this process uses: set by [`RowVectors::set`], else chosen by CPU vendor
+    /// (`W256` on AMD, `W512` elsewhere; only the AVX512-VNNI kernels read it).
+    pub fn active() -> RowVectors {
+        match ROW_VECTORS.get(1, 2) {
+            1 => RowVectors::W256,
+            _ => RowVectors::W512,
+        }
+    }
+
+    /// Uses this width from now on (tests and benchmarks compare both).
+    pub fn set(self) {
+        ROW_VECTORS.set(match self {
+            RowVectors::W256 => 1,
+            RowVectors::W512 => 2,
+        });
+    }
+
+    /// Bits per vector (`256`, `512`).
+    pub fn bits(self) -> u32 {
+        match self {
+            RowVectors::W256 => 256,
+            RowVectors::W512 => 512,
+        }
+    }
+
+    /// The width the row kernels take on this thread: a test's [`with_row_vectors`], else
+    /// [`RowVectors::active`].
+    pub(crate) fn here() -> RowVectors {
+        #[cfg(test)]
+        if let Some(w) = TEST_ROW_VECTORS.with(|c| c.get()) {
+            return w;
+        }
+        RowVectors::active()
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    static TEST_ROW_VECTORS: std::cell::Cell<Option<RowVectors>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with the row kernels of this thread at width `w` (tests compare both widths
+/// without changing what concurrently running tests get).
+#[cfg(test)]
+pub(crate) fn with_row_vectors<R>(w: RowVectors, f: impl FnOnce() -> R) -> R {
+    TEST_ROW_VECTORS.with(|c| c.set(Some(w)));
+    let r = f();
+    TEST_ROW_VECTORS.with(|c| c.set(None));
+    r
 }
 
 /// The CPUID vendor string (`AuthenticAMD`, `GenuineIntel`, …); empty off x86.

@@ -747,21 +747,30 @@ fn widened_rows_hold_the_values_at_reads() {
                 let n = 4;
                 let p = data(n * nr, 5, 0.3);
                 let x = data(n * rows.cols(), 6, 1.0);
-                for isa in fast_isas() {
+                for (isa, w) in fast_isas()
+                    .into_iter()
+                    .flat_map(|i| ROW_WIDTHS.map(|w| (i, w)))
+                {
                     let ks = kernel_set(isa).unwrap();
-                    let (mut a, mut b) = (vec![0.0; n * rows.cols()], vec![0.0; n * rows.cols()]);
-                    (ks.weighted_sum)(&p, n, rows, &mut a);
-                    (ks.weighted_sum)(&p, n, wide, &mut b);
-                    assert_eq!(a, b, "{isa:?} weighted_sum");
-                    let (mut a, mut b) = (vec![0.0; n * nr], vec![0.0; n * nr]);
-                    (ks.rows_dot)(&x, n, rows, &mut a);
-                    (ks.rows_dot)(&x, n, wide, &mut b);
-                    assert_eq!(a, b, "{isa:?} rows_dot");
+                    with_row_vectors(w, || {
+                        let (mut a, mut b) =
+                            (vec![0.0; n * rows.cols()], vec![0.0; n * rows.cols()]);
+                        (ks.weighted_sum)(&p, n, rows, &mut a);
+                        (ks.weighted_sum)(&p, n, wide, &mut b);
+                        assert_eq!(a, b, "{isa:?} {w:?} weighted_sum");
+                        let (mut a, mut b) = (vec![0.0; n * nr], vec![0.0; n * nr]);
+                        (ks.rows_dot)(&x, n, rows, &mut a);
+                        (ks.rows_dot)(&x, n, wide, &mut b);
+                        assert_eq!(a, b, "{isa:?} {w:?} rows_dot");
+                    });
                 }
             }
         }
     }
 }
+
+/// Both widths of the row kernels' vectors ([`RowVectors`]; only the AVX512-VNNI level reads it).
+const ROW_WIDTHS: [RowVectors; 2] = [RowVectors::W256, RowVectors::W512];
 
 #[test]
 fn weighted_sum_matches_scalar() {
@@ -784,9 +793,14 @@ fn weighted_sum_matches_scalar() {
                 let init = data(n * w, 3, 1.0);
                 let mut want = init.clone();
                 scalar::weighted_sum(&p, n, rows, &mut want);
-                for isa in fast_isas() {
+                for (isa, rv) in fast_isas()
+                    .into_iter()
+                    .flat_map(|i| ROW_WIDTHS.map(|w| (i, w)))
+                {
                     let mut got = init.clone();
-                    (kernel_set(isa).unwrap().weighted_sum)(&p, n, rows, &mut got);
+                    with_row_vectors(rv, || {
+                        (kernel_set(isa).unwrap().weighted_sum)(&p, n, rows, &mut got)
+                    });
                     for i in 0..n * w {
                         let bound: f32 = (0..nr)
                             .map(|u| (p[(i / w) * nr + u] * rows.at(u, i % w)).abs())
@@ -794,7 +808,7 @@ fn weighted_sum_matches_scalar() {
                             + init[i].abs();
                         assert!(
                             (got[i] - want[i]).abs() <= 1e-5 * bound + 1e-6,
-                            "{isa:?} n {n} rows {nr} cols {vc} w {w}: [{i}] {} vs {}",
+                            "{isa:?} {rv:?} n {n} rows {nr} cols {vc} w {w}: [{i}] {} vs {}",
                             got[i],
                             want[i]
                         );
@@ -823,15 +837,20 @@ fn rows_dot_matches_scalar() {
             let x = data(n * vc, (n + vc) as u64, 1.0);
             let mut want = vec![0.0; n * nr];
             scalar::rows_dot(&x, n, rows, &mut want);
-            for isa in fast_isas() {
+            for (isa, rv) in fast_isas()
+                .into_iter()
+                .flat_map(|i| ROW_WIDTHS.map(|w| (i, w)))
+            {
                 let mut got = vec![f32::NAN; n * nr];
-                (kernel_set(isa).unwrap().rows_dot)(&x, n, rows, &mut got);
+                with_row_vectors(rv, || {
+                    (kernel_set(isa).unwrap().rows_dot)(&x, n, rows, &mut got)
+                });
                 for i in 0..n * nr {
                     let (h, u) = (i / nr, i % nr);
                     let bound: f32 = (0..vc).map(|c| (x[h * vc + c] * rows.at(u, c)).abs()).sum();
                     assert!(
                         (got[i] - want[i]).abs() <= 1e-5 * bound + 1e-6,
-                        "{isa:?} n {n} rows {nr} cols {vc}: [{i}] {} vs {}",
+                        "{isa:?} {rv:?} n {n} rows {nr} cols {vc}: [{i}] {} vs {}",
                         got[i],
                         want[i]
                     );

@@ -32,7 +32,7 @@ use float::{dot_f32, micro_bf16, micro_bf16_512, micro_f16, micro_f32, micro_fp8
 use kquant::{micro_q4_k, micro_q6_k};
 use mxfp4::{micro_mxfp4, micro_mxfp4_512};
 use quantize::{quant_q8, quant_q8k};
-use rows::{rows_dot, rows_dot_tiles, weighted_sum, weighted_sum_tiles, Load8};
+use rows::{rows_dot, rows_dot_tiles, weighted_sum, weighted_sum_tiles, RowLoad};
 
 /// True when this CPU has AVX2, FMA and F16C.
 pub(crate) fn supported() -> bool {
@@ -384,7 +384,7 @@ macro_rules! int_kernels {
         /// As for the inner function, with the CPU supporting `$feat`.
         #[target_feature(enable = $feat)]
         #[allow(clippy::too_many_arguments)]
-        pub(super) unsafe fn weighted_sum_tiles<const HT: usize, const CV: usize, L: Load8>(
+        pub(super) unsafe fn weighted_sum_tiles<const HT: usize, const CV: usize, L: RowLoad>(
             p: &[f32],
             nt: usize,
             rows: L,
@@ -404,7 +404,7 @@ macro_rules! int_kernels {
         /// As for the inner function, with the CPU supporting `$feat`.
         #[target_feature(enable = $feat)]
         #[allow(clippy::too_many_arguments)]
-        pub(super) unsafe fn rows_dot_tiles<const QT: usize, const RT: usize, L: Load8>(
+        pub(super) unsafe fn rows_dot_tiles<const QT: usize, const RT: usize, L: RowLoad>(
             x: &[f32],
             nq: usize,
             rows: L,
