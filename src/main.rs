@@ -76,8 +76,8 @@ struct ModelArgs {
     kv_type: Option<KvType>,
     /// Keep every weight matrix in the file mapping, in the file's layout, paged in on demand;
     /// by default Q4_0/Q8_0 matrices get a repacked copy in RAM where this CPU's kernels run
-    /// faster on it, unless those copies would not fit in the memory available at load (then
-    /// this is chosen for you, with a note).
+    /// faster on it, unless the weights would not fit in the memory budget (then the routed
+    /// experts or everything stay in the mapping, with a note; see --memory-budget).
     #[arg(long)]
     mmap_only: bool,
     /// Memory the weights may take, in bytes (suffixes K, M, G, T: powers of 1024); default:
@@ -509,9 +509,14 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         Placement::Fastest
     };
     let choice = files.placement(requested, args.memory_budget);
+    // Quantizing while loading makes every matrix a copy in RAM: nothing is left to place.
+    let placement = match args.quant {
+        Some(_) => requested,
+        None => choice.placement,
+    };
     let budget = choice.budget.map_or("unknown".into(), bytes);
     let weights = bytes(choice.footprint.weights);
-    match choice.placement {
+    match placement {
         Placement::InPlace if requested != Placement::InPlace => eprintln!(
             "note: weights stay in the file mapping, paged in on demand: they ({weights}) would not fit in the memory budget ({budget})"
         ),
@@ -526,7 +531,7 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         progress: std::io::stderr().is_terminal(),
         quant: args.quant,
         kv_type: args.kv_type,
-        placement: choice.placement,
+        placement,
         memory_budget: args.memory_budget,
     };
     let sampling = files.sampling_defaults()?;
@@ -536,7 +541,7 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         tokenizer,
         ctx,
         sampling,
-        placement: choice.placement,
+        placement,
     })
 }
 

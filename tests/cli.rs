@@ -458,6 +458,23 @@ fn memory_budget_places_the_experts_by_use() {
     );
     let (j, _) = run("1T");
     assert_eq!(j["placement"], "fastest", "{j}");
+    // Quantizing while loading copies every matrix into RAM: nothing is left in the mapping.
+    let o = moela(&[
+        "bench",
+        "--model",
+        d,
+        "--prompt-tokens",
+        "4",
+        "--gen-tokens",
+        "2",
+        "--quant",
+        "f16",
+        "--memory-budget",
+        &budget.to_string(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(last_json(&o)["placement"], "fastest");
     // clap's error: one line naming the option and the unit, then its usual hint.
     let o = moela(&["bench", "--model", d, "--memory-budget", "6X"]);
     let err = stderr(&o);

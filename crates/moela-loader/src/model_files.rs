@@ -75,10 +75,16 @@ impl ModelFiles {
         }
     }
 
-    /// Loads the model, placed as [`ModelFiles::placement`] resolves `opts.placement`.
+    /// Loads the model, placed as [`ModelFiles::placement`] resolves `opts.placement` (as asked
+    /// when `opts.quant` converts every matrix anyway).
     pub fn load_model(&self, opts: &LoadOptions) -> Result<Model, LoadError> {
+        let placement = match opts.quant {
+            // Quantizing while loading makes every matrix a copy in RAM: nothing stays mapped.
+            Some(_) => opts.placement,
+            None => self.placement(opts.placement, opts.memory_budget).placement,
+        };
         let opts = LoadOptions {
-            placement: self.placement(opts.placement, opts.memory_budget).placement,
+            placement,
             ..opts.clone()
         };
         match self {
