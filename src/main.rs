@@ -508,12 +508,15 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
     } else {
         Placement::Fastest
     };
-    let choice = files.placement(requested, args.memory_budget);
-    // Quantizing while loading makes every matrix a copy in RAM: nothing is left to place.
-    let placement = match args.quant {
-        Some(_) => requested,
-        None => choice.placement,
+    let opts = LoadOptions {
+        progress: std::io::stderr().is_terminal(),
+        quant: args.quant,
+        kv_type: args.kv_type,
+        placement: requested,
+        memory_budget: args.memory_budget,
     };
+    let choice = files.placement(&opts);
+    let placement = choice.placement;
     let budget = choice.budget.map_or("unknown".into(), bytes);
     let weights = bytes(choice.footprint.weights);
     match placement {
@@ -527,15 +530,8 @@ fn load(args: &ModelArgs) -> Result<Loaded> {
         ),
         _ => {}
     }
-    let opts = LoadOptions {
-        progress: std::io::stderr().is_terminal(),
-        quant: args.quant,
-        kv_type: args.kv_type,
-        placement,
-        memory_budget: args.memory_budget,
-    };
     let sampling = files.sampling_defaults()?;
-    let model = Arc::new(files.load_model(&opts)?);
+    let model = Arc::new(files.load_placed(&opts, placement)?);
     Ok(Loaded {
         model,
         tokenizer,

@@ -414,7 +414,7 @@ fn memory_budget_places_the_experts_by_use() {
     let d = dir.to_str().unwrap();
     let files = moela_loader::ModelFiles::open(&dir).unwrap();
     let f = files
-        .placement(moela_kernels::Placement::Fastest, None)
+        .placement(&moela_loader::LoadOptions::default())
         .footprint;
     let others = f.weights - f.experts;
     let budget = others + f.experts / 4;

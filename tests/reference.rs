@@ -130,7 +130,7 @@ fn gguf_export_round_trips() {
             // Fastest copies exactly the packable Q8_0 matrices (on x86 SIMD), and a model this
             // small keeps that placement.
             let files = moela_loader::ModelFiles::open(&path).unwrap();
-            let choice = files.placement(Placement::Fastest, None);
+            let choice = files.placement(&common::exact_cache());
             let packable: u64 = g
                 .file
                 .tensors()
@@ -165,7 +165,10 @@ fn gguf_export_round_trips() {
             let f = choice.footprint;
             assert!(f.experts > 0 && f.experts < f.weights, "{case}: {f:?}");
             let budget = f.weights - f.experts + f.experts / 3;
-            let resident = files.placement(Placement::Fastest, Some(budget));
+            let resident = files.placement(&moela_loader::LoadOptions {
+                memory_budget: Some(budget),
+                ..common::exact_cache()
+            });
             assert_eq!(resident.placement.expert_budget(), Some(f.experts / 3));
             let opts = moela_loader::LoadOptions {
                 memory_budget: Some(budget),

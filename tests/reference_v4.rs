@@ -58,11 +58,12 @@ fn nll_error(m: &Model, g: &Value, logits: &[f32]) -> f64 {
 /// exist, as the default placement.
 #[test]
 fn resident_experts_give_the_same_nll() {
-    use moela_kernels::Placement;
     let g = golden(CASE);
     let tokens = ids(&g["nll_tokens"]);
     let files = moela_loader::ModelFiles::open(&case_dir(CASE)).unwrap();
-    let f = files.placement(Placement::Fastest, None).footprint;
+    let f = files
+        .placement(&moela_loader::LoadOptions::default())
+        .footprint;
     assert!(f.experts > 0 && f.experts < f.weights, "{f:?}");
     let budget = f.weights - f.experts + f.experts / 2;
     let opts = moela_loader::LoadOptions {

@@ -75,14 +75,18 @@ impl ModelFiles {
         }
     }
 
-    /// Loads the model, placed as [`ModelFiles::placement`] resolves `opts.placement` (as asked
-    /// when `opts.quant` converts every matrix anyway).
+    /// Loads the model, placed as [`ModelFiles::placement`] resolves `opts`.
     pub fn load_model(&self, opts: &LoadOptions) -> Result<Model, LoadError> {
-        let placement = match opts.quant {
-            // Quantizing while loading makes every matrix a copy in RAM: nothing stays mapped.
-            Some(_) => opts.placement,
-            None => self.placement(opts.placement, opts.memory_budget).placement,
-        };
+        self.load_placed(opts, self.placement(opts).placement)
+    }
+
+    /// Loads the model with its matrices placed as `placement` (a [`ModelFiles::placement`]
+    /// already made: its caller reports the choice, and memory is read once).
+    pub fn load_placed(
+        &self,
+        opts: &LoadOptions,
+        placement: Placement,
+    ) -> Result<Model, LoadError> {
         let opts = LoadOptions {
             placement,
             ..opts.clone()
@@ -117,11 +121,14 @@ impl ModelFiles {
             .map_err(|source| LoadError::Model { path, source })
     }
 
-    /// Where the weights go when `requested` is asked for, with `memory_budget` bytes for
-    /// them (`None`: what is available now less a margin): see [`Placement::within_memory`].
-    /// `Fastest`'s copies are a GGUF file's Q4_0/Q8_0 matrices, repacked into anonymous memory;
-    /// an HF checkpoint's stored types are read in place either way.
-    pub fn placement(&self, requested: Placement, memory_budget: Option<u64>) -> PlacementChoice {
+    /// Where the weights go when `opts.placement` is asked for, with `opts.memory_budget` bytes
+    /// for them (`None`: what is available now less a margin): see
+    /// [`Placement::within_memory`]. `Fastest`'s copies are a GGUF file's Q4_0/Q8_0 matrices,
+    /// repacked into anonymous memory; an HF checkpoint's stored types are read in place either
+    /// way. With `opts.quant` the placement stays as asked: quantizing while loading makes every
+    /// matrix a copy in RAM, so nothing is left in the mapping to place.
+    pub fn placement(&self, opts: &LoadOptions) -> PlacementChoice {
+        let requested = opts.placement;
         // (name, stored bytes, whether `Fastest` copies it)
         let tensors: Vec<(&str, u64, bool)> = match self {
             ModelFiles::Hf(c) => c
@@ -151,10 +158,14 @@ impl ModelFiles {
                 footprint.copies = footprint.copies.saturating_add(bytes);
             }
         }
-        let budget = memory_budget
+        let budget = opts
+            .memory_budget
             .or_else(|| moela_kernels::memory::budget(moela_kernels::memory::available_bytes()));
         PlacementChoice {
-            placement: requested.within_memory(&footprint, budget),
+            placement: match opts.quant {
+                Some(_) => requested,
+                None => requested.within_memory(&footprint, budget),
+            },
             footprint,
             budget,
         }

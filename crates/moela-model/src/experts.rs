@@ -70,8 +70,10 @@ impl Experts {
             .collect();
         let copies = set.lookup(*id, &uses);
         let out = self.forward_with(jobs, &copies, with);
-        drop(copies);
-        set.promote(*id, &uses, &self.mlps);
+        if copies.iter().any(Option::is_none) {
+            drop(copies);
+            set.promote(*id, &uses, &self.mlps);
+        }
         out
     }
 
