@@ -273,7 +273,8 @@ fn main() {
 
 /// GMAC/s of the decode attention kernels on one thread, cache rows hot in L2: scores of 16
 /// heads against 64 latent rows of 576 (`rows_matmul`), then the weighted sum of the rows'
-/// first 512 columns (`rows_weighted_sum`), the V2-Lite shape, for an f32 and an f16 cache.
+/// first 512 columns (`rows_weighted_sum`), the V2-Lite shape, for an f32, an f16 and a `Q8_0`
+/// cache (widened once per pass, as the model does).
 fn attention_kernels(budget: Duration) {
     let (heads, rows, cols, width) = (16usize, 64usize, 576usize, 512usize);
     let q = data(heads * cols, 11);
@@ -283,6 +284,12 @@ fn attention_kernels(budget: Duration) {
         .iter()
         .map(|&v| half::f16::from_f32(v).to_bits())
         .collect();
+    // An 8-bit cache block: quants and one f16 scale per 32 (values of no consequence here).
+    let q8_quants: Vec<i8> = f32_rows.iter().map(|&v| (v * 2540.0) as i8).collect();
+    let q8_scales: Vec<u16> = (0..rows * cols / 32)
+        .map(|i| half::f16::from_f32(0.0004 + i as f32 * 1e-7).to_bits())
+        .collect();
+    let mut wide = Vec::new();
     println!();
     println!("attention kernels, 1 thread (cache rows hot), GMAC/s: {heads} heads × {rows} rows");
     let chosen = RowVectors::active();
@@ -291,11 +298,17 @@ fn attention_kernels(budget: Duration) {
         for (name, r) in [
             ("f32", RowData::f32(&f32_rows, cols)),
             ("f16", RowData::f16(&f16_rows, cols)),
+            ("q8_0", RowData::q8(&q8_quants, &q8_scales, cols)),
         ] {
             let mut y = vec![0.0; heads * rows];
             let mut out = vec![0.0; heads * width];
-            let dot = time_it(budget, || rows_matmul(&q, heads, r, &mut y));
-            let sum = time_it(budget, || rows_weighted_sum(&p, heads, r, &mut out));
+            // As the model runs them: an 8-bit block widened once per pass for all heads.
+            let dot = time_it(budget, || {
+                rows_matmul(&q, heads, r.widened(&mut wide), &mut y)
+            });
+            let sum = time_it(budget, || {
+                rows_weighted_sum(&p, heads, r.widened(&mut wide), &mut out)
+            });
             black_box((&y, &out));
             println!(
                 "{name}, {}-bit vectors{}: scores (×{cols}) {:.1}, weighted sum (×{width}) {:.1}",

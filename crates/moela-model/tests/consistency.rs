@@ -67,7 +67,16 @@ fn absorbed_mla_equals_standard() {
 #[test]
 fn incremental_decode_equals_prefill() {
     for kv in [KvType::F32, KvType::F16, KvType::Q8_0] {
-        incremental_decode_equals_prefill_with(kv);
+        incremental_decode_equals_prefill_with(kv, 30, 10);
+    }
+}
+
+/// Decode over 600 cached tokens: each decode task spans several chunks of 64 rows, whose
+/// running softmax max and rescaled sums must give what the prefill computes.
+#[test]
+fn long_decode_equals_prefill() {
+    for kv in [KvType::F32, KvType::Q8_0] {
+        incremental_decode_equals_prefill_with(kv, 600, 596);
     }
 }
 
@@ -102,18 +111,19 @@ fn q8_cache_stays_close_to_f32() {
     assert!(d > 0.0 && d < 5e-2, "{d}");
 }
 
-fn incremental_decode_equals_prefill_with(kv: KvType) {
+/// `n` tokens: `prefix` prefilled, the rest decoded one at a time, against one prefill of all.
+fn incremental_decode_equals_prefill_with(kv: KvType, n: usize, prefix: usize) {
     let mut m = model(v3_config());
     m.set_kv_type(kv);
     assert_eq!(m.new_cache().pool().kv_type(), kv);
-    let toks = tokens(30, m.config.vocab_size);
+    let toks = tokens(n, m.config.vocab_size);
     let full = run(&m, &toks, AttentionMode::Standard);
     let v = m.config.vocab_size;
-    // Prefill 10 tokens, then one at a time (Auto picks absorbed for single tokens).
+    // Prefill, then one at a time (Auto picks absorbed for single tokens).
     let mut cache = m.new_cache();
     let mut got = {
         let mut s = [SeqInput {
-            tokens: &toks[..10],
+            tokens: &toks[..prefix],
             cache: &mut cache,
             logits: Logits::All,
         }];
@@ -121,7 +131,7 @@ fn incremental_decode_equals_prefill_with(kv: KvType) {
             .unwrap()
             .remove(0)
     };
-    for t in 10..30 {
+    for t in prefix..n {
         let mut s = [SeqInput {
             tokens: &toks[t..t + 1],
             cache: &mut cache,
@@ -133,8 +143,8 @@ fn incremental_decode_equals_prefill_with(kv: KvType) {
                 .remove(0),
         );
     }
-    assert_eq!(cache.len(), 30);
-    assert_eq!(got.len(), 30 * v);
+    assert_eq!(cache.len(), n);
+    assert_eq!(got.len(), n * v);
     assert!(max_diff(&full, &got) < 1e-4, "{}", max_diff(&full, &got));
 }
 

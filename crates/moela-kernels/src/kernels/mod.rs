@@ -426,8 +426,9 @@ pub(crate) struct KernelSet {
     pub rows_dot: RowsDotFn,
     /// `g[i] = silu(g[i]) · u[i]` (SwiGLU's gate, see [`crate::ops::silu_mul`]).
     pub silu_mul: fn(&mut [f32], &[f32]),
-    /// `out[i] = q[i] · d` for `min(q.len(), out.len())` values (8-bit cache rows widened).
-    pub widen_q8: fn(&[i8], f32, &mut [f32]),
+    /// `out[i] = q[i] · d`, `d` the f16 scale `scales[(offset + i) / 32]`, for
+    /// `min(q.len(), out.len())` values (a row of an 8-bit cache widened; see [`RowData::Q8`]).
+    pub widen_q8: fn(&[i8], &[u16], usize, &mut [f32]),
     /// `x[i] = e^(x[i] − shift)`, returning the sum of the results (softmax's inner step).
     pub exp_sum: fn(&mut [f32], f32) -> f32,
 }

@@ -140,24 +140,23 @@ impl<'a> RowData<'a> {
         else {
             return self;
         };
-        let rows = self.rows();
-        // Vectorized where the CPU allows (the scalar loop ran at SSE2 width).
-        let widen = super::best().widen_q8;
-        scratch.clear();
-        scratch.resize(rows * cols, 0.0);
-        for (r, out) in scratch.chunks_exact_mut(cols.max(1)).enumerate() {
-            let quants = &data[r * stride..][..cols];
-            let mut c = 0;
-            while c < cols {
-                // Columns c..end share the scale of their block of 32.
-                let at = offset + r * stride + c;
-                let end = cols.min(c + 32 - at % 32);
-                let d = crate::fp::f16_to_f32(scales[at / 32]);
-                widen(&quants[c..end], d, &mut out[c..end]);
-                c = end;
-            }
+        let n = self.rows() * cols;
+        // Every value is written below: the scratch is only grown, never cleared (zeroing it
+        // on every call, and a kernel call per block of 32, cost as much as the kernels).
+        if scratch.len() < n {
+            scratch.resize(n, 0.0);
         }
-        RowData::f32(scratch, cols)
+        let wide = &mut scratch[..n];
+        let widen = super::best().widen_q8;
+        for (r, out) in wide.chunks_exact_mut(cols.max(1)).enumerate() {
+            widen(
+                &data[r * stride..][..cols],
+                scales,
+                offset + r * stride,
+                out,
+            );
+        }
+        RowData::f32(wide, cols)
     }
 
     /// The first `n` rows (at most all of them).

@@ -300,9 +300,9 @@ pub(crate) fn rows_dot(x: &[f32], n: usize, rows: RowData<'_>, y: &mut [f32]) {
 
 /// `g[i] = silu(g[i]) · u[i]`.
 /// `out[i] = q[i] · d` (an 8-bit block widened to f32: exact conversion, one rounding).
-pub(crate) fn widen_q8(q: &[i8], d: f32, out: &mut [f32]) {
-    for (o, &v) in out.iter_mut().zip(q) {
-        *o = v as f32 * d;
+pub(crate) fn widen_q8(q: &[i8], scales: &[u16], offset: usize, out: &mut [f32]) {
+    for (i, (o, &v)) in out.iter_mut().zip(q).enumerate() {
+        *o = v as f32 * crate::fp::f16_to_f32(scales[(offset + i) / 32]);
     }
 }
 

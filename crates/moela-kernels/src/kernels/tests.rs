@@ -705,14 +705,31 @@ fn row_views<'a>(
 #[test]
 fn widen_q8_matches_scalar() {
     let q: Vec<i8> = (0..77).map(|i| (i * 37 % 255) as i8).collect();
-    for n in [0, 5, 8, 31, 32, 77] {
+    let scales: Vec<u16> = (0..4)
+        .map(|b| crate::fp::f32_to_f16(0.013_7 + b as f32 * 0.021))
+        .collect();
+    // Runs that start inside a block of 32, span several and end inside one.
+    for (n, offset) in [
+        (0, 0),
+        (5, 0),
+        (8, 3),
+        (31, 0),
+        (32, 0),
+        (77, 0),
+        (70, 19),
+        (40, 24),
+    ] {
         let mut want = vec![f32::NAN; n];
-        super::scalar::widen_q8(&q[..n], 0.013_7, &mut want);
+        super::scalar::widen_q8(&q[..n], &scales, offset, &mut want);
+        for (i, w) in want.iter().enumerate() {
+            let d = crate::fp::f16_to_f32(scales[(offset + i) / 32]);
+            assert_eq!(w.to_bits(), (q[i] as f32 * d).to_bits());
+        }
         for isa in fast_isas() {
             let mut got = vec![f32::NAN; n];
-            (kernel_set(isa).unwrap().widen_q8)(&q[..n], 0.013_7, &mut got);
+            (kernel_set(isa).unwrap().widen_q8)(&q[..n], &scales, offset, &mut got);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&got), bits(&want), "{isa:?} n {n}");
+            assert_eq!(bits(&got), bits(&want), "{isa:?} n {n} offset {offset}");
         }
     }
 }

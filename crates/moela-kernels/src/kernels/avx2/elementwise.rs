@@ -71,31 +71,51 @@ unsafe fn silu_mul_impl(g: &mut [f32], u: &[f32]) {
     scalar::silu_mul(&mut g[n8..], &u[n8..]);
 }
 
-pub(super) fn widen_q8(q: &[i8], d: f32, out: &mut [f32]) {
+pub(super) fn widen_q8(q: &[i8], scales: &[u16], offset: usize, out: &mut [f32]) {
     assert!(supported(), "avx2 kernels on a CPU without avx2/fma/f16c");
     let n = q.len().min(out.len());
-    // SAFETY: features checked; both slices hold at least `n` values.
-    unsafe { widen_q8_impl(&q[..n], d, &mut out[..n]) }
+    if n == 0 {
+        return;
+    }
+    assert!(
+        (offset + n - 1) / 32 < scales.len(),
+        "widen_q8: too few scales"
+    );
+    // SAFETY: features checked; both slices hold at least `n` values, and the scales of
+    // blocks up to (offset + n − 1) / 32 are inside `scales` (asserted).
+    unsafe { widen_q8_impl(&q[..n], scales, offset, &mut out[..n]) }
 }
 
-/// 8 values per step: sign-extended to i32, converted exactly, times `d` (one rounding, as
-/// [`scalar::widen_q8`]).
+/// One block of 32 (or the part of one the values cover) at a time: its scale widened once,
+/// 8 values per step sign-extended to i32, converted exactly, times the scale (one rounding,
+/// as [`scalar::widen_q8`]), the block's last few values one by one.
 ///
 /// # Safety
-/// `q.len() == out.len()`; CPU has avx2.
-#[target_feature(enable = "avx2")]
-unsafe fn widen_q8_impl(q: &[i8], d: f32, out: &mut [f32]) {
-    let n8 = q.len() / 8 * 8;
-    let dv = _mm256_set1_ps(d);
-    for i in (0..n8).step_by(8) {
-        // SAFETY: i + 8 ≤ n8 ≤ both lengths: 8 bytes read, 8 floats written.
-        unsafe {
-            let b = _mm_loadl_epi64(q.as_ptr().add(i) as *const __m128i);
-            let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, dv));
+/// `q.len() == out.len()`; `scales` covers blocks up to `(offset + len − 1) / 32`; CPU has
+/// avx2 and f16c.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn widen_q8_impl(q: &[i8], scales: &[u16], offset: usize, out: &mut [f32]) {
+    let n = q.len();
+    let mut i = 0;
+    while i < n {
+        let end = n.min(i + 32 - (offset + i) % 32);
+        // SAFETY: the block of value i is inside the scales (the contract).
+        let d = crate::fp::f16_to_f32(unsafe { *scales.get_unchecked((offset + i) / 32) });
+        let dv = _mm256_set1_ps(d);
+        while i + 8 <= end {
+            // SAFETY: i + 8 ≤ end ≤ both lengths: 8 bytes read, 8 floats written.
+            unsafe {
+                let b = _mm_loadl_epi64(q.as_ptr().add(i) as *const __m128i);
+                let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, dv));
+            }
+            i += 8;
         }
+        for j in i..end {
+            out[j] = q[j] as f32 * d;
+        }
+        i = end;
     }
-    scalar::widen_q8(&q[n8..], d, &mut out[n8..]);
 }
 
 pub(super) fn exp_sum(x: &mut [f32], shift: f32) -> f32 {
