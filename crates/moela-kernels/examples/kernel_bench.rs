@@ -14,6 +14,9 @@
 //! `--tokens N` sets the GEMM's token count (default 128). `--types mxfp4,q4_0` limits the
 //! table to those weight types.
 //!
+//! `--walk single|quad` sets the one-token walk over `Q8_0`/`Q4_0` file-layout rows
+//! ([`FileRowWalk`]; default: this CPU's choice).
+//!
 //! `--hot` reuses one copy of each matrix (weights stay in cache: measures compute, not DRAM).
 //! `--isa NAME` forces a kernel level (`scalar`, `avx2`, `avx512vnni`, `amx`, `neon`); `--scalar` adds a
 //! scalar n = 1 row for the expert-shaped matrix.
@@ -25,8 +28,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use moela_kernels::{
-    parallel_for, rows_matmul, rows_weighted_sum, set_num_threads, DType, Isa, QMat, RowData,
-    RowVectors,
+    parallel_for, rows_matmul, rows_weighted_sum, set_num_threads, DType, FileRowWalk, Isa, QMat,
+    RowData, RowVectors,
 };
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
@@ -139,10 +142,17 @@ fn main() {
             }),
         None => Isa::active(),
     };
+    match flag(&args, "--walk") {
+        Some("single") => FileRowWalk::Single.set(),
+        Some("quad") => FileRowWalk::Quad.set(),
+        Some(w) => panic!("--walk {w}: not single or quad"),
+        None => {}
+    }
     println!(
-        "kernels: {}; cores available: {}",
+        "kernels: {}; cores available: {}; file-layout walk: {}",
         isa.name(),
-        moela_kernels::available_cores()
+        moela_kernels::available_cores(),
+        FileRowWalk::active().name()
     );
     for threads in [1, 2] {
         println!(

@@ -461,7 +461,7 @@ fn local_softmax<'p>(sc: &mut [f32], part: &'p mut [f32], d: &MlaDims) -> &'p mu
 /// Rows of an 8-bit cache scored, softmaxed and summed as one chunk: widened once for both
 /// passes, they stay in L2 between them (64 rows × 576 f32: 147 KB). f16 and f32 rows are
 /// read as they are, and a task's rows go as one chunk (chunks of 64 measured f16 decode at
-/// 4096 context 8 % slower on the EPYC Zen 3: 10.4 against 11.5 tok/s, means of four runs).
+/// 4096 context 10 % slower on the EPYC Zen 3: 10.4 against 11.5 tok/s, means of four runs).
 const Q8_CHUNK_ROWS: usize = 64;
 
 /// Task `ti` of a dense query: whole blocks `ti·per..` of its causal keys, a chunk at a time
