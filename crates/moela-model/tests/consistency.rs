@@ -71,8 +71,9 @@ fn incremental_decode_equals_prefill() {
     }
 }
 
-/// Decode over 600 cached tokens: each decode task spans several chunks of 64 rows, whose
-/// running softmax max and rescaled sums must give what the prefill computes.
+/// Decode over 600 cached tokens: an 8-bit cache's decode tasks span several chunks of 64 rows,
+/// whose running softmax max and rescaled sums must give what the prefill computes (an f32
+/// cache's long tasks go as one chunk).
 #[test]
 fn long_decode_equals_prefill() {
     for kv in [KvType::F32, KvType::Q8_0] {

@@ -298,14 +298,15 @@ pub(crate) fn rows_dot(x: &[f32], n: usize, rows: RowData<'_>, y: &mut [f32]) {
     }
 }
 
-/// `g[i] = silu(g[i]) · u[i]`.
-/// `out[i] = q[i] · d` (an 8-bit block widened to f32: exact conversion, one rounding).
+/// `out[i] = q[i] · d`, `d` the f16 scale `scales[(offset + i) / 32]` (8-bit values widened to
+/// f32: exact conversion, one rounding).
 pub(crate) fn widen_q8(q: &[i8], scales: &[u16], offset: usize, out: &mut [f32]) {
     for (i, (o, &v)) in out.iter_mut().zip(q).enumerate() {
         *o = v as f32 * crate::fp::f16_to_f32(scales[(offset + i) / 32]);
     }
 }
 
+/// `g[i] = silu(g[i]) · u[i]`.
 pub(crate) fn silu_mul(g: &mut [f32], u: &[f32]) {
     assert_eq!(g.len(), u.len(), "silu_mul: lengths");
     for (a, &b) in g.iter_mut().zip(u) {
