@@ -32,7 +32,7 @@ use float::{dot_f32, micro_bf16, micro_bf16_512, micro_f16, micro_f32, micro_fp8
 use kquant::{micro_q4_k, micro_q6_k};
 use mxfp4::{micro_mxfp4, micro_mxfp4_512};
 use quantize::{quant_q8, quant_q8k};
-use rows::{rows_dot, rows_dot_tiles, weighted_sum, weighted_sum_tiles, RowLoad};
+use rows::{rows_dot, weighted_sum, RowLoad};
 
 /// True when this CPU has AVX2, FMA and F16C.
 pub(crate) fn supported() -> bool {
@@ -54,6 +54,7 @@ mod int8;
 mod kquant;
 mod mxfp4;
 mod quantize;
+#[macro_use]
 mod rows;
 
 /// The x86 kernel sets differ only in their GEMM and whether the 8-bit attention dots use
@@ -378,46 +379,32 @@ macro_rules! int_kernels {
             }
         }
 
-        /// [`super::weighted_sum_tiles`] compiled for `$feat`.
-        ///
-        /// # Safety
-        /// As for the inner function, with the CPU supporting `$feat`.
-        #[target_feature(enable = $feat)]
-        #[allow(clippy::too_many_arguments)]
-        pub(super) unsafe fn weighted_sum_tiles<const HT: usize, const CV: usize, L: RowLoad>(
-            p: &[f32],
-            nt: usize,
-            rows: L,
-            nr: usize,
-            stride: usize,
-            ct: usize,
-            w: usize,
-            out: &mut [f32],
-        ) {
-            // SAFETY: forwarded from this function's contract.
-            unsafe { super::weighted_sum_tiles::<HT, CV, L>(p, nt, rows, nr, stride, ct, w, out) }
-        }
-
-        /// [`super::rows_dot_tiles`] compiled for `$feat`.
-        ///
-        /// # Safety
-        /// As for the inner function, with the CPU supporting `$feat`.
-        #[target_feature(enable = $feat)]
-        #[allow(clippy::too_many_arguments)]
-        pub(super) unsafe fn rows_dot_tiles<const QT: usize, const RT: usize, L: RowLoad>(
-            x: &[f32],
-            nq: usize,
-            rows: L,
-            nr: usize,
-            cols: usize,
-            stride: usize,
-            nrt: usize,
-            c8: usize,
-            y: &mut [f32],
-        ) {
-            // SAFETY: forwarded from this function's contract.
-            unsafe { super::rows_dot_tiles::<QT, RT, L>(x, nq, rows, nr, cols, stride, nrt, c8, y) }
-        }
+        // The attention row tiles in 256-bit vectors for `$feat` (AVX512-VL's 32 registers in
+        // the `vnni` build; the 512-bit tiles are stamped in `rows`).
+        weighted_sum_tiles!(
+            weighted_sum_tiles,
+            $feat,
+            8,
+            load8,
+            __m256,
+            _mm256_setzero_ps,
+            _mm256_set1_ps,
+            _mm256_fmadd_ps,
+            _mm256_loadu_ps,
+            _mm256_storeu_ps,
+            _mm256_add_ps
+        );
+        rows_dot_tiles!(
+            rows_dot_tiles,
+            $feat,
+            8,
+            load8,
+            __m256,
+            _mm256_setzero_ps,
+            _mm256_loadu_ps,
+            _mm256_fmadd_ps,
+            hsum
+        );
     };
 }
 

@@ -3,9 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{
-    hsum, load8_f16, load8_f32, plain, splat_f16, supported, vnni, vnni_supported, RowData,
-};
+use super::{load8_f16, load8_f32, plain, splat_f16, supported, vnni, vnni_supported, RowData};
 
 /// How the tile kernels read 8 or 16 values of one kind of row storage as f32: one type per
 /// [`RowData`] kind, so the kind is matched once per call ([`with_loader!`]), not once per load
@@ -195,12 +193,13 @@ pub(super) fn weighted_sum<const VL: bool>(
     }
 }
 
-/// [`weighted_sum_tiles`]' tile, (heads, 8-column vectors): 4 × 2, 8 accumulators, in both
+/// The weighted-sum tiles' shape, (heads, 8-column vectors): 4 × 2, 8 accumulators, in both
 /// builds (f16 rows on Zen 4, one core: 52 GMAC/s; 8 × 2 gave 44 with 32 registers and spilled
 /// to 33 with 16; 4 × 4 48, 2 × 4 52 with f16 but 44 with f32).
 const WS_TILE: (usize, usize) = (4, 2);
 
-/// Stamps out a weighted-sum tile kernel for one vector width: tiles of `HT` heads ×
+/// Stamps out a weighted-sum tile kernel for one vector width (256-bit per feature set in
+/// `int_kernels!`, 512-bit below): tiles of `HT` heads ×
 /// `LANES·CV` columns, each row chunk loaded (and widened) once for `HT` heads, `HT·CV`
 /// independent accumulators.
 macro_rules! weighted_sum_tiles {
@@ -252,19 +251,6 @@ macro_rules! weighted_sum_tiles {
     };
 }
 
-weighted_sum_tiles!(
-    weighted_sum_tiles,
-    "avx2,fma,f16c",
-    8,
-    load8,
-    __m256,
-    _mm256_setzero_ps,
-    _mm256_set1_ps,
-    _mm256_fmadd_ps,
-    _mm256_loadu_ps,
-    _mm256_storeu_ps,
-    _mm256_add_ps
-);
 weighted_sum_tiles!(
     weighted_sum_tiles16,
     "avx2,fma,f16c,avx512f,avx512vl",
@@ -325,13 +311,14 @@ pub(super) fn rows_dot<const VL: bool>(x: &[f32], n: usize, rows: RowData<'_>, y
     }
 }
 
-/// [`rows_dot_tiles`]' tile, (queries, rows): 4 × 4 (16 accumulators) with AVX512-VL's 32
+/// The scores tiles' shape, (queries, rows): 4 × 4 (16 accumulators) with AVX512-VL's 32
 /// vector registers, 4 × 2 in the 16 of plain AVX2 (f16 rows on Zen 4, one core: 55 and
 /// 50 GMAC/s; 4 × 4 spilled to 32 with 16 registers).
 const RD_TILE_VL: (usize, usize) = (4, 4);
 const RD_TILE: (usize, usize) = (4, 2);
 
-/// Stamps out a scores tile kernel for one vector width: tiles of `QT` queries × `RT` rows
+/// Stamps out a scores tile kernel for one vector width (256-bit per feature set in
+/// `int_kernels!`, 512-bit below): tiles of `QT` queries × `RT` rows
 /// over columns `0..cv` (`cv` a multiple of the lanes), each row vector loaded (and widened)
 /// once for `QT` queries, each query vector once for `RT` rows, one horizontal sum per output.
 macro_rules! rows_dot_tiles {
@@ -384,17 +371,6 @@ macro_rules! rows_dot_tiles {
     };
 }
 
-rows_dot_tiles!(
-    rows_dot_tiles,
-    "avx2,fma,f16c",
-    8,
-    load8,
-    __m256,
-    _mm256_setzero_ps,
-    _mm256_loadu_ps,
-    _mm256_fmadd_ps,
-    hsum
-);
 rows_dot_tiles!(
     rows_dot_tiles16,
     "avx2,fma,f16c,avx512f,avx512vl",
